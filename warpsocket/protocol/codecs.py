@@ -1,0 +1,151 @@
+"""Codecs turn envelopes into WebSocket payloads and back.
+
+A codec is chosen per connection by WebSocket subprotocol. Applications may
+register their own (``CodecRegistry.register``); the built-in ones are
+``warpsocket.v1.json`` (text frames, the default, also used when a client
+offers no subprotocol) and ``warpsocket.v1.msgpack`` (binary frames).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import msgpack
+
+from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.envelope import Envelope
+
+JSON_SUBPROTOCOL = "warpsocket.v1.json"
+MSGPACK_SUBPROTOCOL = "warpsocket.v1.msgpack"
+
+
+class Codec(Protocol):
+    """What the server and client need from a codec."""
+
+    @property
+    def subprotocol(self) -> str: ...
+
+    @property
+    def binary(self) -> bool:
+        """True when payloads go in binary frames, False for text frames."""
+        ...
+
+    def encode(self, envelope: Envelope) -> bytes: ...
+
+    def decode(self, payload: bytes, is_binary: bool) -> Envelope:
+        """Decode and validate; raise ProtocolError (BAD_FRAME / BAD_ENVELOPE ...)."""
+        ...
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class JsonCodec:
+    subprotocol = JSON_SUBPROTOCOL
+    binary = False
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+    def encode(self, envelope: Envelope) -> bytes:
+        return self._encoder.encode(envelope.to_wire()).encode("utf-8")
+
+    def decode(self, payload: bytes, is_binary: bool) -> Envelope:
+        if is_binary:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.subprotocol} uses text frames")
+        try:
+            raw = self._decoder.decode(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid JSON: {exc}") from None
+        return Envelope.from_wire(raw)
+
+
+class MsgpackCodec:
+    subprotocol = MSGPACK_SUBPROTOCOL
+    binary = True
+
+    def encode(self, envelope: Envelope) -> bytes:
+        packed: bytes = msgpack.packb(envelope.to_wire(), use_bin_type=True)
+        return packed
+
+    def decode(self, payload: bytes, is_binary: bool) -> Envelope:
+        if not is_binary:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.subprotocol} uses binary frames")
+        try:
+            raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_ext_len=0)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid msgpack: {exc}") from None
+        if not _json_compatible(raw):
+            raise ProtocolError(
+                ErrorCode.BAD_ENVELOPE, "msgpack envelopes must stay in the JSON data model"
+            )
+        return Envelope.from_wire(raw)
+
+
+def _json_compatible(value: object, depth: int = 0) -> bool:
+    """The JSON data model: what every WarpSocket peer, in any language, can hold."""
+    if depth > 64:
+        return False
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_json_compatible(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str) and _json_compatible(item, depth + 1)
+            for key, item in value.items()
+        )
+    return False
+
+
+class CodecRegistry:
+    """Subprotocol name -> codec; the first registered is the default."""
+
+    def __init__(self, codecs: Iterable[Codec] = ()) -> None:
+        self._codecs: dict[str, Codec] = {}
+        for codec in codecs:
+            self.register(codec)
+
+    def register(self, codec: Codec) -> None:
+        if codec.subprotocol in self._codecs:
+            raise ValueError(f"codec {codec.subprotocol!r} is already registered")
+        self._codecs[codec.subprotocol] = codec
+
+    @property
+    def subprotocols(self) -> list[str]:
+        return list(self._codecs)
+
+    @property
+    def default(self) -> Codec:
+        return next(iter(self._codecs.values()))
+
+    def get(self, subprotocol: str) -> Codec | None:
+        return self._codecs.get(subprotocol)
+
+    def negotiate(self, offered: Iterable[str]) -> Codec | None:
+        """The first offered subprotocol we support; the default if none offered.
+
+        Returns None when the client offered subprotocols and none is ours: the
+        handshake must then fail rather than silently pick a codec.
+        """
+        offered = list(offered)
+        if not offered:
+            return self.default
+        for name in offered:
+            codec = self._codecs.get(name)
+            if codec is not None:
+                return codec
+        return None
+
+
+def default_codecs() -> CodecRegistry:
+    return CodecRegistry([JsonCodec(), MsgpackCodec()])

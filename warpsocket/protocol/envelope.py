@@ -1,0 +1,244 @@
+"""The envelope: the one shape every WarpSocket frame carries.
+
+Validation is strict about the fields it knows and ignores the ones it does
+not, so that newer peers can add optional fields. docs/protocol.md is the
+normative description; this module is its executable form.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from warpsocket.protocol.codes import ErrorCode, ProtocolError
+
+# Integers on the wire must survive a JavaScript number (2**53 - 1).
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_ID_LENGTH = 128
+MAX_NAME_LENGTH = 256
+MAX_EPOCH_LENGTH = 64
+
+
+class MessageType(str, enum.Enum):
+    HELLO = "hello"
+    WELCOME = "welcome"
+    EVENT = "event"
+    ACK = "ack"
+    CALL = "call"
+    RESULT = "result"
+    ERROR = "error"
+    HEARTBEAT = "heartbeat"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    AUTH = "auth"
+
+
+_TYPES: dict[str, MessageType] = {t.value: t for t in MessageType}
+
+# The optional fields and the validator that checks each one.
+_STRING_FIELDS = {
+    "event": MAX_NAME_LENGTH,
+    "room": MAX_NAME_LENGTH,
+    "stream": MAX_NAME_LENGTH,
+    "epoch": MAX_EPOCH_LENGTH,
+    "ref": MAX_ID_LENGTH,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One protocol message. ``None`` means "field absent" for optionals."""
+
+    type: MessageType
+    id: str
+    timestamp: int
+    data: Any = None
+    event: str | None = None
+    room: str | None = None
+    stream: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
+    ack: bool = False
+    ref: str | None = None
+    ttl: int | None = None
+    code: int | None = None
+    # Unknown fields received from the peer, kept for middleware; never sent.
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def expired(self, now_ms: int) -> bool:
+        """True when the envelope carries a TTL that has elapsed at ``now_ms``."""
+        return self.ttl is not None and now_ms >= self.timestamp + self.ttl
+
+    def evolve(self, **changes: Any) -> Envelope:
+        return replace(self, **changes)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The mapping a codec serialises: present fields only."""
+        wire: dict[str, Any] = {
+            "type": self.type.value,
+            "id": self.id,
+            "timestamp": self.timestamp,
+        }
+        if self.data is not None:
+            wire["data"] = self.data
+        if self.event is not None:
+            wire["event"] = self.event
+        if self.room is not None:
+            wire["room"] = self.room
+        if self.stream is not None:
+            wire["stream"] = self.stream
+        if self.offset is not None:
+            wire["offset"] = self.offset
+        if self.epoch is not None:
+            wire["epoch"] = self.epoch
+        if self.ack:
+            wire["ack"] = True
+        if self.ref is not None:
+            wire["ref"] = self.ref
+        if self.ttl is not None:
+            wire["ttl"] = self.ttl
+        if self.code is not None:
+            wire["code"] = self.code
+        return wire
+
+    @classmethod
+    def from_wire(cls, raw: object) -> Envelope:
+        """Validate a decoded frame; raise ProtocolError with the right code."""
+        if not isinstance(raw, dict):
+            raise ProtocolError(ErrorCode.BAD_ENVELOPE, "envelope must be an object")
+        ident = raw.get("id")
+        ref = ident if _valid_string(ident, MAX_ID_LENGTH) else None
+        kind = raw.get("type")
+        if not isinstance(kind, str):
+            raise ProtocolError(ErrorCode.BAD_ENVELOPE, "`type` must be a string", ref)
+        message_type = _TYPES.get(kind)
+        if message_type is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:64]!r}", ref)
+        if ref is None:
+            raise ProtocolError(
+                ErrorCode.BAD_ENVELOPE, f"`id` must be a string of 1-{MAX_ID_LENGTH} characters"
+            )
+        timestamp = raw.get("timestamp")
+        if not _valid_uint(timestamp):
+            raise ProtocolError(
+                ErrorCode.BAD_ENVELOPE, "`timestamp` must be a non-negative integer", ref
+            )
+        values: dict[str, Any] = {}
+        for name, limit in _STRING_FIELDS.items():
+            value = raw.get(name)
+            if value is not None:
+                if not _valid_string(value, limit):
+                    raise ProtocolError(
+                        ErrorCode.BAD_ENVELOPE,
+                        f"`{name}` must be a string of 1-{limit} characters",
+                        ref,
+                    )
+                values[name] = value
+        offset = raw.get("offset")
+        if offset is not None:
+            if not _valid_uint(offset):
+                raise ProtocolError(
+                    ErrorCode.BAD_ENVELOPE, "`offset` must be a non-negative integer", ref
+                )
+            values["offset"] = offset
+        ttl = raw.get("ttl")
+        if ttl is not None:
+            if not _valid_uint(ttl) or ttl == 0:
+                raise ProtocolError(ErrorCode.BAD_ENVELOPE, "`ttl` must be a positive integer", ref)
+            values["ttl"] = ttl
+        code = raw.get("code")
+        if code is not None:
+            if not _valid_uint(code) or not 1000 <= code <= 4999:
+                raise ProtocolError(
+                    ErrorCode.BAD_ENVELOPE, "`code` must be an integer in 1000-4999", ref
+                )
+            values["code"] = code
+        ack = raw.get("ack", False)
+        if not isinstance(ack, bool):
+            raise ProtocolError(ErrorCode.BAD_ENVELOPE, "`ack` must be a boolean", ref)
+        extra = {k: v for k, v in raw.items() if k not in _KNOWN_FIELDS}
+        envelope = cls(
+            type=message_type,
+            id=ref,
+            timestamp=timestamp,
+            data=raw.get("data"),
+            ack=ack,
+            extra=extra,
+            **values,
+        )
+        _check_type_rules(envelope)
+        return envelope
+
+
+_KNOWN_FIELDS = frozenset(
+    {"type", "id", "timestamp", "data", "ack", "offset", "ttl", "code", *_STRING_FIELDS}
+)
+
+
+def _valid_string(value: object, limit: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= limit
+
+
+def _valid_uint(value: object) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_SAFE_INTEGER
+    )
+
+
+def _require(envelope: Envelope, condition: bool, message: str) -> None:
+    if not condition:
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, message, envelope.id)
+
+
+def _check_type_rules(envelope: Envelope) -> None:
+    """The per-type field rules of docs/protocol.md, section "Message types"."""
+    kind = envelope.type
+    has_position = envelope.offset is not None or envelope.epoch is not None
+    if kind is MessageType.HELLO or kind is MessageType.WELCOME:
+        _require(envelope, isinstance(envelope.data, dict), f"`{kind.value}` needs object `data`")
+        if kind is MessageType.WELCOME:
+            _require(envelope, envelope.ref is not None, "`welcome` needs `ref`")
+    elif kind is MessageType.EVENT:
+        positioned = envelope.stream is not None
+        _require(
+            envelope,
+            positioned == (envelope.offset is not None) == (envelope.epoch is not None),
+            "`stream`, `offset` and `epoch` go together",
+        )
+        _require(
+            envelope,
+            envelope.offset is None or envelope.offset >= 1,
+            "stream offsets start at 1",
+        )
+    elif kind is MessageType.ACK:
+        cumulative = envelope.stream is not None and envelope.offset is not None
+        _require(
+            envelope,
+            envelope.ref is not None or cumulative,
+            "`ack` needs `ref`, or `stream` and `offset`",
+        )
+    elif kind is MessageType.CALL:
+        _require(envelope, envelope.event is not None, "`call` needs `event` (the method)")
+    elif kind is MessageType.RESULT:
+        _require(envelope, envelope.ref is not None, "`result` needs `ref`")
+    elif kind is MessageType.ERROR:
+        _require(envelope, envelope.code is not None, "`error` needs `code`")
+    elif kind is MessageType.SUBSCRIBE:
+        _require(envelope, envelope.room is not None, "`subscribe` needs `room`")
+        _require(
+            envelope,
+            not has_position or (envelope.offset is not None and envelope.epoch is not None),
+            "`offset` and `epoch` go together",
+        )
+    elif kind is MessageType.UNSUBSCRIBE:
+        _require(envelope, envelope.room is not None, "`unsubscribe` needs `room`")
+    elif kind is MessageType.AUTH:
+        _require(
+            envelope,
+            isinstance(envelope.data, dict) and _valid_string(envelope.data.get("token"), 16384),
+            "`auth` needs `data.token`",
+        )
