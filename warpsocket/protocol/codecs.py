@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -49,9 +50,7 @@ class JsonCodec:
     binary = False
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(
-            separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
     def encode(self, envelope: Envelope) -> bytes:
@@ -64,7 +63,23 @@ class JsonCodec:
             raw = self._decoder.decode(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "JSON nested too deeply") from None
+        if _SURROGATE_ESCAPE.search(payload) and not _encodable(raw):
+            # "\ud800" decodes to a lone surrogate, which no UTF-8 peer can hold.
+            raise ProtocolError(ErrorCode.BAD_FRAME, "lone UTF-16 surrogate escape")
         return Envelope.from_wire(raw)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class MsgpackCodec:
@@ -84,7 +99,7 @@ class MsgpackCodec:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid msgpack: {exc}") from None
         if not _json_compatible(raw):
             raise ProtocolError(
-                ErrorCode.BAD_ENVELOPE, "msgpack envelopes must stay in the JSON data model"
+                ErrorCode.BAD_FRAME, "msgpack frames must stay in the JSON data model"
             )
         return Envelope.from_wire(raw)
 

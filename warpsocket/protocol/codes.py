@@ -139,9 +139,7 @@ CODE_INFO: dict[ErrorCode, CodeInfo] = {
     ErrorCode.EXPIRED: CodeInfo(
         "expired", Use.ERROR, False, "The message's TTL elapsed before it was handled."
     ),
-    ErrorCode.TIMEOUT: CodeInfo(
-        "timeout", Use.ERROR, True, "No answer within the deadline."
-    ),
+    ErrorCode.TIMEOUT: CodeInfo("timeout", Use.ERROR, True, "No answer within the deadline."),
     ErrorCode.UNAVAILABLE: CodeInfo(
         "unavailable", Use.ERROR, True, "A backend the server needs is unavailable."
     ),

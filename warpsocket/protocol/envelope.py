@@ -120,7 +120,7 @@ class Envelope:
             raise ProtocolError(
                 ErrorCode.BAD_ENVELOPE, f"`id` must be a string of 1-{MAX_ID_LENGTH} characters"
             )
-        timestamp = raw.get("timestamp")
+        timestamp: Any = raw.get("timestamp")
         if not _valid_uint(timestamp):
             raise ProtocolError(
                 ErrorCode.BAD_ENVELOPE, "`timestamp` must be a non-negative integer", ref
@@ -155,8 +155,10 @@ class Envelope:
                     ErrorCode.BAD_ENVELOPE, "`code` must be an integer in 1000-4999", ref
                 )
             values["code"] = code
-        ack = raw.get("ack", False)
-        if not isinstance(ack, bool):
+        ack = raw.get("ack")
+        if ack is None:
+            ack = False
+        elif not isinstance(ack, bool):
             raise ProtocolError(ErrorCode.BAD_ENVELOPE, "`ack` must be a boolean", ref)
         extra = {k: v for k, v in raw.items() if k not in _KNOWN_FIELDS}
         envelope = cls(
@@ -182,11 +184,7 @@ def _valid_string(value: object, limit: int) -> bool:
 
 
 def _valid_uint(value: object) -> bool:
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and 0 <= value <= MAX_SAFE_INTEGER
-    )
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SAFE_INTEGER
 
 
 def _require(envelope: Envelope, condition: bool, message: str) -> None:

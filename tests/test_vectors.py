@@ -1,0 +1,193 @@
+"""Run the shared, language-neutral envelope vectors (tests/vectors/envelopes.json).
+
+One test method is generated per vector and codec, so a failure names the
+vector. Vectors follow docs/protocol.md; where the implementation disagrees,
+the vector is listed in KNOWN_DISAGREEMENTS and its tests are expected
+failures (trial ``todo``) until the implementation is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from twisted.trial import unittest
+
+from warpsocket.protocol import ErrorCode, JsonCodec, MsgpackCodec, ProtocolError
+
+VECTORS_PATH = Path(__file__).parent / "vectors" / "envelopes.json"
+
+# Vector name -> why the implementation fails it. Remove an entry once fixed
+# (trial reports an "unexpected success" as a reminder).
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
+
+Vector = dict[str, Any]
+
+
+def _load_vectors() -> dict[str, Any]:
+    with VECTORS_PATH.open(encoding="utf-8") as f:
+        loaded: dict[str, Any] = json.load(f)
+    return loaded
+
+
+VECTORS = _load_vectors()
+_JSON = JsonCodec()
+_MSGPACK = MsgpackCodec()
+
+
+def _parse_strict(text: str) -> Any:
+    """Parse vector text as JSON the way the JSON codec does (no NaN/Infinity)."""
+
+    def reject(name: str) -> Any:
+        raise ValueError(name)
+
+    return json.loads(text, parse_constant=reject)
+
+
+def _pack(value: Any) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def _assertRaisesProtocolError(
+    case: unittest.TestCase, vector: Vector, decode: Callable[[], object]
+) -> None:
+    try:
+        decoded = decode()
+    except ProtocolError as exc:
+        case.assertEqual(
+            (int(exc.code), exc.ref),
+            (vector["code"], vector["ref"]),
+            f"vector {vector['name']!r}: wrong code/ref ({exc.message})",
+        )
+    else:
+        case.fail(f"vector {vector['name']!r} was accepted: {decoded!r}")
+
+
+def _checkValidJson(case: unittest.TestCase, vector: Vector) -> None:
+    envelope = _JSON.decode(vector["json"].encode("utf-8"), is_binary=False)
+    case.assertEqual(envelope.to_wire(), vector["expected"])
+    encoded = _JSON.encode(envelope)
+    again = _JSON.decode(encoded, is_binary=False)
+    case.assertEqual(again, envelope)
+    case.assertEqual(again.to_wire(), vector["expected"])
+    case.assertEqual(_JSON.encode(again), encoded)
+
+
+def _checkValidMsgpack(case: unittest.TestCase, vector: Vector) -> None:
+    envelope = _MSGPACK.decode(_pack(vector["expected"]), is_binary=True)
+    case.assertEqual(envelope.to_wire(), vector["expected"])
+    # The frame as sent (unknown fields, nulls) must decode the same way.
+    as_sent = _MSGPACK.decode(_pack(_parse_strict(vector["json"])), is_binary=True)
+    case.assertEqual(as_sent.to_wire(), vector["expected"])
+    encoded = _MSGPACK.encode(envelope)
+    case.assertEqual(_MSGPACK.decode(encoded, is_binary=True), envelope)
+
+
+def _checkInvalidJson(case: unittest.TestCase, vector: Vector) -> None:
+    _assertRaisesProtocolError(
+        case, vector, lambda: _JSON.decode(vector["json"].encode("utf-8"), is_binary=False)
+    )
+
+
+def _checkInvalidMsgpack(case: unittest.TestCase, vector: Vector) -> None:
+    payload = _pack(_parse_strict(vector["json"]))
+    _assertRaisesProtocolError(case, vector, lambda: _MSGPACK.decode(payload, is_binary=True))
+
+
+def _attach(
+    cls: type[unittest.TestCase],
+    prefix: str,
+    vector: Vector,
+    check: Callable[[unittest.TestCase, Vector], None],
+) -> None:
+    name = f"test_{prefix}_{vector['name']}"
+
+    def test(self: unittest.TestCase) -> None:
+        check(self, vector)
+
+    test.__name__ = name
+    test.__qualname__ = f"{cls.__name__}.{name}"
+    test.__doc__ = f"{prefix} vector {vector['name']!r}"
+    reason = KNOWN_DISAGREEMENTS.get(vector["name"])
+    if reason is not None:
+        test.todo = reason  # type: ignore[attr-defined]
+    setattr(cls, name, test)
+
+
+class ValidVectorTests(unittest.TestCase):
+    """Valid vectors decode to ``expected`` and round-trip through both codecs."""
+
+
+class InvalidVectorTests(unittest.TestCase):
+    """Invalid vectors raise ProtocolError with the vector's code and ref."""
+
+
+for _vector in VECTORS["valid"]:
+    _attach(ValidVectorTests, "json", _vector, _checkValidJson)
+    _attach(ValidVectorTests, "msgpack", _vector, _checkValidMsgpack)
+
+for _vector in VECTORS["invalid"]:
+    _attach(InvalidVectorTests, "json", _vector, _checkInvalidJson)
+    # Frames that are not JSON at all have no MessagePack equivalent.
+    if _vector["code"] != ErrorCode.BAD_FRAME:
+        _attach(InvalidVectorTests, "msgpack", _vector, _checkInvalidMsgpack)
+
+
+class VectorFileTests(unittest.TestCase):
+    """The vector file itself is well formed, so other runners can trust it."""
+
+    def test_shape(self) -> None:
+        self.assertEqual(set(VECTORS), {"description", "valid", "invalid"})
+        self.assertIsInstance(VECTORS["description"], str)
+        self.assertGreaterEqual(len(VECTORS["valid"]), 30)
+        self.assertGreaterEqual(len(VECTORS["invalid"]), 45)
+        for vector in VECTORS["valid"]:
+            self.assertEqual(set(vector), {"name", "json", "expected"}, vector)
+            self.assertIsInstance(vector["json"], str)
+        for vector in VECTORS["invalid"]:
+            self.assertEqual(set(vector), {"name", "json", "code", "ref"}, vector)
+            self.assertIsInstance(vector["json"], str)
+            self.assertIn(vector["code"], {int(code) for code in ErrorCode})
+            self.assertIsInstance(vector["ref"], (str, type(None)))
+
+    def test_namesUniqueIdentifiers(self) -> None:
+        names = [v["name"] for v in VECTORS["valid"] + VECTORS["invalid"]]
+        self.assertEqual(len(names), len(set(names)))
+        for name in names:
+            self.assertRegex(name, re.compile(r"^[a-z0-9_]+$"))
+
+    def test_expectedIsCanonical(self) -> None:
+        """``expected`` holds present fields only, with ``ack`` omitted when false."""
+        for vector in VECTORS["valid"]:
+            expected = vector["expected"]
+            self.assertLessEqual({"type", "id", "timestamp"}, set(expected), vector["name"])
+            self.assertNotIn(None, expected.values(), vector["name"])
+            self.assertNotEqual(expected.get("ack"), False, vector["name"])
+
+    def test_knownDisagreementsExist(self) -> None:
+        names = {v["name"] for v in VECTORS["valid"] + VECTORS["invalid"]}
+        self.assertLessEqual(set(KNOWN_DISAGREEMENTS), names)
+
+    def test_everyMessageTypeCovered(self) -> None:
+        types = {v["expected"]["type"] for v in VECTORS["valid"]}
+        self.assertEqual(
+            types,
+            {
+                "hello",
+                "welcome",
+                "event",
+                "ack",
+                "call",
+                "result",
+                "error",
+                "heartbeat",
+                "subscribe",
+                "unsubscribe",
+                "auth",
+            },
+        )

@@ -1,0 +1,484 @@
+"""The client's reliability core, sans-I/O.
+
+It owns what must survive a reconnect: the session id, the position on every
+stream, the rooms, the offline queue and the messages awaiting an answer.
+The Twisted client feeds it connection events and envelopes and performs
+the actions it returns:
+
+- ``Transmit``: write an envelope on the open connection;
+- ``Deliver``: hand a stream event to the application;
+- ``Outcome``: the final outcome of a message the application sent;
+- ``StreamLost``: a stream could not be recovered (``recovered: false``);
+- ``Welcomed``: the handshake finished;
+- ``RoomChanged``: a room was joined or left, or a join was refused;
+- ``Reconnect``: drop this connection and resume on a new one.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from warpsocket.core.history import Position
+from warpsocket.core.messages import heartbeat_envelope
+from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.envelope import Envelope, MessageType
+
+
+class QueuePolicy(str, enum.Enum):
+    """What ``send`` does when the offline queue is full."""
+
+    REJECT_NEW = "reject_new"  # the new message fails with queue_full
+    DROP_OLDEST = "drop_oldest"  # the oldest queued message fails with queue_full
+
+
+@dataclass(frozen=True)
+class ClientCoreOptions:
+    max_queue: int = 10_000
+    queue_policy: QueuePolicy = QueuePolicy.REJECT_NEW
+    ack_deadline_ms: int = 60_000
+    retry_initial_ms: int = 5_000
+    retry_max_ms: int = 30_000
+    max_remembered_acks: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 1 or self.ack_deadline_ms <= 0 or self.retry_initial_ms <= 0:
+            raise ValueError("queue size, deadline and retry interval must be positive")
+        if self.retry_max_ms < self.retry_initial_ms:
+            raise ValueError("retry_max_ms must be >= retry_initial_ms")
+
+
+class Status(str, enum.Enum):
+    ACKED = "acked"
+    RESULT = "result"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    id: str
+    status: Status
+    data: Any = None
+    code: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLost:
+    stream: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    session: str
+    resumed: bool
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChanged:
+    room: str
+    joined: bool
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    code: ErrorCode
+    reason: str
+
+
+ClientAction = Transmit | Deliver | Outcome | StreamLost | Welcomed | RoomChanged | Reconnect
+
+
+@dataclass(eq=False)
+class Outgoing:
+    envelope: Envelope
+    priority: int
+    seq: int
+    tracked: bool  # expects an answer (ack requested, or a call)
+    deadline_ms: int | None
+    attempts: int = 0
+    next_retry_ms: int | None = None
+    queued: bool = field(default=True)
+
+    def sort_key(self) -> tuple[int, int]:
+        return (-self.priority, self.seq)
+
+
+class ClientCore:
+    def __init__(self, options: ClientCoreOptions, new_id: Callable[[], str]) -> None:
+        self.options = options
+        self.new_id = new_id
+        self.session: str | None = None
+        self.positions: dict[str, Position] = {}
+        self.rooms: set[str] = set()
+        self.open = False
+        self._seq = itertools.count()
+        self._queue: list[tuple[tuple[int, int], Outgoing]] = []  # heap
+        self._queued: dict[str, Outgoing] = {}
+        self._inflight: dict[str, Outgoing] = {}
+        self._subscribing: dict[str, str] = {}  # subscribe id -> room
+        self._hello_id: str | None = None
+        self._acked: OrderedDict[str, None] = OrderedDict()
+
+    # ------------------------------------------------------------ introspection
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queued)
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self._inflight)
+
+    # ------------------------------------------------------------ connection
+
+    def connected(self, now_ms: int, token: str | None = None) -> list[ClientAction]:
+        """The WebSocket is open: say hello."""
+        self.open = False
+        self._hello_id = self.new_id()
+        data: dict[str, Any] = {
+            "session": self.session,
+            "streams": {
+                name: {"offset": p.offset, "epoch": p.epoch} for name, p in self.positions.items()
+            },
+            "rooms": sorted(self.rooms),
+        }
+        if token is not None:
+            data["token"] = token
+        hello = Envelope(type=MessageType.HELLO, id=self._hello_id, timestamp=now_ms, data=data)
+        return [Transmit(hello)]
+
+    def disconnected(self, now_ms: int) -> list[ClientAction]:
+        """The connection is gone: whatever awaited an answer goes back in the queue."""
+        self.open = False
+        self._hello_id = None
+        self._subscribing.clear()
+        for outgoing in self._inflight.values():
+            outgoing.next_retry_ms = None
+            self._enqueue(outgoing)
+        self._inflight.clear()
+        return self.tick(now_ms)
+
+    # ------------------------------------------------------------ sending
+
+    def send(
+        self,
+        event: str,
+        data: Any,
+        now_ms: int,
+        *,
+        ack: bool = False,
+        room: str | None = None,
+        ttl: int | None = None,
+        priority: int = 0,
+        deadline_ms: int | None = None,
+    ) -> tuple[str, list[ClientAction]]:
+        envelope = Envelope(
+            type=MessageType.EVENT,
+            id=self.new_id(),
+            timestamp=now_ms,
+            event=event,
+            data=data,
+            room=room,
+            ttl=ttl,
+            ack=ack,
+        )
+        return envelope.id, self._submit(envelope, ack, priority, deadline_ms, now_ms)
+
+    def call(
+        self,
+        method: str,
+        data: Any,
+        now_ms: int,
+        *,
+        timeout_ms: int | None = None,
+        priority: int = 0,
+    ) -> tuple[str, list[ClientAction]]:
+        envelope = Envelope(
+            type=MessageType.CALL, id=self.new_id(), timestamp=now_ms, event=method, data=data
+        )
+        return envelope.id, self._submit(envelope, True, priority, timeout_ms, now_ms)
+
+    def _submit(
+        self,
+        envelope: Envelope,
+        tracked: bool,
+        priority: int,
+        deadline_ms: int | None,
+        now_ms: int,
+    ) -> list[ClientAction]:
+        deadline = None
+        if tracked:
+            deadline = now_ms + (
+                deadline_ms if deadline_ms is not None else self.options.ack_deadline_ms
+            )
+        outgoing = Outgoing(envelope, priority, next(self._seq), tracked, deadline)
+        actions: list[ClientAction] = []
+        if len(self._queued) >= self.options.max_queue:
+            if self.options.queue_policy is QueuePolicy.REJECT_NEW:
+                return [self._failed(outgoing, ErrorCode.QUEUE_FULL, "offline queue is full")]
+            oldest = min(self._queued.values(), key=Outgoing.sort_key)
+            self._queued.pop(oldest.envelope.id)
+            oldest.queued = False
+            actions.append(self._failed(oldest, ErrorCode.QUEUE_FULL, "dropped: queue full"))
+        self._enqueue(outgoing)
+        if self.open:
+            actions.extend(self._flush(now_ms))
+        return actions
+
+    def _enqueue(self, outgoing: Outgoing) -> None:
+        outgoing.queued = True
+        self._queued[outgoing.envelope.id] = outgoing
+        heapq.heappush(self._queue, (outgoing.sort_key(), outgoing))
+
+    def _flush(self, now_ms: int) -> list[ClientAction]:
+        actions: list[ClientAction] = []
+        while self._queue:
+            _, outgoing = heapq.heappop(self._queue)
+            if not outgoing.queued:
+                continue  # dropped or expired while queued
+            outgoing.queued = False
+            self._queued.pop(outgoing.envelope.id, None)
+            if outgoing.envelope.expired(now_ms):
+                actions.append(self._failed(outgoing, ErrorCode.EXPIRED, "ttl elapsed"))
+                continue
+            actions.append(self._transmit(outgoing, now_ms))
+        return actions
+
+    def _transmit(self, outgoing: Outgoing, now_ms: int) -> Transmit:
+        outgoing.attempts += 1
+        if outgoing.tracked:
+            self._inflight[outgoing.envelope.id] = outgoing
+            outgoing.next_retry_ms = now_ms + self._retry_delay(outgoing.attempts)
+        return Transmit(outgoing.envelope)
+
+    def _retry_delay(self, attempts: int) -> int:
+        delay = self.options.retry_initial_ms * 2 ** min(attempts - 1, 16)
+        return int(min(delay, self.options.retry_max_ms))
+
+    def _failed(self, outgoing: Outgoing, code: ErrorCode, message: str) -> Outcome:
+        status = (
+            Status.EXPIRED if code in (ErrorCode.EXPIRED, ErrorCode.TIMEOUT) else (Status.REJECTED)
+        )
+        return Outcome(outgoing.envelope.id, status, None, int(code), message)
+
+    # ------------------------------------------------------------ rooms and acks
+
+    def subscribe(self, room: str, now_ms: int) -> list[ClientAction]:
+        self.rooms.add(room)
+        if not self.open:
+            return []  # the next hello asks for it
+        position = self.positions.get("room:" + room)
+        envelope = Envelope(
+            type=MessageType.SUBSCRIBE,
+            id=self.new_id(),
+            timestamp=now_ms,
+            room=room,
+            offset=position.offset if position else None,
+            epoch=position.epoch if position else None,
+        )
+        self._subscribing[envelope.id] = room
+        return [Transmit(envelope)]
+
+    def unsubscribe(self, room: str, now_ms: int) -> list[ClientAction]:
+        self.rooms.discard(room)
+        self.positions.pop("room:" + room, None)
+        if not self.open:
+            return []
+        envelope = Envelope(
+            type=MessageType.UNSUBSCRIBE, id=self.new_id(), timestamp=now_ms, room=room
+        )
+        return [Transmit(envelope)]
+
+    def acknowledge(self, event: Envelope, now_ms: int) -> list[ClientAction]:
+        """The application processed an ``ack: true`` event: acknowledge it."""
+        self._remember_ack(event.id)
+        if not self.open:
+            return []  # the server re-sends it on resume and we ack the duplicate
+        return [Transmit(self._ack_for(event, now_ms))]
+
+    def _ack_for(self, event: Envelope, now_ms: int) -> Envelope:
+        return Envelope(type=MessageType.ACK, id=self.new_id(), timestamp=now_ms, ref=event.id)
+
+    def _remember_ack(self, ident: str) -> None:
+        self._acked[ident] = None
+        while len(self._acked) > self.options.max_remembered_acks:
+            self._acked.popitem(last=False)
+
+    # ------------------------------------------------------------ receiving
+
+    def receive(self, envelope: Envelope, now_ms: int) -> list[ClientAction]:
+        kind = envelope.type
+        if kind is MessageType.EVENT:
+            return self._event(envelope, now_ms)
+        if kind is MessageType.WELCOME:
+            return self._welcome(envelope, now_ms)
+        if kind is MessageType.ACK or kind is MessageType.RESULT or kind is MessageType.ERROR:
+            return self._answer(envelope)
+        if kind is MessageType.HEARTBEAT:
+            if envelope.ref is None:
+                return [Transmit(heartbeat_envelope(self.new_id(), now_ms, envelope.id))]
+            return []
+        if kind is MessageType.SUBSCRIBE and envelope.room is not None:
+            key = "room:" + envelope.room
+            if envelope.offset is not None and envelope.epoch is not None:
+                self.positions.setdefault(key, Position(envelope.offset, envelope.epoch))
+            self.rooms.add(envelope.room)
+            return [RoomChanged(envelope.room, True)]
+        if kind is MessageType.UNSUBSCRIBE and envelope.room is not None:
+            self.rooms.discard(envelope.room)
+            self.positions.pop("room:" + envelope.room, None)
+            return [RoomChanged(envelope.room, False)]
+        return []
+
+    def _welcome(self, welcome: Envelope, now_ms: int) -> list[ClientAction]:
+        if welcome.ref is None or welcome.ref != self._hello_id:
+            return []
+        data = welcome.data
+        actions: list[ClientAction] = []
+        self.session = data["session"]
+        streams: dict[str, Any] = data.get("streams", {})
+        for name, info in streams.items():
+            if not info.get("recovered", True):
+                actions.append(StreamLost(name, "not recovered on resume"))
+            self.positions[name] = Position(int(info["offset"]), str(info["epoch"]))
+        joined = set(data.get("rooms", []))
+        for room in self.rooms - joined:
+            self.positions.pop("room:" + room, None)
+            code = data.get("denied", {}).get(room)
+            actions.append(RoomChanged(room, False, code))
+        self.rooms = joined
+        self.open = True
+        actions.append(Welcomed(str(self.session), bool(data.get("resumed")), data))
+        actions.extend(self._flush(now_ms))
+        return actions
+
+    def _event(self, event: Envelope, now_ms: int) -> list[ClientAction]:
+        stream, offset, epoch = event.stream, event.offset, event.epoch
+        if stream is None or offset is None or epoch is None:
+            return []  # not a stream event: servers never send these
+        actions: list[ClientAction] = []
+        known = self.positions.get(stream)
+        if known is None:
+            known = Position(offset - 1, epoch)
+        elif known.epoch != epoch:
+            actions.append(StreamLost(stream, "epoch changed"))
+            known = Position(offset - 1, epoch)
+        if offset <= known.offset:
+            if event.ack and event.id in self._acked:
+                actions.append(Transmit(self._ack_for(event, now_ms)))
+            return actions
+        if offset > known.offset + 1:
+            self.positions[stream] = known
+            actions.append(
+                Reconnect(
+                    ErrorCode.STREAM_GAP, f"{stream}: expected {known.offset + 1}, got {offset}"
+                )
+            )
+            return actions
+        self.positions[stream] = Position(offset, epoch)
+        if event.code != ErrorCode.EXPIRED:
+            actions.append(Deliver(event))
+        return actions
+
+    def _answer(self, answer: Envelope) -> list[ClientAction]:
+        ref = answer.ref
+        if ref is None:
+            return []
+        room = self._subscribing.pop(ref, None)
+        if room is not None:
+            return self._subscribe_answer(room, answer)
+        outgoing = self._inflight.pop(ref, None)
+        if outgoing is None:
+            return []  # a late duplicate answer: the outcome was already given
+        if answer.type is MessageType.ERROR:
+            message = answer.data.get("message", "") if isinstance(answer.data, dict) else ""
+            code = answer.code or int(ErrorCode.INTERNAL_ERROR)
+            status = Status.EXPIRED if code == ErrorCode.EXPIRED else Status.REJECTED
+            return [Outcome(ref, status, answer.data, code, str(message))]
+        if answer.type is MessageType.RESULT:
+            return [Outcome(ref, Status.RESULT, answer.data)]
+        return [Outcome(ref, Status.ACKED, answer.data)]
+
+    def _subscribe_answer(self, room: str, answer: Envelope) -> list[ClientAction]:
+        key = "room:" + room
+        if answer.type is MessageType.ERROR:
+            self.rooms.discard(room)
+            self.positions.pop(key, None)
+            return [RoomChanged(room, False, answer.code)]
+        info = answer.data if isinstance(answer.data, dict) else {}
+        actions: list[ClientAction] = []
+        if "offset" in info and "epoch" in info:
+            if not info.get("recovered", True):
+                actions.append(StreamLost(key, "not recovered on subscribe"))
+            self.positions[key] = Position(int(info["offset"]), str(info["epoch"]))
+        actions.append(RoomChanged(room, True))
+        return actions
+
+    # ------------------------------------------------------------ time
+
+    def tick(self, now_ms: int) -> list[ClientAction]:
+        """Expire what is past its deadline or TTL; retry unanswered messages."""
+        actions: list[ClientAction] = []
+        for outgoing in list(self._queued.values()):
+            failure = self._expiry(outgoing, now_ms)
+            if failure is not None:
+                self._queued.pop(outgoing.envelope.id)
+                outgoing.queued = False
+                actions.append(failure)
+        for ident, outgoing in list(self._inflight.items()):
+            failure = self._expiry(outgoing, now_ms)
+            if failure is not None:
+                del self._inflight[ident]
+                actions.append(failure)
+            elif (
+                self.open
+                and outgoing.next_retry_ms is not None
+                and now_ms >= outgoing.next_retry_ms
+            ):
+                actions.append(self._transmit(outgoing, now_ms))
+        return actions
+
+    def _expiry(self, outgoing: Outgoing, now_ms: int) -> Outcome | None:
+        if outgoing.deadline_ms is not None and now_ms >= outgoing.deadline_ms:
+            return self._failed(outgoing, ErrorCode.TIMEOUT, "no answer before the deadline")
+        if outgoing.envelope.expired(now_ms):
+            return self._failed(outgoing, ErrorCode.EXPIRED, "ttl elapsed")
+        return None
+
+    def next_wakeup(self) -> int | None:
+        """When ``tick`` next has something to do, or None."""
+        times = [o.deadline_ms for o in self._queued.values() if o.deadline_ms is not None]
+        times += [
+            o.envelope.timestamp + o.envelope.ttl
+            for o in self._queued.values()
+            if o.envelope.ttl is not None
+        ]
+        for outgoing in self._inflight.values():
+            if outgoing.deadline_ms is not None:
+                times.append(outgoing.deadline_ms)
+            if outgoing.next_retry_ms is not None:
+                times.append(outgoing.next_retry_ms)
+        return min(times) if times else None

@@ -1,0 +1,799 @@
+"""The server's reliability core: sessions, streams, acks and dedup, sans-I/O.
+
+One ``ServerCore`` serves a node. The Twisted hub feeds it decoded envelopes
+and connection events and performs the actions it returns:
+
+- ``Send``: one envelope to one connection;
+- ``Fanout``: one envelope to many connections (encode it once);
+- ``Close``: close a connection with a code;
+- ``Dispatch``: run the application for an event, call or auth, then report
+  the outcome with ``ServerCore.settle``;
+- ``AckResult``: an acknowledged direct send was acknowledged or failed;
+- ``SessionOpened`` / ``SessionExpired``: lifecycle notifications.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
+from warpsocket.core.history import HistoryLimits, Position
+from warpsocket.core.messages import (
+    ack_envelope,
+    error_envelope,
+    heartbeat_envelope,
+    result_envelope,
+)
+from warpsocket.core.store import StreamStore
+from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.envelope import (
+    MAX_EPOCH_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_SAFE_INTEGER,
+    Envelope,
+    MessageType,
+)
+
+ConnId = int
+BROADCAST = "broadcast"
+DIRECT = "direct"
+
+
+def room_key(room: str) -> str:
+    return "room:" + room
+
+
+def direct_key(session_id: str) -> str:
+    return "direct:" + session_id
+
+
+@dataclass(frozen=True)
+class CoreOptions:
+    """Reliability settings of a node; every value is a documented default."""
+
+    node: str = "node"
+    session_ttl_ms: int = 120_000
+    handshake_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 25_000
+    heartbeat_timeout_ms: int = 60_000
+    idle_timeout_ms: int | None = None
+    ack_retry_ms: int = 10_000
+    ack_timeout_ms: int = 60_000
+    max_pending_acks: int = 1_000
+    max_rooms: int = 1_000
+    max_message_size: int = 1_048_576
+    history: HistoryLimits = field(default_factory=HistoryLimits)
+    dedup: DedupLimits = field(default_factory=DedupLimits)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "session_ttl_ms",
+            "handshake_timeout_ms",
+            "heartbeat_interval_ms",
+            "heartbeat_timeout_ms",
+            "ack_retry_ms",
+            "ack_timeout_ms",
+            "max_pending_acks",
+            "max_rooms",
+            "max_message_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.idle_timeout_ms is not None and self.idle_timeout_ms <= 0:
+            raise ValueError("idle_timeout_ms must be positive or None")
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
+            raise ValueError("heartbeat_timeout_ms must exceed heartbeat_interval_ms")
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    conn: ConnId
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    conns: tuple[ConnId, ...]
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    conn: ConnId
+    code: ErrorCode
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    conn: ConnId
+    session: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    session: str
+    offset: int
+    code: ErrorCode | None  # None: acknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    conn: ConnId
+    session: str
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpired:
+    session: str
+
+
+Action = Send | Fanout | Close | Dispatch | AckResult | SessionOpened | SessionExpired
+
+
+class UnknownSessionError(KeyError):
+    pass
+
+
+class QueueFullError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class PendingAck:
+    envelope: Envelope
+    deadline_ms: int
+    next_retry_ms: int
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    user: str | None
+    claims: Mapping[str, Any]
+    # stream key -> the position the session started from, used when the
+    # client cannot present one (it never saw an event of that stream).
+    starts: dict[str, Position] = field(default_factory=dict)
+    rooms: set[str] = field(default_factory=set)
+    conn: ConnId | None = None
+    pending: dict[int, PendingAck] = field(default_factory=dict)
+
+    @property
+    def principal(self) -> str:
+        return "u:" + self.user if self.user is not None else "s:" + self.id
+
+
+@dataclass(eq=False)
+class Connection:
+    id: ConnId
+    opened_ms: int
+    last_rx_ms: int
+    last_app_ms: int
+    user: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    session: Session | None = None
+    keys: set[str] = field(default_factory=set)
+
+
+JoinPolicy = Callable[[Session, str], bool]
+PublishPolicy = Callable[[Session, str, Envelope], bool]
+
+
+def deny_all(*_: object) -> bool:
+    return False
+
+
+# ---------------------------------------------------------------- the core
+
+
+class ServerCore:
+    def __init__(
+        self,
+        store: StreamStore,
+        options: CoreOptions,
+        new_id: Callable[[], str],
+        new_session_id: Callable[[], str],
+        can_join: JoinPolicy = deny_all,
+        can_publish: PublishPolicy = deny_all,
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.new_id = new_id
+        self.new_session_id = new_session_id
+        self.can_join = can_join
+        self.can_publish = can_publish
+        self.dedup = DedupWindow(options.dedup)
+        self.connections: dict[ConnId, Connection] = {}
+        self.sessions: dict[str, Session] = {}
+        self.members: dict[str, set[ConnId]] = {}
+        self.room_sessions: dict[str, set[str]] = {}
+        self.user_sessions: dict[str, set[str]] = {}
+        self._awaiting_hello: set[ConnId] = set()
+        self._detached: OrderedDict[str, int] = OrderedDict()  # session -> detached at
+        self._with_pending: set[str] = set()
+        self._next_heartbeat_ms: int | None = None
+
+    # ------------------------------------------------------------ connections
+
+    def open(
+        self,
+        conn_id: ConnId,
+        now_ms: int,
+        user: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A WebSocket handshake completed; ``hello`` is expected next."""
+        self.connections[conn_id] = Connection(
+            conn_id, now_ms, now_ms, now_ms, user, dict(claims or {})
+        )
+        self._awaiting_hello.add(conn_id)
+
+    def close(self, conn_id: ConnId, now_ms: int) -> Session | None:
+        """The connection is gone. Returns the session it detached, if any."""
+        conn = self.connections.pop(conn_id, None)
+        self._awaiting_hello.discard(conn_id)
+        if conn is None:
+            return None
+        self._leave_all(conn)
+        session = conn.session
+        if session is not None and session.conn == conn_id:
+            session.conn = None
+            self._detached[session.id] = now_ms
+            return session
+        return None
+
+    def _leave_all(self, conn: Connection) -> None:
+        for key in conn.keys:
+            members = self.members.get(key)
+            if members is not None:
+                members.discard(conn.id)
+                if not members:
+                    del self.members[key]
+        conn.keys.clear()
+
+    def _member(self, conn: Connection, key: str) -> None:
+        self.members.setdefault(key, set()).add(conn.id)
+        conn.keys.add(key)
+
+    def _not_member(self, conn: Connection, key: str) -> None:
+        conn.keys.discard(key)
+        members = self.members.get(key)
+        if members is not None:
+            members.discard(conn.id)
+            if not members:
+                del self.members[key]
+
+    # ------------------------------------------------------------ inbound
+
+    def protocol_error(self, conn_id: ConnId, error: ProtocolError, now_ms: int) -> list[Action]:
+        """A frame failed to decode or validate: answer it, keep the connection."""
+        conn = self.connections.get(conn_id)
+        if conn is None:
+            return []
+        conn.last_rx_ms = now_ms
+        return [Send(conn_id, self._error(now_ms, error.code, error.message, error.ref))]
+
+    def receive(self, conn_id: ConnId, envelope: Envelope, now_ms: int) -> list[Action]:
+        conn = self.connections.get(conn_id)
+        if conn is None:
+            return []
+        conn.last_rx_ms = now_ms
+        kind = envelope.type
+        session = conn.session
+        if session is None:
+            if kind is MessageType.HELLO:
+                return self._hello(conn, envelope, now_ms)
+            return [
+                Send(
+                    conn_id,
+                    self._error(now_ms, ErrorCode.HELLO_REQUIRED, "send hello first", envelope.id),
+                )
+            ]
+        if kind is MessageType.HEARTBEAT:
+            if envelope.ref is not None:
+                return []
+            return [Send(conn_id, heartbeat_envelope(self.new_id(), now_ms, envelope.id))]
+        if kind is MessageType.ACK:
+            return self._client_ack(session, envelope)
+        if kind is MessageType.ERROR:
+            return []
+        conn.last_app_ms = now_ms
+        if kind is MessageType.EVENT or kind is MessageType.CALL:
+            return self._inbound_message(conn, session, envelope, now_ms)
+        if kind is MessageType.SUBSCRIBE:
+            return self._subscribe(conn, session, envelope, now_ms)
+        if kind is MessageType.UNSUBSCRIBE:
+            self.leave(session.id, envelope.room or "")
+            return [Send(conn_id, ack_envelope(self.new_id(), now_ms, envelope.id))]
+        if kind is MessageType.AUTH:
+            return [Dispatch(conn_id, session.id, envelope)]
+        reason = "second hello" if kind is MessageType.HELLO else f"{kind.value} is server-only"
+        return [Send(conn_id, self._error(now_ms, ErrorCode.BAD_STATE, reason, envelope.id))]
+
+    # ------------------------------------------------------------ hello
+
+    def _hello(self, conn: Connection, hello: Envelope, now_ms: int) -> list[Action]:
+        try:
+            wanted_session, presented, wanted_rooms = _parse_hello(hello.data, self.options)
+        except ProtocolError as exc:
+            return [Send(conn.id, self._error(now_ms, exc.code, exc.message, hello.id))]
+        actions: list[Action] = []
+        session = self.sessions.get(wanted_session) if wanted_session else None
+        if session is not None and session.user != conn.user:
+            session = None  # a session never changes hands between principals
+        resumed = session is not None
+        if session is None:
+            session = self._new_session(conn.user, conn.claims, now_ms)
+        elif session.conn is not None:
+            old = self.connections.get(session.conn)
+            actions.append(Close(session.conn, ErrorCode.SESSION_REPLACED))
+            if old is not None:
+                self._leave_all(old)
+                old.session = None
+        self._detached.pop(session.id, None)
+        self._awaiting_hello.discard(conn.id)
+        conn.session = session
+        session.conn = conn.id
+
+        denied: dict[str, int] = {}
+        for room in wanted_rooms:
+            if room not in session.rooms:
+                code = self._join_refusal(session, room)
+                if code is None:
+                    self._add_room(session, room)
+                else:
+                    denied[room] = int(code)
+
+        keys = [direct_key(session.id), BROADCAST, *(room_key(r) for r in sorted(session.rooms))]
+        streams: dict[str, dict[str, Any]] = {}
+        replays: list[Action] = []
+        for key in keys:
+            wire = "direct" if key.startswith("direct:") else key
+            start = presented.get(wire) or session.starts.get(key)
+            current = self.store.position(key)
+            missed = self.store.read_after(key, start, now_ms) if start is not None else None
+            if start is None or missed is None:
+                # Nothing to resume from, or history no longer reaches back:
+                # start live, and say so if something may have been missed.
+                resume_at, recovered = current, start is None
+            else:
+                resume_at, recovered = start, True
+                replays.extend(Send(conn.id, message) for message in missed)
+            streams[wire] = {
+                "offset": resume_at.offset,
+                "epoch": resume_at.epoch,
+                "recovered": recovered,
+            }
+            self._member(conn, key)
+
+        welcome = Envelope(
+            type=MessageType.WELCOME,
+            id=self.new_id(),
+            timestamp=now_ms,
+            ref=hello.id,
+            data={
+                "session": session.id,
+                "resumed": resumed,
+                "streams": streams,
+                "rooms": sorted(session.rooms),
+                "denied": denied,
+                "heartbeat": {
+                    "interval": self.options.heartbeat_interval_ms,
+                    "timeout": self.options.heartbeat_timeout_ms,
+                },
+                "limits": {
+                    "max_message_size": self.options.max_message_size,
+                    "max_pending": self.options.max_pending_acks,
+                },
+                "node": self.options.node,
+            },
+        )
+        actions.append(Send(conn.id, welcome))
+        actions.extend(replays)
+        # Acked direct messages the client already has (but may not have
+        # acknowledged) are re-sent: the client re-acks or ignores them.
+        replayed = {a.envelope.offset for a in replays if a.envelope.stream == DIRECT}
+        for offset, pending in sorted(session.pending.items()):
+            if offset not in replayed:
+                pending.next_retry_ms = now_ms + self.options.ack_retry_ms
+                actions.append(Send(conn.id, pending.envelope))
+        actions.append(SessionOpened(conn.id, session.id, resumed))
+        return actions
+
+    def _new_session(self, user: str | None, claims: Mapping[str, Any], now_ms: int) -> Session:
+        session = Session(self.new_session_id(), user, dict(claims))
+        self.sessions[session.id] = session
+        if user is not None:
+            self.user_sessions.setdefault(user, set()).add(session.id)
+        for key in (direct_key(session.id), BROADCAST):
+            session.starts[key] = self.store.position(key)
+        return session
+
+    def _join_refusal(self, session: Session, room: str) -> ErrorCode | None:
+        if len(session.rooms) >= self.options.max_rooms:
+            return ErrorCode.QUEUE_FULL
+        if not self.can_join(session, room):
+            return ErrorCode.FORBIDDEN
+        return None
+
+    def _add_room(self, session: Session, room: str) -> Position:
+        key = room_key(room)
+        position = self.store.position(key)
+        session.rooms.add(room)
+        session.starts[key] = position
+        self.room_sessions.setdefault(room, set()).add(session.id)
+        return position
+
+    # ------------------------------------------------------------ client messages
+
+    def _inbound_message(
+        self, conn: Connection, session: Session, envelope: Envelope, now_ms: int
+    ) -> list[Action]:
+        if envelope.stream is not None:
+            return self._reject(
+                conn,
+                envelope,
+                now_ms,
+                ErrorCode.BAD_ENVELOPE,
+                "client events carry no stream position",
+            )
+        if envelope.expired(now_ms):
+            return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl elapsed")
+        tracked = envelope.ack or envelope.type is MessageType.CALL
+        if tracked:
+            key: DedupKey = (session.principal, envelope.id)
+            record = self.dedup.lookup(key, now_ms)
+            if record is not None:
+                # A retry: answer as the first time, never handle twice.
+                return [] if record.reply is None else [Send(conn.id, record.reply)]
+            self.dedup.begin(key, now_ms)
+        if envelope.type is MessageType.EVENT and envelope.room is not None:
+            return self._publish_from_client(session, envelope, now_ms)
+        return [Dispatch(conn.id, session.id, envelope)]
+
+    def _publish_from_client(
+        self, session: Session, envelope: Envelope, now_ms: int
+    ) -> list[Action]:
+        room = envelope.room or ""
+        if not self.can_publish(session, room, envelope):
+            return self.settle(
+                session.id,
+                envelope,
+                now_ms,
+                error=(ErrorCode.FORBIDDEN, f"may not publish to {room!r}"),
+            )
+        _, actions = self.publish(
+            room_key(room), envelope.event or "message", envelope.data, now_ms, ttl=envelope.ttl
+        )
+        return actions + self.settle(session.id, envelope, now_ms)
+
+    def _reject(
+        self, conn: Connection, envelope: Envelope, now_ms: int, code: ErrorCode, message: str
+    ) -> list[Action]:
+        return [Send(conn.id, self._error(now_ms, code, message, envelope.id))]
+
+    def settle(
+        self,
+        session_id: str,
+        envelope: Envelope,
+        now_ms: int,
+        *,
+        result: Any = None,
+        error: tuple[ErrorCode | int, str] | None = None,
+    ) -> list[Action]:
+        """The application finished with a dispatched envelope: answer it.
+
+        The answer goes to the session's *current* connection, which may be a
+        newer one than the message arrived on.
+        """
+        reply: Envelope | None
+        if error is not None:
+            reply = self._error(now_ms, error[0], error[1], envelope.id)
+        elif envelope.type is MessageType.CALL:
+            reply = result_envelope(self.new_id(), now_ms, envelope.id, result)
+        elif envelope.ack or envelope.type is MessageType.AUTH:
+            reply = ack_envelope(self.new_id(), now_ms, envelope.id)
+        else:
+            reply = None
+        session = self.sessions.get(session_id)
+        if envelope.ack or envelope.type is MessageType.CALL:
+            principal = session.principal if session is not None else None
+            if principal is not None and reply is not None:
+                self.dedup.settle((principal, envelope.id), reply)
+        if reply is None or session is None or session.conn is None:
+            return []
+        return [Send(session.conn, reply)]
+
+    def _client_ack(self, session: Session, envelope: Envelope) -> list[Action]:
+        pending = session.pending
+        if not pending:
+            return []
+        if envelope.ref is not None:
+            done = [o for o, p in pending.items() if p.envelope.id == envelope.ref]
+        elif envelope.stream == DIRECT and envelope.offset is not None:
+            done = [o for o in pending if o <= envelope.offset]
+        else:
+            done = []
+        actions: list[Action] = []
+        for offset in done:
+            del pending[offset]
+            actions.append(AckResult(session.id, offset, None))
+        if not pending:
+            self._with_pending.discard(session.id)
+        return actions
+
+    def _subscribe(
+        self, conn: Connection, session: Session, envelope: Envelope, now_ms: int
+    ) -> list[Action]:
+        room = envelope.room or ""
+        key = room_key(room)
+        if room not in session.rooms:
+            code = self._join_refusal(session, room)
+            if code is not None:
+                return self._reject(conn, envelope, now_ms, code, f"may not join {room!r}")
+            self._add_room(session, room)
+        self._member(conn, key)
+        current = self.store.position(key)
+        resume_at, recovered, missed = current, True, []
+        if envelope.offset is not None and envelope.epoch is not None:
+            start = Position(envelope.offset, envelope.epoch)
+            found = self.store.read_after(key, start, now_ms)
+            if found is None:
+                recovered = False
+            else:
+                resume_at, missed = start, found
+        reply = ack_envelope(
+            self.new_id(),
+            now_ms,
+            envelope.id,
+            {
+                "stream": key,
+                "offset": resume_at.offset,
+                "epoch": resume_at.epoch,
+                "recovered": recovered,
+            },
+        )
+        return [Send(conn.id, reply), *(Send(conn.id, m) for m in missed)]
+
+    # ------------------------------------------------------------ server API
+
+    def publish(
+        self,
+        key: str,
+        event: str,
+        data: Any,
+        now_ms: int,
+        *,
+        ttl: int | None = None,
+        ack: bool = False,
+    ) -> tuple[Envelope, list[Action]]:
+        """Append to a stream and deliver to its local members, framed once."""
+        template = Envelope(
+            type=MessageType.EVENT,
+            id=self.new_id(),
+            timestamp=now_ms,
+            event=event,
+            data=data,
+            ttl=ttl,
+            ack=ack,
+        )
+        stored = self.store.append(key, template, now_ms)
+        return stored, self.deliver(key, stored)
+
+    def deliver(self, key: str, stored: Envelope) -> list[Action]:
+        """A stream message (from this node or the cluster) reached this node."""
+        members = self.members.get(key)
+        if not members:
+            return []
+        return [Fanout(tuple(members), stored)]
+
+    def send_direct(
+        self,
+        session_id: str,
+        event: str,
+        data: Any,
+        now_ms: int,
+        *,
+        ack: bool = False,
+        ttl: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> tuple[Envelope, list[Action]]:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise UnknownSessionError(session_id)
+        if ack and len(session.pending) >= self.options.max_pending_acks:
+            raise QueueFullError(f"session {session_id} has {len(session.pending)} pending acks")
+        stored, actions = self.publish(
+            direct_key(session_id), event, data, now_ms, ttl=ttl, ack=ack
+        )
+        if ack:
+            assert stored.offset is not None
+            timeout = timeout_ms if timeout_ms is not None else self.options.ack_timeout_ms
+            session.pending[stored.offset] = PendingAck(
+                stored, now_ms + timeout, now_ms + self.options.ack_retry_ms
+            )
+            self._with_pending.add(session_id)
+        return stored, actions
+
+    def join(self, session_id: str, room: str, now_ms: int) -> list[Action]:
+        """Put a session in a room from the server side, and tell its client."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise UnknownSessionError(session_id)
+        if room in session.rooms:
+            return []
+        position = self._add_room(session, room)
+        if session.conn is None:
+            return []
+        conn = self.connections[session.conn]
+        self._member(conn, room_key(room))
+        notice = Envelope(
+            type=MessageType.SUBSCRIBE,
+            id=self.new_id(),
+            timestamp=now_ms,
+            room=room,
+            offset=position.offset,
+            epoch=position.epoch,
+        )
+        return [Send(conn.id, notice)]
+
+    def leave(self, session_id: str, room: str, now_ms: int | None = None) -> list[Action]:
+        """Take a session out of a room; tells its client when ``now_ms`` is given."""
+        session = self.sessions.get(session_id)
+        if session is None or room not in session.rooms:
+            return []
+        session.rooms.discard(room)
+        session.starts.pop(room_key(room), None)
+        sessions = self.room_sessions.get(room)
+        if sessions is not None:
+            sessions.discard(session_id)
+            if not sessions:
+                del self.room_sessions[room]
+        if session.conn is None:
+            return []
+        conn = self.connections[session.conn]
+        self._not_member(conn, room_key(room))
+        if now_ms is None:
+            return []
+        notice = Envelope(
+            type=MessageType.UNSUBSCRIBE, id=self.new_id(), timestamp=now_ms, room=room
+        )
+        return [Send(conn.id, notice)]
+
+    def sessions_of_user(self, user: str) -> set[str]:
+        return set(self.user_sessions.get(user, ()))
+
+    def connected(self) -> Iterable[ConnId]:
+        return (c.id for c in self.connections.values() if c.session is not None)
+
+    # ------------------------------------------------------------ time
+
+    def tick(self, now_ms: int) -> list[Action]:
+        """Timers: handshake and heartbeat timeouts, retries, session expiry."""
+        actions: list[Action] = []
+        self._expire_handshakes(now_ms, actions)
+        self._retry_pending(now_ms, actions)
+        self._expire_sessions(now_ms, actions)
+        if self._next_heartbeat_ms is None:
+            self._next_heartbeat_ms = now_ms + self.options.heartbeat_interval_ms
+        elif now_ms >= self._next_heartbeat_ms:
+            self._next_heartbeat_ms = now_ms + self.options.heartbeat_interval_ms
+            self._heartbeat(now_ms, actions)
+        self.dedup.trim(now_ms)
+        return actions
+
+    def _expire_handshakes(self, now_ms: int, actions: list[Action]) -> None:
+        limit = self.options.handshake_timeout_ms
+        for conn_id in list(self._awaiting_hello):
+            conn = self.connections.get(conn_id)
+            if conn is not None and now_ms - conn.opened_ms >= limit:
+                self._awaiting_hello.discard(conn_id)
+                actions.append(Close(conn_id, ErrorCode.HANDSHAKE_TIMEOUT))
+
+    def _heartbeat(self, now_ms: int, actions: list[Action]) -> None:
+        live: list[ConnId] = []
+        timeout = self.options.heartbeat_timeout_ms
+        idle = self.options.idle_timeout_ms
+        for conn in self.connections.values():
+            if conn.session is None:
+                continue
+            if now_ms - conn.last_rx_ms >= timeout:
+                actions.append(Close(conn.id, ErrorCode.HEARTBEAT_TIMEOUT))
+            elif idle is not None and now_ms - conn.last_app_ms >= idle:
+                actions.append(Close(conn.id, ErrorCode.IDLE_TIMEOUT))
+            else:
+                live.append(conn.id)
+        if live:
+            # One heartbeat envelope for everyone: framed once.
+            actions.append(Fanout(tuple(live), heartbeat_envelope(self.new_id(), now_ms)))
+
+    def _retry_pending(self, now_ms: int, actions: list[Action]) -> None:
+        for session_id in list(self._with_pending):
+            session = self.sessions[session_id]
+            for offset, pending in list(session.pending.items()):
+                if now_ms >= pending.deadline_ms:
+                    del session.pending[offset]
+                    actions.append(AckResult(session_id, offset, ErrorCode.TIMEOUT))
+                elif now_ms >= pending.next_retry_ms and session.conn is not None:
+                    pending.next_retry_ms = now_ms + self.options.ack_retry_ms
+                    actions.append(Send(session.conn, pending.envelope))
+            if not session.pending:
+                self._with_pending.discard(session_id)
+
+    def _expire_sessions(self, now_ms: int, actions: list[Action]) -> None:
+        ttl = self.options.session_ttl_ms
+        while self._detached:
+            session_id, since = next(iter(self._detached.items()))
+            if now_ms - since < ttl:
+                break
+            del self._detached[session_id]
+            self._drop_session(session_id, actions)
+
+    def _drop_session(self, session_id: str, actions: list[Action]) -> None:
+        session = self.sessions.pop(session_id)
+        for room in list(session.rooms):
+            self.leave(session_id, room)
+        if session.user is not None:
+            owned = self.user_sessions.get(session.user)
+            if owned is not None:
+                owned.discard(session_id)
+                if not owned:
+                    del self.user_sessions[session.user]
+        for offset in sorted(session.pending):
+            actions.append(AckResult(session_id, offset, ErrorCode.TIMEOUT))
+        self._with_pending.discard(session_id)
+        self.store.drop(direct_key(session_id))
+        actions.append(SessionExpired(session_id))
+
+    def _error(self, now_ms: int, code: ErrorCode | int, message: str, ref: str | None) -> Envelope:
+        return error_envelope(self.new_id(), now_ms, code, message, ref)
+
+
+def _parse_hello(
+    data: Any, options: CoreOptions
+) -> tuple[str | None, dict[str, Position], list[str]]:
+    """Validate ``hello.data`` (protocol.md 4.1)."""
+
+    def bad(message: str) -> ProtocolError:
+        return ProtocolError(ErrorCode.BAD_ENVELOPE, message)
+
+    session = data.get("session")
+    if session is not None and not (isinstance(session, str) and 0 < len(session) <= 128):
+        raise bad("hello.data.session must be a string or null")
+    raw_streams = data.get("streams") or {}
+    if not isinstance(raw_streams, dict) or len(raw_streams) > options.max_rooms + 2:
+        raise bad("hello.data.streams must be an object of stream positions")
+    streams: dict[str, Position] = {}
+    for name, position in raw_streams.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH + 5:
+            raise bad("stream names must be strings")
+        if not isinstance(position, dict):
+            raise bad(f"position of {name!r} must be an object")
+        offset, epoch = position.get("offset"), position.get("epoch")
+        if (
+            not isinstance(offset, int)
+            or isinstance(offset, bool)
+            or not 0 <= offset <= MAX_SAFE_INTEGER
+            or not isinstance(epoch, str)
+            or not 0 < len(epoch) <= MAX_EPOCH_LENGTH
+        ):
+            raise bad(f"position of {name!r} needs integer offset and string epoch")
+        streams[name] = Position(offset, epoch)
+    rooms = data.get("rooms") or []
+    if not isinstance(rooms, list) or len(rooms) > options.max_rooms:
+        raise bad(f"hello.data.rooms must be a list of at most {options.max_rooms} rooms")
+    for room in rooms:
+        if not isinstance(room, str) or not 0 < len(room) <= MAX_NAME_LENGTH:
+            raise bad("room names must be strings of 1-256 characters")
+    return session, streams, list(dict.fromkeys(rooms))

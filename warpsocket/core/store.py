@@ -1,0 +1,63 @@
+"""Where stream histories live: the interface and the in-memory default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from warpsocket.core.history import HistoryLimits, Position, StreamHistory
+from warpsocket.protocol.envelope import Envelope
+
+
+class StreamStore(Protocol):
+    """Stream histories as the server core sees them.
+
+    Keys are internal (``direct:<session>``, ``broadcast``, ``room:<name>``);
+    the envelopes carry the wire name (``direct`` for every session's own
+    stream). Reads are synchronous: a backend whose source of truth is remote
+    warms a node-local mirror before the core reads it.
+    """
+
+    def position(self, key: str) -> Position: ...
+
+    def read_after(self, key: str, position: Position, now_ms: int) -> list[Envelope] | None: ...
+
+    def append(self, key: str, template: Envelope, now_ms: int) -> Envelope: ...
+
+    def drop(self, key: str) -> None: ...
+
+
+def wire_name(key: str) -> str:
+    """The stream name a client sees for an internal key."""
+    return "direct" if key.startswith("direct:") else key
+
+
+class MemoryStreamStore:
+    """Histories in this process. Lost on restart, which the epoch reveals."""
+
+    def __init__(self, limits: HistoryLimits, new_epoch: Callable[[], str]) -> None:
+        self.limits = limits
+        self._new_epoch = new_epoch
+        self._streams: dict[str, StreamHistory] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def _stream(self, key: str) -> StreamHistory:
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = StreamHistory(wire_name(key), self._new_epoch(), self.limits)
+            self._streams[key] = stream
+        return stream
+
+    def position(self, key: str) -> Position:
+        return self._stream(key).position
+
+    def read_after(self, key: str, position: Position, now_ms: int) -> list[Envelope] | None:
+        return self._stream(key).read_after(position, now_ms)
+
+    def append(self, key: str, template: Envelope, now_ms: int) -> Envelope:
+        return self._stream(key).append(template, now_ms)
+
+    def drop(self, key: str) -> None:
+        self._streams.pop(key, None)
