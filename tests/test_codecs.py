@@ -171,9 +171,7 @@ class MsgpackCodecTests(ProtocolErrorAssertions):
         )
 
     def test_binFieldRejected(self) -> None:
-        self.assertProtocolError(
-            lambda: self.decode({**EVENT, "id": b"m-1"}), ErrorCode.BAD_FRAME
-        )
+        self.assertProtocolError(lambda: self.decode({**EVENT, "id": b"m-1"}), ErrorCode.BAD_FRAME)
 
     def test_binKeyRejected(self) -> None:
         self.assertProtocolError(
@@ -231,7 +229,6 @@ class MsgpackCodecTests(ProtocolErrorAssertions):
                 self.assertEqual((exc.code, exc.ref), (ErrorCode.BAD_FRAME, None), repr(data)[:40])
             else:
                 self.fail(f"accepted data {data!r}")
-
 
 
 class CodecRegistryTests(unittest.TestCase):

@@ -1,0 +1,41 @@
+"""What a handler or middleware knows about the client it is serving."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+from warpsocket.protocol.envelope import Envelope
+
+if TYPE_CHECKING:
+    from warpsocket.server.hub import Hub
+
+
+@dataclass
+class Context:
+    hub: Hub
+    session: str
+    user: str | None
+    claims: Mapping[str, Any]
+    peer: str = ""
+    envelope: Envelope | None = None
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event(self) -> str | None:
+        return self.envelope.event if self.envelope is not None else None
+
+    def send(
+        self, event: str, data: Any = None, *, ack: bool = False, timeout: float | None = None
+    ) -> Deferred[None] | None:
+        """Send to this client's session (its ``direct`` stream)."""
+        return self.hub.send(self.session, event, data, ack=ack, timeout=timeout)
+
+    def join(self, room: str) -> None:
+        self.hub.join(self.session, room)
+
+    def leave(self, room: str) -> None:
+        self.hub.leave(self.session, room)

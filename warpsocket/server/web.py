@@ -1,0 +1,71 @@
+"""HTTP side of a WarpSocket port: the WebSocket path, /healthz and /metrics."""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from warpsocket.server.hub import Hub
+from warpsocket.server.protocol import WarpSocketServerFactory
+
+
+class HealthResource(Resource):
+    """200 ``ok`` while serving; 503 with the reason while draining or degraded."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if self.hub.draining:
+            request.setResponseCode(503)
+            return b"draining\n"
+        return b"ok\n"
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        payload: bytes = generate_latest(self.hub.metrics.registry)
+        return payload
+
+
+class RootResource(Resource):
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"WarpSocket server. WebSocket endpoint, /healthz, /metrics.\n"
+
+
+def build_site(hub: Hub, path: str = "/ws") -> Site:
+    """One Site serves the WebSocket path and the HTTP endpoints on the same port."""
+    factory = WarpSocketServerFactory(hub)
+    root = RootResource()
+    segments = [s for s in path.split("/") if s]
+    if not segments:
+        raise ValueError("the WebSocket path needs at least one segment, e.g. /ws")
+    parent: Resource = root
+    for segment in segments[:-1]:
+        child = Resource()
+        parent.putChild(segment.encode(), child)
+        parent = child
+    parent.putChild(segments[-1].encode(), WebSocketResource(factory))
+    root.putChild(b"healthz", HealthResource(hub))
+    root.putChild(b"metrics", MetricsResource(hub))
+    site = Site(root)
+    site.noisy = False
+    if not hub.options.debug:
+        # One access-log line per WebSocket upgrade costs more than the upgrade.
+        site.log = lambda request: None  # type: ignore[method-assign]
+    return site
