@@ -239,7 +239,9 @@ class ClientCore:
         if len(self._queued) >= self.options.max_queue:
             if self.options.queue_policy is QueuePolicy.REJECT_NEW:
                 return [self._failed(outgoing, ErrorCode.QUEUE_FULL, "offline queue is full")]
-            oldest = min(self._queued.values(), key=Outgoing.sort_key)
+            # The oldest by submission order, whatever its priority (sort_key
+            # would pick the *most urgent* message instead).
+            oldest = min(self._queued.values(), key=lambda o: o.seq)
             self._queued.pop(oldest.envelope.id)
             oldest.queued = False
             actions.append(self._failed(oldest, ErrorCode.QUEUE_FULL, "dropped: queue full"))
@@ -261,8 +263,13 @@ class ClientCore:
                 continue  # dropped or expired while queued
             outgoing.queued = False
             self._queued.pop(outgoing.envelope.id, None)
-            if outgoing.envelope.expired(now_ms):
-                actions.append(self._failed(outgoing, ErrorCode.EXPIRED, "ttl elapsed"))
+            # Check the deadline too, not only the TTL: a reconnect can come
+            # before the tick that expires it, and a message must not be
+            # (re)sent past its deadline (protocol.md 6: no retry past the
+            # dedup age; the deadline is how the client keeps that promise).
+            failure = self._expiry(outgoing, now_ms)
+            if failure is not None:
+                actions.append(failure)
                 continue
             actions.append(self._transmit(outgoing, now_ms))
         return actions
@@ -356,6 +363,9 @@ class ClientCore:
     def _welcome(self, welcome: Envelope, now_ms: int) -> list[ClientAction]:
         if welcome.ref is None or welcome.ref != self._hello_id:
             return []
+        # A hello is answered once: a repeated (or stale) welcome must not
+        # reset the positions that events have advanced since.
+        self._hello_id = None
         data = welcome.data
         actions: list[ClientAction] = []
         self.session = data["session"]
@@ -363,7 +373,7 @@ class ClientCore:
         for name, info in streams.items():
             if not info.get("recovered", True):
                 actions.append(StreamLost(name, "not recovered on resume"))
-            self.positions[name] = Position(int(info["offset"]), str(info["epoch"]))
+            self._adopt(name, info)
         joined = set(data.get("rooms", []))
         for room in self.rooms - joined:
             self.positions.pop("room:" + room, None)
@@ -433,9 +443,22 @@ class ClientCore:
         if "offset" in info and "epoch" in info:
             if not info.get("recovered", True):
                 actions.append(StreamLost(key, "not recovered on subscribe"))
-            self.positions[key] = Position(int(info["offset"]), str(info["epoch"]))
+            self._adopt(key, info)
         actions.append(RoomChanged(room, True))
         return actions
+
+    def _adopt(self, name: str, info: dict[str, Any]) -> None:
+        """Take the position of a welcome or subscribe answer (protocol.md 5.3).
+
+        ``recovered: true`` for a position we presented: keep our own (the
+        answer carries the server's current offset and the replay brings us
+        there). Otherwise (new stream, or not recovered) start at the answer's.
+        """
+        epoch = str(info["epoch"])
+        own = self.positions.get(name)
+        if info.get("recovered", True) and own is not None and own.epoch == epoch:
+            return
+        self.positions[name] = Position(int(info["offset"]), epoch)
 
     # ------------------------------------------------------------ time
 
@@ -482,3 +505,20 @@ class ClientCore:
             if outgoing.next_retry_ms is not None:
                 times.append(outgoing.next_retry_ms)
         return min(times) if times else None
+
+    # ------------------------------------------------------------ durability
+
+    def find(self, ident: str) -> Outgoing | None:
+        """The queued or in-flight message with this id."""
+        return self._queued.get(ident) or self._inflight.get(ident)
+
+    def restore(
+        self, envelope: Envelope, priority: int, deadline_ms: int | None, now_ms: int
+    ) -> list[ClientAction]:
+        """Re-queue a message saved before a restart, with its original id."""
+        if self.find(envelope.id) is not None:
+            return []
+        tracked = envelope.ack or envelope.type is MessageType.CALL
+        outgoing = Outgoing(envelope, priority, next(self._seq), tracked, deadline_ms)
+        self._enqueue(outgoing)
+        return self._flush(now_ms) if self.open else []

@@ -357,10 +357,11 @@ class ServerCore:
 
         keys = [direct_key(session.id), BROADCAST, *(room_key(r) for r in sorted(session.rooms))]
         streams: dict[str, dict[str, Any]] = {}
-        replays: list[Action] = []
+        replays: list[Send] = []
         for key in keys:
             wire = "direct" if key.startswith("direct:") else key
-            start = presented.get(wire) or session.starts.get(key)
+            own = presented.get(wire)
+            start = own or session.starts.get(key)
             current = self.store.position(key)
             missed = self.store.read_after(key, start, now_ms) if start is not None else None
             if start is None or missed is None:
@@ -368,7 +369,12 @@ class ServerCore:
                 # start live, and say so if something may have been missed.
                 resume_at, recovered = current, start is None
             else:
-                resume_at, recovered = start, True
+                # protocol.md 4.2/5.3: the welcome carries the current position;
+                # a client that presented one keeps its own and the replay
+                # fills the difference. For a stream it did not present (say a
+                # room joined while it was away) it starts at the welcome's
+                # position, so that is where the replay starts.
+                resume_at, recovered = (current if own is not None else start), True
                 replays.extend(Send(conn.id, message) for message in missed)
             streams[wire] = {
                 "offset": resume_at.offset,
@@ -448,15 +454,18 @@ class ServerCore:
                 ErrorCode.BAD_ENVELOPE,
                 "client events carry no stream position",
             )
-        if envelope.expired(now_ms):
-            return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl elapsed")
         tracked = envelope.ack or envelope.type is MessageType.CALL
+        key: DedupKey = (session.principal, envelope.id)
         if tracked:
-            key: DedupKey = (session.principal, envelope.id)
             record = self.dedup.lookup(key, now_ms)
             if record is not None:
-                # A retry: answer as the first time, never handle twice.
+                # A retry: answer as the first time, never handle twice. This
+                # comes before the TTL check: a retry of a message handled
+                # in time must get its recorded reply, not 4302 (protocol.md 6).
                 return [] if record.reply is None else [Send(conn.id, record.reply)]
+        if envelope.expired(now_ms):
+            return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl elapsed")
+        if tracked:
             self.dedup.begin(key, now_ms)
         if envelope.type is MessageType.EVENT and envelope.room is not None:
             return self._publish_from_client(session, envelope, now_ms)
@@ -552,7 +561,9 @@ class ServerCore:
             if found is None:
                 recovered = False
             else:
-                resume_at, missed = start, found
+                # As in the welcome (5.3): the answer carries the current
+                # position, the client keeps its own and the replay follows.
+                missed = found
         reply = ack_envelope(
             self.new_id(),
             now_ms,
@@ -741,9 +752,12 @@ class ServerCore:
             self._drop_session(session_id, actions)
 
     def _drop_session(self, session_id: str, actions: list[Action]) -> None:
-        session = self.sessions.pop(session_id)
+        # Leave the rooms while the session is still registered: ``leave``
+        # ignores unknown sessions, which left them in ``room_sessions``.
+        session = self.sessions[session_id]
         for room in list(session.rooms):
             self.leave(session_id, room)
+        del self.sessions[session_id]
         if session.user is not None:
             owned = self.user_sessions.get(session.user)
             if owned is not None:

@@ -72,7 +72,7 @@ class Options(usage.Options):
         [
             "reconnect-hint",
             None,
-            "2",
+            2.0,
             "Seconds clients wait before reconnecting after a graceful stop.",
             _seconds,
         ],

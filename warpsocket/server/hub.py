@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -59,6 +60,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 Handler = Callable[[Context, Any], Any]
+HandlerT = TypeVar("HandlerT", bound=Handler)
 OpenHook = Callable[[Context, bool], Any]
 CloseHook = Callable[[Context, int | None], Any]
 ErrorHook = Callable[[Context | None, Failure], Any]
@@ -163,7 +165,13 @@ class Hub:
 
     # ------------------------------------------------------------ registration
 
-    def on(self, event: str, handler: Handler | None = None) -> Any:
+    @overload
+    def on(self, event: str) -> Callable[[HandlerT], HandlerT]: ...
+
+    @overload
+    def on(self, event: str, handler: HandlerT) -> HandlerT: ...
+
+    def on(self, event: str, handler: HandlerT | None = None) -> Any:
         """Register the handler for an event or RPC method; usable as a decorator.
 
         A handler is ``handler(ctx, data)`` and may return a value, a Deferred
@@ -172,7 +180,7 @@ class Hub:
         ``4300 handler_error``. The connection stays open either way.
         """
 
-        def register(func: Handler) -> Handler:
+        def register(func: HandlerT) -> HandlerT:
             self.handlers[event] = func
             return func
 
@@ -288,6 +296,10 @@ class Hub:
         )
         for middleware in self.middleware:
             envelope = middleware.on_outbound(None, envelope)
+        # Refuse it here, before the core stores it: a payload no codec can
+        # encode would otherwise sit in the stream history and break every
+        # replay of it (each resume of the session would fail).
+        _check_encodable(envelope.data)
         return envelope
 
     # ------------------------------------------------------------ rooms and queries
@@ -302,13 +314,16 @@ class Hub:
         self._run(self.core.leave(session, room, self.now_ms()))
         self._update_gauges()
 
+    @threadsafe  # copies state the reactor thread mutates
     def room_members(self, room: str) -> set[str]:
         """Sessions in ``room`` (presence on this node)."""
         return set(self.core.room_sessions.get(room, ()))
 
+    @threadsafe
     def rooms(self) -> list[str]:
         return sorted(self.core.room_sessions)
 
+    @threadsafe
     def sessions_of_user(self, user: str) -> set[str]:
         return self.core.sessions_of_user(user)
 
@@ -323,6 +338,7 @@ class Hub:
     def session_count(self) -> int:
         return len(self.core.sessions)
 
+    @threadsafe
     def is_connected(self, session: str) -> bool:
         found = self.core.sessions.get(session)
         return found is not None and found.conn is not None
@@ -350,22 +366,30 @@ class Hub:
             return
         self.metrics.connections.set(len(self._protocols))
         self.metrics.disconnects.labels(str(code)).inc()
-        if not self._protocols:
-            waiters, self._empty_waiters = self._empty_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
         session = self.core.close(conn_id, self.now_ms())
         if session is not None:
             ctx = self._context(session.id, protocol)
             for hook in self.on_close_hooks:
                 self._call_hook(ctx, hook, ctx, code)
         self._update_gauges()
+        # Last: a graceful stop may complete as soon as this fires, and the
+        # on_close hooks of the last connection belong before that.
+        if not self._protocols:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def received(self, conn_id: ConnId, payload: bytes, is_binary: bool) -> None:
         protocol = self._protocols.get(conn_id)
         if protocol is None:
             return
         self.metrics.bytes_in.inc(len(payload))
+        if not protocol.can_send:
+            # We are closing this connection (4204, 4400, 4500 ...): what it
+            # still sends is not acted on. Above all, a replaced connection
+            # (its session moved, so the core sees it as awaiting hello) must
+            # not say hello again and take the session back.
+            return
         now = self.now_ms()
         try:
             envelope = protocol.codec.decode(payload, is_binary)
@@ -385,11 +409,26 @@ class Hub:
                 self.metrics.protocol_errors.labels(str(int(reject.code))).inc()
                 self._run(self.core.protocol_error(conn_id, refusal, now))
                 return
+            except Exception:
+                # A bug in middleware costs this one message (4501), not the
+                # connection (autobahn would drop it on an exception here).
+                failure = Failure()
+                self.log.failure("inbound middleware failed", failure)
+                self._report_error(ctx, failure)
+                fault = ProtocolError(ErrorCode.INTERNAL_ERROR, "internal error", envelope.id)
+                self.metrics.protocol_errors.labels(str(int(ErrorCode.INTERNAL_ERROR))).inc()
+                self._run(self.core.protocol_error(conn_id, fault, now))
+                return
         self._run(self.core.receive(conn_id, envelope, now))
 
     def tick(self) -> None:
-        self._run(self.core.tick(self.now_ms()))
-        self._update_gauges()
+        # An exception escaping here would stop the TimerService's LoopingCall
+        # for good (no more heartbeats, timeouts or retries): log it instead.
+        try:
+            self._run(self.core.tick(self.now_ms()))
+            self._update_gauges()
+        except Exception:
+            self.log.failure("hub tick failed")
 
     # ------------------------------------------------------------ actions
 
@@ -412,7 +451,9 @@ class Hub:
 
     def _send(self, conn_id: ConnId, envelope: Envelope) -> None:
         protocol = self._protocols.get(conn_id)
-        if protocol is None:
+        if protocol is None or not protocol.can_send:
+            # Closing (our close frame or the peer's is out): nothing more may be
+            # sent, and autobahn's sendMessage would raise Disconnected here.
             return
         payload = protocol.codec.encode(envelope)
         self.metrics.encodes.inc()
@@ -428,7 +469,9 @@ class Hub:
         size = 0
         for conn_id in conn_ids:
             protocol = protocols.get(conn_id)
-            if protocol is None:
+            if protocol is None or not protocol.can_send:
+                # sendPreparedMessage does not check the state itself: it would
+                # write a data frame after a close frame.
                 continue
             codec: Codec = protocol.codec
             frame = prepared.get(codec.subprotocol)
@@ -497,6 +540,14 @@ class Hub:
         result = _invoke(handler, ctx, arg)
 
         def done(value: Any) -> None:
+            if dispatch.envelope.type is MessageType.CALL:
+                try:
+                    _check_encodable(value)
+                except (TypeError, ValueError):
+                    # Unencodable results would be recorded for dedup and then
+                    # fail to encode on every answer: answer 4300 instead.
+                    failed(Failure())
+                    return
             self.metrics.handler_latency.labels(name).observe(self.clock.seconds() - started)
             self._settle(dispatch, result=value)
 
@@ -582,6 +633,20 @@ class Hub:
         for (session, offset), waiter in list(self._ack_waiters.items()):
             del self._ack_waiters[(session, offset)]
             waiter.errback(AckTimeoutError(session, offset, code))
+        self.metrics.acks_pending.set(len(self._ack_waiters))
+
+
+_VALIDATOR = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _check_encodable(data: Any) -> None:
+    """Raise TypeError/ValueError unless ``data`` is in the JSON data model
+    (protocol.md section 2), which every codec can carry."""
+    if data is None or isinstance(data, (str, int)):
+        if isinstance(data, str):
+            data.encode("utf-8")  # lone surrogates cannot be sent
+        return
+    _VALIDATOR.encode(data).encode("utf-8")
 
 
 def _invoke(func: Callable[..., Any], *args: Any) -> Deferred[Any]:

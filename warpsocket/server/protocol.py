@@ -32,6 +32,12 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     handshake: Handshake | None = None
     session: str | None = None
 
+    @property
+    def can_send(self) -> bool:
+        """True while data frames may be sent: not once either side sent its close frame
+        (RFC 6455 5.5.1), when autobahn's ``sendMessage`` would raise ``Disconnected``."""
+        return bool(self.state == WebSocketServerProtocol.STATE_OPEN)
+
     def onConnect(self, request: ConnectionRequest) -> str | None:
         hub = self.factory.hub
         codec = hub.codecs.negotiate(request.protocols)
@@ -64,7 +70,18 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self.factory.hub.received(self.conn_id, payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # Autobahn leaves the close-handshake timer armed when the connection is
+        # lost without the peer's close frame (e.g. aborted after a shutdown
+        # timeout): cancel it rather than keep it for up to closeHandshakeTimeout.
+        timer = self.closeHandshakeTimeoutCall
+        if timer is not None:
+            self.closeHandshakeTimeoutCall = None
+            timer.cancel()
         if self.conn_id is not None:
+            if self.closedByMe and self.localCloseCode is not None:
+                # We closed it (4204, 4400, 4500, 1009 ...): that code says why.
+                # ``code`` would be the peer's reply, usually a plain 1000.
+                code = self.localCloseCode
             self.factory.hub.detach(self.conn_id, code)
             self.conn_id = None
 
@@ -85,4 +102,8 @@ class WarpSocketServerFactory(WebSocketServerFactory):
             # handshake timers still bound a peer that never completes a close.
             openHandshakeTimeout=hub.options.core.handshake_timeout_ms / 1000,
             closeHandshakeTimeout=5,
+            # Close with a code (1009 for an oversized message, 1002 for a
+            # protocol violation) instead of silently dropping the TCP connection,
+            # so that the client learns why (protocol.md section 11).
+            failByDrop=False,
         )

@@ -43,6 +43,12 @@ class MetricsResource(Resource):
 
 
 class RootResource(Resource):
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        # "/" traverses to the child b"": serve it here instead of a 404.
+        if path == b"":
+            return self
+        return super().getChild(path, request)  # type: ignore[no-any-return]
+
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"WarpSocket server. WebSocket endpoint, /healthz, /metrics.\n"

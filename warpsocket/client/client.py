@@ -1,0 +1,613 @@
+"""``WarpSocketClient``: a WebSocket that comes back, and loses nothing on the way.
+
+Everything that must survive a reconnect (session, stream positions, rooms,
+the offline queue, messages awaiting an answer) lives in the sans-I/O
+``ClientCore``; this module connects it to Autobahn and the reactor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autobahn.websocket.util import parse_url
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from warpsocket._deferreds import invoke
+from warpsocket.client.durable import DurableQueue
+from warpsocket.client.options import ClientOptions
+from warpsocket.client.protocol import WarpSocketClientFactory, WarpSocketClientProtocol
+from warpsocket.client.state import ClientState, check_transition
+from warpsocket.core.client import (
+    ClientAction,
+    ClientCore,
+    Deliver,
+    Outcome,
+    Reconnect,
+    RoomChanged,
+    Status,
+    StreamLost,
+    Transmit,
+    Welcomed,
+)
+from warpsocket.core.ids import random_id
+from warpsocket.core.messages import heartbeat_envelope
+from warpsocket.protocol.codecs import Codec, default_codecs
+from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.envelope import Envelope, MessageType
+
+
+class DeliveryError(Exception):
+    """A message's final outcome was a rejection or an expiry."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(f"{outcome.status.value} ({outcome.code}): {outcome.message}")
+        self.outcome = outcome
+        self.code = outcome.code
+        self.status = outcome.status
+
+
+class ClientClosedError(Exception):
+    """The client was closed before the message had an outcome."""
+
+
+@dataclass
+class Message:
+    """A stream event as the application sees it."""
+
+    envelope: Envelope
+    client: WarpSocketClient
+
+    @property
+    def event(self) -> str:
+        return self.envelope.event or "message"
+
+    @property
+    def data(self) -> Any:
+        return self.envelope.data
+
+    @property
+    def stream(self) -> str:
+        return self.envelope.stream or ""
+
+    @property
+    def room(self) -> str | None:
+        stream = self.stream
+        return stream[5:] if stream.startswith("room:") else None
+
+    @property
+    def offset(self) -> int:
+        return self.envelope.offset or 0
+
+    def ack(self) -> None:
+        """Acknowledge (manual-ack mode); harmless when no ack was requested."""
+        if self.envelope.ack:
+            self.client._acknowledge(self.envelope)
+
+
+@dataclass
+class ClientStats:
+    attempts: int = 0
+    connections: int = 0
+    reconnects: int = 0
+    last_reconnect_seconds: float | None = None
+    rtt_seconds: float | None = None
+    messages_in: int = 0
+    messages_out: int = 0
+    streams_lost: int = 0
+    reconnect_times: list[float] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return self.connections / self.attempts if self.attempts else 0.0
+
+
+Handler = Callable[[Message], Any]
+StateListener = Callable[[ClientState, ClientState], Any]
+LostListener = Callable[[str, str], Any]
+TokenProvider = Callable[[], "str | Deferred[str | None] | None"]
+
+
+class WarpSocketClient:
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        options: ClientOptions | None = None,
+        *,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+        token: TokenProvider | None = None,
+        ca_file: str | None = None,
+        tls_options: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.options = options if options is not None else ClientOptions()
+        self.url = url
+        secure, host, port, _, _, _ = parse_url(url)
+        self._secure, self._host, self._port = secure, host, port
+        self._tls_options = tls_options
+        if secure and tls_options is None:
+            trust = None
+            if ca_file is not None:
+                with open(ca_file, "rb") as pem:
+                    trust = Certificate.loadPEM(pem.read())
+            self._tls_options = optionsForClientTLS(host, trustRoot=trust)
+        codec = default_codecs().get(self.options.subprotocol)
+        if codec is None:
+            raise ValueError(f"unknown subprotocol {self.options.subprotocol!r}")
+        self.codec: Codec = codec
+        self.core = ClientCore(self.options.core, random_id)
+        self.token_provider = token
+        self.factory = WarpSocketClientFactory(self, url, protocols=[codec.subprotocol])
+        self.factory.clock = self.clock  # type: ignore[assignment]
+        self.factory.maxRetries = None
+        self.state = ClientState.DISCONNECTED
+        self.stats = ClientStats()
+        self._protocol: WarpSocketClientProtocol | None = None
+        self._connector: Any = None
+        self._handlers: dict[str, list[Handler]] = {}
+        self._state_listeners: list[StateListener] = []
+        self._lost_listeners: list[LostListener] = []
+        self._waiters: dict[str, Deferred[Any]] = {}
+        self._open_waiters: list[Deferred[None]] = []
+        self._ticker: LoopingCall | None = None
+        self._last_rx = 0.0
+        self._heartbeat_timeout = self.options.heartbeat_timeout
+        self._last_close_code: int | None = None
+        self._hint_delay: float | None = None
+        self._disconnected_at: float | None = None
+        self._pings: dict[str, float] = {}
+        self._durable = DurableQueue(self.options.queue_path) if self.options.queue_path else None
+        if self._durable is not None:
+            self._restore_durable()
+
+    # ------------------------------------------------------------ public API
+
+    def on(self, event: str, handler: Handler | None = None) -> Any:
+        """Handle stream events named ``event`` (``"*"``: every event); decorator too.
+
+        The handler gets a ``Message``; it may return a Deferred or be async.
+        In auto-ack mode an event that asked for an ack is acknowledged once
+        every handler has finished without error.
+        """
+
+        def register(func: Handler) -> Handler:
+            self._handlers.setdefault(event, []).append(func)
+            return func
+
+        return register(handler) if handler is not None else register
+
+    def on_state(self, listener: StateListener) -> StateListener:
+        """``listener(old, new)`` on every state transition."""
+        self._state_listeners.append(listener)
+        return listener
+
+    def on_lost(self, listener: LostListener) -> LostListener:
+        """``listener(stream, reason)`` when a stream could not be recovered."""
+        self._lost_listeners.append(listener)
+        return listener
+
+    def connect(self) -> Deferred[None]:
+        """Start connecting (and reconnecting); fires when first welcomed."""
+        if self.state in (ClientState.DISCONNECTED, ClientState.CLOSED):
+            self.factory.resetDelay()
+            self._set_state(ClientState.CONNECTING)
+            self._start_ticker()
+            self._dial()
+        if self.state is ClientState.OPEN:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._open_waiters.append(waiter)
+        return waiter
+
+    def reconnect(self) -> None:
+        """Drop the current connection (if any) and try again at once."""
+        if self.state is ClientState.CLOSED:
+            self.connect()
+            return
+        self._hint_delay = 0.0
+        if self.state is ClientState.RECONNECTING:
+            call = self.factory._callID
+            if call is not None and call.active():
+                call.reset(0)
+            return
+        if self._protocol is not None:
+            self._protocol.dropConnection(abort=True)
+
+    def close(self) -> Deferred[None]:
+        """Close for good: no reconnect; pending outcomes fail with ClientClosedError."""
+        if self.state is ClientState.CLOSED:
+            return succeed(None)
+        self.factory.stopTrying()
+        self._stop_ticker()
+        protocol = self._protocol
+        self._set_state(ClientState.CLOSED)
+        for ident, waiter in list(self._waiters.items()):
+            del self._waiters[ident]
+            waiter.errback(ClientClosedError(ident))
+        for opened in self._open_waiters:
+            opened.errback(ClientClosedError("closed before open"))
+        self._open_waiters = []
+        if protocol is None:
+            return succeed(None)
+        closed: Deferred[None] = Deferred()
+        protocol.is_closed.addBoth(lambda _: closed.callback(None))
+        protocol.sendClose(1000)
+        return closed
+
+    def send(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        ack: bool = False,
+        room: str | None = None,
+        ttl: float | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Deferred[Outcome] | None:
+        """Send an event; queued while offline and flushed in order on reconnect.
+
+        ``ack=True``: retried until the server answers; returns a Deferred
+        firing with the ``Outcome`` (acknowledged) or failing with
+        ``DeliveryError`` (rejected with a code, or expired).
+        """
+        ident, actions = self.core.send(
+            event,
+            data,
+            self._now_ms(),
+            ack=ack,
+            room=room,
+            ttl=None if ttl is None else max(1, int(ttl * 1000)),
+            priority=priority,
+            deadline_ms=None if timeout is None else int(timeout * 1000),
+        )
+        waiter: Deferred[Any] | None = None
+        if ack:
+            waiter = Deferred()
+            self._waiters[ident] = waiter
+            self._persist(ident)
+        self._run(actions)
+        return waiter
+
+    def call(self, method: str, data: Any = None, *, timeout: float = 30.0) -> Deferred[Any]:
+        """Remote procedure call; fires with the result or fails with DeliveryError."""
+        ident, actions = self.core.call(
+            method, data, self._now_ms(), timeout_ms=int(timeout * 1000)
+        )
+        waiter: Deferred[Any] = Deferred()
+        self._waiters[ident] = waiter
+        self._run(actions)
+        return waiter
+
+    def subscribe(self, room: str, handler: Handler | None = None) -> None:
+        """Join ``room`` (now, or at the next connection) and optionally handle its events."""
+        if handler is not None:
+            self._handlers.setdefault("room:" + room, []).append(handler)
+        self._run(self.core.subscribe(room, self._now_ms()))
+
+    def unsubscribe(self, room: str) -> None:
+        self._handlers.pop("room:" + room, None)
+        self._run(self.core.unsubscribe(room, self._now_ms()))
+
+    @property
+    def session(self) -> str | None:
+        return self.core.session
+
+    @property
+    def rooms(self) -> set[str]:
+        return set(self.core.rooms)
+
+    @property
+    def queue_length(self) -> int:
+        return self.core.queue_length
+
+    # ------------------------------------------------------------ state
+
+    def _set_state(self, new: ClientState) -> None:
+        old = self.state
+        if old is new:
+            return
+        check_transition(old, new)
+        self.state = new
+        for listener in list(self._state_listeners):
+            invoke(listener, old, new).addErrback(self._log_failure, "state listener")
+
+    def _now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    # ------------------------------------------------------------ connection events
+
+    def _dial(self) -> None:
+        self.stats.attempts += 1
+        if self._connector is not None:
+            self._connector.connect()
+        elif self._secure:
+            self._connector = self.reactor.connectSSL(
+                self._host, self._port, self.factory, self._tls_options
+            )
+        else:
+            self._connector = self.reactor.connectTCP(self._host, self._port, self.factory)
+
+    def _attempting(self) -> None:
+        """The reconnect timer fired."""
+        self.stats.attempts += 1
+        self._set_state(ClientState.CONNECTING)
+
+    def _transport_connected(
+        self, protocol: WarpSocketClientProtocol, subprotocol: str | None
+    ) -> None:
+        if subprotocol not in (None, self.codec.subprotocol):
+            protocol.dropConnection(abort=True)
+
+    def _transport_open(self, protocol: WarpSocketClientProtocol) -> None:
+        if self.state is ClientState.CLOSED:
+            protocol.sendClose(1000)
+            return
+        self._protocol = protocol
+        self._last_rx = self.clock.seconds()
+        token = invoke(self.token_provider) if self.token_provider is not None else succeed(None)
+
+        def hello(value: Any) -> None:
+            if self._protocol is protocol:
+                self._run(self.core.connected(self._now_ms(), value))
+
+        def token_failed(failure: Failure) -> None:
+            self._log_failure(failure, "token provider")
+            protocol.dropConnection(abort=True)
+
+        token.addCallbacks(hello, token_failed)
+
+    def _attempt_failed(self, reason: Failure) -> None:
+        self.log.debug("connection attempt failed: {reason}", reason=reason.getErrorMessage())
+        if self.state is ClientState.CONNECTING:
+            self._set_state(ClientState.DISCONNECTED)
+
+    def _transport_closed(
+        self, protocol: WarpSocketClientProtocol, code: int | None, reason: str | None
+    ) -> None:
+        if self._protocol is not protocol and self._protocol is not None:
+            return
+        self._protocol = None
+        self._last_close_code = code
+        if code == ErrorCode.GOING_AWAY and reason:
+            self._hint_delay = _retry_hint(reason)
+        if self.state is ClientState.OPEN:
+            self._disconnected_at = self.clock.seconds()
+        self._pings.clear()
+        self._run(self.core.disconnected(self._now_ms()))
+        if self.state is not ClientState.CLOSED:
+            self._set_state(ClientState.DISCONNECTED)
+
+    def _next_delay(self, retries: int) -> float | None:
+        """The factory asks: how long until the next attempt (None: stop)."""
+        if self.state is ClientState.CLOSED:
+            return None
+        if not self.options.should_reconnect(self._last_close_code):
+            self._give_up(f"not reconnecting after close code {self._last_close_code}")
+            return None
+        max_attempts = self.options.max_attempts
+        if max_attempts is not None and retries >= max_attempts:
+            self._give_up(f"gave up after {retries} attempts")
+            return None
+        if self._hint_delay is not None:
+            hint, self._hint_delay = self._hint_delay, None
+            # Spread a rolling restart over [hint, 2 * hint].
+            delay = hint * (1 + self.options.backoff.random())
+        else:
+            delay = self.options.backoff.delay(retries)
+        if self.state is ClientState.CONNECTING:
+            self._set_state(ClientState.DISCONNECTED)
+        self._set_state(ClientState.RECONNECTING)
+        return delay
+
+    def _give_up(self, why: str) -> None:
+        self.log.info("client {url}: {why}", url=self.url, why=why)
+        self._stop_ticker()
+        if self.state is not ClientState.CLOSED:
+            self._set_state(ClientState.CLOSED)
+        for opened in self._open_waiters:
+            opened.errback(ClientClosedError(why))
+        self._open_waiters = []
+        for ident, waiter in list(self._waiters.items()):
+            del self._waiters[ident]
+            waiter.errback(ClientClosedError(why))
+
+    # ------------------------------------------------------------ frames
+
+    def _frame_received(
+        self, protocol: WarpSocketClientProtocol, payload: bytes, is_binary: bool
+    ) -> None:
+        if protocol is not self._protocol:
+            return
+        self._last_rx = self.clock.seconds()
+        self.stats.messages_in += 1
+        try:
+            envelope = self.codec.decode(payload, is_binary)
+        except ProtocolError as error:
+            self.log.warn("bad frame from server: {error}", error=error)
+            return
+        if envelope.type is MessageType.HEARTBEAT and envelope.ref in self._pings:
+            sent = self._pings.pop(envelope.ref or "")
+            self.stats.rtt_seconds = self.clock.seconds() - sent
+            return
+        if envelope.type is MessageType.ERROR and envelope.ref is None:
+            self.log.warn("server error: {data}", data=envelope.data)
+        self._run(self.core.receive(envelope, self._now_ms()))
+
+    def _run(self, actions: list[ClientAction]) -> None:
+        for action in actions:
+            if isinstance(action, Transmit):
+                self._transmit(action.envelope)
+            elif isinstance(action, Deliver):
+                self._deliver(action.envelope)
+            elif isinstance(action, Outcome):
+                self._outcome(action)
+            elif isinstance(action, Welcomed):
+                self._welcomed(action)
+            elif isinstance(action, StreamLost):
+                self.stats.streams_lost += 1
+                for listener in list(self._lost_listeners):
+                    invoke(listener, action.stream, action.reason).addErrback(
+                        self._log_failure, "lost listener"
+                    )
+            elif isinstance(action, RoomChanged):
+                self.log.debug(
+                    "room {room} joined={joined}", room=action.room, joined=action.joined
+                )
+            elif isinstance(action, Reconnect):
+                self.log.warn("reconnecting: {reason}", reason=action.reason)
+                if self._protocol is not None:
+                    self._protocol.sendClose(int(action.code), action.reason[:100])
+
+    def _transmit(self, envelope: Envelope) -> None:
+        protocol = self._protocol
+        if protocol is None or protocol.state != protocol.STATE_OPEN:
+            # Closing: a tracked message goes back to the queue on disconnect.
+            return
+        self.stats.messages_out += 1
+        protocol.sendMessage(self.codec.encode(envelope), isBinary=self.codec.binary)
+
+    def _welcomed(self, welcome: Welcomed) -> None:
+        heartbeat = welcome.data.get("heartbeat") or {}
+        if isinstance(heartbeat.get("timeout"), int):
+            self._heartbeat_timeout = heartbeat["timeout"] / 1000
+        self.factory.resetDelay()
+        self._hint_delay = None
+        self.stats.connections += 1
+        if self._disconnected_at is not None:
+            elapsed = self.clock.seconds() - self._disconnected_at
+            self.stats.reconnects += 1
+            self.stats.last_reconnect_seconds = elapsed
+            self.stats.reconnect_times = [*self.stats.reconnect_times[-99:], elapsed]
+            self._disconnected_at = None
+        self._set_state(ClientState.OPEN)
+        waiters, self._open_waiters = self._open_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _deliver(self, envelope: Envelope) -> None:
+        message = Message(envelope, self)
+        handlers = [
+            *self._handlers.get(envelope.stream or "", ()),
+            *self._handlers.get(message.event, ()),
+            *self._handlers.get("*", ()),
+        ]
+        results = [invoke(handler, message) for handler in handlers]
+        if not (envelope.ack and self.options.auto_ack):
+            for result in results:
+                result.addErrback(self._log_failure, "handler")
+            return
+        done = DeferredList(results, fireOnOneErrback=True, consumeErrors=True)
+
+        def acknowledge(_: object) -> None:
+            self._acknowledge(envelope)
+
+        def failed(failure: Failure) -> None:
+            # Not acknowledged: the server application learns of the failure
+            # when its ack timeout passes.
+            self._log_failure(failure, "handler")
+
+        done.addCallbacks(acknowledge, failed)
+
+    def _acknowledge(self, envelope: Envelope) -> None:
+        self._run(self.core.acknowledge(envelope, self._now_ms()))
+
+    def _outcome(self, outcome: Outcome) -> None:
+        if self._durable is not None:
+            self._durable.done(outcome.id)
+        waiter = self._waiters.pop(outcome.id, None)
+        if waiter is None:
+            if outcome.status in (Status.REJECTED, Status.EXPIRED):
+                self.log.warn(
+                    "message {id} {status}: {message}",
+                    id=outcome.id,
+                    status=outcome.status.value,
+                    message=outcome.message,
+                )
+            return
+        if outcome.status is Status.RESULT:
+            waiter.callback(outcome.data)
+        elif outcome.status is Status.ACKED:
+            waiter.callback(outcome)
+        else:
+            waiter.errback(DeliveryError(outcome))
+
+    # ------------------------------------------------------------ timers
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None:
+            self._ticker = LoopingCall(self._tick)
+            self._ticker.clock = self.clock
+            self._ticker.start(self.options.tick_interval, now=False)
+
+    def _stop_ticker(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._ticker = None
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        protocol = self._protocol
+        if protocol is not None and now - self._last_rx > self._heartbeat_timeout:
+            self.log.warn("no frame from the server for {s:.1f}s: dropping", s=now - self._last_rx)
+            protocol.dropConnection(abort=True)
+        self._run(self.core.tick(self._now_ms()))
+
+    def ping(self) -> None:
+        """Send a heartbeat; its answer updates ``stats.rtt_seconds``."""
+        if self._protocol is None or self.state is not ClientState.OPEN:
+            return
+        envelope = heartbeat_envelope(random_id(), self._now_ms())
+        self._pings[envelope.id] = self.clock.seconds()
+        self._transmit(envelope)
+
+    # ------------------------------------------------------------ durability
+
+    def _persist(self, ident: str) -> None:
+        if self._durable is None:
+            return
+        queued = self.core.find(ident)
+        if queued is not None:
+            self._durable.add(queued.envelope, queued.priority, queued.deadline_ms)
+
+    def _restore_durable(self) -> None:
+        assert self._durable is not None
+        for envelope, priority, deadline in self._durable.load():
+            self._run(self.core.restore(envelope, priority, deadline, self._now_ms()))
+
+    def _log_failure(self, failure: Failure, what: str) -> None:
+        self.log.failure("{what} failed", failure, what=what)
+
+
+def _retry_hint(reason: str) -> float | None:
+    try:
+        hint = json.loads(reason).get("retry_after_ms")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(hint, int) and 0 <= hint <= 3_600_000:
+        return hint / 1000
+    return None
+
+
+__all__ = [
+    "ClientClosedError",
+    "ClientStats",
+    "DeliveryError",
+    "Message",
+    "WarpSocketClient",
+]

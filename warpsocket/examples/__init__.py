@@ -1,0 +1,1 @@
+"""Runnable examples (``twistd -n warpsocket --app warpsocket.examples.chat:setup``)."""
