@@ -43,8 +43,8 @@ from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import SequentialIds
 from warpsocket.core.server import (
-    Action,
     AckResult,
+    Action,
     Close,
     CoreOptions,
     Dispatch,
@@ -471,7 +471,7 @@ def steps(max_advance: st.SearchStrategy[int], max_steps: int) -> st.SearchStrat
     )
 
 
-# A run lasts at most 50 steps x 6 s + healing (< 320 s of simulated time):
+# A run lasts at most 80 steps x 6 s + healing (< 500 s of simulated time):
 # well inside every retention window, so everything must be recovered.
 MAIN = Config(
     server=CoreOptions(
@@ -512,11 +512,11 @@ def run_world(config: Config, schedule: list[Step], heal_ticks: int, heal_ms: in
 
 class LinkPropertyTests(unittest.SynchronousTestCase):
     @settings(
-        max_examples=1300,
+        max_examples=3000,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(schedule=steps(st.integers(1, 6_000), 50))
+    @given(schedule=steps(st.integers(1, 6_000), 80))
     def test_exactly_once_in_order(self, schedule: list[Step]) -> None:
         """Within the retention window nothing is lost, duplicated or reordered."""
         world = run_world(MAIN, schedule, heal_ticks=3, heal_ms=6_000)
@@ -525,12 +525,12 @@ class LinkPropertyTests(unittest.SynchronousTestCase):
         world.check_direct_acks(self)
 
     @settings(
-        max_examples=900,
+        max_examples=2500,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(
-        schedule=steps(st.one_of(st.integers(1, 3_000), st.integers(20_000, 150_000)), 50),
+        schedule=steps(st.one_of(st.integers(1, 3_000), st.integers(20_000, 150_000)), 80),
         max_messages=st.integers(1, 4),
         max_age_ms=st.sampled_from([2_000, 30_000, 300_000]),
     )
@@ -544,4 +544,3 @@ class LinkPropertyTests(unittest.SynchronousTestCase):
         world.check_streams(self)
         world.check_client_messages(self)
         world.check_direct_acks(self)
-

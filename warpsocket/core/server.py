@@ -785,7 +785,10 @@ def _parse_hello(
     session = data.get("session")
     if session is not None and not (isinstance(session, str) and 0 < len(session) <= 128):
         raise bad("hello.data.session must be a string or null")
-    raw_streams = data.get("streams") or {}
+    # ``null`` is the same as absent (protocol.md 2); a wrong type is not.
+    raw_streams = data.get("streams")
+    if raw_streams is None:
+        raw_streams = {}
     if not isinstance(raw_streams, dict) or len(raw_streams) > options.max_rooms + 2:
         raise bad("hello.data.streams must be an object of stream positions")
     streams: dict[str, Position] = {}
@@ -804,9 +807,14 @@ def _parse_hello(
         ):
             raise bad(f"position of {name!r} needs integer offset and string epoch")
         streams[name] = Position(offset, epoch)
-    rooms = data.get("rooms") or []
-    if not isinstance(rooms, list) or len(rooms) > options.max_rooms:
-        raise bad(f"hello.data.rooms must be a list of at most {options.max_rooms} rooms")
+    rooms = data.get("rooms")
+    if rooms is None:
+        rooms = []
+    # Rooms beyond ``max_rooms`` are not an invalid hello: they are refused
+    # one by one with 4206 in ``welcome.data.denied`` (protocol.md 4.2, 11).
+    # The frame size limit already bounds the list.
+    if not isinstance(rooms, list):
+        raise bad("hello.data.rooms must be a list of room names")
     for room in rooms:
         if not isinstance(room, str) or not 0 < len(room) <= MAX_NAME_LENGTH:
             raise bad("room names must be strings of 1-256 characters")

@@ -1,0 +1,144 @@
+"""Real redis-server and redis-sentinel processes on free ports, for the cluster tests.
+
+Nothing here mocks Redis: tests start the real servers (installed by
+``.ci/run`` on CI), kill and restart them, and fail, not skip, when the
+binaries are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"{name} is not installed: the cluster tests need it (apt-get install redis-server "
+            "redis-sentinel; .ci/run does this)"
+        )
+    return path
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_command(port: int, *args: str) -> bytes:
+    """Send one command over a plain socket and return the raw reply (tests only)."""
+    payload = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        data = arg.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(data), data)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(payload)
+        return sock.recv(65536)
+
+
+class RedisProcess:
+    """One redis-server (or sentinel) on a fixed free port; stop, kill and restart it."""
+
+    def __init__(self, port: int | None = None, *, extra: list[str] | None = None,
+                 sentinel_config: str | None = None) -> None:
+        self.port = port or free_port()
+        self.extra = extra or []
+        self.sentinel_config = sentinel_config
+        self.dir = tempfile.mkdtemp(prefix="warpsocket-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        if self.sentinel_config is not None:
+            config = os.path.join(self.dir, "sentinel.conf")
+            with open(config, "w", encoding="ascii") as handle:
+                handle.write(f"port {self.port}\nbind 127.0.0.1\n{self.sentinel_config}")
+            command = [_binary("redis-sentinel"), config]
+        else:
+            command = [
+                _binary("redis-server"),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.dir,
+                *self.extra,
+            ]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while not _ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis on port {self.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the abrupt death of the server, losing everything in memory."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def command(self, *args: str) -> bytes:
+        return redis_command(self.port, *args)
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelSetup:
+    """A master, one replica and one sentinel watching them (quorum 1)."""
+
+    def __init__(self, service: str = "mymaster") -> None:
+        self.service = service
+        self.master = RedisProcess().start()
+        self.replica = RedisProcess(
+            extra=["--replicaof", "127.0.0.1", str(self.master_port())]
+        ).start()
+        config = (
+            f"sentinel monitor {service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 5000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        self.sentinel = RedisProcess(sentinel_config=config).start()
+
+    def master_port(self) -> int:
+        return self.master.port
+
+    def wait_for_replica_sync(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while b"master_link_status:up" not in self.replica.command("INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("replica did not sync")
+            time.sleep(0.05)
+
+    def current_master_port(self) -> int:
+        reply = self.sentinel.command("SENTINEL", "get-master-addr-by-name", self.service)
+        return int(reply.split(b"\r\n")[4])
+
+    def cleanup(self) -> None:
+        for process in (self.sentinel, self.replica, self.master):
+            process.cleanup()
