@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 
 from warpsocket._deferreds import invoke
 from warpsocket.client.durable import DurableQueue
+from warpsocket.client.netwatch import NetworkWatcher
 from warpsocket.client.options import ClientOptions
 from warpsocket.client.protocol import WarpSocketClientFactory, WarpSocketClientProtocol
 from warpsocket.client.state import ClientState, check_transition
@@ -171,6 +173,14 @@ class WarpSocketClient:
         self._hint_delay: float | None = None
         self._disconnected_at: float | None = None
         self._pings: dict[str, float] = {}
+        self._probe_deadline: float | None = None
+        self._token: str | None = None
+        self._refresh_call: Any = None
+        self._watcher = (
+            NetworkWatcher(self.reactor, self._network_changed)
+            if self.options.watch_network
+            else None
+        )
         self._durable = DurableQueue(self.options.queue_path) if self.options.queue_path else None
         if self._durable is not None:
             self._restore_durable()
@@ -205,8 +215,11 @@ class WarpSocketClient:
         """Start connecting (and reconnecting); fires when first welcomed."""
         if self.state in (ClientState.DISCONNECTED, ClientState.CLOSED):
             self.factory.resetDelay()
+            self.factory.continueTrying = 1
             self._set_state(ClientState.CONNECTING)
             self._start_ticker()
+            if self._watcher is not None:
+                self._watcher.start()
             self._dial()
         if self.state is ClientState.OPEN:
             return succeed(None)
@@ -233,7 +246,7 @@ class WarpSocketClient:
         if self.state is ClientState.CLOSED:
             return succeed(None)
         self.factory.stopTrying()
-        self._stop_ticker()
+        self._stop_timers()
         protocol = self._protocol
         self._set_state(ClientState.CLOSED)
         for ident, waiter in list(self._waiters.items()):
@@ -364,6 +377,7 @@ class WarpSocketClient:
 
         def hello(value: Any) -> None:
             if self._protocol is protocol:
+                self._token = value
                 self._run(self.core.connected(self._now_ms(), value))
 
         def token_failed(failure: Failure) -> None:
@@ -417,7 +431,7 @@ class WarpSocketClient:
 
     def _give_up(self, why: str) -> None:
         self.log.info("client {url}: {why}", url=self.url, why=why)
-        self._stop_ticker()
+        self._stop_timers()
         if self.state is not ClientState.CLOSED:
             self._set_state(ClientState.CLOSED)
         for opened in self._open_waiters:
@@ -441,6 +455,7 @@ class WarpSocketClient:
         except ProtocolError as error:
             self.log.warn("bad frame from server: {error}", error=error)
             return
+        self._probe_deadline = None
         if envelope.type is MessageType.HEARTBEAT and envelope.ref in self._pings:
             sent = self._pings.pop(envelope.ref or "")
             self.stats.rtt_seconds = self.clock.seconds() - sent
@@ -496,6 +511,7 @@ class WarpSocketClient:
             self.stats.reconnect_times = [*self.stats.reconnect_times[-99:], elapsed]
             self._disconnected_at = None
         self._set_state(ClientState.OPEN)
+        self._schedule_refresh()
         waiters, self._open_waiters = self._open_waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -555,18 +571,69 @@ class WarpSocketClient:
             self._ticker.clock = self.clock
             self._ticker.start(self.options.tick_interval, now=False)
 
-    def _stop_ticker(self) -> None:
+    def _stop_timers(self) -> None:
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self._ticker = None
+        if self._refresh_call is not None and self._refresh_call.active():
+            self._refresh_call.cancel()
+        self._refresh_call = None
+        if self._watcher is not None:
+            self._watcher.stop()
 
     def _tick(self) -> None:
         now = self.clock.seconds()
         protocol = self._protocol
-        if protocol is not None and now - self._last_rx > self._heartbeat_timeout:
-            self.log.warn("no frame from the server for {s:.1f}s: dropping", s=now - self._last_rx)
-            protocol.dropConnection(abort=True)
+        if protocol is not None:
+            silent = now - self._last_rx
+            probe_failed = self._probe_deadline is not None and now >= self._probe_deadline
+            if silent > self._heartbeat_timeout or probe_failed:
+                self.log.warn("no frame from the server for {s:.1f}s: dropping", s=silent)
+                protocol.dropConnection(abort=True)
         self._run(self.core.tick(self._now_ms()))
+
+    def _network_changed(self) -> None:
+        """The local network changed: retry now, or check that the connection lives."""
+        if self.state is ClientState.RECONNECTING:
+            self.log.info("network changed: reconnecting now")
+            self.reconnect()
+        elif self.state is ClientState.OPEN and self._protocol is not None:
+            # The path may be gone: ask for an answer and drop if none comes soon.
+            self._probe_deadline = self.clock.seconds() + self.options.network_probe_timeout
+            self.ping()
+
+    # ------------------------------------------------------------ token refresh
+
+    def _schedule_refresh(self) -> None:
+        if self._refresh_call is not None and self._refresh_call.active():
+            self._refresh_call.cancel()
+        self._refresh_call = None
+        expires = _token_expiry(self._token)
+        if expires is None or self.token_provider is None:
+            return
+        wait = max(0.0, expires - self.options.refresh_before - self.clock.seconds())
+        self._refresh_call = self.clock.callLater(wait, self.refresh_token)
+
+    def refresh_token(self) -> Deferred[None]:
+        """Ask the token provider for a new token and send it in band (``auth``)."""
+        if self.token_provider is None:
+            return succeed(None)
+
+        def send(token: Any) -> None:
+            protocol = self._protocol
+            if not isinstance(token, str) or protocol is None or self.state is not ClientState.OPEN:
+                return
+            self._token = token
+            envelope = Envelope(
+                type=MessageType.AUTH,
+                id=random_id(),
+                timestamp=self._now_ms(),
+                data={"token": token},
+            )
+            self._transmit(envelope)
+            self._schedule_refresh()
+
+        return invoke(self.token_provider).addCallback(send)
 
     def ping(self) -> None:
         """Send a heartbeat; its answer updates ``stats.rtt_seconds``."""
@@ -592,6 +659,18 @@ class WarpSocketClient:
 
     def _log_failure(self, failure: Failure, what: str) -> None:
         self.log.failure("{what} failed", failure, what=what)
+
+
+def _token_expiry(token: str | None) -> float | None:
+    """The ``exp`` of a JWT, read without verifying it (only to schedule a refresh)."""
+    if not token or token.count(".") != 2:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    expires = claims.get("exp")
+    return float(expires) if isinstance(expires, (int, float)) else None
 
 
 def _retry_hint(reason: str) -> float | None:

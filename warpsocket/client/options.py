@@ -42,10 +42,14 @@ class ClientOptions:
     tick_interval: float = 0.5
     # Where to keep the offline queue across process restarts (None: memory only).
     queue_path: str | None = None
-    watch_network: bool = False
+    # React to local network changes (Linux): retry at once, probe an open link.
+    watch_network: bool = True
+    network_probe_timeout: float = 5.0
+    # Refresh a JWT from the token provider this many seconds before its exp.
+    refresh_before: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1 or None")
-        if self.heartbeat_timeout <= 0 or self.tick_interval <= 0:
+        if min(self.heartbeat_timeout, self.tick_interval, self.network_probe_timeout) <= 0:
             raise ValueError("heartbeat_timeout and tick_interval must be positive")
