@@ -17,8 +17,10 @@ import jwt as pyjwt
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from warpsocket.client.blocking import BlockingClient
 from warpsocket.client.client import (
     ClientClosedError,
     DeliveryError,
@@ -616,3 +618,27 @@ class TokenTests(ClientTestCase):
         clock.advance(1)
         yield wait_until(lambda: len(seen) == 3)
         self.assertEqual(seen[2], ("hello", issued[2]))
+
+
+class BlockingClientTests(ClientTestCase):
+    @inlineCallbacks
+    def test_fromPlainBlockingCode(self) -> Any:
+        """The blocking facade, used from a non-reactor thread, as a script would."""
+        hub = make_hub()
+        hub.on("add", lambda ctx, data: data[0] + data[1])
+        handled: list[Any] = []
+        hub.on("note", lambda ctx, data: handled.append(data))
+        server = ServerFixture(self, hub)
+
+        def script() -> tuple[Any, Any, ClientState]:
+            client = BlockingClient(server.url, ClientOptions(backoff=FAST))
+            client.connect()
+            total = client.call("add", [20, 22])
+            outcome = client.send("note", "hi", ack=True)
+            state = client.state
+            client.close()
+            return total, outcome.status, state
+
+        total, status, state = yield deferToThread(script)
+        self.assertEqual((total, status, state), (42, Status.ACKED, ClientState.OPEN))
+        self.assertEqual(handled, ["hi"])
