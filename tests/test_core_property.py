@@ -49,6 +49,7 @@ from warpsocket.core.server import (
     CoreOptions,
     Dispatch,
     Fanout,
+    Publish,
     Send,
     ServerCore,
     UnknownSessionError,
@@ -191,6 +192,8 @@ class World:
                 self.handle(action.session, action.envelope)
             elif isinstance(action, AckResult):
                 self.ack_results[(action.session, action.offset)].append(action.code)
+            elif isinstance(action, Publish):
+                self.server_actions(self.server.perform(action, self.now))
 
     def handle(self, session: str, envelope: Envelope) -> None:
         """The server application: settles every message at once."""

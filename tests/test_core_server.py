@@ -15,6 +15,7 @@ from warpsocket.core.server import (
     CoreOptions,
     Dispatch,
     Fanout,
+    Publish,
     QueueFullError,
     Send,
     ServerCore,
@@ -390,6 +391,42 @@ class ClientMessageTests(Base):
         self.server.receive(1, message, T0 + 50)
         [ack] = sent(self.server.settle(self.session, message, T0 + 60))
         self.assertEqual(sent(self.server.receive(1, message, T0 + 500)), [ack])
+
+    def test_room_publish_deferred_to_the_caller(self) -> None:
+        # With a backend (the hub), a client's room event comes back as a
+        # Publish action; ``perform`` carries it out against a sync store.
+        self.server.deferred_publish = True
+        message = event("m1", event="say", room="chat", data="hi", ack=True)
+        [publish] = self.server.receive(1, message, T0)
+        assert isinstance(publish, Publish)
+        self.assertEqual((publish.key, publish.reply_to.envelope), ("room:chat", message))
+        self.assertEqual(self.server.store.position("room:chat").offset, 0)
+        [fanout, ack] = self.server.perform(publish, T0)
+        assert isinstance(fanout, Fanout)
+        self.assertEqual(fanout.envelope.offset, 1)
+        self.assertEqual(sent([ack])[0].ref, "m1")
+
+    def test_track_ack_remembers_an_ack_that_came_first(self) -> None:
+        stored = Envelope(
+            type=MessageType.EVENT, id="d1", timestamp=T0, stream="direct", offset=1,
+            epoch="e", ack=True,
+        )
+        self.server.receive(1, Envelope(type=MessageType.ACK, id="a1", timestamp=T0, ref="d1"), T0)
+        self.assertEqual(
+            self.server.track_ack(self.session, stored, T0), [AckResult(self.session, 1, None)]
+        )
+        later = stored.evolve(id="d2", offset=2)
+        self.assertEqual(self.server.track_ack(self.session, later, T0), [])
+        self.assertIn(2, self.server.sessions[self.session].pending)
+
+    def test_adopt_session_resumes_it(self) -> None:
+        self.server.adopt_session("elsewhere", None, {}, ["lobby"], {}, T0)
+        self.server.open(9, T0)
+        actions = self.server.receive(9, hello("h9", session="elsewhere"), T0)
+        data = welcome_of(actions).data
+        self.assertEqual(
+            (data["session"], data["resumed"], data["rooms"]), ("elsewhere", True, ["lobby"])
+        )
 
     def test_client_event_with_stream_is_refused(self) -> None:
         message = event("m1", stream="direct", offset=1, epoch="e")

@@ -649,7 +649,7 @@ class SendTests(ServerTestCase):
                 self.assertRaises((TypeError, ValueError), hub.publish, "r", "x", bad)
                 self.assertRaises((TypeError, ValueError), hub.send, client.session, "x", bad)
                 self.assertRaises((TypeError, ValueError), hub.broadcast, "x", bad)
-        stored = hub.publish("r", "x", "good")
+        stored = await hub.publish("r", "x", "good")
         self.assertEqual(stored.offset, 1)
         await client.drop()
         await wait_until(lambda: not hub.is_connected(client.session or ""), what="detach")
@@ -663,7 +663,7 @@ class SendTests(ServerTestCase):
         hub = self.start_server(open_rooms=True)
         inside = await self.connect(rooms=["room1"])
         outside = await self.connect()
-        stored = hub.publish("room1", "update", [1, 2])
+        stored = await hub.publish("room1", "update", [1, 2])
         self.assertEqual((stored.stream, stored.offset), ("room:room1", 1))
         event = await inside.wait_for(is_event("room:room1"))
         self.assertEqual(

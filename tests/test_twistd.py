@@ -36,6 +36,7 @@ from tests.wsclient import (
 from warpsocket.server.cli import Options, makeService
 from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import LoggingMiddleware
+from warpsocket.server.security import JWTAuthenticator
 from warpsocket.server.service import WarpSocketService
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,6 +161,147 @@ class OptionsTests(unittest.TestCase):
         self.assertIs(makers["warpsocket"].options, Options)
 
 
+class SecurityOptionsTests(unittest.TestCase):
+    """The security options (docs/security.md) and their safe defaults."""
+
+    def key_file(self, content: bytes) -> str:
+        path = Path(self.mktemp())
+        path.write_bytes(content)
+        return str(path)
+
+    def test_defaults_are_safe(self) -> None:
+        security = parse()["hub_options"].security
+        self.assertEqual(security.allowed_origins, ())
+        self.assertFalse(security.allow_null_origin)
+        self.assertIsNone(security.authenticator)
+        self.assertFalse(security.auth_required)
+        self.assertFalse(security.token_in_query)
+        self.assertFalse(security.compression)
+        self.assertEqual(
+            (security.allow_ips, security.deny_ips, security.trusted_proxies), ((), (), 0)
+        )
+        self.assertEqual(
+            (
+                security.max_connections,
+                security.max_connections_per_ip,
+                security.connection_rate,
+                security.connection_bucket,
+                security.message_rate,
+                security.message_bucket,
+                security.upgrade_timeout,
+                security.max_outbound_buffer,
+                security.slow_consumer_grace,
+            ),
+            (10_000, 256, 20.0, 100, 1_000.0, 2_000, 10.0, 4_194_304, 10.0),
+        )
+
+    def test_values(self) -> None:
+        secret = self.key_file(b"k" * 40 + b"\n")
+        security = parse(
+            "--allow-origin=https://app.example",
+            "--allow-origin",
+            "https://admin.example:8443",
+            "--allow-null-origin",
+            "--jwt-secret",
+            secret,
+            "--jwt-algorithm=HS256",
+            "--jwt-algorithm=HS512",
+            "--jwt-audience=api",
+            "--jwt-issuer=https://issuer.example",
+            "--jwt-leeway=30",
+            "--optional-auth",
+            "--allow-query-token",
+            "--allow-ip=10.0.0.0/8",
+            "--allow-ip=2001:db8::/32",
+            "--deny-ip=10.6.6.0/24",
+            "--trusted-proxies=2",
+            "--max-connections=50000",
+            "--max-connections-per-ip=10",
+            "--connection-rate=2.5",
+            "--connection-burst=7",
+            "--message-rate=50",
+            "--message-burst=60",
+            "--max-outbound-buffer=65536",
+            "--slow-consumer-grace=3",
+            "--handshake-timeout=4",
+            "--compression",
+        )["hub_options"].security
+        self.assertEqual(
+            security.allowed_origins, ("https://app.example", "https://admin.example:8443")
+        )
+        self.assertTrue(security.allow_null_origin)
+        authenticator = security.authenticator
+        assert isinstance(authenticator, JWTAuthenticator)
+        self.assertEqual(authenticator.algorithms, ("HS256", "HS512"))
+        self.assertEqual(
+            (authenticator.audience, authenticator.issuer, authenticator.leeway),
+            ("api", "https://issuer.example", 30.0),
+        )
+        self.assertFalse(security.auth_required)
+        self.assertTrue(security.token_in_query)
+        self.assertEqual(security.allow_ips, ("10.0.0.0/8", "2001:db8::/32"))
+        self.assertEqual(security.deny_ips, ("10.6.6.0/24",))
+        self.assertEqual(security.trusted_proxies, 2)
+        self.assertEqual((security.max_connections, security.max_connections_per_ip), (50_000, 10))
+        self.assertEqual((security.connection_rate, security.connection_bucket), (2.5, 7))
+        self.assertEqual((security.message_rate, security.message_bucket), (50.0, 60))
+        self.assertEqual(
+            (security.max_outbound_buffer, security.slow_consumer_grace), (65_536, 3.0)
+        )
+        self.assertEqual(security.upgrade_timeout, 4.0)
+        self.assertTrue(security.compression)
+
+    def test_public_key_requires_auth_by_default(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        pem = (
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        security = parse("--jwt-public-key", self.key_file(pem), "--jwt-algorithm=ES256")[
+            "hub_options"
+        ].security
+        self.assertTrue(security.auth_required)
+        assert isinstance(security.authenticator, JWTAuthenticator)
+        self.assertEqual(security.authenticator.algorithms, ("ES256",))
+
+    def test_bad_values_are_usage_errors(self) -> None:
+        secret = self.key_file(b"k" * 40)
+        short = self.key_file(b"short")
+        bad = [
+            ["--allow-origin=https://app.example/path"],
+            ["--allow-origin=app.example"],
+            ["--allow-ip=10.0.0.0/33"],
+            ["--deny-ip=not-an-ip"],
+            ["--trusted-proxies=-1"],
+            ["--max-connections=0"],
+            ["--max-connections-per-ip=x"],
+            ["--connection-rate=0"],
+            ["--message-rate=-3"],
+            ["--message-burst=0"],
+            ["--max-outbound-buffer=0"],
+            ["--slow-consumer-grace=0"],
+            ["--jwt-leeway=-1"],
+            ["--require-auth"],
+            ["--optional-auth"],
+            ["--jwt-secret", "/nonexistent/secret"],
+            ["--jwt-secret", short],
+            ["--jwt-secret", secret, "--jwt-algorithm=RS256"],
+            ["--jwt-secret", secret, "--jwt-algorithm=none"],
+            ["--jwt-secret", secret, "--jwt-public-key", secret],
+            ["--jwt-public-key", secret],
+            ["--jwt-audience=api"],
+            ["--jwt-secret", secret, "--require-auth", "--optional-auth"],
+        ]
+        for args in bad:
+            with self.subTest(args=args):
+                self.assertRaises(usage.UsageError, parse, *args)
+
+
 # ---------------------------------------------------------------- real processes
 
 
@@ -186,7 +328,7 @@ class ServerProcess(ProcessProtocol):
         self.ended.callback(reason.value)
 
     def log(self) -> str:
-        return self.output.decode("utf-8", "replace")[-4000:]
+        return self.output.decode("utf-8", "replace")[-16000:]
 
 
 class ProcessTests(unittest.TestCase):

@@ -9,7 +9,10 @@ and connection events and performs the actions it returns:
 - ``Dispatch``: run the application for an event, call or auth, then report
   the outcome with ``ServerCore.settle``;
 - ``AckResult``: an acknowledged direct send was acknowledged or failed;
-- ``SessionOpened`` / ``SessionExpired``: lifecycle notifications.
+- ``SessionOpened`` / ``SessionExpired``: lifecycle notifications;
+- ``Publish``: a client's room event to append (through the backend, which
+  may be asynchronous) and then answer with ``ServerCore.settle``.
+  ``ServerCore.perform`` does both synchronously for a synchronous store.
 """
 
 from __future__ import annotations
@@ -136,7 +139,18 @@ class SessionExpired:
     session: str
 
 
-Action = Send | Fanout | Close | Dispatch | AckResult | SessionOpened | SessionExpired
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Append ``template`` to stream ``key``, deliver it, then settle ``reply_to``."""
+
+    key: str
+    template: Envelope
+    reply_to: Dispatch
+
+
+Action = (
+    Send | Fanout | Close | Dispatch | AckResult | SessionOpened | SessionExpired | Publish
+)
 
 
 class UnknownSessionError(KeyError):
@@ -168,6 +182,10 @@ class Session:
     rooms: set[str] = field(default_factory=set)
     conn: ConnId | None = None
     pending: dict[int, PendingAck] = field(default_factory=dict)
+    # Acks that arrived before their send was registered (``track_ack``): a
+    # clustered send learns its offset after the client may have acked it.
+    early_acks: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    acked_through: int = 0
 
     @property
     def principal(self) -> str:
@@ -206,8 +224,16 @@ class ServerCore:
         new_session_id: Callable[[], str],
         can_join: JoinPolicy = deny_all,
         can_publish: PublishPolicy = deny_all,
+        on_settle: Callable[[DedupKey, Envelope], None] | None = None,
+        deferred_publish: bool = False,
     ) -> None:
         self.store = store
+        # Told of every recorded dedup reply (a cluster shares them).
+        self.on_settle = on_settle
+        # True: client room events come back as ``Publish`` actions for the
+        # caller to append (asynchronously, through a backend); False: the
+        # core appends them to its synchronous store itself.
+        self.deferred_publish = deferred_publish
         self.options = options
         self.new_id = new_id
         self.new_session_id = new_session_id
@@ -482,10 +508,26 @@ class ServerCore:
                 now_ms,
                 error=(ErrorCode.FORBIDDEN, f"may not publish to {room!r}"),
             )
-        _, actions = self.publish(
-            room_key(room), envelope.event or "message", envelope.data, now_ms, ttl=envelope.ttl
+        template = Envelope(
+            type=MessageType.EVENT,
+            id=self.new_id(),
+            timestamp=now_ms,
+            event=envelope.event or "message",
+            data=envelope.data,
+            ttl=envelope.ttl,
         )
-        return actions + self.settle(session.id, envelope, now_ms)
+        conn_id = session.conn if session.conn is not None else -1
+        publish = Publish(room_key(room), template, Dispatch(conn_id, session.id, envelope))
+        if not self.deferred_publish:
+            return self.perform(publish, now_ms)
+        return [publish]
+
+    def perform(self, publish: Publish, now_ms: int) -> list[Action]:
+        """Carry out a ``Publish`` against a synchronous store: append, deliver, settle."""
+        stored = self.store.append(publish.key, publish.template, now_ms)
+        actions = self.deliver(publish.key, stored)
+        reply_to = publish.reply_to
+        return actions + self.settle(reply_to.session, reply_to.envelope, now_ms)
 
     def _reject(
         self, conn: Connection, envelope: Envelope, now_ms: int, code: ErrorCode, message: str
@@ -520,12 +562,21 @@ class ServerCore:
             principal = session.principal if session is not None else None
             if principal is not None and reply is not None:
                 self.dedup.settle((principal, envelope.id), reply)
+                if self.on_settle is not None:
+                    self.on_settle((principal, envelope.id), reply)
         if reply is None or session is None or session.conn is None:
             return []
         return [Send(session.conn, reply)]
 
     def _client_ack(self, session: Session, envelope: Envelope) -> list[Action]:
         pending = session.pending
+        if envelope.ref is not None:
+            early = session.early_acks
+            early[envelope.ref] = None
+            while len(early) > self.options.max_pending_acks:
+                early.popitem(last=False)
+        elif envelope.stream == DIRECT and envelope.offset is not None:
+            session.acked_through = max(session.acked_through, envelope.offset)
         if not pending:
             return []
         if envelope.ref is not None:
@@ -629,13 +680,64 @@ class ServerCore:
             direct_key(session_id), event, data, now_ms, ttl=ttl, ack=ack
         )
         if ack:
-            assert stored.offset is not None
-            timeout = timeout_ms if timeout_ms is not None else self.options.ack_timeout_ms
-            session.pending[stored.offset] = PendingAck(
-                stored, now_ms + timeout, now_ms + self.options.ack_retry_ms
-            )
-            self._with_pending.add(session_id)
+            actions += self.track_ack(session_id, stored, now_ms, timeout_ms)
         return stored, actions
+
+    def check_send(self, session_id: str, ack: bool) -> None:
+        """Raise as ``send_direct`` would, before an asynchronous append."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise UnknownSessionError(session_id)
+        if ack and len(session.pending) >= self.options.max_pending_acks:
+            raise QueueFullError(f"session {session_id} has {len(session.pending)} pending acks")
+
+    def track_ack(
+        self, session_id: str, stored: Envelope, now_ms: int, timeout_ms: int | None = None
+    ) -> list[Action]:
+        """Wait for the client's ack of an appended direct message.
+
+        An ack that came first (by id, or cumulatively by offset) settles it
+        at once; so does a session that is gone (as a timeout).
+        """
+        assert stored.offset is not None
+        session = self.sessions.get(session_id)
+        if session is None:
+            return [AckResult(session_id, stored.offset, ErrorCode.TIMEOUT)]
+        if stored.id in session.early_acks or stored.offset <= session.acked_through:
+            session.early_acks.pop(stored.id, None)
+            return [AckResult(session_id, stored.offset, None)]
+        timeout = timeout_ms if timeout_ms is not None else self.options.ack_timeout_ms
+        session.pending[stored.offset] = PendingAck(
+            stored, now_ms + timeout, now_ms + self.options.ack_retry_ms
+        )
+        self._with_pending.add(session_id)
+        return []
+
+    def adopt_session(
+        self,
+        session_id: str,
+        user: str | None,
+        claims: Mapping[str, Any],
+        rooms: Iterable[str],
+        starts: Mapping[str, Position],
+        now_ms: int,
+    ) -> Session:
+        """Take over a session another node ran (loaded from the cluster's store).
+
+        It starts detached: the ``hello`` that asked for it resumes it.
+        """
+        existing = self.sessions.get(session_id)
+        if existing is not None:
+            return existing
+        session = Session(session_id, user, dict(claims), dict(starts))
+        self.sessions[session_id] = session
+        if user is not None:
+            self.user_sessions.setdefault(user, set()).add(session_id)
+        for room in rooms:
+            session.rooms.add(room)
+            self.room_sessions.setdefault(room, set()).add(session_id)
+        self._detached[session_id] = now_ms
+        return session
 
     def join(self, session_id: str, room: str, now_ms: int) -> list[Action]:
         """Put a session in a room from the server side, and tell its client."""

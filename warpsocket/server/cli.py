@@ -19,6 +19,8 @@ from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
 from warpsocket.server.hub import Hub, HubOptions
+from warpsocket.server.security.auth import JWTAuthenticator
+from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.service import WarpSocketService
 
 DEFAULT_ENDPOINT = "tcp:8080"
@@ -38,6 +40,27 @@ def _count(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be an integer >= 0")
+    return number
+
+
+def _rate(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise ValueError("must be a positive number per second")
+    return number
+
+
+def _leeway(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError("must be a number of seconds >= 0")
+    return number
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -47,6 +70,23 @@ class Options(usage.Options):
     optFlags = [
         ["open-rooms", None, "Let clients subscribe and publish to any room (standalone mode)."],
         ["debug", None, "Log every envelope in and out."],
+        [
+            "require-auth",
+            None,
+            "Refuse connections without a valid token (the default once a JWT key is set).",
+        ],
+        [
+            "optional-auth",
+            None,
+            "Verify tokens when presented but admit browsers from allowed origins without one.",
+        ],
+        ["allow-null-origin", None, "Accept the opaque 'null' Origin (sandboxed frames, file:)."],
+        [
+            "allow-query-token",
+            None,
+            "Also accept the token in the ?token= query parameter (it may end up in logs).",
+        ],
+        ["compression", None, "Accept permessage-deflate (size limits apply inflated)."],
     ]
     optParameters = [
         ["path", None, "/ws", "URL path of the WebSocket endpoint."],
@@ -76,11 +116,57 @@ class Options(usage.Options):
             "Seconds clients wait before reconnecting after a graceful stop.",
             _seconds,
         ],
+        ["jwt-secret", None, None, "FILE holding the HMAC secret for HS256/384/512 tokens."],
+        ["jwt-public-key", None, None, "FILE holding the PEM public key (or certificate)."],
+        ["jwt-audience", None, None, "Required 'aud' of tokens."],
+        ["jwt-issuer", None, None, "Required 'iss' of tokens."],
+        ["jwt-leeway", None, 0.0, "Seconds of clock skew allowed on exp/nbf/iat.", _leeway],
+        ["trusted-proxies", None, 0, "X-Forwarded-For hops to trust (0: none).", _non_negative],
+        ["max-connections", None, 10_000, "Open connections per node.", _count],
+        ["max-connections-per-ip", None, 256, "Open connections per address (IPv6: /64).", _count],
+        ["connection-rate", None, 20.0, "New connections per second per address.", _rate],
+        ["connection-burst", None, None, "Burst of new connections (default 5x rate).", _count],
+        ["message-rate", None, 1000.0, "Messages per second per connection.", _rate],
+        ["message-burst", None, None, "Burst of messages (default 2x rate).", _count],
+        [
+            "max-outbound-buffer",
+            None,
+            4_194_304,
+            "Bytes a connection may have unsent before it counts as a slow consumer.",
+            _count,
+        ],
+        [
+            "slow-consumer-grace",
+            None,
+            10.0,
+            "Seconds a connection may stay over --max-outbound-buffer.",
+            _seconds,
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["endpoints"] = []
+        self["allowed_origins"] = []
+        self["jwt_algorithms"] = []
+        self["allow_ips"] = []
+        self["deny_ips"] = []
+
+    def opt_allow_origin(self, origin: str) -> None:
+        """An allowed Origin, exactly scheme://host[:port] (repeatable); '*' for any."""
+        self["allowed_origins"].append(origin)
+
+    def opt_jwt_algorithm(self, algorithm: str) -> None:
+        """A JWT algorithm to accept (repeatable); default HS256 or RS256 by key."""
+        self["jwt_algorithms"].append(algorithm)
+
+    def opt_allow_ip(self, cidr: str) -> None:
+        """Accept only these addresses, IPv4 or IPv6 CIDR (repeatable)."""
+        self["allow_ips"].append(cidr)
+
+    def opt_deny_ip(self, cidr: str) -> None:
+        """Refuse these addresses, IPv4 or IPv6 CIDR (repeatable); deny wins."""
+        self["deny_ips"].append(cidr)
 
     def opt_endpoint(self, description: str) -> None:
         """A Twisted server endpoint string (repeatable), e.g. tcp:8080 or
@@ -130,6 +216,73 @@ def hub_options_from(options: Options) -> HubOptions:
         reconnect_hint_ms=_ms(options["reconnect-hint"]),
         debug=bool(options["debug"]),
         open_rooms=bool(options["open-rooms"]),
+        security=security_options_from(options),
+    )
+
+
+def _read_key(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path!r}: {exc.strerror}") from None
+
+
+def jwt_authenticator_from(options: Options) -> JWTAuthenticator | None:
+    secret, public = options["jwt-secret"], options["jwt-public-key"]
+    if secret is not None and public is not None:
+        raise ValueError("give --jwt-secret or --jwt-public-key, not both")
+    if secret is None and public is None:
+        if options["jwt_algorithms"] or options["jwt-audience"] or options["jwt-issuer"]:
+            raise ValueError("JWT options need --jwt-secret or --jwt-public-key")
+        return None
+    if secret is not None:
+        key = _read_key(secret, "--jwt-secret").strip()
+        default = ["HS256"]
+    else:
+        key = _read_key(public, "--jwt-public-key")
+        default = ["RS256"]
+    return JWTAuthenticator(
+        key,
+        options["jwt_algorithms"] or default,
+        audience=options["jwt-audience"],
+        issuer=options["jwt-issuer"],
+        leeway=options["jwt-leeway"],
+    )
+
+
+def security_options_from(options: Options) -> SecurityOptions:
+    if options["require-auth"] and options["optional-auth"]:
+        raise ValueError("--require-auth and --optional-auth contradict each other")
+    authenticator = jwt_authenticator_from(options)
+    require: bool | None = None
+    if options["require-auth"]:
+        if authenticator is None:
+            raise ValueError("--require-auth needs --jwt-secret or --jwt-public-key")
+        require = True
+    elif options["optional-auth"]:
+        if authenticator is None:
+            raise ValueError("--optional-auth needs --jwt-secret or --jwt-public-key")
+        require = False
+    return SecurityOptions(
+        allowed_origins=tuple(options["allowed_origins"]),
+        allow_null_origin=bool(options["allow-null-origin"]),
+        authenticator=authenticator,
+        require_auth=require,
+        token_in_query=bool(options["allow-query-token"]),
+        allow_ips=tuple(options["allow_ips"]),
+        deny_ips=tuple(options["deny_ips"]),
+        trusted_proxies=options["trusted-proxies"],
+        max_connections=options["max-connections"],
+        max_connections_per_ip=options["max-connections-per-ip"],
+        connection_rate=options["connection-rate"],
+        connection_burst=options["connection-burst"],
+        message_rate=options["message-rate"],
+        message_burst=options["message-burst"],
+        upgrade_timeout=options["handshake-timeout"],
+        max_outbound_buffer=options["max-outbound-buffer"],
+        slow_consumer_grace=options["slow-consumer-grace"],
+        compression=bool(options["compression"]),
     )
 
 

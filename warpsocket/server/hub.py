@@ -26,6 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
+from warpsocket.backends.base import Backend, SessionRecord
+from warpsocket.backends.memory import MemoryBackend
+from warpsocket.core.dedup import DedupKey
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import SequentialIds, random_id
 from warpsocket.core.server import (
@@ -37,21 +40,24 @@ from warpsocket.core.server import (
     CoreOptions,
     Dispatch,
     Fanout,
+    Publish,
     Send,
     ServerCore,
     Session,
     SessionExpired,
     SessionOpened,
+    UnknownSessionError,
     direct_key,
     room_key,
 )
-from warpsocket.core.store import MemoryStreamStore, StreamStore
+from warpsocket.core.store import StreamStore
 from warpsocket.protocol.codecs import Codec, CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.context import Context
 from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
+from warpsocket.server.security.config import SecurityOptions
 
 if TYPE_CHECKING:
     from warpsocket.server.protocol import WarpSocketServerProtocol
@@ -87,6 +93,8 @@ class HubOptions:
     debug: bool = False
     # Standalone mode: clients may subscribe to and publish into any room.
     open_rooms: bool = False
+    # Origins, tokens, address lists and limits (docs/security.md).
+    security: SecurityOptions = field(default_factory=SecurityOptions)
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0 or self.shutdown_timeout <= 0:
@@ -119,6 +127,7 @@ class Hub:
         clock: IReactorTime | None = None,
         reactor: Any = None,
         store: StreamStore | None = None,
+        backend: Backend | None = None,
         codecs: CodecRegistry | None = None,
         middleware: Sequence[Middleware] = (),
         can_join: Callable[[Session, str], bool] | None = None,
@@ -138,11 +147,12 @@ class Hub:
             self.middleware.insert(0, LoggingMiddleware())
         self.metrics = HubMetrics()
         node_tag = f"{core_options.node}.{random_id()[:6]}"
-        self.store = (
-            store
-            if store is not None
-            else MemoryStreamStore(core_options.history, lambda: random_id()[:11])
-        )
+        if backend is None:
+            backend = MemoryBackend(core_options.history, store=store)
+        # Where streams, sessions, dedup records and presence live (docs/cluster.md).
+        self.backend: Backend = backend
+        self.store = backend.store
+        backend.set_delivery(self._delivered)
         open_rooms = self.options.open_rooms
         self.core = ServerCore(
             self.store,
@@ -151,6 +161,8 @@ class Hub:
             new_session_id=random_id,
             can_join=can_join or (lambda s, r: open_rooms),
             can_publish=can_publish or (lambda s, r, e: open_rooms),
+            on_settle=self._settled if backend.clustered else None,
+            deferred_publish=True,
         )
         self.handlers: dict[str, Handler] = {}
         self.on_open_hooks: list[OpenHook] = []
@@ -162,6 +174,11 @@ class Hub:
         self._next_conn = 0
         self._ack_waiters: dict[tuple[str, int], Deferred[None]] = {}
         self._empty_waiters: list[Deferred[None]] = []
+        # Connections waiting for the backend (prepare, dedup claim): their
+        # later frames queue here and are fed to the core strictly in order.
+        self._inbound: dict[ConnId, list[Envelope]] = {}
+        self._present: set[tuple[str, str]] = set()
+        self._next_session_save = 0
 
     # ------------------------------------------------------------ registration
 
@@ -219,8 +236,12 @@ class Hub:
         ack: bool = False,
         ttl: float | None = None,
         timeout: float | None = None,
-    ) -> Deferred[None] | None:
+    ) -> Deferred[None]:
         """Send to one session's ``direct`` stream (delivered on resume if offline).
+
+        Returns a Deferred that fires once the message is stored (it fails with
+        ``BackendUnavailableError`` when the cluster cannot take it). With a
+        clustered backend the session may live on any node.
 
         With ``ack=True`` returns a Deferred that fires when the client
         acknowledges, or fails with ``AckTimeoutError`` after ``timeout``
@@ -228,33 +249,59 @@ class Hub:
         """
         template = self._outbound(event, data, ttl)
         now = self.now_ms()
-        stored, actions = self.core.send_direct(
-            session,
-            template.event or event,
-            template.data,
-            now,
-            ack=ack,
+        if session in self.core.sessions or ack or not self.backend.clustered:
+            # Acked sends need the session here (its pending acks live here);
+            # elsewhere the session may live on another node.
+            self.core.check_send(session, ack)
+        envelope = Envelope(
+            type=MessageType.EVENT,
+            id=self.core.new_id(),
+            timestamp=now,
+            event=template.event or event,
+            data=template.data,
             ttl=template.ttl,
-            timeout_ms=None if timeout is None else int(timeout * 1000),
+            ack=ack,
         )
-        waiter: Deferred[None] | None = None
-        if ack:
+        appended = self.backend.publish(direct_key(session), envelope, now)
+        if not ack:
+            return appended.addCallback(lambda _: None)
+        waiter: Deferred[None] = Deferred()
+        timeout_ms = None if timeout is None else int(timeout * 1000)
+
+        def track(stored: Envelope) -> None:
             assert stored.offset is not None
-            waiter = Deferred()
             self._ack_waiters[(session, stored.offset)] = waiter
             self.metrics.acks_pending.set(len(self._ack_waiters))
-        self._run(actions)
+            self._run(self.core.track_ack(session, stored, self.now_ms(), timeout_ms))
+
+        appended.addCallbacks(track, waiter.errback)
         return waiter
 
     @threadsafe
     def send_user(
         self, user: str, event: str, data: Any = None, *, ttl: float | None = None
-    ) -> int:
-        """Send to every session of ``user``; returns how many sessions."""
-        sessions = self.core.sessions_of_user(user)
-        for session in sessions:
-            self.send(session, event, data, ttl=ttl)
-        return len(sessions)
+    ) -> int | Deferred[int]:
+        """Send to every session of ``user``; returns how many sessions.
+
+        With a clustered backend the sessions of every node are found in
+        Redis, so this returns a Deferred of the count.
+        """
+        found = self.backend.sessions_of_user(user)
+        if found is None:
+            sessions = self.core.sessions_of_user(user)
+            for session in sessions:
+                self.send(session, event, data, ttl=ttl)
+            return len(sessions)
+
+        def send_all(sessions: set[str]) -> int:
+            for session in sessions | self.core.sessions_of_user(user):
+                self.send(session, event, data, ttl=ttl).addErrback(self._send_failed)
+            return len(sessions | self.core.sessions_of_user(user))
+
+        return found.addCallback(send_all)
+
+    def _send_failed(self, failure: Failure) -> None:
+        self.log.failure("send failed", failure)
 
     @threadsafe
     def send_group(
@@ -268,22 +315,49 @@ class Hub:
     @threadsafe
     def publish(
         self, room: str, event: str, data: Any = None, *, ttl: float | None = None
-    ) -> Envelope:
-        """Publish into a room's stream: encoded once for all its members."""
+    ) -> Deferred[Envelope]:
+        """Publish into a room's stream: encoded once for all its members (on every node).
+
+        Fires with the stored envelope (offset, epoch); fails with
+        ``BackendUnavailableError`` when the cluster cannot take it. From
+        another thread the call blocks and returns the envelope itself.
+        """
         return self._publish(room_key(room), event, data, ttl)
 
     @threadsafe
-    def broadcast(self, event: str, data: Any = None, *, ttl: float | None = None) -> Envelope:
-        """Publish to every connection (the ``broadcast`` stream)."""
+    def broadcast(
+        self, event: str, data: Any = None, *, ttl: float | None = None
+    ) -> Deferred[Envelope]:
+        """Publish to every connection (the ``broadcast`` stream), on every node."""
         return self._publish(BROADCAST, event, data, ttl)
 
-    def _publish(self, key: str, event: str, data: Any, ttl: float | None) -> Envelope:
+    def _publish(self, key: str, event: str, data: Any, ttl: float | None) -> Deferred[Envelope]:
         template = self._outbound(event, data, ttl)
-        stored, actions = self.core.publish(
-            key, template.event or event, template.data, self.now_ms(), ttl=template.ttl
+        now = self.now_ms()
+        envelope = Envelope(
+            type=MessageType.EVENT,
+            id=self.core.new_id(),
+            timestamp=now,
+            event=template.event or event,
+            data=template.data,
+            ttl=template.ttl,
         )
-        self._run(actions)
-        return stored
+        return self.backend.publish(key, envelope, now)
+
+    def _delivered(self, key: str, stored: Envelope) -> None:
+        """The backend hands over a stream message for this node's members."""
+        self._run(self.core.deliver(key, stored))
+
+    def _settled(self, key: DedupKey, reply: Envelope) -> None:
+        self.backend.record(key[0], key[1], reply)
+
+    @property
+    def health(self) -> str | None:
+        """None when serving normally; else ``draining`` or ``degraded: <reason>``."""
+        if self.draining:
+            return "draining"
+        reason = self.backend.health
+        return None if reason is None else f"degraded: {reason}"
 
     def _outbound(self, event: str, data: Any, ttl: float | None) -> Envelope:
         envelope = Envelope(
@@ -305,19 +379,36 @@ class Hub:
     # ------------------------------------------------------------ rooms and queries
 
     @threadsafe
-    def join(self, session: str, room: str) -> None:
-        self._run(self.core.join(session, room, self.now_ms()))
-        self._update_gauges()
+    def join(self, session: str, room: str) -> Deferred[None]:
+        """Put a local session in a room (fires once the room's stream is ready here)."""
+        if session not in self.core.sessions:
+            raise UnknownSessionError(session)
+
+        def joined(_: object) -> None:
+            self._run(self.core.join(session, room, self.now_ms()))
+            self._update_gauges()
+            self._session_changed(session)
+
+        return self.backend.prepare([room_key(room)]).addCallback(joined)
 
     @threadsafe
     def leave(self, session: str, room: str) -> None:
         self._run(self.core.leave(session, room, self.now_ms()))
         self._update_gauges()
+        self._session_changed(session)
 
     @threadsafe  # copies state the reactor thread mutates
     def room_members(self, room: str) -> set[str]:
         """Sessions in ``room`` (presence on this node)."""
         return set(self.core.room_sessions.get(room, ()))
+
+    @threadsafe
+    def presence(self, room: str) -> Deferred[set[str]]:
+        """Sessions in ``room`` on every live node (this node's alone without a cluster)."""
+        found = self.backend.presence(room)
+        if found is None:
+            return succeed(set(self.core.room_sessions.get(room, ())))
+        return found
 
     @threadsafe
     def rooms(self) -> list[str]:
@@ -366,7 +457,10 @@ class Hub:
             return
         self.metrics.connections.set(len(self._protocols))
         self.metrics.disconnects.labels(str(code)).inc()
+        self._inbound.pop(conn_id, None)
         session = self.core.close(conn_id, self.now_ms())
+        if session is not None and self.backend.clustered:
+            self._save_session(session)
         if session is not None:
             ctx = self._context(session.id, protocol)
             for hook in self.on_close_hooks:
@@ -419,18 +513,205 @@ class Hub:
                 self.metrics.protocol_errors.labels(str(int(ErrorCode.INTERNAL_ERROR))).inc()
                 self._run(self.core.protocol_error(conn_id, fault, now))
                 return
+        queued = self._inbound.get(conn_id)
+        if queued is not None:
+            queued.append(envelope)
+            return
+        self._feed(conn_id, envelope)
+
+    def _feed(self, conn_id: ConnId, envelope: Envelope) -> None:
+        """Feed the core, after whatever the backend must do first.
+
+        A hello or subscribe waits for the streams it reads; a tracked event or
+        call first claims its id in the cluster's dedup records. While that
+        step is pending, the connection's later frames wait in order.
+        """
+        step = self._before_core(conn_id, envelope)
+        if step is None:
+            self._run(self.core.receive(conn_id, envelope, self.now_ms()))
+            return
+        outcome: list[Any] = []
+
+        def capture(result: Any) -> None:
+            outcome.append(result)
+
+        step.addBoth(capture)
+        if outcome:  # already there (always, with the memory backend)
+            self._after_step(conn_id, envelope, outcome[0])
+            return
+        self._inbound[conn_id] = []
+
+        def resume(_: object) -> None:
+            self._after_step(conn_id, envelope, outcome[0])
+            waiting = self._inbound.pop(conn_id, [])
+            while waiting and conn_id in self._protocols:
+                self._feed(conn_id, waiting.pop(0))
+                if conn_id in self._inbound:
+                    # That one waits for the backend too: the rest follow it.
+                    self._inbound[conn_id].extend(waiting)
+                    return
+
+        step.addCallback(resume)
+
+    def _before_core(self, conn_id: ConnId, envelope: Envelope) -> Deferred[Any] | None:
+        backend = self.backend
+        conn = self.core.connections.get(conn_id)
+        if conn is None:
+            return None
+        kind = envelope.type
+        if conn.session is None and kind is MessageType.HELLO:
+            return self._prepare_hello(conn.user, envelope)
+        if conn.session is None:
+            return None
+        if kind is MessageType.SUBSCRIBE and envelope.room:
+            return backend.prepare([room_key(envelope.room)])
+        if (
+            backend.clustered
+            and (kind is MessageType.CALL or (kind is MessageType.EVENT and envelope.ack))
+            and envelope.stream is None
+        ):
+            principal = conn.session.principal
+            if self.core.dedup.lookup((principal, envelope.id), self.now_ms()) is not None:
+                return None  # this node knows it: the core answers the retry
+            return backend.claim(principal, envelope.id, self.now_ms())
+        return None
+
+    def _prepare_hello(self, user: str | None, hello: Envelope) -> Deferred[Any]:
+        data = hello.data if isinstance(hello.data, dict) else {}
+        wanted = data.get("session")
+        rooms = data.get("rooms")
+        keys = [BROADCAST]
+        if isinstance(rooms, list):
+            keys += [room_key(r) for r in rooms if isinstance(r, str)]
+        if not isinstance(wanted, str) or not self.backend.clustered:
+            known = self.core.sessions.get(wanted) if isinstance(wanted, str) else None
+            if known is not None:
+                keys += [direct_key(known.id), *(room_key(r) for r in known.rooms)]
+            return self.backend.prepare(keys)
+        local = self.core.sessions.get(wanted)
+        if local is not None:
+            return self.backend.prepare(
+                [*keys, direct_key(wanted), *(room_key(r) for r in local.rooms)]
+            )
+
+        def adopt(record: SessionRecord | None) -> Deferred[None]:
+            extra = [direct_key(wanted)]
+            if record is not None and record.user == user and wanted not in self.core.sessions:
+                self.core.adopt_session(
+                    record.id, record.user, record.claims, record.rooms, record.starts,
+                    self.now_ms(),
+                )
+                extra += [room_key(r) for r in record.rooms]
+            return self.backend.prepare([*keys, *extra])
+
+        return self.backend.load_session(wanted).addCallback(adopt)
+
+    def _after_step(self, conn_id: ConnId, envelope: Envelope, result: Any) -> None:
+        from warpsocket.backends.base import Claim
+
+        if conn_id not in self._protocols:
+            return
+        now = self.now_ms()
+        if isinstance(result, Failure):
+            reason = result.getErrorMessage()
+            self.log.warn("backend step failed: {reason}", reason=reason)
+            if envelope.type is MessageType.HELLO:
+                hint = json.dumps(
+                    {"retry_after_ms": self.options.reconnect_hint_ms, "reason": reason}
+                )
+                self._close(conn_id, ErrorCode.GOING_AWAY, hint)
+                return
+            fault = ProtocolError(
+                ErrorCode.UNAVAILABLE, f"cluster unavailable: {reason}", envelope.id
+            )
+            self._run(self.core.protocol_error(conn_id, fault, now))
+            return
+        if isinstance(result, Claim) and not result.first:
+            # Another node handled (or is handling) this id: answer as it did.
+            if result.reply is not None:
+                self._send(conn_id, result.reply)
+            return
         self._run(self.core.receive(conn_id, envelope, now))
+        if envelope.type in (MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE):
+            conn = self.core.connections.get(conn_id)
+            if conn is not None and conn.session is not None:
+                self._session_changed(conn.session.id)
 
     def tick(self) -> None:
         # An exception escaping here would stop the TimerService's LoopingCall
         # for good (no more heartbeats, timeouts or retries): log it instead.
         try:
-            self._run(self.core.tick(self.now_ms()))
+            now = self.now_ms()
+            self._run(self.core.tick(now))
             self._update_gauges()
+            self.backend.tick(now)
+            if self.backend.clustered:
+                self._cluster_tick(now)
         except Exception:
             self.log.failure("hub tick failed")
 
     # ------------------------------------------------------------ actions
+
+    def _cluster_tick(self, now: int) -> None:
+        # Streams no local connection reads any more are not followed.
+        for key in list(self.backend.following()):
+            if key not in self.core.members:
+                self.backend.release(key)
+        self._sync_presence()
+        if now >= self._next_session_save:
+            self._next_session_save = now + self.options.core.session_ttl_ms // 4
+            for session in list(self.core.sessions.values()):
+                if session.conn is not None:
+                    self._save_session(session)
+
+    def _sync_presence(self) -> None:
+        if not self.backend.clustered:
+            return
+        now_present = {
+            (room, session_id)
+            for room, sessions in self.core.room_sessions.items()
+            for session_id in sessions
+        }
+        for room, session_id in now_present - self._present:
+            self.backend.set_presence(room, session_id, True)
+        for room, session_id in self._present - now_present:
+            self.backend.set_presence(room, session_id, False)
+        self._present = now_present
+
+    def _save_session(self, session: Session) -> None:
+        record = SessionRecord(
+            session.id, session.user, dict(session.claims), tuple(sorted(session.rooms)),
+            dict(session.starts),
+        )
+        # Outlives this node by the session TTL: another node can resume it.
+        ttl = self.options.core.session_ttl_ms + int(self.options.tick_interval * 1000) * 2
+        self.backend.save_session(record, ttl)
+
+    def _session_changed(self, session_id: str) -> None:
+        if not self.backend.clustered:
+            return
+        session = self.core.sessions.get(session_id)
+        if session is not None:
+            self._save_session(session)
+        self._sync_presence()
+
+    def _perform(self, publish: Publish) -> None:
+        """A client's room event: append it through the backend, then answer."""
+        reply_to = publish.reply_to
+
+        def settled(_: Envelope) -> None:
+            self._settle(reply_to)
+
+        def failed(failure: Failure) -> None:
+            self.log.warn("room publish failed: {why}", why=failure.getErrorMessage())
+            self._settle(
+                reply_to,
+                error=(ErrorCode.UNAVAILABLE, f"cluster unavailable: {failure.getErrorMessage()}"),
+            )
+
+        self.backend.publish(publish.key, publish.template, self.now_ms()).addCallbacks(
+            settled, failed
+        )
 
     def _run(self, actions: list[Action]) -> None:
         for action in actions:
@@ -446,6 +727,8 @@ class Hub:
                 self._ack_result(action)
             elif isinstance(action, SessionOpened):
                 self._opened(action)
+            elif isinstance(action, Publish):
+                self._perform(action)
             elif isinstance(action, SessionExpired):
                 self.log.debug("session {session} expired", session=action.session)
 
@@ -513,6 +796,7 @@ class Hub:
         for hook in self.on_open_hooks:
             self._call_hook(ctx, hook, ctx, opened.resumed)
         self._update_gauges()
+        self._session_changed(opened.session)
 
     def _dispatch(self, dispatch: Dispatch) -> None:
         envelope = dispatch.envelope

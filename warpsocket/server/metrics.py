@@ -61,3 +61,35 @@ class HubMetrics:
             ["event"],
             registry=r,
         )
+        # Security and limits (docs/security.md).
+        self.refused_connections = Counter(
+            "warpsocket_refused_connections",
+            "TCP connections refused before HTTP was parsed, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.upgrade_timeouts = Counter(
+            "warpsocket_upgrade_timeouts",
+            "Connections aborted for not completing the WebSocket upgrade in time",
+            registry=r,
+        )
+        self.auth = Counter(
+            "warpsocket_auth",
+            "Token verifications, by outcome (ok or the reason for refusal)",
+            ["outcome"],
+            registry=r,
+        )
+        self.token_refreshes = Counter(
+            "warpsocket_token_refreshes", "Tokens refreshed in band (auth envelope)", registry=r
+        )
+        self.rate_limited = Counter(
+            "warpsocket_rate_limited",
+            "Messages or connections refused by a rate limit, by scope",
+            ["scope"],
+            registry=r,
+        )
+        self.slow_consumers = Counter(
+            "warpsocket_slow_consumers",
+            "Connections closed because their outbound buffer stayed over its bound",
+            registry=r,
+        )

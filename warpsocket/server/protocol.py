@@ -1,28 +1,44 @@
-"""Autobahn glue: one protocol instance per WebSocket, feeding the hub."""
+"""Autobahn glue: one protocol instance per WebSocket, feeding the hub.
+
+Besides the glue, this is where the per-connection security rules run
+(docs/security.md): the origin and token checks of the handshake, the
+token in ``hello``, the token's expiry, the message rate limit and the
+bound on the outbound buffer (slow consumers).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
 
+from warpsocket.core.messages import error_envelope
 from warpsocket.core.server import ConnId
 from warpsocket.protocol.codecs import Codec
-from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import Handshake, Reject
+from warpsocket.server.security.auth import AuthError, Identity
+from warpsocket.server.security.gate import Gate, GuardProtocol, find_guard
+from warpsocket.server.security.limits import HTTP_STATUS, OutboundMeter
+from warpsocket.server.security.ratelimit import TokenBucket
 
 # HTTP status for a refused handshake, by the reason's code.
-_DENY_STATUS = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.ORIGIN_REJECTED: 403,
-    ErrorCode.ADDRESS_REJECTED: 403,
-    ErrorCode.TOO_MANY_CONNECTIONS: 503,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.GOING_AWAY: 503,
-}
+_DENY_STATUS = HTTP_STATUS
+
+
+def _reason(code: ErrorCode, message: str = "") -> str:
+    """The HTTP reason phrase of a refusal: ``<code> <name>[: message]``, one line."""
+    text = f"{int(code)} {code.wire_name}"
+    if message and message != code.wire_name:
+        text += ": " + message
+    return "".join(c if " " <= c <= "~" else " " for c in text)[:200]
 
 
 class WarpSocketServerProtocol(WebSocketServerProtocol):
@@ -31,6 +47,18 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     conn_id: ConnId | None = None
     handshake: Handshake | None = None
     session: str | None = None
+    # Set during onConnect, before ``handshake`` (which means "accepted").
+    handshake_in_progress: Handshake | None = None
+    guard: GuardProtocol | None = None
+    identity: Identity | None = None
+    _origin_missing = False
+    _hello_pending = False
+    _own_request = False
+    _bucket: TokenBucket | None = None
+    _refused_in_row = 0
+    _expiry_call: IDelayedCall | None = None
+    _grace_call: IDelayedCall | None = None
+    _meter: OutboundMeter | None = None
 
     @property
     def can_send(self) -> bool:
@@ -38,8 +66,17 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         (RFC 6455 5.5.1), when autobahn's ``sendMessage`` would raise ``Disconnected``."""
         return bool(self.state == WebSocketServerProtocol.STATE_OPEN)
 
-    def onConnect(self, request: ConnectionRequest) -> str | None:
+    @property
+    def gate(self) -> Gate:
+        return self.factory.gate
+
+    # ------------------------------------------------------------ handshake
+
+    def onConnect(  # type: ignore[override]  # autobahn also takes a Deferred
+        self, request: ConnectionRequest
+    ) -> str | Deferred[str | None] | None:
         hub = self.factory.hub
+        gate = self.gate
         codec = hub.codecs.negotiate(request.protocols)
         if codec is None:
             hub.metrics.rejected_handshakes.labels("unsupported_codec").inc()
@@ -50,24 +87,259 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             path=request.path,
             headers=dict(request.headers),
             params=dict(request.params),
-            origin=request.origin,
+            # Autobahn reports a missing Origin header as "".
+            origin=request.origin or None,
         )
+        self.handshake_in_progress = handshake
+        self.guard = find_guard(self.transport)
+        self._origin_missing = handshake.origin is None
         try:
-            hub.check_handshake(handshake)
+            gate.check_request(self, handshake.headers)
         except Reject as reject:
-            hub.metrics.rejected_handshakes.labels(reject.code.wire_name).inc()
-            raise ConnectionDeny(_DENY_STATUS.get(reject.code, 403), reject.message) from None
+            self._deny(reject.code, reject.message)
+        token = gate.request_token(handshake.headers, handshake.params)
+        if token is None or gate.authenticator is None:
+            return self._accept(handshake, codec, request, None)
+
+        def refused(failure: Failure) -> NoReturn:
+            failure.trap(AuthError)
+            self._deny(cast(AuthError, failure.value).code)
+
+        verified = gate.authenticate(token)
+        return verified.addCallbacks(
+            lambda identity: self._accept(handshake, codec, request, identity), refused
+        )
+
+    def _deny(self, code: ErrorCode, message: str = "") -> NoReturn:
+        self.factory.hub.metrics.rejected_handshakes.labels(code.wire_name).inc()
+        raise ConnectionDeny(_DENY_STATUS.get(code, 403), _reason(code, message))
+
+    def _accept(
+        self,
+        handshake: Handshake,
+        codec: Codec,
+        request: ConnectionRequest,
+        identity: Identity | None,
+    ) -> str | None:
+        if identity is not None:
+            handshake.user = identity.user
+            handshake.claims = dict(identity.claims)
+            self.identity = identity
+        try:
+            self.factory.hub.check_handshake(handshake)
+        except Reject as reject:
+            self._deny(reject.code, reject.message)
         self.codec = codec
         self.handshake = handshake
         return codec.subprotocol if request.protocols else None
 
     def onOpen(self) -> None:
         assert self.handshake is not None
+        gate = self.gate
+        if self.guard is not None:
+            self.guard.mark_upgraded()
+        options = gate.options
+        self._bucket = TokenBucket(options.message_rate, options.message_bucket, gate.now())
+        self._meter = OutboundMeter(self.transport)
         self.conn_id = self.factory.hub.attach(self, self.handshake)
+        gate.protocols[self.conn_id] = self
+        self._arm_expiry()
+
+    # ------------------------------------------------------------ inbound
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.conn_id is not None:
-            self.factory.hub.received(self.conn_id, payload, isBinary)
+        if self.conn_id is None or not self._within_rate(payload, isBinary):
+            return
+        if self.session is None and self.gate.authenticator is not None:
+            self._before_welcome(payload, isBinary)
+            return
+        self._feed(payload, isBinary)
+
+    def _feed(self, payload: bytes, is_binary: bool) -> None:
+        if self.conn_id is None:
+            return
+        # Writes to this connection while it is served its own request (the
+        # replies, a resume's replay) are bounded by the history limits, not
+        # by other publishers: they are exempt from the hard outbound cap.
+        self._own_request = True
+        try:
+            self.factory.hub.received(self.conn_id, payload, is_binary)
+        finally:
+            self._own_request = False
+
+    def _within_rate(self, payload: bytes, is_binary: bool) -> bool:
+        """The message token bucket: refuse with 4200, close 4200 if it persists."""
+        bucket = self._bucket
+        if bucket is None or bucket.take(self.gate.now()):
+            self._refused_in_row = 0
+            return True
+        self._refused_in_row += 1
+        self.gate.metrics.rate_limited.labels("message").inc()
+        if self._refused_in_row > bucket.burst:
+            # Another whole burst after being told: the client is not slowing down.
+            self._close(ErrorCode.RATE_LIMITED)
+        else:
+            self._send_error(
+                ErrorCode.RATE_LIMITED, "too many messages", self._peek_id(payload, is_binary)
+            )
+        return False
+
+    def _peek_id(self, payload: bytes, is_binary: bool) -> str | None:
+        try:
+            return self.codec.decode(payload, is_binary).id
+        except ProtocolError:
+            return None
+
+    def _before_welcome(self, payload: bytes, is_binary: bool) -> None:
+        """Until the welcome: a ``hello`` is authenticated before the core sees it."""
+        try:
+            envelope = self.codec.decode(payload, is_binary)
+        except ProtocolError:
+            self._feed(payload, is_binary)  # the hub answers the bad frame
+            return
+        if envelope.type is not MessageType.HELLO:
+            self._feed(payload, is_binary)  # 4003 hello_required
+            return
+        if self._hello_pending:
+            self._send_error(ErrorCode.BAD_STATE, "hello is being authenticated", envelope.id)
+            return
+        data = envelope.data if isinstance(envelope.data, dict) else {}
+        token = data.get("token")
+        if token is None:
+            if self.identity is None and (self.gate.auth_required or self._origin_missing):
+                # Authentication is required, or a non-browser client must
+                # authenticate because no Origin vouches for it.
+                self.gate.metrics.auth.labels("missing").inc()
+                self._close(ErrorCode.UNAUTHORIZED)
+                return
+            self._feed(payload, is_binary)
+            self._sync_claims()
+            return
+        if not isinstance(token, str):
+            self._send_error(
+                ErrorCode.BAD_ENVELOPE, "hello.data.token must be a string", envelope.id
+            )
+            return
+        self._hello_pending = True
+        verified = self.gate.authenticate(token)
+        verified.addCallbacks(
+            lambda identity: self._hello_authenticated(identity, payload, is_binary),
+            self._hello_refused,
+        )
+
+    def _hello_authenticated(self, identity: Identity, payload: bytes, is_binary: bool) -> None:
+        self._hello_pending = False
+        if self.conn_id is None or not self.can_send:
+            return
+        connection = self.factory.hub.core.connections.get(self.conn_id)
+        if connection is None:
+            return
+        self.identity = identity
+        # The core opens a session for the connection's principal.
+        connection.user = identity.user
+        connection.claims = dict(identity.claims)
+        self._feed(payload, is_binary)
+        self._sync_claims()
+        self._arm_expiry()
+
+    def _hello_refused(self, failure: Failure) -> None:
+        self._hello_pending = False
+        failure.trap(AuthError)
+        self._close(cast(AuthError, failure.value).code)
+
+    def _sync_claims(self) -> None:
+        """A resumed session takes the claims of the token it resumed with."""
+        identity = self.identity
+        if self.session is None or identity is None:
+            return
+        session = self.factory.hub.session_info(self.session)
+        if session is not None and session.user == identity.user:
+            session.claims = dict(identity.claims)
+
+    # ------------------------------------------------------------ token expiry
+
+    def set_identity(self, identity: Identity) -> None:
+        """A refreshed token (the ``auth`` envelope): new claims, new expiry."""
+        self.identity = identity
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        self._cancel(self._expiry_call)
+        self._expiry_call = None
+        identity = self.identity
+        if identity is None or identity.expires_at is None:
+            return
+        delay = max(0.0, identity.expires_at - self.gate.now())
+        self._expiry_call = self.gate.clock.callLater(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry_call = None
+        self._close(ErrorCode.TOKEN_EXPIRED)
+
+    # ------------------------------------------------------------ outbound
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+        self._check_outbound()
+
+    def sendPreparedMessage(self, preparedMsg: Any) -> None:
+        super().sendPreparedMessage(preparedMsg)
+        if self._perMessageCompress is None or preparedMsg.doNotCompress:
+            self._check_outbound()  # (else sendMessage did)
+
+    def _check_outbound(self) -> None:
+        """After each write: over the bound starts the grace; over the hard
+        cap (4x) closes at once, unless the write answers this connection's
+        own request (bounded by the history limits, not by publishers)."""
+        meter = self._meter
+        if meter is None or not self.can_send:
+            return
+        pending = meter()
+        options = self.gate.options
+        if pending <= options.max_outbound_buffer:
+            return
+        if pending > options.max_outbound_hard and not self._own_request:
+            self._slow_consumer()
+        elif self._grace_call is None:
+            self._grace_call = self.gate.clock.callLater(
+                options.slow_consumer_grace, self._grace_over
+            )
+
+    def _grace_over(self) -> None:
+        self._grace_call = None
+        if self._meter is not None and self._meter() > self.gate.options.max_outbound_buffer:
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        if self.can_send:
+            self.gate.metrics.slow_consumers.inc()
+            self._close(ErrorCode.SLOW_CONSUMER)
+
+    # ------------------------------------------------------------ helpers
+
+    def _send_error(self, code: ErrorCode, message: str, ref: str | None) -> None:
+        if not self.can_send:
+            return
+        hub = self.factory.hub
+        envelope: Envelope = error_envelope(hub.core.new_id(), hub.now_ms(), code, message, ref)
+        hub.metrics.protocol_errors.labels(str(int(code))).inc()
+        self.sendMessage(self.codec.encode(envelope), isBinary=self.codec.binary)
+
+    def _close(self, code: ErrorCode) -> None:
+        if self.can_send:
+            self.sendClose(int(code), code.wire_name)
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # Autobahn leaves the close-handshake timer armed when the connection is
@@ -77,7 +349,11 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if timer is not None:
             self.closeHandshakeTimeoutCall = None
             timer.cancel()
+        self._cancel(self._expiry_call)
+        self._cancel(self._grace_call)
+        self._expiry_call = self._grace_call = None
         if self.conn_id is not None:
+            self.gate.protocols.pop(self.conn_id, None)
             if self.closedByMe and self.localCloseCode is not None:
                 # We closed it (4204, 4400, 4500, 1009 ...): that code says why.
                 # ``code`` would be the peer's reply, usually a plain 1000.
@@ -86,18 +362,35 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self.conn_id = None
 
 
+def _accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+    """permessage-deflate when enabled; the size limits apply to the inflated
+    size (Autobahn stops inflating at the message limit: a bomb costs 1 MiB)."""
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
 class WarpSocketServerFactory(WebSocketServerFactory):
     protocol = WarpSocketServerProtocol  # type: ignore[assignment]
 
     def __init__(self, hub: Hub, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, protocols=hub.codecs.subprotocols, **kwargs)
         self.hub = hub
+        self.gate = Gate(hub.options.security, hub)
+        if self.gate.authenticator is not None and hub.authenticator is None:
+            # In-band refresh (the ``auth`` envelope) with the same authenticator.
+            hub.authenticator = self.gate.refresh
         limit = hub.options.core.max_message_size
         self.setProtocolOptions(
             maxFramePayloadSize=limit,
             maxMessagePayloadSize=limit,
-            # Compression stays off unless an application enables it knowingly.
-            perMessageCompressionAccept=lambda offers: None,
+            # Compression stays off unless the operator enables it knowingly.
+            perMessageCompressionAccept=(
+                _accept_deflate if hub.options.security.compression else lambda offers: None
+            ),
+            # Our own origin policy decides (it refuses "null" unless allowed).
+            allowNullOrigin=True,
             # Our own heartbeat and handshake timers apply; autobahn's close
             # handshake timers still bound a peer that never completes a close.
             openHandshakeTimeout=hub.options.core.handshake_timeout_ms / 1000,

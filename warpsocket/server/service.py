@@ -53,6 +53,7 @@ class WarpSocketService(MultiService):
 
     def startService(self) -> None:
         self.hub.draining = False
+        self.hub.backend.start()
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -72,7 +73,11 @@ class WarpSocketService(MultiService):
 
         drained.addBoth(finish)
         both = DeferredList([stopped, drained], consumeErrors=True)
-        return both.addCallback(lambda _: None)
+
+        def stop_backend(_: object) -> Deferred[None]:
+            return hub.backend.stop()
+
+        return both.addCallback(stop_backend)
 
 
 class EndpointListener(Service):

@@ -1,0 +1,100 @@
+"""The interface every cluster backend implements (docs/cluster.md).
+
+The core reads histories synchronously through ``store``; everything that
+may need the network returns a Deferred. A synchronous backend (memory)
+returns Deferreds that have already fired, so the hub behaves exactly as if
+it called the store directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from warpsocket.core.history import Position
+from warpsocket.core.store import StreamStore
+from warpsocket.protocol.envelope import Envelope
+
+Delivery = Callable[[str, Envelope], None]
+"""``(key, stored)``: a stream message for this node's local members, in offset order."""
+
+
+class BackendUnavailableError(Exception):
+    """The backend cannot take writes now (e.g. Redis is unreachable)."""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What another node needs to resume a session."""
+
+    id: str
+    user: str | None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    rooms: tuple[str, ...] = ()
+    starts: Mapping[str, Position] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to a shared dedup claim of a client message id.
+
+    ``first``: this node handles it. Otherwise ``reply`` is the recorded
+    answer, or None while another node is still handling it.
+    """
+
+    first: bool
+    reply: Envelope | None = None
+
+
+class Backend(Protocol):
+    store: StreamStore
+    #: True when other nodes share the streams (sends to unknown sessions are
+    #: published anyway: the session may live on another node).
+    clustered: bool
+
+    @property
+    def health(self) -> str | None:
+        """None when healthy, else why not (shown by /healthz)."""
+
+    def set_delivery(self, deliver: Delivery) -> None: ...
+
+    def start(self) -> Deferred[None]: ...
+
+    def stop(self) -> Deferred[None]: ...
+
+    def publish(self, key: str, template: Envelope, now_ms: int) -> Deferred[Envelope]:
+        """Append to a stream; fires with the stored envelope (offset, epoch).
+
+        Local members get it through the delivery callback, never from here.
+        Fails with ``BackendUnavailableError`` when the append cannot be made.
+        """
+
+    def prepare(self, keys: Iterable[str]) -> Deferred[None]:
+        """Make ``store`` hold these streams (and follow them) before the core reads them."""
+
+    def release(self, key: str) -> None:
+        """No local member is left: stop following the stream."""
+
+    def following(self) -> Iterable[str]:
+        """The keys this node follows now."""
+
+    def save_session(self, record: SessionRecord, ttl_ms: int) -> None: ...
+
+    def load_session(self, session_id: str) -> Deferred[SessionRecord | None]: ...
+
+    def claim(self, principal: str, message_id: str, now_ms: int) -> Deferred[Claim]: ...
+
+    def record(self, principal: str, message_id: str, reply: Envelope) -> None: ...
+
+    def set_presence(self, room: str, session: str, present: bool) -> None: ...
+
+    def presence(self, room: str) -> Deferred[set[str]] | None:
+        """Sessions in ``room`` on every live node; None: ask the local core."""
+
+    def sessions_of_user(self, user: str) -> Deferred[set[str]] | None:
+        """Sessions of ``user`` on every node; None: ask the local core."""
+
+    def tick(self, now_ms: int) -> None: ...

@@ -1,0 +1,90 @@
+"""The in-process backend: one node, no network, every Deferred already fired."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from warpsocket.backends.base import Claim, Delivery, SessionRecord
+from warpsocket.core.history import HistoryLimits
+from warpsocket.core.ids import random_id
+from warpsocket.core.store import MemoryStreamStore, StreamStore
+from warpsocket.protocol.envelope import Envelope
+
+
+class MemoryBackend:
+    """Streams in a ``MemoryStreamStore``; sessions, dedup and presence stay in the core."""
+
+    clustered = False
+
+    def __init__(
+        self,
+        limits: HistoryLimits | None = None,
+        *,
+        store: StreamStore | None = None,
+        new_epoch: Callable[[], str] | None = None,
+    ) -> None:
+        self.store: StreamStore = (
+            store
+            if store is not None
+            else MemoryStreamStore(
+                limits or HistoryLimits(), new_epoch or (lambda: random_id()[:11])
+            )
+        )
+        self._deliver: Delivery | None = None
+
+    @property
+    def health(self) -> str | None:
+        return None
+
+    def set_delivery(self, deliver: Delivery) -> None:
+        self._deliver = deliver
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def publish(self, key: str, template: Envelope, now_ms: int) -> Deferred[Envelope]:
+        try:
+            stored = self.store.append(key, template, now_ms)
+        except Exception:
+            return fail()
+        if self._deliver is not None:
+            self._deliver(key, stored)
+        return succeed(stored)
+
+    def prepare(self, keys: Iterable[str]) -> Deferred[None]:
+        return succeed(None)
+
+    def release(self, key: str) -> None:
+        pass
+
+    def following(self) -> Iterable[str]:
+        return ()
+
+    def save_session(self, record: SessionRecord, ttl_ms: int) -> None:
+        pass
+
+    def load_session(self, session_id: str) -> Deferred[SessionRecord | None]:
+        return succeed(None)
+
+    def claim(self, principal: str, message_id: str, now_ms: int) -> Deferred[Claim]:
+        return succeed(Claim(True))
+
+    def record(self, principal: str, message_id: str, reply: Envelope) -> None:
+        pass
+
+    def set_presence(self, room: str, session: str, present: bool) -> None:
+        pass
+
+    def presence(self, room: str) -> Deferred[set[str]] | None:
+        return None
+
+    def sessions_of_user(self, user: str) -> Deferred[set[str]] | None:
+        return None
+
+    def tick(self, now_ms: int) -> None:
+        pass

@@ -1,0 +1,111 @@
+"""Transport introspection for the limits: outbound buffer size, TLS, PROXY."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+from warpsocket.protocol.codes import ErrorCode
+
+# HTTP status for a connection or handshake refused before the WebSocket opens.
+HTTP_STATUS = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.ORIGIN_REJECTED: 403,
+    ErrorCode.ADDRESS_REJECTED: 403,
+    ErrorCode.TOO_MANY_CONNECTIONS: 503,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.GOING_AWAY: 503,
+}
+
+
+def transport_chain(transport: Any, depth: int = 8) -> list[Any]:
+    """``transport``, its transport, and so on down to the socket.
+
+    Reads ``__dict__`` so that ``ProtocolWrapper.__getattr__`` (which
+    forwards unknown names downwards) cannot make a level appear twice.
+    """
+    chain: list[Any] = []
+    while transport is not None and len(chain) < depth:
+        chain.append(transport)
+        transport = getattr(transport, "__dict__", {}).get("transport")
+    return chain
+
+
+def buffered_bytes(transport: Any) -> int:
+    """Bytes written to ``transport`` that the peer has not taken yet.
+
+    Counts the socket's user-space write buffer (Twisted's FileDescriptor,
+    which grows without bound when a peer stops reading) and, under TLS,
+    the cleartext queued before the TLS handshake finished. The kernel's
+    socket buffer comes on top and is bounded by the OS.
+    """
+    total = 0
+    for level in transport_chain(transport):
+        if isinstance(level, TLSMemoryBIOProtocol):
+            total += sum(len(chunk) for chunk in level._appSendBuffer)
+        elif isinstance(level, FileDescriptor):
+            total += len(level.dataBuffer) - level.offset + level._tempDataLen
+            break
+    return total
+
+
+class OutboundMeter:
+    """``buffered_bytes`` for one connection, with the transport levels found
+    once: a write to a broadcast's thousands of recipients costs a few
+    attribute reads each, not a walk down the transport chain."""
+
+    __slots__ = ("_socket", "_tls")
+
+    def __init__(self, transport: Any) -> None:
+        self._tls: TLSMemoryBIOProtocol | None = None
+        self._socket: FileDescriptor | None = None
+        for level in transport_chain(transport):
+            if isinstance(level, TLSMemoryBIOProtocol) and self._tls is None:
+                self._tls = level
+            elif isinstance(level, FileDescriptor):
+                self._socket = level
+                break
+
+    def __call__(self) -> int:
+        total = 0
+        tls = self._tls
+        if tls is not None and tls._appSendBuffer:
+            total += sum(len(chunk) for chunk in tls._appSendBuffer)
+        fd = self._socket
+        if fd is not None:
+            total += len(fd.dataBuffer) - fd.offset + fd._tempDataLen
+        return total
+
+
+def behind_tls(transport: Any) -> bool:
+    return any(isinstance(level, TLSMemoryBIOProtocol) for level in transport_chain(transport))
+
+
+def behind_proxy_protocol(transport: Any) -> bool:
+    """True under a ``haproxy:`` endpoint, whose peer is known only after its header."""
+    return any(isinstance(level, HAProxyProtocolWrapper) for level in transport_chain(transport))
+
+
+def http_refusal(code: ErrorCode) -> bytes:
+    """A complete HTTP response refusing a connection with a registry code.
+
+    The reason phrase is ``<code> <name>`` (as for refusals in onConnect),
+    so that any client library's error message shows why.
+    """
+    status = HTTP_STATUS.get(code, 403)
+    body = f"{int(code)} {code.wire_name}\n".encode("ascii")
+    lines = [
+        f"HTTP/1.1 {status} {int(code)} {code.wire_name}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        "Cache-Control: no-store",
+    ]
+    if status in (429, 503):
+        lines.append("Retry-After: 1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
