@@ -623,8 +623,8 @@ class SendTests(ServerTestCase):
         )
         self.assertEqual(event["epoch"], anon.positions["direct"]["epoch"])
 
-        self.assertEqual(hub.send_user("alice", "for-alice", 1), 2)
-        self.assertEqual(hub.send_user("nobody", "x"), 0)
+        self.assertEqual(self.successResultOf(hub.send_user("alice", "for-alice", 1)), 2)
+        self.assertEqual(self.successResultOf(hub.send_user("nobody", "x")), 0)
         for client in (alice1, alice2):
             event = await client.wait_for(is_event("direct"))
             self.assertEqual((event["event"], event["data"]), ("for-alice", 1))

@@ -33,6 +33,8 @@ from tests.wsclient import (
     http_get,
     sleep,
 )
+from warpsocket.backends.memory import MemoryBackend
+from warpsocket.backends.redis import RedisBackend
 from warpsocket.server.cli import Options, makeService
 from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import LoggingMiddleware
@@ -159,6 +161,46 @@ class OptionsTests(unittest.TestCase):
         makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
         self.assertIn("warpsocket", makers)
         self.assertIs(makers["warpsocket"].options, Options)
+
+
+class ClusterOptionsTests(unittest.TestCase):
+    """--redis and --redis-sentinel build the Redis backend; no option, the memory one."""
+
+    def test_memory_by_default(self) -> None:
+        service = makeService(parse())
+        assert isinstance(service, WarpSocketService)
+        self.assertIsInstance(service.hub.backend, MemoryBackend)
+
+    def test_redis_url(self) -> None:
+        options = parse("--redis", "redis://:pw@127.0.0.1:6390/2", "--redis-prefix", "app1:")
+        backend = options["backend"]
+        self.assertIsInstance(backend, RedisBackend)
+        self.assertEqual(backend.options.prefix, "app1:")
+        self.assertEqual(backend.options.url, "redis://:pw@127.0.0.1:6390/2")
+        service = makeService(options)
+        assert isinstance(service, WarpSocketService)
+        self.assertIs(service.hub.backend, backend)
+
+    def test_sentinels(self) -> None:
+        options = parse(
+            "--redis-sentinel",
+            "127.0.0.1:26379",
+            "--redis-sentinel",
+            "10.0.0.2:26379",
+            "--redis-service",
+            "ws",
+        )
+        backend = options["backend"]
+        self.assertEqual(backend.options.sentinels, ("127.0.0.1:26379", "10.0.0.2:26379"))
+        self.assertEqual(backend.options.service, "ws")
+
+    def test_bad_values_are_usage_errors(self) -> None:
+        for args in (
+            ("--redis", "http://127.0.0.1:6379"),
+            ("--redis-sentinel", "no-port"),
+            ("--redis", "redis://127.0.0.1:6379/0", "--redis-sentinel", "127.0.0.1:26379"),
+        ):
+            self.assertRaises(usage.UsageError, parse, *args)
 
 
 class SecurityOptionsTests(unittest.TestCase):

@@ -19,25 +19,25 @@ def setup(hub: Hub) -> None:
     """Register the chat's handlers on a hub (the ``--app`` entry point)."""
 
     @hub.on("join")
-    def join(ctx: Context, data: Any) -> dict[str, Any]:
+    async def join(ctx: Context, data: Any) -> dict[str, Any]:
         room = _room(data)
-        ctx.join(room)
-        hub.publish(room, "joined", {"session": ctx.session})
-        return {"room": room, "members": len(hub.room_members(room))}
+        await ctx.join(room)
+        await hub.publish(room, "joined", {"session": ctx.session})
+        return {"room": room, "members": len(await hub.presence(room))}
 
     @hub.on("say")
-    def say(ctx: Context, data: Any) -> None:
+    async def say(ctx: Context, data: Any) -> None:
         room = _room(data)
-        if room not in hub.rooms() or ctx.session not in hub.room_members(room):
+        if ctx.session not in hub.room_members(room):  # this session's node knows
             raise Reject(ErrorCode.FORBIDDEN, f"join {room!r} first")
         text = data.get("text")
         if not isinstance(text, str) or not 0 < len(text) <= 2000:
             raise Reject(ErrorCode.BAD_ENVELOPE, "text must be 1-2000 characters")
-        hub.publish(room, "said", {"from": ctx.session, "text": text})
+        await hub.publish(room, "said", {"from": ctx.session, "text": text})
 
     @hub.on("who")
-    def who(ctx: Context, data: Any) -> list[str]:
-        return sorted(hub.room_members(_room(data)))
+    async def who(ctx: Context, data: Any) -> list[str]:
+        return sorted(await hub.presence(_room(data)))  # every node's members
 
 
 def _room(data: Any) -> str:

@@ -15,6 +15,7 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from warpsocket.backends.redis import redis_backend_from_options
 from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
@@ -116,6 +117,15 @@ class Options(usage.Options):
             "Seconds clients wait before reconnecting after a graceful stop.",
             _seconds,
         ],
+        [
+            "redis",
+            None,
+            None,
+            "Cluster through Redis: redis://[:password@]host:port/db (rediss:// for TLS). "
+            "Default: in-memory, this node alone.",
+        ],
+        ["redis-service", None, "mymaster", "Sentinel service name (with --redis-sentinel)."],
+        ["redis-prefix", None, "warpsocket:", "Key prefix, to share one Redis among apps."],
         ["jwt-secret", None, None, "FILE holding the HMAC secret for HS256/384/512 tokens."],
         ["jwt-public-key", None, None, "FILE holding the PEM public key (or certificate)."],
         ["jwt-audience", None, None, "Required 'aud' of tokens."],
@@ -151,6 +161,7 @@ class Options(usage.Options):
         self["jwt_algorithms"] = []
         self["allow_ips"] = []
         self["deny_ips"] = []
+        self["redis_sentinels"] = []
 
     def opt_allow_origin(self, origin: str) -> None:
         """An allowed Origin, exactly scheme://host[:port] (repeatable); '*' for any."""
@@ -167,6 +178,10 @@ class Options(usage.Options):
     def opt_deny_ip(self, cidr: str) -> None:
         """Refuse these addresses, IPv4 or IPv6 CIDR (repeatable); deny wins."""
         self["deny_ips"].append(cidr)
+
+    def opt_redis_sentinel(self, address: str) -> None:
+        """A Redis Sentinel host:port (repeatable); finds the master of --redis-service."""
+        self["redis_sentinels"].append(address)
 
     def opt_endpoint(self, description: str) -> None:
         """A Twisted server endpoint string (repeatable), e.g. tcp:8080 or
@@ -189,6 +204,20 @@ class Options(usage.Options):
             self["hub_options"] = hub_options_from(self)
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
+        if self["redis"] is not None or self["redis_sentinels"]:
+            if self["redis"] is not None and self["redis_sentinels"]:
+                raise usage.UsageError("give --redis or --redis-sentinel, not both")
+            try:
+                self["backend"] = redis_backend_from_options(
+                    self["redis"],
+                    self["redis_sentinels"],
+                    self["redis-service"],
+                    self["redis-prefix"],
+                    self["hub_options"].core.history,
+                    node=self["node"],
+                )
+            except ValueError as exc:
+                raise usage.UsageError(f"bad Redis option: {exc}") from None
         if self["app"] is not None:
             self["app_callable"] = load_app(self["app"])
 
@@ -302,7 +331,7 @@ def load_app(spec: str) -> Callable[[Hub], Any]:
 
 
 def makeService(options: Options) -> IService:
-    hub = Hub(options["hub_options"])
+    hub = Hub(options["hub_options"], backend=options.get("backend"))
     app = options.get("app_callable")
     if app is not None:
         app(hub)

@@ -30,12 +30,13 @@ class Context:
 
     def send(
         self, event: str, data: Any = None, *, ack: bool = False, timeout: float | None = None
-    ) -> Deferred[None] | None:
+    ) -> Deferred[None]:
         """Send to this client's session (its ``direct`` stream)."""
         return self.hub.send(self.session, event, data, ack=ack, timeout=timeout)
 
-    def join(self, room: str) -> None:
-        self.hub.join(self.session, room)
+    def join(self, room: str) -> Deferred[None]:
+        """Join ``room``; fires once the room's stream is ready on this node."""
+        return self.hub.join(self.session, room)
 
     def leave(self, room: str) -> None:
         self.hub.leave(self.session, room)

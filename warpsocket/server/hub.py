@@ -280,18 +280,11 @@ class Hub:
     @threadsafe
     def send_user(
         self, user: str, event: str, data: Any = None, *, ttl: float | None = None
-    ) -> int | Deferred[int]:
-        """Send to every session of ``user``; returns how many sessions.
-
-        With a clustered backend the sessions of every node are found in
-        Redis, so this returns a Deferred of the count.
-        """
+    ) -> Deferred[int]:
+        """Send to every session of ``user`` (on every node); fires with how many."""
         found = self.backend.sessions_of_user(user)
         if found is None:
-            sessions = self.core.sessions_of_user(user)
-            for session in sessions:
-                self.send(session, event, data, ttl=ttl)
-            return len(sessions)
+            found = succeed(set())
 
         def send_all(sessions: set[str]) -> int:
             for session in sessions | self.core.sessions_of_user(user):
