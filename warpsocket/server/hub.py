@@ -7,25 +7,28 @@ same prepared frame is written to every recipient.
 
 All of its public methods may be called from any thread: off the reactor
 thread they are forwarded with ``blockingCallFromThread``, so every write
-happens on the reactor thread and frames never interleave.
+happens on the reactor thread and frames never interleave. Called that way,
+a method that returns a Deferred blocks the calling thread until it fires
+and returns its result (or raises): ``send(..., ack=True)`` from a worker
+thread waits for the client's acknowledgement.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
+from warpsocket._deferreds import invoke
 from warpsocket.backends.base import Backend, SessionRecord
 from warpsocket.backends.memory import MemoryBackend
 from warpsocket.core.dedup import DedupKey
@@ -591,7 +594,11 @@ class Hub:
             extra = [direct_key(wanted)]
             if record is not None and record.user == user and wanted not in self.core.sessions:
                 self.core.adopt_session(
-                    record.id, record.user, record.claims, record.rooms, record.starts,
+                    record.id,
+                    record.user,
+                    record.claims,
+                    record.rooms,
+                    record.starts,
                     self.now_ms(),
                 )
                 extra += [room_key(r) for r in record.rooms]
@@ -673,7 +680,10 @@ class Hub:
 
     def _save_session(self, session: Session) -> None:
         record = SessionRecord(
-            session.id, session.user, dict(session.claims), tuple(sorted(session.rooms)),
+            session.id,
+            session.user,
+            dict(session.claims),
+            tuple(sorted(session.rooms)),
             dict(session.starts),
         )
         # Outlives this node by the session TTL: another node can resume it.
@@ -814,7 +824,7 @@ class Hub:
     ) -> None:
         started = self.clock.seconds()
         name = dispatch.envelope.event or dispatch.envelope.type.value
-        result = _invoke(handler, ctx, arg)
+        result = invoke(handler, ctx, arg)
 
         def done(value: Any) -> None:
             if dispatch.envelope.type is MessageType.CALL:
@@ -872,7 +882,7 @@ class Hub:
         )
 
     def _call_hook(self, ctx: Context, hook: Callable[..., Any], *args: Any) -> None:
-        result = _invoke(hook, *args)
+        result = invoke(hook, *args)
         result.addErrback(lambda failure: self._report_error(ctx, failure))
 
     def _report_error(self, ctx: Context | None, failure: Failure) -> None:
@@ -924,23 +934,6 @@ def _check_encodable(data: Any) -> None:
             data.encode("utf-8")  # lone surrogates cannot be sent
         return
     _VALIDATOR.encode(data).encode("utf-8")
-
-
-def _invoke(func: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    """Call a plain, Deferred-returning or ``async def`` function; always a Deferred."""
-    try:
-        result = func(*args)
-    except Exception:
-        return fail()
-    if isinstance(result, Deferred):
-        return result
-    if inspect.isawaitable(result):
-        return Deferred.fromCoroutine(_await(result))
-    return succeed(result)
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 __all__ = [
