@@ -1,9 +1,7 @@
 """Run the shared, language-neutral envelope vectors (tests/vectors/envelopes.json).
 
 One test method is generated per vector and codec, so a failure names the
-vector. Vectors follow docs/protocol.md; where the implementation disagrees,
-the vector is listed in KNOWN_DISAGREEMENTS and its tests are expected
-failures (trial ``todo``) until the implementation is fixed.
+vector. Vectors follow docs/protocol.md; the implementation must pass all.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ VECTORS_PATH = Path(__file__).parent / "vectors" / "envelopes.json"
 
 # Vector name -> why the implementation fails it. Remove an entry once fixed
 # (trial reports an "unexpected success" as a reminder).
-KNOWN_DISAGREEMENTS: dict[str, str] = {}
 
 Vector = dict[str, Any]
 
@@ -113,9 +110,6 @@ def _attach(
     test.__name__ = name
     test.__qualname__ = f"{cls.__name__}.{name}"
     test.__doc__ = f"{prefix} vector {vector['name']!r}"
-    reason = KNOWN_DISAGREEMENTS.get(vector["name"])
-    if reason is not None:
-        test.todo = reason  # type: ignore[attr-defined]
     setattr(cls, name, test)
 
 
@@ -168,10 +162,6 @@ class VectorFileTests(unittest.TestCase):
             self.assertLessEqual({"type", "id", "timestamp"}, set(expected), vector["name"])
             self.assertNotIn(None, expected.values(), vector["name"])
             self.assertNotEqual(expected.get("ack"), False, vector["name"])
-
-    def test_knownDisagreementsExist(self) -> None:
-        names = {v["name"] for v in VECTORS["valid"] + VECTORS["invalid"]}
-        self.assertLessEqual(set(KNOWN_DISAGREEMENTS), names)
 
     def test_everyMessageTypeCovered(self) -> None:
         types = {v["expected"]["type"] for v in VECTORS["valid"]}

@@ -250,22 +250,12 @@ class Hub:
         acknowledges, or fails with ``AckTimeoutError`` after ``timeout``
         seconds (default: the core's ``ack_timeout_ms``).
         """
-        template = self._outbound(event, data, ttl)
-        now = self.now_ms()
+        envelope = self._outbound(event, data, ttl, ack=ack)
         if session in self.core.sessions or ack or not self.backend.clustered:
             # Acked sends need the session here (its pending acks live here);
             # elsewhere the session may live on another node.
             self.core.check_send(session, ack)
-        envelope = Envelope(
-            type=MessageType.EVENT,
-            id=self.core.new_id(),
-            timestamp=now,
-            event=template.event or event,
-            data=template.data,
-            ttl=template.ttl,
-            ack=ack,
-        )
-        appended = self.backend.publish(direct_key(session), envelope, now)
+        appended = self.backend.publish(direct_key(session), envelope, envelope.timestamp)
         if not ack:
             return appended.addCallback(lambda _: None)
         waiter: Deferred[None] = Deferred()
@@ -328,17 +318,8 @@ class Hub:
         return self._publish(BROADCAST, event, data, ttl)
 
     def _publish(self, key: str, event: str, data: Any, ttl: float | None) -> Deferred[Envelope]:
-        template = self._outbound(event, data, ttl)
-        now = self.now_ms()
-        envelope = Envelope(
-            type=MessageType.EVENT,
-            id=self.core.new_id(),
-            timestamp=now,
-            event=template.event or event,
-            data=template.data,
-            ttl=template.ttl,
-        )
-        return self.backend.publish(key, envelope, now)
+        envelope = self._outbound(event, data, ttl)
+        return self.backend.publish(key, envelope, envelope.timestamp)
 
     def _delivered(self, key: str, stored: Envelope) -> None:
         """The backend hands over a stream message for this node's members."""
@@ -355,14 +336,16 @@ class Hub:
         reason = self.backend.health
         return None if reason is None else f"degraded: {reason}"
 
-    def _outbound(self, event: str, data: Any, ttl: float | None) -> Envelope:
+    def _outbound(self, event: str, data: Any, ttl: float | None, *, ack: bool = False) -> Envelope:
+        """The envelope an application send becomes, after outbound middleware."""
         envelope = Envelope(
             type=MessageType.EVENT,
-            id="outbound",
+            id=self.core.new_id(),
             timestamp=self.now_ms(),
             event=event,
             data=data,
             ttl=None if ttl is None else max(1, int(ttl * 1000)),
+            ack=ack,
         )
         for middleware in self.middleware:
             envelope = middleware.on_outbound(None, envelope)
