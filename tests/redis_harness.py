@@ -55,8 +55,13 @@ def redis_command(port: int, *args: str) -> bytes:
 class RedisProcess:
     """One redis-server (or sentinel) on a fixed free port; stop, kill and restart it."""
 
-    def __init__(self, port: int | None = None, *, extra: list[str] | None = None,
-                 sentinel_config: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        extra: list[str] | None = None,
+        sentinel_config: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.extra = extra or []
         self.sentinel_config = sentinel_config
@@ -72,11 +77,16 @@ class RedisProcess:
         else:
             command = [
                 _binary("redis-server"),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.dir,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
                 *self.extra,
             ]
         self.process = subprocess.Popen(

@@ -30,12 +30,13 @@ from tests.wsclient import (
     http_get,
     wait_until,
 )
+from warpsocket.backends.memory import MemoryBackend
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
 from warpsocket.server.context import Context
-from warpsocket.server.hub import AckTimeoutError
+from warpsocket.server.hub import MAX_HELD_FRAMES, AckTimeoutError
 from warpsocket.server.middleware import Handshake, Middleware, Reject
 
 
@@ -249,6 +250,41 @@ class BadInputTests(ServerTestCase):
 
 
 # ---------------------------------------------------------------- sessions and resume
+
+
+class SlowBackend(MemoryBackend):
+    """The memory backend, but stream preparation waits for the test (as Redis may)."""
+
+    def __init__(self) -> None:
+        super().__init__(HistoryLimits())
+        self.gate: Deferred[None] = Deferred()
+
+    def prepare(self, keys: Any) -> Deferred[None]:
+        gate: Deferred[None] = Deferred()
+        self.gate.addCallback(lambda _: gate.callback(None))
+        return gate
+
+
+class HeldFramesTests(ServerTestCase):
+    @async_test
+    async def test_frames_held_behind_the_backend_are_bounded(self) -> None:
+        backend = SlowBackend()
+        self.start_server(backend=backend)
+        client = await self.connect(hello=False)
+        client.send({"type": "hello", "data": {}})
+        sent = [client.send({"type": "event", "event": "x"}) for _ in range(MAX_HELD_FRAMES + 5)]
+        refused = [await client.next_message() for _ in range(5)]
+        self.assertEqual(
+            [(m["code"], m["ref"]) for m in refused], [(4206, e["id"]) for e in sent[-5:]]
+        )
+        backend.gate.callback(None)
+        welcome = await client.next_message()
+        self.assertEqual(welcome["type"], "welcome")
+        answers = [await client.next_message() for _ in range(MAX_HELD_FRAMES)]
+        self.assertEqual(
+            [(m["code"], m["ref"]) for m in answers],
+            [(4301, e["id"]) for e in sent[:MAX_HELD_FRAMES]],
+        )
 
 
 class ResumeTests(ServerTestCase):

@@ -75,6 +75,11 @@ CloseHook = Callable[[Context, int | None], Any]
 ErrorHook = Callable[[Context | None, Failure], Any]
 
 
+# Frames of one connection held while the backend prepares its streams or
+# claims a dedup record (Redis): beyond this, each is refused with 4206.
+MAX_HELD_FRAMES = 256
+
+
 class AckTimeoutError(Exception):
     """An acknowledged send was not acknowledged in time (or its session expired)."""
 
@@ -494,6 +499,12 @@ class Hub:
                 return
         queued = self._inbound.get(conn_id)
         if queued is not None:
+            if len(queued) >= MAX_HELD_FRAMES:
+                # Bounded: a client may not pile frames up behind a slow backend.
+                full = ProtocolError(ErrorCode.QUEUE_FULL, "too many frames in flight", envelope.id)
+                self.metrics.protocol_errors.labels(str(int(ErrorCode.QUEUE_FULL))).inc()
+                self._run(self.core.protocol_error(conn_id, full, now))
+                return
             queued.append(envelope)
             return
         self._feed(conn_id, envelope)

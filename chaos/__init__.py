@@ -1,0 +1,1 @@
+"""Chaos harness for WarpSocket: faults injected at random, every message accounted for."""

@@ -1,0 +1,508 @@
+"""The chaos harness: ``python -m chaos [--duration 180] [--clients 8] [--seed N] [--quick]``.
+
+Starts the server (a ``twistd`` subprocess), a fault-injecting TCP proxy and
+N clients in this process; for ``--duration`` seconds clients send acked
+messages and receive room, broadcast and acked direct messages while
+connections are cut and stalled and the server is SIGKILLed and restarted.
+Then the faults stop, everything settles, the last server reports its final
+stream positions, and ``chaos.check`` judges the recorded history. Prints a
+table, writes JSON (``chaos/results/latest.json`` by default) and exits 1 on
+any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__" and not __package__:  # ``python chaos/run.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted.internet import defer, task
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
+from zope.interface import implementer
+
+from chaos.check import Report, check_run
+from chaos.clients import ChaosClient
+from chaos.proxy import ChaosProxy
+from chaos.server import ServerProcess
+from warpsocket.client.options import ClientOptions
+from warpsocket.client.state import ClientState
+from warpsocket.core.backoff import Backoff
+from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+
+CHAOS = Path(__file__).resolve().parent
+ROOMS = ("alpha", "beta", "gamma")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How often each fault strikes (uniform ranges, seconds)."""
+
+    cut_every: tuple[float, float]
+    stall_every: tuple[float, float]
+    kill_every: tuple[float, float]
+    down_for: tuple[float, float]
+    stall_for: tuple[float, float] = (0.1, 2.5)
+    long_stall_for: tuple[float, float] = (7.0, 9.0)  # beyond the heartbeat timeout
+    long_stall_chance: float = 0.1
+    cut_all_chance: float = 0.3
+
+
+FULL = Profile(
+    cut_every=(1.0, 4.0), stall_every=(2.0, 6.0), kill_every=(15.0, 30.0), down_for=(0.2, 2.0)
+)
+QUICK = Profile(
+    cut_every=(0.6, 1.8), stall_every=(1.0, 3.0), kill_every=(4.0, 7.0), down_for=(0.2, 1.0)
+)
+
+# Server settings: fast heartbeats so that long stalls end in dead-peer
+# detection on both sides; everything else at its production default.
+SERVER_ARGS = ["--heartbeat-interval", "2", "--heartbeat-timeout", "6"]
+
+
+@dataclass(frozen=True)
+class Config:
+    duration: float
+    clients: int
+    seed: int
+    quick: bool
+    out: Path
+    history: Path
+    send_interval: tuple[float, float] = (0.05, 0.3)
+    publish_interval: float = 0.1
+    direct_interval: float = 0.5
+    drain_timeout: float = 40.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(
+    reactor: Any, predicate: Callable[[], bool], timeout: float, step: float = 0.1
+) -> bool:
+    give_up = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > give_up:
+            return False
+        await sleep(reactor, step)
+    return True
+
+
+class FaultInjector:
+    """Three independent random schedules: cuts, stalls, kill-and-restart."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        rng: random.Random,
+        profile: Profile,
+        proxy: ChaosProxy,
+        server: ServerProcess,
+        log: list[dict[str, Any]],
+    ) -> None:
+        self.reactor = reactor
+        self.rng = rng
+        self.profile = profile
+        self.proxy = proxy
+        self.server = server
+        self.log = log
+        self.running = False
+        self.counts: Counter[str] = Counter()
+        self._sleeps: set[Deferred[None]] = set()
+        self._loops: list[Deferred[None]] = []
+        self.errors: list[str] = []
+
+    def note(self, kind: str, **detail: Any) -> None:
+        self.counts[kind] += 1
+        self.log.append({"t": time.time(), "fault": kind, **detail})
+
+    async def _pause(self, span: tuple[float, float]) -> bool:
+        """Sleep a random time in ``span``; False when stopped meanwhile."""
+        waiting = sleep(self.reactor, self.rng.uniform(*span))
+        self._sleeps.add(waiting)
+        try:
+            await waiting
+        except CancelledError:
+            return False
+        finally:
+            self._sleeps.discard(waiting)
+        return self.running
+
+    def start(self) -> None:
+        self.running = True
+        for loop in (self._cuts, self._stalls, self._kills):
+            self._loops.append(Deferred.fromCoroutine(loop()))
+
+    async def stop(self) -> None:
+        self.running = False
+        for waiting in list(self._sleeps):
+            waiting.cancel()
+        await defer.gatherResults(self._loops, consumeErrors=True)
+
+    async def _cuts(self) -> None:
+        profile = self.profile
+        while await self._pause(profile.cut_every):
+            everything = self.rng.random() < profile.cut_all_chance
+            cut = self.proxy.cut(1.0 if everything else self.rng.uniform(0.2, 0.6))
+            if cut:
+                self.note("cut", connections=cut, all=everything)
+
+    async def _stalls(self) -> None:
+        profile = self.profile
+        while await self._pause(profile.stall_every):
+            long = self.rng.random() < profile.long_stall_chance
+            seconds = self.rng.uniform(*(profile.long_stall_for if long else profile.stall_for))
+            direction = self.rng.choice(("both", "both", "up", "down"))
+            stalled = self.proxy.stall(self.rng.uniform(0.2, 0.6), seconds, direction, long)
+            if stalled:
+                kind = "long_stall" if long else "stall"
+                self.note(kind, connections=stalled, seconds=seconds, direction=direction)
+
+    async def _kills(self) -> None:
+        profile = self.profile
+        while await self._pause(profile.kill_every):
+            self.note("kill", incarnation=self.server.incarnation)
+            await self.server.kill()
+            # Not cancellable: the server must come back even if we stop now.
+            await sleep(self.reactor, self.rng.uniform(*profile.down_for))
+            try:
+                await self.server.start()
+            except Exception as error:
+                self.errors.append(f"restart failed: {error}")
+                return
+            self.note("restart", incarnation=self.server.incarnation)
+
+
+@implementer(ILogObserver)
+class LogWatch:
+    """Collects this process's Twisted log: errors fail the run, warnings are counted."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("w", encoding="utf-8")
+        self.errors: list[str] = []
+        self.warnings: Counter[str] = Counter()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = formatEvent(event) or ""
+        level = event.get("log_level")
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += "\n" + failure.getTraceback()
+        self.file.write(f"{time.time():.3f} {getattr(level, 'name', '-')} {text}\n")
+        self.file.flush()
+        if failure is not None or level in (LogLevel.error, LogLevel.critical):
+            self.errors.append(text.splitlines()[0] if text else repr(event))
+        elif level is LogLevel.warn:
+            self.warnings[str(event.get("log_format", text))[:80]] += 1
+
+
+def server_log_errors(run_dir: Path) -> list[str]:
+    found = []
+    for path in sorted(run_dir.glob("server-*.log")):
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines):
+            if "Traceback" in line or "Unhandled" in line:
+                context = " | ".join(lines[number : number + 12])
+                found.append(f"{path.name}:{number + 1}: {context[:600]}")
+    return found
+
+
+def client_rooms(index: int) -> tuple[list[str], list[str]]:
+    """Each client is in two of the three rooms; odd clients join the second after connecting."""
+    first, second = ROOMS[index % len(ROOMS)], ROOMS[(index + 1) % len(ROOMS)]
+    return ([first], [second]) if index % 2 else ([first, second], [])
+
+
+async def run(reactor: Any, config: Config) -> Report:
+    run_dir = config.history
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    watch = LogWatch(run_dir / "harness.log")
+    globalLogBeginner.beginLoggingTo([watch], redirectStandardIO=False)
+    rng = random.Random(config.seed)
+    profile = QUICK if config.quick else FULL
+    problems: list[str] = []
+    fault_log: list[dict[str, Any]] = []
+
+    server = ServerProcess(
+        reactor,
+        free_port(),
+        run_dir,
+        SERVER_ARGS,
+        {
+            "CHAOS_PUBLISH_INTERVAL": str(config.publish_interval),
+            "CHAOS_DIRECT_INTERVAL": str(config.direct_interval),
+            "CHAOS_ROOMS": ",".join(ROOMS),
+        },
+    )
+    await server.start()
+    proxy = ChaosProxy(reactor, server.port, random.Random(rng.random()))
+    url = f"ws://127.0.0.1:{proxy.listen()}/ws"
+    clients = []
+    for index in range(config.clients):
+        rooms, late = client_rooms(index)
+        # Half the clients speak MessagePack: fan-out frames once per codec.
+        options = ClientOptions(
+            subprotocol=MSGPACK_SUBPROTOCOL if index % 2 else JSON_SUBPROTOCOL,
+            backoff=Backoff(initial=0.5, maximum=4.0),
+            heartbeat_timeout=10.0,
+            watch_network=False,
+        )
+        clients.append(
+            ChaosClient(
+                f"c{index}",
+                url,
+                rooms,
+                late,
+                random.Random(rng.random()),
+                reactor,
+                options,
+                config.send_interval,
+            )
+        )
+    await defer.gatherResults([Deferred.fromCoroutine(c.start()) for c in clients])
+    started = time.monotonic()
+    injector = FaultInjector(
+        reactor, random.Random(rng.random()), profile, proxy, server, fault_log
+    )
+    injector.start()
+    await sleep(reactor, config.duration)
+    await injector.stop()
+    problems.extend(injector.errors)
+    chaos_seconds = time.monotonic() - started
+
+    # Settle: no more faults, no more client sends; every send gets its outcome.
+    for client in clients:
+        client.stop_sending()
+    if not server.up:
+        problems.append("server not running after the fault phase")
+    settled = await wait_for(
+        reactor,
+        lambda: all(c.client.state is ClientState.OPEN and not c.unresolved for c in clients),
+        config.drain_timeout,
+    )
+    if not settled:
+        waiting = {c.name: len(c.unresolved) for c in clients if c.unresolved}
+        states = {c.name: c.client.state.value for c in clients}
+        problems.append(
+            f"did not settle in {config.drain_timeout}s: unresolved {waiting}, {states}"
+        )
+
+    final = await quiesce(reactor, clients[0], problems)
+    if final is not None:
+        converged = await wait_for(reactor, lambda: converged_on(clients, final), 20.0)
+        if not converged:
+            problems.append("clients did not reach the final stream positions within 20 s")
+        await sleep(reactor, 1.0)  # let the last direct acks reach the server journal
+
+    for client in clients:
+        await client.client.close()
+    await server.stop()
+    proxy.close()
+
+    for client in clients:
+        with (run_dir / f"client-{client.name}.jsonl").open("w", encoding="utf-8") as out:
+            for record in client.records:
+                out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        problems.extend(client.warnings)
+    with (run_dir / "faults.jsonl").open("w", encoding="utf-8") as out:
+        for entry in fault_log:
+            out.write(json.dumps(entry) + "\n")
+    gaps = sum(n for text, n in watch.warnings.items() if text.startswith("reconnecting"))
+    if gaps:
+        problems.append(f"clients closed {gaps} connection(s) with 4401 stream_gap")
+    run_info = {
+        "config": {
+            **{k: v for k, v in asdict(config).items() if k not in ("out", "history")},
+            "profile": asdict(profile),
+            "server_args": SERVER_ARGS,
+        },
+        "chaos_seconds": round(chaos_seconds, 1),
+        "server": {"port": server.port, "history": server.history, "crashes": server.crashes},
+        "clients": {c.name: {"rooms": c.rooms + c.late_rooms} for c in clients},
+        "final": final,
+        "faults": {
+            "cuts": proxy.cuts,
+            "cut_events": injector.counts["cut"],
+            "stalls": proxy.stalls,
+            "stall_events": injector.counts["stall"] + injector.counts["long_stall"],
+            "long_stalls": injector.counts["long_stall"],
+            "kills": server.kills,
+        },
+        "reconnect_times": {c.name: c.reconnect_times for c in clients},
+        "server_close_codes": dict(server.close_codes),
+        "close_codes": dict(sum((c.close_codes for c in clients), Counter[str]())),
+        "problems": problems,
+        "server_log_errors": server_log_errors(run_dir),
+        "client_log_errors": watch.errors,
+        "client_warnings": dict(watch.warnings),
+    }
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=1), encoding="utf-8")
+    watch.file.close()
+    return check_run(run_dir)
+
+
+async def quiesce(reactor: Any, client: ChaosClient, problems: list[str]) -> dict[str, Any] | None:
+    for _ in range(3):
+        try:
+            result: dict[str, Any] = await client.client.call("chaos.quiesce", timeout=10)
+            return result
+        except Exception as error:
+            problems.append(f"quiesce failed: {error!r}")
+            await sleep(reactor, 1.0)
+    return None
+
+
+def converged_on(clients: list[ChaosClient], final: dict[str, Any]) -> bool:
+    for client in clients:
+        wanted = {
+            stream: final["streams"][stream]
+            for stream in ("broadcast", *("room:" + r for r in client.rooms + client.late_rooms))
+        }
+        session = client.client.session
+        if session not in final["sessions"]:
+            return False
+        wanted["direct"] = final["sessions"][session]
+        for stream, target in wanted.items():
+            if client.position(stream) != (target["offset"], target["epoch"]):
+                return False
+    return True
+
+
+# ---------------------------------------------------------------- output
+
+
+def table(report: Report, run_info: dict[str, Any], config: Config) -> str:
+    counts = report.counts
+    faults = run_info["faults"]
+    reconnect = report.reconnect
+
+    def seconds(value: Any) -> str:
+        return "-" if value is None else f"{value:.2f} s"
+
+    sent = f"{counts['client_sent']} ({counts['client_acked']} acked"
+    sent += f", {counts['client_expired']} expired)"
+    handled = f"{counts['client_handled_unique']}"
+    handled += f" (+{counts['kill_window_duplicates']} kill-window duplicates)"
+    stalls = f"{faults['stalls']} ({faults['stall_events']} events,"
+    stalls += f" {faults['long_stalls']} beyond the heartbeat timeout)"
+    times = f"{seconds(reconnect['p50'])} / {seconds(reconnect['p99'])}"
+    times += f" (n={reconnect['count']}, max {seconds(reconnect['max'])})"
+    verdict = "PASS" if report.ok else f"FAIL ({sum(report.violation_kinds.values())} violations)"
+    rows = [
+        ("result", verdict),
+        (
+            "faults for",
+            f"{run_info['chaos_seconds']} s, {config.clients} clients, seed {config.seed}",
+        ),
+        ("connections cut", f"{faults['cuts']} ({faults['cut_events']} cut events)"),
+        ("connections stalled", stalls),
+        ("server SIGKILLs", str(faults["kills"])),
+        ("client msgs sent", sent),
+        ("client msgs handled", handled),
+        ("server msgs published", f"{counts['published']} room/broadcast"),
+        ("server direct acked sends", str(counts["direct_sent"])),
+        ("server msgs delivered", str(counts["delivered"])),
+        ("lost", str(counts["lost"])),
+        ("duplicated", str(counts["duplicated"])),
+        ("reordered", str(counts["reordered"])),
+        ("unrecovered notices", f"{counts['unrecovered']} ({counts['unrecovered_messages']} msgs)"),
+        ("reconnect p50 / p99", times),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {'metric'.ljust(width)} | value", f"|-{'-' * width}-|------"]
+    lines += [f"| {name.ljust(width)} | {value}" for name, value in rows]
+    if report.violations:
+        lines.append("")
+        lines.append("violations:")
+        lines += [f"  {v}" for v in report.violations]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> Config:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of faults (default 180, 22 with --quick)",
+    )
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="fault and traffic schedule (default: random)"
+    )
+    parser.add_argument("--quick", action="store_true", help="CI size: ~22 s, faults more often")
+    parser.add_argument(
+        "--out", type=Path, default=CHAOS / "results" / "latest.json", help="JSON results"
+    )
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help="where to keep the full history (default: next to --out)",
+    )
+    parser.add_argument("--redis", action="store_true", help="also restart Redis (cluster mode)")
+    args = parser.parse_args(argv)
+    if args.redis:
+        parser.error("cluster mode not available yet: there is no Redis backend to restart")
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
+    duration = args.duration if args.duration is not None else (22.0 if args.quick else 180.0)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    history = args.history if args.history is not None else args.out.parent / "history"
+    return Config(duration, args.clients, seed, args.quick, args.out, history)
+
+
+async def main(reactor: Any, argv: list[str]) -> None:
+    config = parse(argv)
+    print(
+        f"chaos: {config.duration:.0f} s, {config.clients} clients, seed {config.seed}", flush=True
+    )
+    report = await run(reactor, config)
+    run_info = json.loads((config.history / "run.json").read_text(encoding="utf-8"))
+    results = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seed": config.seed,
+        "duration": config.duration,
+        "clients": config.clients,
+        "quick": config.quick,
+        "chaos_seconds": run_info["chaos_seconds"],
+        "faults": run_info["faults"],
+        "history": str(config.history),
+        **report.to_json(),
+    }
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    config.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(table(report, run_info, config))
+    print(f"JSON: {config.out}   history: {config.history}")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, arguments)))
+
+
+if __name__ == "__main__":
+    cli()

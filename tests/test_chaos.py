@@ -1,0 +1,175 @@
+"""The chaos harness (``python -m chaos``): a short run in CI, and its checker.
+
+``ChaosRunTests`` runs the real thing for ~22 s with a fixed seed: a twistd
+server that is SIGKILLed and restarted, a proxy that cuts and stalls
+connections, eight clients sending and receiving acked messages; it asserts
+that every message was accounted for and that every kind of fault happened.
+``CheckerTests`` feed the checker small hand-written histories, so that a
+checker that stopped seeing violations cannot pass the run test silently.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.trial import unittest
+
+from chaos.check import Report, check_run
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = 20240607
+
+
+class ChaosRunTests(unittest.SynchronousTestCase):
+    def test_quickRunLosesNothing(self) -> None:
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        out = work / "latest.json"
+        started = time.monotonic()
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chaos",
+                "--quick",
+                "--seed",
+                str(SEED),
+                "--out",
+                str(out),
+                "--history",
+                str(work / "history"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=75,
+        )
+        elapsed = time.monotonic() - started
+        output = completed.stdout[-6000:] + completed.stderr[-4000:]
+        self.assertEqual(completed.returncode, 0, output)
+        results = json.loads(out.read_text(encoding="utf-8"))
+        counts, faults = results["counts"], results["faults"]
+        self.assertTrue(results["ok"], output)
+        self.assertEqual(results["violation_count"], 0, output)
+        for kind in ("lost", "duplicated", "reordered"):
+            self.assertEqual(counts[kind], 0, f"{kind}: {output}")
+        # Every kind of fault really happened ...
+        self.assertGreater(faults["cuts"], 0, output)
+        self.assertGreater(faults["stalls"], 0, output)
+        self.assertGreater(faults["kills"], 0, output)
+        # ... and traffic flowed both ways through them.
+        self.assertGreater(counts["client_acked"], 100, output)
+        self.assertGreater(counts["delivered"], 500, output)
+        self.assertGreater(counts["direct_sent"], 0, output)
+        # A SIGKILL of an in-memory server loses its history: told, not hidden.
+        self.assertGreater(counts["unrecovered"], 0, output)
+        self.assertGreater(results["reconnect_seconds"]["count"], 0, output)
+        self.assertLess(elapsed, 60, output)
+
+    def test_redisFlagIsAHookForClusterMode(self) -> None:
+        completed = subprocess.run(
+            [sys.executable, "-m", "chaos", "--redis"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertEqual(completed.returncode, 2)
+        self.assertIn("cluster mode not available yet", completed.stderr)
+
+
+class CheckerTests(unittest.SynchronousTestCase):
+    """One incarnation, killed at t=100 and replaced; one client ``c0`` in room ``r``."""
+
+    def history(
+        self,
+        delivered: list[int],
+        handled: dict[int, list[str]] | None = None,
+        outcome_at: float = 150.0,
+    ) -> Report:
+        run_dir = Path(self.mktemp())
+        run_dir.mkdir(parents=True)
+        start = {"room:r": {"offset": 0, "epoch": "E"}, "broadcast": {"offset": 0, "epoch": "B"}}
+        journal1: list[dict[str, Any]] = [{"k": "start", "t": 1.0, "inc": 1, "streams": start}]
+        journal1.append({"k": "session", "t": 2.0, "session": "s1", "epoch": "D", "offset": 0})
+        for offset in (1, 2, 3):
+            journal1.append(
+                {"k": "pub", "t": 3.0, "stream": "room:r", "epoch": "E", "offset": offset,
+                 "id": f"p{offset}", "event": "pub"}
+            )  # fmt: skip
+        journal2: list[dict[str, Any]] = [
+            {"k": "start", "t": 110.0, "inc": 2, "streams": {"room:r": {"offset": 0, "epoch": "F"},
+             "broadcast": {"offset": 0, "epoch": "G"}}}
+        ]  # fmt: skip
+        for inc, times in (handled if handled is not None else {1: ["m1"]}).items():
+            for ident in times:
+                target = journal1 if inc == 1 else journal2
+                target.append(
+                    {"k": "recv", "t": 50.0 if inc == 1 else 120.0, "inc": inc, "id": ident,
+                     "sender": "c0", "seq": 1, "session": "s1"}
+                )  # fmt: skip
+        positions = {"room:r": [0, "E"], "broadcast": [0, "B"], "direct": [0, "D"]}
+        records: list[list[Any]] = [["open", 2.0, "s1", False, positions], ["sent", 4.0, "m1", 1]]
+        for offset in delivered:
+            records.append(["msg", 5.0, "room:r", "E", offset, "pub", f"p{offset}", None])
+        records.append(["outcome", outcome_at, "m1", "acked", None])
+        run = {
+            "server": {
+                "history": [{"inc": 1, "killed": 100.0}, {"inc": 2}],
+                "crashes": [],
+            },
+            "clients": {"c0": {"rooms": ["r"]}},
+            "final": {
+                "streams": {"room:r": {"offset": 3, "epoch": "E"}, "broadcast": start["broadcast"]},
+                "sessions": {"s1": {"offset": 0, "epoch": "D"}},
+            },
+        }
+        (run_dir / "run.json").write_text(json.dumps(run))
+        for number, journal in ((1, journal1), (2, journal2)):
+            lines = "".join(json.dumps(r) + "\n" for r in journal)
+            (run_dir / f"journal-{number}.jsonl").write_text(lines)
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        (run_dir / "client-c0.jsonl").write_text(lines)
+        return check_run(run_dir)
+
+    def test_cleanHistoryPasses(self) -> None:
+        report = self.history([1, 2, 3])
+        self.assertTrue(report.ok, report.violations)
+        self.assertEqual(report.counts["delivered"], 3)
+
+    def test_silentGapIsLost(self) -> None:
+        report = self.history([1, 3])
+        self.assertEqual(dict(report.violation_kinds), {"silent-gap": 1})
+        self.assertEqual(report.counts["lost"], 1)
+
+    def test_missingTailIsLost(self) -> None:
+        report = self.history([1, 2])
+        self.assertEqual(dict(report.violation_kinds), {"missing-at-end": 1})
+
+    def test_duplicateAndReorder(self) -> None:
+        self.assertEqual(dict(self.history([1, 2, 2, 3]).violation_kinds), {"duplicated": 1})
+        report = self.history([2, 1, 3])
+        self.assertIn("reordered", report.violation_kinds)
+
+    def test_ackedButNeverHandled(self) -> None:
+        report = self.history([1, 2, 3], handled={})
+        self.assertEqual(dict(report.violation_kinds), {"lost": 1})
+
+    def test_handledTwiceByOneServer(self) -> None:
+        report = self.history([1, 2, 3], handled={1: ["m1", "m1"]})
+        self.assertEqual(report.violation_kinds["duplicated"], 1)
+
+    def test_killWindowDuplicateIsAllowedOnlyInTheWindow(self) -> None:
+        # Handled at 50 by incarnation 1, killed at 100 before the client had
+        # an outcome; handled again by incarnation 2; acked at 150: allowed.
+        report = self.history([1, 2, 3], handled={1: ["m1"], 2: ["m1"]})
+        self.assertTrue(report.ok, report.violations)
+        self.assertEqual(report.counts["kill_window_duplicates"], 1)
+        # The client had its ack before the kill: the second handling is a bug.
+        report = self.history([1, 2, 3], handled={1: ["m1"], 2: ["m1"]}, outcome_at=60.0)
+        self.assertEqual(report.violation_kinds["duplicated"], 1)
