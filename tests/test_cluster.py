@@ -46,9 +46,7 @@ def events(client: WsClient, stream: str) -> list[Any]:
 class Node:
     def __init__(self, name: str, options: RedisOptions) -> None:
         self.backend = RedisBackend(options, HistoryLimits(), node=name)
-        hub_options = HubOptions(
-            core=CoreOptions(node=name), open_rooms=True, shutdown_timeout=1.0
-        )
+        hub_options = HubOptions(core=CoreOptions(node=name), open_rooms=True, shutdown_timeout=1.0)
         self.hub = Hub(hub_options, clock=reactor, backend=self.backend)
         self.service = WarpSocketService(self.hub, ["tcp:0:interface=127.0.0.1"])
         self.service.startService()
@@ -92,9 +90,7 @@ class ClusterCase(unittest.TestCase):
         return node
 
     async def healthy(self, *nodes: Node, timeout: float = 15.0) -> None:
-        await wait_until(
-            lambda: all(n.hub.health is None for n in nodes), timeout, "healthy nodes"
-        )
+        await wait_until(lambda: all(n.hub.health is None for n in nodes), timeout, "healthy nodes")
 
     async def client(self, node: Node, **hello: Any) -> WsClient:
         client = await connect(node.port)
@@ -134,9 +130,7 @@ class BackendContract:
         position = Position(start.offset + 2, stored[0].epoch)
         found = backend.store.read_after("room:a", position, now_ms())
         test.assertEqual([m.data for m in found], [2, 3, 4])
-        test.assertIsNone(
-            backend.store.read_after("room:a", Position(0, "other-epoch"), now_ms())
-        )
+        test.assertIsNone(backend.store.read_after("room:a", Position(0, "other-epoch"), now_ms()))
         test.assertIsNone(backend.health)
 
 
@@ -197,9 +191,7 @@ class FanoutTests(ClusterCase):
             await wait_until(lambda c=client: len(events(c, "room:chat")) == 6, what="room")
             await wait_until(lambda c=client: events(c, "broadcast") == ["everyone"])
             self.assertEqual(events(client, "room:chat"), ["hi", 0, 1, 2, 3, 4])
-            offsets = [
-                m["offset"] for m in client.messages if m.get("stream") == "room:chat"
-            ]
+            offsets = [m["offset"] for m in client.messages if m.get("stream") == "room:chat"]
             self.assertEqual(offsets, [1, 2, 3, 4, 5, 6])
         # Unicast to a session that lives on another node.
         target = clients[2].session
@@ -283,8 +275,14 @@ class FailoverTests(ClusterCase):
         a, b = self.node("a"), self.node("b")
         await self.healthy(a, b)
         first = await self.client(a, rooms=["r"])
-        message = {"type": "event", "id": "retry-1", "event": "say", "room": "r", "data": 1,
-                   "ack": True}
+        message = {
+            "type": "event",
+            "id": "retry-1",
+            "event": "say",
+            "room": "r",
+            "data": 1,
+            "ack": True,
+        }
         reply = await first.request(dict(message))
         self.assertEqual(reply["type"], "ack")
         second = await self.client(b, session=first.session)
@@ -356,7 +354,9 @@ class RedisTroubleTests(ClusterCase):
         self.addCleanup(setup.cleanup)
         setup.wait_for_replica_sync()
         options = RedisOptions(
-            url=None, sentinels=(f"127.0.0.1:{setup.sentinel.port}",), service=setup.service,
+            url=None,
+            sentinels=(f"127.0.0.1:{setup.sentinel.port}",),
+            service=setup.service,
             prefix="s:",
         )
         a, b = self.node("a", options), self.node("b", options)

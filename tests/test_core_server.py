@@ -408,8 +408,13 @@ class ClientMessageTests(Base):
 
     def test_track_ack_remembers_an_ack_that_came_first(self) -> None:
         stored = Envelope(
-            type=MessageType.EVENT, id="d1", timestamp=T0, stream="direct", offset=1,
-            epoch="e", ack=True,
+            type=MessageType.EVENT,
+            id="d1",
+            timestamp=T0,
+            stream="direct",
+            offset=1,
+            epoch="e",
+            ack=True,
         )
         self.server.receive(1, Envelope(type=MessageType.ACK, id="a1", timestamp=T0, ref="d1"), T0)
         self.assertEqual(

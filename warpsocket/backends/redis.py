@@ -373,9 +373,7 @@ class RedisBackend:
             if kind == "sub":
                 factory = _Factory(_Subscriber, address, None, self._on_message)
             else:
-                factory = _Factory(
-                    txredisapi.RedisProtocol, address, self.options.reply_timeout
-                )
+                factory = _Factory(txredisapi.RedisProtocol, address, self.options.reply_timeout)
             connecting: Deferred[Any] = self._endpoint(address).connect(factory)
             timer = self.reactor.callLater(self.options.connect_timeout * 2, connecting.cancel)
 
@@ -383,8 +381,12 @@ class RedisBackend:
                 ready: Deferred[Any] = conn.whenConnected()
                 # AUTH or SELECT failing closes the connection without firing it.
                 conn.whenDisconnected().addCallback(
-                    lambda _: None if ready.called else ready.errback(
-                        ConnectionError(factory.error or "connection closed during setup")
+                    lambda _: (
+                        None
+                        if ready.called
+                        else ready.errback(
+                            ConnectionError(factory.error or "connection closed during setup")
+                        )
                     )
                 )
                 return ready
@@ -752,9 +754,7 @@ class RedisBackend:
         if present:
             cmd.hset(key, session, self.node).addErrback(lambda _: None)
         else:
-            cmd.eval(UNSET_PRESENCE_SCRIPT, [key], [session, self.node]).addErrback(
-                lambda _: None
-            )
+            cmd.eval(UNSET_PRESENCE_SCRIPT, [key], [session, self.node]).addErrback(lambda _: None)
 
     def presence(self, room: str) -> Deferred[set[str]] | None:
         cmd = self._cmd

@@ -148,9 +148,7 @@ class Publish:
     reply_to: Dispatch
 
 
-Action = (
-    Send | Fanout | Close | Dispatch | AckResult | SessionOpened | SessionExpired | Publish
-)
+Action = Send | Fanout | Close | Dispatch | AckResult | SessionOpened | SessionExpired | Publish
 
 
 class UnknownSessionError(KeyError):
