@@ -1,0 +1,505 @@
+'use strict';
+// Load generator for bench/run.py. One process, one core (run.py pins it with
+// taskset). It opens N connections speaking the server's protocol, waits until
+// every one is ready, then starts the scenario and measures. The result is one
+// line on stdout: "RESULT <json>".
+//
+//   node loadgen.js --server warpsocket|autobahn|websockets|socketio
+//                   --scenario fanout|rtt|connect --port P [options]
+//
+// Readiness: warpsocket = `welcome` received (hello with rooms ["bench"]);
+// autobahn / websockets = WebSocket open; socketio = socket.io `connect`
+// (the server's connect handler has put the socket in the room by then).
+
+const fs = require('fs');
+const WebSocket = require('ws');
+const { io } = require('socket.io-client');
+
+const DEFAULTS = {
+  host: '127.0.0.1',
+  port: 0,
+  server: 'warpsocket',
+  scenario: 'fanout',
+  clients: 1000,
+  count: 200, // fanout: broadcasts
+  size: 100, // payload bytes (compact JSON of the data)
+  duration: 5, // rtt: measured seconds
+  warmup: 1, // rtt: seconds before measuring
+  mode: 'ack', // rtt on warpsocket: ack (acked event) | call (RPC)
+  concurrency: 50, // handshakes in flight while opening connections
+  settle: 2, // connect: seconds idle before reading the server's RSS
+  stall: 15, // fanout: give up after this many seconds without a delivery
+  'server-pid': 0,
+  gate: 0, // 1: before measuring, print GATE on stderr and wait for SIGUSR1 (profiling)
+};
+
+function parseArgs(argv) {
+  const opts = { ...DEFAULTS };
+  for (let i = 0; i < argv.length; i += 1) {
+    const key = argv[i].replace(/^--/, '');
+    if (!(key in DEFAULTS)) throw new Error(`unknown option --${key}`);
+    const value = argv[i + 1];
+    i += 1;
+    opts[key] = typeof DEFAULTS[key] === 'number' ? Number(value) : value;
+  }
+  return opts;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const now = () => performance.timeOrigin + performance.now(); // wall clock, ms
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const WS_OPTIONS = { perMessageDeflate: false, handshakeTimeout: 60000 };
+
+function padTo(size, base) {
+  const skeleton = JSON.stringify({ ...base, pad: '' }).length;
+  return { ...base, pad: 'x'.repeat(Math.max(0, size - skeleton)) };
+}
+
+// ------------------------------------------------------------ /proc readers
+
+const CLK_TCK = 100;
+
+function readRssKb(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const match = /VmRSS:\s+(\d+) kB/.exec(status);
+  return match ? Number(match[1]) : null;
+}
+
+function readCpuSeconds(pid) {
+  // Fields 14 and 15 of /proc/PID/stat (utime, stime), after the "(comm)".
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
+// Busy and total jiffies of each core, from /proc/stat ("cpu0 user nice system
+// idle iowait irq softirq steal ...").
+function readCores() {
+  const cores = {};
+  for (const line of fs.readFileSync('/proc/stat', 'utf8').split('\n')) {
+    const match = /^cpu(\d+)\s+(.*)$/.exec(line);
+    if (!match) continue;
+    const v = match[2].trim().split(/\s+/).map(Number);
+    const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
+    cores[match[1]] = { busy: total - v[3] - v[4], total };
+  }
+  return cores;
+}
+
+// Server and load-generator CPU use over a measurement window, and how busy
+// each core was (anything above the server's share on core 0 is someone else:
+// kernel softirq work for the loopback traffic, or other processes).
+function cpuWindow(pid) {
+  const wall0 = now();
+  const server0 = pid ? readCpuSeconds(pid) : 0;
+  const self0 = process.cpuUsage();
+  const cores0 = readCores();
+  return () => {
+    const wall = (now() - wall0) / 1000;
+    const self = process.cpuUsage(self0);
+    const cores1 = readCores();
+    const busy = (core) => {
+      const a = cores0[core];
+      const b = cores1[core];
+      return a && b && b.total > a.total ? (b.busy - a.busy) / (b.total - a.total) : null;
+    };
+    const serverSeconds = pid ? readCpuSeconds(pid) - server0 : null;
+    return {
+      server_cpu_seconds: serverSeconds,
+      server_cpu: pid ? serverSeconds / wall : null,
+      loadgen_cpu: (self.user + self.system) / 1e6 / wall,
+      core0_busy: busy('0'),
+      core1_busy: busy('1'),
+      loadavg1: Number(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0]),
+    };
+  };
+}
+
+// ------------------------------------------------------------ protocol adapters
+
+// WarpSocket: JSON codec, hello first, answers heartbeats.
+class WarpClient {
+  constructor(index, { control = false, onTick = null, mode = 'ack' } = {}) {
+    this.index = index;
+    this.control = control;
+    this.onTick = onTick;
+    this.mode = mode;
+    this.seq = 0;
+    this.pending = null;
+    this.ws = null;
+  }
+
+  nextId() {
+    this.seq += 1;
+    return `${this.index}.${this.seq}`;
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(`ws://${opts.host}:${opts.port}/ws`, ['warpsocket.v1.json'], WS_OPTIONS);
+      this.ws = ws;
+      let ready = false;
+      ws.on('open', () => {
+        const rooms = this.control ? [] : ['bench'];
+        ws.send(JSON.stringify({ type: 'hello', id: 'h1', timestamp: Date.now(), data: { rooms } }));
+      });
+      ws.on('message', (raw) => {
+        const msg = JSON.parse(raw);
+        switch (msg.type) {
+          case 'event':
+            if (this.onTick !== null && msg.stream === 'room:bench') this.onTick(msg.data);
+            break;
+          case 'welcome':
+            ready = true;
+            resolve(this);
+            break;
+          case 'ack':
+          case 'result':
+          case 'error':
+            this.settle(msg);
+            break;
+          case 'heartbeat':
+            if (msg.ref == null) {
+              ws.send(JSON.stringify({ type: 'heartbeat', id: this.nextId(), timestamp: Date.now(), ref: msg.id }));
+            }
+            break;
+          default:
+            break;
+        }
+      });
+      ws.on('error', (err) => { if (!ready) reject(err); });
+      ws.on('close', (code) => { if (!ready) reject(new Error(`closed ${code} before welcome`)); });
+    });
+  }
+
+  settle(msg) {
+    const pending = this.pending;
+    if (pending === null || pending.id !== msg.ref) return;
+    this.pending = null;
+    if (msg.type === 'error') pending.reject(new Error(`error ${msg.code}: ${JSON.stringify(msg.data)}`));
+    else pending.resolve(msg.data);
+  }
+
+  send(envelope) {
+    return new Promise((resolve, reject) => {
+      this.pending = { id: envelope.id, resolve, reject };
+      this.ws.send(JSON.stringify(envelope));
+    });
+  }
+
+  request(data) {
+    const id = this.nextId();
+    if (this.mode === 'call') {
+      return this.send({ type: 'call', id, timestamp: Date.now(), event: 'echo', data });
+    }
+    return this.send({ type: 'event', id, timestamp: Date.now(), event: 'echo', data, ack: true });
+  }
+
+  fanout(count, size) {
+    return this.send({ type: 'call', id: this.nextId(), timestamp: Date.now(), event: 'fanout', data: { count, size } });
+  }
+
+  close() { if (this.ws) this.ws.terminate(); }
+}
+
+// Autobahn and websockets servers: plain WebSocket, JSON text messages, echo.
+class PlainClient {
+  constructor(index, { control = false, onTick = null } = {}) {
+    this.index = index;
+    this.control = control;
+    this.onTick = onTick;
+    this.pending = null;
+    this.ws = null;
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const path = this.control ? '/control' : '/ws';
+      const ws = new WebSocket(`ws://${opts.host}:${opts.port}${path}`, WS_OPTIONS);
+      this.ws = ws;
+      let ready = false;
+      ws.on('open', () => { ready = true; resolve(this); });
+      ws.on('message', (raw) => {
+        const msg = JSON.parse(raw);
+        const pending = this.pending;
+        if (pending !== null) {
+          this.pending = null;
+          pending.resolve(msg);
+        } else if (this.onTick !== null) {
+          this.onTick(msg);
+        }
+      });
+      ws.on('error', (err) => { if (!ready) reject(err); });
+      ws.on('close', (code) => { if (!ready) reject(new Error(`closed ${code} before open`)); });
+    });
+  }
+
+  send(message) {
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      this.ws.send(JSON.stringify(message));
+    });
+  }
+
+  request(data) { return this.send(data); }
+
+  fanout(count, size) { return this.send({ cmd: 'fanout', count, size }); }
+
+  close() { if (this.ws) this.ws.terminate(); }
+}
+
+// python-socketio: socket.io-client over the WebSocket transport only.
+class SioClient {
+  constructor(index, { control = false, onTick = null } = {}) {
+    this.index = index;
+    this.control = control;
+    this.onTick = onTick;
+    this.socket = null;
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const socket = io(`http://${opts.host}:${opts.port}`, {
+        transports: ['websocket'],
+        forceNew: true,
+        reconnection: false,
+        perMessageDeflate: false,
+        timeout: 60000,
+        auth: this.control ? { control: true } : {},
+      });
+      this.socket = socket;
+      socket.once('connect', () => resolve(this));
+      socket.once('connect_error', (err) => reject(err));
+      if (this.onTick !== null) socket.on('tick', (data) => this.onTick(data));
+    });
+  }
+
+  request(data) {
+    return new Promise((resolve) => this.socket.emit('echo', data, resolve));
+  }
+
+  fanout(count, size) {
+    return new Promise((resolve) => this.socket.emit('fanout', { count, size }, resolve));
+  }
+
+  close() {
+    if (this.socket) {
+      this.socket.io.opts.reconnection = false;
+      this.socket.disconnect();
+    }
+  }
+}
+
+const ADAPTERS = {
+  warpsocket: WarpClient,
+  autobahn: PlainClient,
+  websockets: PlainClient,
+  socketio: SioClient,
+};
+
+function makeClient(index, extra = {}) {
+  const Adapter = ADAPTERS[opts.server];
+  if (!Adapter) throw new Error(`unknown server ${opts.server}`);
+  return new Adapter(index, { mode: opts.mode, ...extra });
+}
+
+// Opens n clients with at most `concurrency` handshakes in flight (so that the
+// servers' listen backlogs, 50 for Twisted's default, are never overrun and
+// the rate measured is the server's, not SYN retransmission timers').
+async function openAll(n, extra = {}) {
+  const clients = new Array(n);
+  let next = 0;
+  let failures = 0;
+  let lastError = null;
+  async function worker() {
+    while (next < n) {
+      const index = next;
+      next += 1;
+      for (let attempt = 0; ; attempt += 1) {
+        const client = makeClient(index, extra);
+        try {
+          // eslint-disable-next-line no-await-in-loop
+          clients[index] = await client.open();
+          break;
+        } catch (err) {
+          failures += 1;
+          lastError = String(err && err.message ? err.message : err);
+          client.close();
+          if (attempt >= 5) throw new Error(`client ${index}: ${lastError}`);
+          // eslint-disable-next-line no-await-in-loop
+          await sleep(200);
+        }
+      }
+    }
+  }
+  const workers = [];
+  for (let i = 0; i < Math.min(opts.concurrency, n); i += 1) workers.push(worker());
+  await Promise.all(workers);
+  return { clients, failures, lastError };
+}
+
+// run.py --profile attaches py-spy to the server here, so that the profile
+// covers the measured phase only (not the connection set-up before it).
+// It stops the profiler at the second gate ("DONE"), when the measurement ends.
+async function gate(word = 'GATE') {
+  if (!opts.gate) return;
+  const released = new Promise((resolve) => process.once('SIGUSR1', resolve));
+  const alive = setInterval(() => {}, 1000); // a signal listener alone keeps no loop alive
+  process.stderr.write(`${word}\n`);
+  await released;
+  clearInterval(alive);
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank];
+}
+
+// ------------------------------------------------------------ scenarios
+
+async function fanout() {
+  const expected = opts.clients * opts.count;
+  const latencies = new Float64Array(expected);
+  let delivered = 0;
+  let firstSend = Infinity;
+  let lastDelivery = 0;
+  let finish = null;
+  const finished = new Promise((resolve) => { finish = resolve; });
+  const onTick = (data) => {
+    const t = now();
+    if (delivered < expected) latencies[delivered] = t - data.t;
+    delivered += 1;
+    lastDelivery = t;
+    if (data.seq === 0 && data.t < firstSend) firstSend = data.t;
+    if (delivered === expected) finish('complete');
+  };
+  const opened = await openAll(opts.clients, { onTick });
+  const control = await makeClient(-1, { control: true }).open();
+  await sleep(500); // let the last welcomes' bookkeeping settle
+  await gate();
+
+  const cpu = cpuWindow(opts['server-pid']);
+  const requested = now();
+  let serverDone = null;
+  const answered = control.fanout(opts.count, opts.size).then(() => { serverDone = now(); });
+  let seen = -1;
+  let quietSince = now();
+  const watchdog = setInterval(() => {
+    if (delivered !== seen) { seen = delivered; quietSince = now(); return; }
+    if (now() - quietSince > opts.stall * 1000) finish('stalled');
+  }, 250);
+  const outcome = await finished;
+  clearInterval(watchdog);
+  const usage = cpu();
+  await gate('DONE');
+  await Promise.race([answered, sleep(5000)]); // the server's "sent" answer, for server_send_seconds
+  const start = Number.isFinite(firstSend) ? firstSend : requested;
+  const seconds = (lastDelivery - start) / 1000;
+  const sorted = latencies.slice(0, Math.min(delivered, expected)).sort();
+  return {
+    outcome,
+    clients: opts.clients,
+    broadcasts: opts.count,
+    payload_bytes: opts.size,
+    expected,
+    delivered,
+    seconds,
+    deliveries_per_s: delivered / seconds,
+    server_send_seconds: serverDone === null ? null : (serverDone - start) / 1000,
+    delivery_latency_ms_p50: percentile(sorted, 50),
+    delivery_latency_ms_p99: percentile(sorted, 99),
+    connect_failures: opened.failures,
+    ...usage,
+  };
+}
+
+async function rtt() {
+  const opened = await openAll(opts.clients);
+  await sleep(500);
+  await gate();
+  const begin = now() + opts.warmup * 1000;
+  const end = begin + opts.duration * 1000;
+  const samples = [];
+  let errors = 0;
+  let cpu = null;
+  setTimeout(() => { cpu = cpuWindow(opts['server-pid']); }, Math.max(0, begin - now()));
+  let usage = null;
+  setTimeout(() => { usage = cpu ? cpu() : null; }, Math.max(0, end - now()));
+
+  async function loop(client) {
+    const data = padTo(opts.size, { seq: client.index, t: 0 });
+    for (;;) {
+      const t0 = now();
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        await client.request(data);
+      } catch (err) {
+        errors += 1;
+      }
+      const t1 = now();
+      if (t1 >= end) return;
+      if (t0 >= begin) samples.push(t1 - t0);
+    }
+  }
+  await Promise.all(opened.clients.map(loop));
+  while (usage === null) await sleep(10); // eslint-disable-line no-await-in-loop
+  await gate('DONE');
+  const sorted = Float64Array.from(samples).sort();
+  return {
+    clients: opts.clients,
+    mode: opts.server === 'warpsocket' ? opts.mode : (opts.server === 'socketio' ? 'emit+ack' : 'echo'),
+    seconds: opts.duration,
+    round_trips: samples.length,
+    round_trips_per_s: samples.length / opts.duration,
+    latency_ms_p50: percentile(sorted, 50),
+    latency_ms_p99: percentile(sorted, 99),
+    latency_ms_max: sorted.length ? sorted[sorted.length - 1] : null,
+    errors,
+    connect_failures: opened.failures,
+    ...usage,
+  };
+}
+
+async function connect() {
+  const pid = opts['server-pid'];
+  const rssBefore = pid ? readRssKb(pid) : null;
+  await gate();
+  const cpu = cpuWindow(pid);
+  const t0 = now();
+  const opened = await openAll(opts.clients);
+  const t1 = now();
+  const usage = cpu();
+  await gate('DONE');
+  await sleep(opts.settle * 1000);
+  const rssAfter = pid ? readRssKb(pid) : null;
+  const seconds = (t1 - t0) / 1000;
+  return {
+    connections: opts.clients,
+    concurrency: opts.concurrency,
+    seconds,
+    connections_per_s: opts.clients / seconds,
+    rss_before_kb: rssBefore,
+    rss_after_kb: rssAfter,
+    rss_per_connection_kb: rssBefore === null ? null : (rssAfter - rssBefore) / opts.clients,
+    connect_failures: opened.failures,
+    last_connect_error: opened.lastError,
+    ...usage,
+  };
+}
+
+const SCENARIOS = { fanout, rtt, connect };
+
+async function main() {
+  const scenario = SCENARIOS[opts.scenario];
+  if (!scenario) throw new Error(`unknown scenario ${opts.scenario}`);
+  const result = await scenario();
+  process.stdout.write(`RESULT ${JSON.stringify({ server: opts.server, scenario: opts.scenario, ...result })}\n`);
+  // Exiting closes every socket at once; the server is stopped next.
+  process.exit(0);
+}
+
+main().catch((err) => {
+  process.stderr.write(`loadgen failed: ${err && err.stack ? err.stack : err}\n`);
+  process.exit(1);
+});

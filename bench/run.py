@@ -1,0 +1,943 @@
+#!/usr/bin/env python3
+"""WarpSocket benchmark: every scenario against every server, in one run.
+
+    python bench/run.py [--quick] [--out bench/results] [--profile auto|fanout,rtt,connect]
+
+Sets up bench/.venv (this repository, editable, plus the baselines pinned in
+bench/requirements.txt) and bench/loadgen/node_modules (npm ci from the
+committed lock file), then for each scenario runs each server pinned to core 0
+and the Node load generator pinned to core 1 (taskset), one after the other.
+
+Prints a table, writes <out>/results.json and <out>/results.png
+(results-quick.* with --quick). See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import hashlib
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV = BENCH / ".venv"
+VENV_PY = VENV / "bin" / "python"
+LOADGEN = BENCH / "loadgen"
+SERVER_DIR = BENCH / "servers"
+
+SERVER_CORE = "0"
+LOADGEN_CORE = "1"
+
+SERVERS = ("warpsocket", "autobahn", "websockets", "socketio")
+LABELS = {
+    "warpsocket": "warpsocket",
+    "warpsocket-call": "warpsocket (call)",
+    "autobahn": "raw autobahn",
+    "websockets": "websockets",
+    "socketio": "python-socketio",
+}
+# Columns of the table and bars of the chart, in order.
+COLUMNS = ("warpsocket", "warpsocket-call", "autobahn", "websockets", "socketio")
+
+FULL = {
+    "fanout_clients": 1000,
+    "fanout_broadcasts": 200,
+    "payload_bytes": 100,
+    "rtt_clients": 100,
+    "rtt_seconds": 5.0,
+    "rtt_warmup_seconds": 1.0,
+    "idle_connections": 10_000,
+    "connect_concurrency": 50,
+    "repeats": 3,
+}
+QUICK = {
+    **FULL,
+    "fanout_clients": 200,
+    "fanout_broadcasts": 50,
+    "rtt_seconds": 2.0,
+    "rtt_warmup_seconds": 0.5,
+    "idle_connections": 1000,
+    "repeats": 1,
+}
+
+# (name, numerator column, denominator column, metric, comparison, target)
+TARGETS = (
+    ("fan-out: warpsocket / raw autobahn", "fanout", "warpsocket", "autobahn", ">=", 0.6),
+    ("fan-out: warpsocket / python-socketio", "fanout", "warpsocket", "socketio", ">=", 10.0),
+    ("acked round trips: warpsocket / autobahn echo", "rtt", "warpsocket", "autobahn", ">=", 0.6),
+    (
+        "memory per idle connection: warpsocket / autobahn",
+        "memory",
+        "warpsocket",
+        "autobahn",
+        "<=",
+        1.5,
+    ),
+)
+# The number each scenario is judged by.
+HEADLINE = {
+    "fanout": ("deliveries_per_s", "deliveries/s"),
+    "rtt": ("round_trips_per_s", "round trips/s"),
+    "memory": ("rss_per_connection_kb", "KiB RSS per connection"),
+    "connect": ("connections_per_s", "connections/s"),
+}
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ setup
+
+
+def _digest(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_venv() -> None:
+    """bench/.venv: this repository (editable) and the pinned baselines."""
+    stamp = VENV / ".bench-stamp"
+    wanted = _digest(BENCH / "requirements.txt", REPO / "setup.cfg")
+    if VENV_PY.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return
+    if not VENV_PY.exists():
+        say(f"creating {VENV.relative_to(REPO)} ...")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    say("installing warpsocket and the baselines into bench/.venv (first run only) ...")
+    subprocess.run(
+        [
+            str(VENV_PY),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-e",
+            str(REPO),
+            "-r",
+            str(BENCH / "requirements.txt"),
+        ],
+        check=True,
+    )
+    stamp.write_text(wanted)
+
+
+def ensure_node_modules() -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise SystemExit("node and npm are needed for the load generator (bench/loadgen)")
+    stamp = LOADGEN / "node_modules" / ".bench-stamp"
+    lock = LOADGEN / "package-lock.json"
+    wanted = _digest(LOADGEN / "package.json", lock) if lock.exists() else ""
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    say("installing the load generator's packages (npm) ...")
+    command = ["npm", "ci"] if lock.exists() else ["npm", "install"]
+    subprocess.run(
+        [*command, "--no-audit", "--no-fund", "--loglevel=error"], cwd=LOADGEN, check=True
+    )
+    stamp.write_text(_digest(LOADGEN / "package.json", lock))
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-files limit (inherited by servers and load generator)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:  # root (CAP_SYS_RESOURCE) may raise the hard limit too
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            soft, hard = wanted, wanted
+        except (ValueError, OSError):
+            pass
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except OSError:
+        return 32768, 60999
+
+
+# ------------------------------------------------------------------ machine
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _command_output(command: list[str]) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    cpuinfo = _read("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in cpuinfo.splitlines()
+        if line.startswith("model name")
+    ]
+    meminfo = _read("/proc/meminfo")
+    mem_kb = next(
+        (int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0
+    )
+    versions = json.loads(
+        _command_output(
+            [
+                str(VENV_PY),
+                "-c",
+                "import json, sys; from importlib.metadata import version as v\n"
+                "names = ['warpsocket', 'twisted', 'autobahn', 'txaio', 'websockets',"
+                " 'python-socketio', 'python-engineio', 'aiohttp', 'matplotlib', 'py-spy',"
+                " 'wsaccel', 'ujson', 'msgpack']\n"
+                "out = {}\n"
+                "for n in names:\n"
+                "    try: out[n] = v(n)\n"
+                "    except Exception: out[n] = None\n"
+                "print(json.dumps({'python': sys.version.split()[0], 'packages': out}))",
+            ]
+        )
+        or "{}"
+    )
+    node_packages = {}
+    for name in ("ws", "socket.io-client"):
+        manifest = LOADGEN / "node_modules" / name / "package.json"
+        if manifest.exists():
+            node_packages[name] = json.loads(manifest.read_text())["version"]
+    git = _command_output(["git", "-C", str(REPO), "rev-parse", "HEAD"])
+    dirty = bool(
+        _command_output(["git", "-C", str(REPO), "status", "--porcelain", "--", "warpsocket"])
+    )
+    return {
+        "cpu_model": models[0] if models else platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": versions.get("python", platform.python_version()),
+        "python_packages": versions.get("packages", {}),
+        "node": _command_output(["node", "--version"]),
+        "node_packages": node_packages,
+        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "ephemeral_ports": "-".join(map(str, port_range())),
+        "somaxconn": _read("/proc/sys/net/core/somaxconn").strip(),
+        "git_commit": git,
+        "warpsocket_tree_dirty": dirty,
+        "pinning": {"server": f"taskset -c {SERVER_CORE}", "loadgen": f"taskset -c {LOADGEN_CORE}"},
+    }
+
+
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows: SYNs/ACKs dropped because an accept queue was full."""
+    lines = _read("/proc/net/netstat").splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        if header.startswith("TcpExt:"):
+            table = dict(zip(header.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
+# ------------------------------------------------------------------ one case
+
+
+class Ports:
+    """Each case gets a fresh port (below the ephemeral range), so TIME_WAIT
+    sockets left by the previous case never collide with the next one."""
+
+    def __init__(self, start: int = 21000) -> None:
+        self.next = start
+
+    def take(self) -> int:
+        while True:
+            port = self.next
+            self.next += 1
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+def start_server(server: str, scenario: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    command = [
+        "taskset",
+        "-c",
+        SERVER_CORE,
+        str(VENV_PY),
+        str(SERVER_DIR / f"{server}_server.py"),
+        "--port",
+        str(port),
+        "--scenario",
+        scenario,
+    ]
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if b"READY" in log_path.read_bytes():
+            return process
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    stop(process)
+    raise RuntimeError(f"{server} did not start; see {log_path}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_loadgen(
+    args: list[str],
+    nofile: int,
+    timeout: float,
+    log_path: Path,
+    on_gate: Any = None,
+) -> dict[str, Any]:
+    """Run the load generator (core 1) and return its RESULT. With ``on_gate``,
+    the load generator stops before and after measuring until ``on_gate(word)``
+    has run (word: "GATE", then "DONE")."""
+    if on_gate is not None:
+        args = [*args, "--gate", "1"]
+    node = " ".join(shlex.quote(a) for a in ["node", str(LOADGEN / "loadgen.js"), *args])
+    # exec, twice: the PID we hold is node's own, so SIGUSR1 reaches it.
+    command = ["bash", "-c", f"ulimit -n {nofile} && exec taskset -c {LOADGEN_CORE} {node}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.strip() in ("GATE", "DONE") and on_gate is not None:
+                on_gate(line.strip())
+                process.send_signal(signal.SIGUSR1)
+            else:
+                errors.append(line)
+
+    # stderr on a thread (it carries the gates), stdout on another: neither pipe
+    # may fill up while we wait.
+    out_lines: list[str] = []
+
+    def read_stdout() -> None:
+        assert process.stdout is not None
+        out_lines.extend(process.stdout)
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_stderr, read_stdout)]
+    for reader in readers:
+        reader.start()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"load generator timed out after {timeout:.0f} s") from expired
+    for reader in readers:
+        reader.join(timeout=5)
+    stdout = "".join(out_lines)
+    with log_path.open("a") as log:
+        log.write("\n--- loadgen stderr ---\n" + "".join(errors))
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    tail = "".join(errors).strip()[-500:]
+    raise RuntimeError(f"load generator failed (exit {process.returncode}): {tail}")
+
+
+def loadgen_args(server: str, scenario: str, params: dict[str, Any], mode: str) -> list[str]:
+    common = [
+        "--server",
+        server,
+        "--scenario",
+        scenario,
+        "--size",
+        str(params["payload_bytes"]),
+        "--concurrency",
+        str(params["connect_concurrency"]),
+    ]
+    if scenario == "fanout":
+        return [
+            *common,
+            "--clients",
+            str(params["fanout_clients"]),
+            "--count",
+            str(params["fanout_broadcasts"]),
+        ]
+    if scenario == "rtt":
+        return [
+            *common,
+            "--clients",
+            str(params["rtt_clients"]),
+            "--mode",
+            mode,
+            "--duration",
+            str(params["rtt_seconds"]),
+            "--warmup",
+            str(params["rtt_warmup_seconds"]),
+        ]
+    return [*common, "--clients", str(params["idle_connections"])]
+
+
+def run_case(
+    server: str,
+    scenario: str,
+    params: dict[str, Any],
+    ports: Ports,
+    nofile: int,
+    logs: Path,
+    *,
+    mode: str = "ack",
+    profile_to: Path | None = None,
+) -> dict[str, Any]:
+    port = ports.take()
+    suffix = "" if mode == "ack" else f"-{mode}"
+    log_path = logs / f"{server}{suffix}-{scenario}{'-profiled' if profile_to else ''}.log"
+    process = start_server(server, scenario, port, log_path)
+    spies: list[subprocess.Popen[bytes]] = []
+
+    def profiler(word: str) -> None:
+        # py-spy samples the server from core 1 (the load generator's core), and
+        # only during the measured phase: the load generator waits at its gates.
+        assert profile_to is not None
+        if word == "DONE":
+            stop_profilers()
+            return
+        spies.append(
+            subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    LOADGEN_CORE,
+                    str(VENV / "bin" / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(process.pid),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--nolineno",
+                    "--nonblocking",
+                    "--output",
+                    str(profile_to),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        time.sleep(1.5)  # py-spy attaches
+
+    def stop_profilers() -> None:
+        while spies:
+            spy = spies.pop()
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+
+    try:
+        overflows = listen_overflows()
+        result = run_loadgen(
+            [
+                *loadgen_args(server, scenario, params, mode),
+                "--port",
+                str(port),
+                "--server-pid",
+                str(process.pid),
+            ],
+            nofile,
+            timeout=600,
+            log_path=log_path,
+            on_gate=profiler if profile_to is not None else None,
+        )
+        result["listen_overflows"] = listen_overflows() - overflows
+        return result
+    finally:
+        stop_profilers()
+        stop(process)
+
+
+RATE_KEY = {
+    "fanout": "deliveries_per_s",
+    "rtt": "round_trips_per_s",
+    "connect": "connections_per_s",
+}
+
+
+COUNT_KEY = {"fanout": "delivered", "rtt": "round_trips", "connect": "connections"}
+
+
+def cpu_cost(scenario: str, result: dict[str, Any]) -> float | None:
+    """Server CPU microseconds per delivery / round trip / connection: what the
+    server spends per unit of work, whatever else the machine was doing."""
+    seconds, count = result.get("server_cpu_seconds"), result.get(COUNT_KEY[scenario])
+    return None if not seconds or not count else seconds * 1e6 / count
+
+
+def combine(scenario: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best of the repeats for rates (the run least disturbed by anything else on
+    the machine), with its own latencies and CPU figures; the median for memory."""
+    key = RATE_KEY[scenario]
+    complete = [a for a in attempts if a.get("outcome", "complete") == "complete"] or attempts
+    best = dict(max(complete, key=lambda a: a[key]))
+    best["repeats"] = len(attempts)
+    costs = sorted(c for c in (cpu_cost(scenario, a) for a in attempts) if c is not None)
+    best["server_cpu_us_per_op"] = costs[len(costs) // 2] if costs else None  # median
+    best[f"{key}_runs"] = [a[key] for a in attempts]
+    if scenario == "connect":
+        memory = sorted(a["rss_per_connection_kb"] for a in attempts)
+        best["rss_per_connection_kb_runs"] = [a["rss_per_connection_kb"] for a in attempts]
+        middle = len(memory) // 2
+        best["rss_per_connection_kb"] = (
+            memory[middle] if len(memory) % 2 else (memory[middle - 1] + memory[middle]) / 2
+        )
+    return best
+
+
+# ------------------------------------------------------------------ profiles
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Top frames of a py-spy raw (collapsed) profile: self and inclusive samples."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    if not path.exists():
+        return {"samples": 0, "self": [], "inclusive": []}
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short_frame(f) for f in stack.split(";")]
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+
+    def rows(counter: collections.Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {"frame": frame, "samples": n, "percent": round(100.0 * n / samples, 1)}
+            for frame, n in counter.most_common(top)
+        ]
+
+    return {"samples": samples, "self": rows(own), "inclusive": rows(total)}
+
+
+def _short_frame(frame: str) -> str:
+    # "sendData (/.../site-packages/autobahn/websocket/protocol.py)"
+    #   -> "sendData (autobahn/websocket/protocol.py)"
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "/work/main/", str(REPO) + "/", "lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+    return f"{name} ({where})" if where else name
+
+
+# ------------------------------------------------------------------ report
+
+
+def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, scenario, top, bottom, comparison, target in TARGETS:
+        key = HEADLINE[scenario][0]
+        source = "connect" if scenario == "memory" else scenario
+        a = results.get(source, {}).get(top, {}).get(key)
+        b = results.get(source, {}).get(bottom, {}).get(key)
+        value = a / b if a is not None and b not in (None, 0) else None
+        met = (
+            None if value is None else (value >= target if comparison == ">=" else value <= target)
+        )
+        # Cross-check for rates: the same ratio from server CPU per operation
+        # (insensitive to other load on the machine).
+        cost_a = results.get(source, {}).get(top, {}).get("server_cpu_us_per_op")
+        cost_b = results.get(source, {}).get(bottom, {}).get("server_cpu_us_per_op")
+        by_cpu = cost_b / cost_a if scenario != "memory" and cost_a and cost_b else None
+        rows.append(
+            {
+                "name": name,
+                "scenario": scenario,
+                "numerator": top,
+                "denominator": bottom,
+                "value": value,
+                "target": f"{comparison} {target:g}",
+                "met": met,
+                "value_by_server_cpu": by_cpu,
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]], params: dict[str, Any]) -> str:
+    fan, rtt, con = results.get("fanout", {}), results.get("rtt", {}), results.get("connect", {})
+    columns = [c for c in COLUMNS if any(c in r for r in (fan, rtt, con))]
+    n_fan = f"{params['fanout_clients']:,} clients x {params['fanout_broadcasts']} broadcasts"
+    n_rtt = f"{params['rtt_clients']} clients, {params['rtt_seconds']:g} s"
+    n_idle = f"{params['idle_connections']:,} connections"
+
+    def get(source: dict[str, dict[str, Any]], key: str, scale: float = 1.0, digits: int = 0):
+        def cell(column: str) -> str:
+            value = source.get(column, {}).get(key)
+            return _fmt(None if value is None else value * scale, digits)
+
+        return cell
+
+    rows: list[tuple[str, str, Any]] = [
+        (f"fan-out ({n_fan})", "deliveries/s", get(fan, "deliveries_per_s")),
+        (
+            "",
+            "delivery latency p50 / p99 ms",
+            lambda c: (
+                f"{_fmt(fan.get(c, {}).get('delivery_latency_ms_p50'), 0)} / "
+                f"{_fmt(fan.get(c, {}).get('delivery_latency_ms_p99'), 0)}"
+                if c in fan
+                else "-"
+            ),
+        ),
+        (
+            "",
+            "server CPU / loadgen CPU %",
+            lambda c: (
+                f"{_fmt(_pct(fan, c, 'server_cpu'))} / {_fmt(_pct(fan, c, 'loadgen_cpu'))}"
+                if c in fan
+                else "-"
+            ),
+        ),
+        ("", "server CPU us per delivery", get(fan, "server_cpu_us_per_op", digits=1)),
+        (f"acked round trip ({n_rtt})", "round trips/s", get(rtt, "round_trips_per_s")),
+        ("", "latency p50 ms", get(rtt, "latency_ms_p50", digits=2)),
+        ("", "latency p99 ms", get(rtt, "latency_ms_p99", digits=2)),
+        (
+            "",
+            "server CPU / loadgen CPU %",
+            lambda c: (
+                f"{_fmt(_pct(rtt, c, 'server_cpu'))} / {_fmt(_pct(rtt, c, 'loadgen_cpu'))}"
+                if c in rtt
+                else "-"
+            ),
+        ),
+        ("", "server CPU us per round trip", get(rtt, "server_cpu_us_per_op", digits=1)),
+        (
+            f"memory ({n_idle} idle)",
+            "KiB RSS per connection",
+            get(con, "rss_per_connection_kb", digits=1),
+        ),
+        (
+            "",
+            "RSS before -> after MiB",
+            lambda c: (
+                f"{_fmt(_mib(con, c, 'rss_before_kb'), 1)} -> "
+                f"{_fmt(_mib(con, c, 'rss_after_kb'), 1)}"
+                if c in con
+                else "-"
+            ),
+        ),
+        (f"connection rate (to {n_idle})", "connections/s", get(con, "connections_per_s")),
+        ("", "server CPU us per connection", get(con, "server_cpu_us_per_op")),
+    ]
+    header = ["scenario", "metric", *(LABELS[c] for c in columns)]
+    body = [[label, metric, *(cell(c) for c in columns)] for label, metric, cell in rows]
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate([header, *body]):
+        lines.append(
+            " | ".join(
+                str(v).ljust(widths[i]) if i < 2 else str(v).rjust(widths[i])
+                for i, v in enumerate(row)
+            )
+        )
+        if n == 0:
+            lines.append("-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _pct(source: dict[str, dict[str, Any]], column: str, key: str) -> float | None:
+    value = source.get(column, {}).get(key)
+    return None if value is None else 100.0 * value
+
+
+def _mib(source: dict[str, dict[str, Any]], column: str, key: str) -> float | None:
+    value = source.get(column, {}).get(key)
+    return None if value is None else value / 1024.0
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'ratio (same run)':<52} {'value':>8}  {'target':<7} {'met':<4} by server CPU/op"]
+    for row in rows:
+        met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
+        cpu = _fmt(row.get("value_by_server_cpu"), 2) if row.get("value_by_server_cpu") else ""
+        lines.append(
+            f"{row['name']:<52} {_fmt(row['value'], 2):>8}  {row['target']:<7} {met:<4} {cpu:>8}"
+        )
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    """Grouped bars per scenario; written with matplotlib's Agg backend."""
+    data_path = path.with_suffix(".chart.tmp")
+    data_path.write_text(json.dumps(report))
+    try:
+        subprocess.run(
+            [str(VENV_PY), str(BENCH / "chart.py"), str(data_path), str(path)], check=True
+        )
+    finally:
+        data_path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="scaled-down smoke run (about 2 minutes)"
+    )
+    parser.add_argument(
+        "--out", default=str(BENCH / "results"), help="directory for results.json/.png"
+    )
+    parser.add_argument("--servers", default=",".join(SERVERS), help="subset, comma-separated")
+    parser.add_argument(
+        "--scenarios",
+        default="fanout,rtt,connect",
+        help="subset of fanout,rtt,connect (connect measures memory and connection rate)",
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="after the measured runs, re-run scenarios under py-spy, sampling the "
+        "measured phase only: comma-separated SCENARIO (warpsocket) or "
+        "SERVER:SCENARIO, or 'auto' (warpsocket, every scenario whose target "
+        "was missed); raw profiles go to OUT/profiles/",
+    )
+    parser.add_argument("--idle", type=int, help="override the number of idle connections")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="rounds of every case (default 3, quick 1): rates are the best round, "
+        "memory the median",
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    started = time.monotonic()
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    params = dict(QUICK if args.quick else FULL)
+    if args.idle:
+        params["idle_connections"] = args.idle
+    if args.repeat:
+        params["repeats"] = max(1, args.repeat)
+    servers = [s for s in args.servers.split(",") if s]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(servers) - set(SERVERS) | set(scenarios) - {"fanout", "rtt", "connect"}
+    if unknown:
+        raise SystemExit(f"unknown server or scenario: {', '.join(sorted(unknown))}")
+    if shutil.which("taskset") is None:
+        raise SystemExit("taskset (util-linux) is needed to pin server and load generator")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("two cores are needed: the server on core 0, the load generator on core 1")
+
+    ensure_venv()
+    ensure_node_modules()
+
+    notes: list[str] = []
+    wanted_fds = params["idle_connections"] + 1000
+    nofile = raise_nofile(wanted_fds)
+    low, high = port_range()
+    largest = min(nofile - 1000, high - low - 1000)
+    if params["idle_connections"] > largest:
+        notes.append(
+            f"{params['idle_connections']:,} idle connections exceed this machine's limits "
+            f"(open files {nofile}, ephemeral ports {low}-{high}); used {largest:,}"
+        )
+        params["idle_connections"] = largest
+    for note in notes:
+        say("note: " + note)
+
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = Path.cwd() / out
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    ports = Ports()
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    failures: dict[str, str] = {}
+
+    plan: list[tuple[str, str, str]] = []
+    for scenario in scenarios:
+        for server in servers:
+            plan.append((scenario, server, "ack"))
+            if scenario == "rtt" and server == "warpsocket":
+                plan.append((scenario, server, "call"))
+    # Rounds: every case once per round, so that a burst of load from elsewhere
+    # on the machine hits one repeat of a case, not all of them.
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+    for round_no in range(1, params["repeats"] + 1):
+        for scenario, server, mode in plan:
+            column = server if mode == "ack" else f"{server}-{mode}"
+            say(
+                f"[{time.monotonic() - started:6.1f}s] round {round_no}/{params['repeats']} "
+                f"{scenario:8} {LABELS[column]} ..."
+            )
+            try:
+                result = run_case(server, scenario, params, ports, nofile, logs, mode=mode)
+            except Exception as error:  # one failed case must not lose the rest
+                failures[f"{scenario}/{column}/round{round_no}"] = str(error)
+                say(f"    FAILED: {error}")
+                continue
+            runs[(scenario, column)].append(result)
+            key = RATE_KEY[scenario]
+            extra = (
+                f", {result['rss_per_connection_kb']:.1f} KiB/conn" if scenario == "connect" else ""
+            )
+            warn = (
+                "" if result.get("outcome", "complete") == "complete" else f" ({result['outcome']})"
+            )
+            busy = result.get("core0_busy")
+            load = (
+                f"; core 0 busy {100 * busy:.0f}%, server {100 * result['server_cpu']:.0f}%"
+                if busy
+                else ""
+            )
+            say(f"    {key} = {result[key]:,.0f}{extra}{warn}{load}")
+    for (scenario, column), attempts in runs.items():
+        results.setdefault(scenario, {})[column] = combine(scenario, attempts)
+
+    ratio_rows = ratios(results)
+
+    profiles: dict[str, Any] = {}
+    wanted_profiles: set[tuple[str, str]] = set()
+    for spec in (p for p in args.profile.split(",") if p):
+        if spec == "auto":
+            for row in ratio_rows:
+                if row["met"] is False:
+                    scenario = "connect" if row["scenario"] == "memory" else row["scenario"]
+                    wanted_profiles.add(("warpsocket", scenario))
+            continue
+        server, _, scenario = spec.rpartition(":")
+        if (server and server not in SERVERS) or scenario not in ("fanout", "rtt", "connect"):
+            raise SystemExit(f"--profile: unknown {spec!r} (use SCENARIO or SERVER:SCENARIO)")
+        wanted_profiles.add((server or "warpsocket", scenario))
+    if wanted_profiles:
+        (out / "profiles").mkdir(exist_ok=True)
+    for server, scenario in sorted(wanted_profiles):
+        say(
+            f"[{time.monotonic() - started:6.1f}s] profiling {server} during {scenario} "
+            "(py-spy) ..."
+        )
+        raw = out / "profiles" / f"{server}-{scenario}.txt"
+        try:
+            profiled = run_case(server, scenario, params, ports, nofile, logs, profile_to=raw)
+        except Exception as error:
+            failures[f"profile/{server}:{scenario}"] = str(error)
+            say(f"    FAILED: {error}")
+            continue
+        profiles[f"{server}:{scenario}"] = {
+            "raw": str(raw.relative_to(REPO) if raw.is_relative_to(REPO) else raw),
+            "result_under_profiler": profiled,
+            **summarize_profile(raw),
+        }
+
+    finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    command = "python bench/run.py" + "".join(f" {a}" for a in sys.argv[1:])
+    report = {
+        "mode": "quick" if args.quick else "full",
+        "command": command,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": machine_info(),
+        "params": params,
+        "notes": notes,
+        "labels": LABELS,
+        "results": results,
+        "ratios": ratio_rows,
+        "failures": failures,
+        "profiles": profiles,
+    }
+    stem = "results-quick" if args.quick else "results"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        chart(report, out / f"{stem}.png")
+    except subprocess.CalledProcessError as error:
+        failures["chart"] = str(error)
+
+    machine = report["machine"]
+    print()
+    print(f"WarpSocket benchmark ({report['mode']}), {finished_at}")
+    print(
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
+        f"Python {machine['python']}, Node {machine['node']}; server on core {SERVER_CORE}, "
+        f"load generator on core {LOADGEN_CORE}"
+    )
+    print(f"command: {command}")
+    print()
+    print(table(results, params))
+    print()
+    print(ratio_table(ratio_rows))
+    for name, profile in profiles.items():
+        print()
+        print(
+            f"py-spy, {name.replace(':', ' during ')}: {profile['samples']} samples; "
+            "top frames by own time:"
+        )
+        for row in profile["self"][:10]:
+            print(f"  {row['percent']:5.1f}%  {row['frame']}")
+    for note in notes:
+        print(f"\nnote: {note}")
+    for name, error in failures.items():
+        print(f"\nFAILED {name}: {error}")
+    print(
+        f"\nwrote {out / (stem + '.json')} and {out / (stem + '.png')} "
+        f"in {report['duration_s']:.0f} s"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

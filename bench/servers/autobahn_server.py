@@ -1,0 +1,82 @@
+"""Raw Autobahn|Python on Twisted: the ceiling of WarpSocket's own stack.
+
+Clients connect to ``/ws`` and are put in one set (the "room"); every message
+they send is echoed back. A control connection on ``/control`` sends
+``{"cmd": "fanout", "count": N, "size": B}``: the server frames each message
+once with ``factory.prepareMessage`` and writes it to every client with
+``sendPreparedMessage``, one broadcast per reactor turn, then answers
+``{"sent": N}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from _common import make_payload, parse_args, raise_nofile, ready, trace_memory_on_signal
+from _twisted_log import start_logging
+
+args = parse_args(__doc__ or "")
+raise_nofile()
+trace_memory_on_signal()
+start_logging()
+
+from autobahn.twisted.websocket import (  # noqa: E402
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from twisted.internet import reactor  # noqa: E402
+
+
+class BenchProtocol(WebSocketServerProtocol):
+    factory: BenchFactory
+    is_control = False
+
+    def onConnect(self, request: Any) -> None:
+        self.is_control = request.path == "/control"
+
+    def onOpen(self) -> None:
+        if not self.is_control:
+            self.factory.clients.add(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not self.is_control:
+            self.sendMessage(payload, isBinary)  # echo
+            return
+        command = json.loads(payload)
+        if command.get("cmd") == "fanout":
+            self.fanout(int(command["count"]), int(command["size"]))
+
+    def fanout(self, count: int, size: int) -> None:
+        factory = self.factory
+
+        def step(seq: int) -> None:
+            if seq == count:
+                self.sendMessage(
+                    json.dumps({"sent": count, "members": len(factory.clients)}).encode()
+                )
+                return
+            payload = json.dumps(make_payload(seq, size), separators=(",", ":")).encode()
+            prepared = factory.prepareMessage(payload, isBinary=False)
+            for client in factory.clients:
+                client.sendPreparedMessage(prepared)
+            reactor.callLater(0, step, seq + 1)
+
+        step(0)
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        self.factory.clients.discard(self)
+
+
+class BenchFactory(WebSocketServerFactory):
+    protocol = BenchProtocol
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.clients: set[BenchProtocol] = set()
+
+
+factory = BenchFactory(f"ws://{args.host}:{args.port}")
+reactor.listenTCP(args.port, factory, interface=args.host)
+reactor.callWhenRunning(ready, "autobahn", args.port)
+reactor.run()
