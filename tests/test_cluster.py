@@ -19,7 +19,7 @@ from tests.redis_harness import RedisProcess, SentinelSetup
 from tests.wsclient import WsClient, async_test, connect, http_get, sleep, wait_until
 from warpsocket.backends.base import BackendUnavailableError
 from warpsocket.backends.memory import MemoryBackend
-from warpsocket.backends.redis import RedisBackend, RedisOptions, parse_redis_url
+from warpsocket.backends.redis import CLAIM_TTL_MS, RedisBackend, RedisOptions, parse_redis_url
 from warpsocket.core.history import HistoryLimits, Position
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.envelope import Envelope, MessageType
@@ -290,6 +290,40 @@ class FailoverTests(ClusterCase):
         self.assertEqual((again["type"], again["ref"]), ("ack", "retry-1"))
         await sleep(0.3)
         self.assertEqual(a.backend.store.position("room:r").offset, 1)
+
+
+class DedupClaimTests(ClusterCase):
+    @async_test
+    async def test_claim_of_a_message_whose_connection_died_is_released(self) -> None:
+        """Claimed in Redis, then the connection drops before handling: a retry is handled."""
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        handled: list[Any] = []
+        a.hub.on("n", lambda ctx, data: handled.append(data))
+        first = await self.client(a)
+        redis.command("CLIENT", "PAUSE", "600", "WRITE")  # the claim (SET NX) waits
+        message = {"type": "event", "id": "m-1", "event": "n", "data": 1, "ack": True}
+        first.send(dict(message))
+        await sleep(0.1)
+        first.drop()  # the claim is in flight when the connection dies
+        await sleep(1.0)
+        second = await self.client(a, session=first.session)
+        reply = await second.request(dict(message))
+        self.assertEqual((reply["type"], reply["ref"]), ("ack", "m-1"))
+        self.assertEqual(handled, [1])
+
+    @async_test
+    async def test_claim_of_a_dead_node_expires(self) -> None:
+        """A claim never settled (its node died) lives CLAIM_TTL_MS, not the dedup age."""
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        key = "t:dedup:s:x:m-1"
+        claimed = await a.backend.claim("s:x", "m-1", 0)
+        self.assertTrue(claimed.first)
+        ttl = int(redis.command("PTTL", key).strip(b":\r\n"))
+        self.assertTrue(0 < ttl <= CLAIM_TTL_MS, ttl)
 
 
 class RedisTroubleTests(ClusterCase):

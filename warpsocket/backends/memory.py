@@ -74,6 +74,9 @@ class MemoryBackend:
     def claim(self, principal: str, message_id: str, now_ms: int) -> Deferred[Claim]:
         return succeed(Claim(True))
 
+    def unclaim(self, principal: str, message_id: str) -> None:
+        pass
+
     def record(self, principal: str, message_id: str, reply: Envelope) -> None:
         pass
 

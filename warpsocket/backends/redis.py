@@ -56,9 +56,20 @@ local last = redis.call('HGET', KEYS[1], 'last') or '0'
 return {epoch, last, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
+# A claim is an empty value that lives only CLAIM_TTL_MS: if the claiming node
+# dies before it records the reply, a retry is handled after that, instead of
+# being answered by nobody for the whole dedup age. The reply, once recorded,
+# lives the dedup age.
+CLAIM_TTL_MS = 30_000
+
 CLAIM_SCRIPT = """
 if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then return {1} end
 return {0, redis.call('GET', KEYS[1])}
+"""
+
+UNCLAIM_SCRIPT = """
+if redis.call('GET', KEYS[1]) == '' then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 UNSET_PRESENCE_SCRIPT = """
@@ -731,9 +742,19 @@ class RedisBackend:
             return Claim(False, Envelope.from_wire(json.loads(raw)))
 
         claimed: Deferred[Any] = cmd.eval(
-            CLAIM_SCRIPT, [self._dedup_key(principal, message_id)], [self.dedup_age_ms]
+            CLAIM_SCRIPT,
+            [self._dedup_key(principal, message_id)],
+            [min(CLAIM_TTL_MS, self.dedup_age_ms)],
         )
         return claimed.addCallback(parse).addErrback(lambda _: Claim(True))
+
+    def unclaim(self, principal: str, message_id: str) -> None:
+        """Give up a claim whose message will not be handled here (its connection went)."""
+        cmd = self._cmd
+        if cmd is not None:
+            cmd.eval(UNCLAIM_SCRIPT, [self._dedup_key(principal, message_id)], []).addErrback(
+                lambda _: None
+            )
 
     def record(self, principal: str, message_id: str, reply: Envelope) -> None:
         cmd = self._cmd

@@ -16,6 +16,7 @@ thread waits for the client's acknowledgement.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ ErrorHook = Callable[[Context | None, Failure], Any]
 # Frames of one connection held while the backend prepares its streams or
 # claims a dedup record (Redis): beyond this, each is refused with 4206.
 MAX_HELD_FRAMES = 256
+# Handler-latency series by event name; past this, further names share "other".
+MAX_LATENCY_LABELS = 256
+_SCALARS = (type(None), bool, int, str)
 
 
 class AckTimeoutError(Exception):
@@ -182,6 +186,9 @@ class Hub:
         self._next_conn = 0
         self._ack_waiters: dict[tuple[str, int], Deferred[None]] = {}
         self._empty_waiters: list[Deferred[None]] = []
+        self._latency: dict[str, Any] = {}
+        # (connection, message id) -> principal, for dedup claims in flight.
+        self._claims: dict[tuple[ConnId, str], str] = {}
         # Connections waiting for the backend (prepare, dedup claim): their
         # later frames queue here and are fed to the core strictly in order.
         self._inbound: dict[ConnId, list[Envelope]] = {}
@@ -461,7 +468,8 @@ class Hub:
         protocol = self._protocols.get(conn_id)
         if protocol is None:
             return
-        self.metrics.bytes_in.inc(len(payload))
+        traffic = self.metrics.traffic
+        traffic.bytes_in += len(payload)
         if not protocol.can_send:
             # We are closing this connection (4204, 4400, 4500 ...): what it
             # still sends is not acted on. Above all, a replaced connection
@@ -475,7 +483,7 @@ class Hub:
             self.metrics.protocol_errors.labels(str(int(error.code))).inc()
             self._run(self.core.protocol_error(conn_id, error, now))
             return
-        self.metrics.messages_in.labels(envelope.type.value).inc()
+        traffic.messages_in[envelope.type.value] += 1
         conn = self.core.connections.get(conn_id)
         if self.middleware and conn is not None and conn.session is not None:
             ctx = self._context(conn.session.id, protocol, envelope)
@@ -563,6 +571,7 @@ class Hub:
             principal = conn.session.principal
             if self.core.dedup.lookup((principal, envelope.id), self.now_ms()) is not None:
                 return None  # this node knows it: the core answers the retry
+            self._claims[(conn_id, envelope.id)] = principal
             return backend.claim(principal, envelope.id, self.now_ms())
         return None
 
@@ -603,7 +612,12 @@ class Hub:
     def _after_step(self, conn_id: ConnId, envelope: Envelope, result: Any) -> None:
         from warpsocket.backends.base import Claim
 
+        principal = self._claims.pop((conn_id, envelope.id), None)
         if conn_id not in self._protocols:
+            if isinstance(result, Claim) and result.first and principal is not None:
+                # Claimed, but the connection went before it could be handled:
+                # free the id so that the client's retry is handled.
+                self.backend.unclaim(principal, envelope.id)
             return
         now = self.now_ms()
         if isinstance(result, Failure):
@@ -736,9 +750,10 @@ class Hub:
             # sent, and autobahn's sendMessage would raise Disconnected here.
             return
         payload = protocol.codec.encode(envelope)
-        self.metrics.encodes.inc()
-        self.metrics.messages_out.labels(envelope.type.value).inc()
-        self.metrics.bytes_out.inc(len(payload))
+        traffic = self.metrics.traffic
+        traffic.encodes += 1
+        traffic.messages_out[envelope.type.value] += 1
+        traffic.bytes_out += len(payload)
         protocol.sendMessage(payload, isBinary=protocol.codec.binary)
 
     def _fanout(self, conn_ids: tuple[ConnId, ...], envelope: Envelope) -> None:
@@ -757,15 +772,16 @@ class Hub:
             frame = prepared.get(codec.subprotocol)
             if frame is None:
                 payload = codec.encode(envelope)
-                self.metrics.encodes.inc()
+                self.metrics.traffic.encodes += 1
                 size = len(payload)
                 frame = protocol.factory.prepareMessage(payload, isBinary=codec.binary)
                 prepared[codec.subprotocol] = frame
             protocol.sendPreparedMessage(frame)
             sent += 1
         if sent:
-            self.metrics.messages_out.labels(envelope.type.value).inc(sent)
-            self.metrics.bytes_out.inc(size * sent)
+            traffic = self.metrics.traffic
+            traffic.messages_out[envelope.type.value] += sent
+            traffic.bytes_out += size * sent
 
     def _close(self, conn_id: ConnId, code: ErrorCode, reason: str) -> None:
         protocol = self._protocols.get(conn_id)
@@ -818,10 +834,9 @@ class Hub:
     ) -> None:
         started = self.clock.seconds()
         name = dispatch.envelope.event or dispatch.envelope.type.value
-        result = invoke(handler, ctx, arg)
 
         def done(value: Any) -> None:
-            if dispatch.envelope.type is MessageType.CALL:
+            if dispatch.envelope.type is MessageType.CALL and not isinstance(value, _SCALARS):
                 try:
                     _check_encodable(value)
                 except (TypeError, ValueError):
@@ -829,11 +844,11 @@ class Hub:
                     # fail to encode on every answer: answer 4300 instead.
                     failed(Failure())
                     return
-            self.metrics.handler_latency.labels(name).observe(self.clock.seconds() - started)
+            self._observe_latency(name, started)
             self._settle(dispatch, result=value)
 
         def failed(failure: Failure) -> None:
-            self.metrics.handler_latency.labels(name).observe(self.clock.seconds() - started)
+            self._observe_latency(name, started)
             if failure.check(Reject):
                 reject = cast(Reject, failure.value)
                 self._settle(dispatch, error=(reject.code, reject.message))
@@ -842,7 +857,24 @@ class Hub:
             self._report_error(ctx, failure)
             self._settle(dispatch, error=(ErrorCode.HANDLER_ERROR, "handler failed"))
 
-        result.addCallbacks(done, failed)
+        try:
+            value = handler(ctx, arg)
+        except Exception:
+            failed(Failure())
+            return
+        if isinstance(value, Deferred) or inspect.isawaitable(value):
+            invoke(lambda: value).addCallbacks(done, failed)
+        else:
+            done(value)  # the common case: no Deferred machinery per message
+
+    def _observe_latency(self, name: str, started: float) -> None:
+        child = self._latency.get(name)
+        if child is None:
+            if len(self._latency) >= MAX_LATENCY_LABELS:
+                name, child = "other", self.metrics.handler_latency.labels("other")
+            else:
+                child = self._latency[name] = self.metrics.handler_latency.labels(name)
+        child.observe(self.clock.seconds() - started)
 
     def _settle(
         self,

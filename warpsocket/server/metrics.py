@@ -2,7 +2,52 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+
+
+class Traffic:
+    """Per-message tallies kept as plain integers.
+
+    They are touched several times per message on the hot path, where a
+    prometheus_client counter costs a lock and a label lookup each time; the
+    registry reads them only when /metrics is scraped.
+    """
+
+    def __init__(self) -> None:
+        self.messages_in: defaultdict[str, int] = defaultdict(int)
+        self.messages_out: defaultdict[str, int] = defaultdict(int)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.encodes = 0
+
+    def collect(self) -> Iterator[Metric]:
+        for name, documentation, by_type in (
+            ("warpsocket_messages_in", "Envelopes received, by type", self.messages_in),
+            (
+                "warpsocket_messages_out",
+                "Envelope deliveries sent, by type (a broadcast counts once per recipient)",
+                self.messages_out,
+            ),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=["type"])
+            for kind, count in sorted(by_type.items()):
+                family.add_metric([kind], count)
+            yield family
+        yield CounterMetricFamily(
+            "warpsocket_bytes_in", "Payload bytes received", value=self.bytes_in
+        )
+        yield CounterMetricFamily(
+            "warpsocket_bytes_out", "Payload bytes sent", value=self.bytes_out
+        )
+        yield CounterMetricFamily(
+            "warpsocket_encodes",
+            "Envelopes encoded (a broadcast is encoded once per codec in use)",
+            value=self.encodes,
+        )
 
 
 class HubMetrics:
@@ -12,22 +57,8 @@ class HubMetrics:
         self.connections = Gauge("warpsocket_connections", "Open WebSocket connections", registry=r)
         self.sessions = Gauge("warpsocket_sessions", "Sessions, attached or not", registry=r)
         self.rooms = Gauge("warpsocket_rooms", "Rooms with at least one session", registry=r)
-        self.messages_in = Counter(
-            "warpsocket_messages_in", "Envelopes received, by type", ["type"], registry=r
-        )
-        self.messages_out = Counter(
-            "warpsocket_messages_out",
-            "Envelope deliveries sent, by type (a broadcast counts once per recipient)",
-            ["type"],
-            registry=r,
-        )
-        self.bytes_in = Counter("warpsocket_bytes_in", "Payload bytes received", registry=r)
-        self.bytes_out = Counter("warpsocket_bytes_out", "Payload bytes sent", registry=r)
-        self.encodes = Counter(
-            "warpsocket_encodes",
-            "Envelopes encoded (a broadcast is encoded once per codec in use)",
-            registry=r,
-        )
+        self.traffic = Traffic()
+        r.register(self.traffic)
         self.protocol_errors = Counter(
             "warpsocket_protocol_errors",
             "Invalid frames or envelopes, by code",
