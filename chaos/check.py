@@ -28,10 +28,33 @@ Rules (see chaos/README.md for the reasoning):
    later server incarnation); every delivered message is exactly the one the
    journal stored at that (epoch, offset); at the end each stream stands at
    the final position of the final incarnation.
+
+Cluster mode (``run.json`` has ``cluster``: nodes sharing a Redis, see
+chaos/README.md): streams, sessions and dedup records outlive any node, so
+
+- a node SIGKILL excuses nothing: a message handled twice, or a
+  ``recovered: false`` notice, needs a Redis restart "around" it:
+  a second handling is allowed only if the earlier one happened before a
+  Redis restart completed (plus ``REDIS_GRACE`` seconds for the nodes to
+  reconnect, during which dedup is node-local) and the client had no
+  outcome when that Redis was killed ("Redis-window duplicate"); a notice
+  moving a stream from epoch E to another is allowed only if Redis was
+  killed after E was first seen and before the notice;
+- epochs belong to Redis, not to an incarnation; journals of all nodes are
+  merged; an append that was stored but not journaled (its node died, or
+  Redis died, before the reply was read; the ``pub_try`` record exists) is
+  accepted at the (epoch, offset) where clients first saw it, and holes in
+  the journaled offsets are only counted (the client walks catch any
+  message a client missed);
+- a failed publish (``pub_failed``) is not a loss, but is a violation unless
+  Redis was down (kill .. restart + ``REDIS_GRACE``) or the node was starting;
+- an acked message that expired without ever being handled is a violation
+  (no cluster outage lasts the client's 60 s ack deadline).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -44,6 +67,9 @@ StreamKey = tuple[str, str]  # (wire stream name, epoch)
 Position = tuple[str, int]  # (epoch, offset)
 
 MAX_LISTED = 60  # violations listed in full; all are counted
+# Seconds after a Redis restart during which nodes may still be reconnecting
+# (backoff 0.1 s doubling to 2 s): dedup is node-local, publishes fail.
+REDIS_GRACE = 4.0
 
 
 @dataclass
@@ -114,6 +140,23 @@ class Checker:
         self.recv_order: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
         self.dm_acked: set[str] = set()
         self.delivered_ids: set[str] = set()
+        cluster = self.run.get("cluster")
+        self.cluster = cluster is not None
+        # Redis outages (killed, back up) and kill times, cluster mode only.
+        self.outages: list[tuple[float, float]] = []
+        if cluster is not None:
+            generations = cluster["redis"]
+            for old, new in itertools.pairwise(generations):
+                if "killed" in old:
+                    self.outages.append((old["killed"], new.get("up", math.inf)))
+        self.tries: dict[str, tuple[str, str | None]] = {}  # id -> (stream, session)
+        self.journaled_ids: set[str] = set()
+        self.epoch_first: dict[StreamKey, float] = {}
+        self.failed_publishes: list[tuple[int, dict[str, Any]]] = []
+
+    def _seen(self, key: StreamKey, when: float) -> None:
+        if when < self.epoch_first.get(key, math.inf):
+            self.epoch_first[key] = when
 
     # ------------------------------------------------------------ loading
 
@@ -133,6 +176,11 @@ class Checker:
                 elif kind == "session":
                     self.epoch_inc[("direct", record["epoch"])] = inc
                     self.session_inc[record["session"]] = inc
+                    self._seen(("direct", record["epoch"]), record["t"])
+                elif kind == "pub_try":
+                    self.tries[record["id"]] = (record["stream"], record.get("session"))
+                elif kind == "pub_failed":
+                    self.failed_publishes.append((inc, record))
                 elif kind == "recv":
                     self.recv[record["id"]].append((inc, line, record["t"]))
                     self.recv_order[(record["sender"], inc)].append((record["seq"], record["id"]))
@@ -146,8 +194,10 @@ class Checker:
                             f"{key} offset {record['offset']} stored twice",
                         )
                     offsets[record["offset"]] = record["id"]
+                    self.journaled_ids.add(record["id"])
+                    self._seen(key, record["t"])
                     owner = self.epoch_inc.setdefault(key, inc)
-                    if owner != inc:
+                    if owner != inc and not self.cluster:
                         report.violation(
                             "epoch-reused", f"epoch {key} used by incarnations {owner} and {inc}"
                         )
@@ -168,8 +218,28 @@ class Checker:
                     )
         for key, offsets in self.streams.items():
             ordered = sorted(offsets)
-            if ordered != list(range(1, len(ordered) + 1)):
+            if ordered == list(range(1, len(ordered) + 1)):
+                continue
+            if self.cluster:
+                report.counts["journal_holes"] += max(ordered) - len(ordered)
+            else:
                 report.violation("server-offsets", f"{key}: offsets are not 1..n: {ordered[:5]}...")
+        self._judge_failed_publishes()
+
+    def in_outage(self, when: float) -> bool:
+        return any(killed <= when <= up + REDIS_GRACE for killed, up in self.outages)
+
+    def _judge_failed_publishes(self) -> None:
+        for inc, record in self.failed_publishes:
+            self.report.counts["publish_failed"] += 1
+            healthy = self.incarnations.get(inc, {}).get("healthy", 0.0)
+            if record["t"] < healthy or self.in_outage(record["t"]):
+                continue
+            self.report.violation(
+                "publish-failed",
+                f"incarnation {inc}: {record['stream']} {record['id']} failed at "
+                f"{record['t']:.3f} with Redis up and the node healthy: {record['error']}",
+            )
 
     def last_offset(self, key: StreamKey) -> int:
         offsets = self.streams.get(key)
@@ -204,6 +274,11 @@ class Checker:
                 report.violation("rejected", f"{ident} was rejected with code {code}")
             elif status in ("none", "closed", "error"):
                 report.violation("no-outcome", f"{ident} has no outcome at the end ({status})")
+            elif status == "expired" and self.cluster and not handlings:
+                # A cluster is never down for a whole ack deadline (60 s): a
+                # message retried that long by a connected client and never
+                # handled was refused service, even if the client was told.
+                report.violation("expired", f"{ident} expired, never handled, cluster up")
             if len(handlings) > 1:
                 self._judge_duplicate(ident, handlings, when)
         self._check_order()
@@ -218,6 +293,9 @@ class Checker:
             report.violation(
                 "duplicated", f"{ident} handled twice by one incarnation: {sorted(incs)}"
             )
+            return
+        if self.cluster:
+            self._judge_cluster_duplicate(ident, handlings, outcome_at)
             return
         # All but the last handling must come from an incarnation that was
         # SIGKILLed while the message had no outcome yet (its dedup record
@@ -243,13 +321,42 @@ class Checker:
                 }
             )
 
+    def _judge_cluster_duplicate(
+        self, ident: str, handlings: list[tuple[int, int, float]], outcome_at: float
+    ) -> None:
+        """Shared dedup: only a Redis restart (dedup records lost) excuses a repeat."""
+        report = self.report
+        ordered = sorted(handlings, key=lambda h: h[2])
+        last_at = ordered[-1][2]
+        for _inc, _, handled_at in ordered[:-1]:
+            window = [
+                (killed, up)
+                for killed, up in self.outages
+                if handled_at <= up + REDIS_GRACE and killed < outcome_at and killed < last_at
+            ]
+            if not window:
+                report.counts["duplicated"] += 1
+                report.violation(
+                    "duplicated",
+                    f"{ident} handled by incarnations {[h[0] for h in ordered]} at "
+                    f"{[round(h[2], 3) for h in ordered]}, outcome at {outcome_at:.3f}; "
+                    f"no Redis restart in between (shared dedup should have caught it)",
+                )
+                return
+            report.counts["redis_window_duplicates"] += 1
+            report.kill_window.append(
+                {
+                    "id": ident,
+                    "incarnations": [h[0] for h in ordered],
+                    "redis_killed_after_handling_s": round(window[0][0] - handled_at, 3),
+                }
+            )
+
     def _check_order(self) -> None:
         report = self.report
-        first_seen: set[str] = set()
-        last_first: dict[str, int] = {}
         for (sender, inc), handled in sorted(self.recv_order.items(), key=lambda kv: kv[0][1]):
             previous = 0
-            for seq, ident in handled:
+            for seq, _ in handled:
                 if seq <= previous:
                     report.counts["reordered"] += 1
                     report.violation(
@@ -257,16 +364,20 @@ class Checker:
                         f"incarnation {inc} handled {sender} #{seq} after #{previous}",
                     )
                 previous = max(previous, seq)
-                if ident in first_seen:
-                    continue
-                first_seen.add(ident)
-                if seq < last_first.get(sender, 0):
+        # First handlings in time order (incarnations of a cluster run side by side).
+        firsts: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        for (sender, _), handled in self.recv_order.items():
+            for seq, ident in handled:
+                first_at = min(t for _, _, t in self.recv[ident])
+                if (first_at, seq) not in firsts[sender]:
+                    firsts[sender].append((first_at, seq))
+        for sender, handlings in sorted(firsts.items()):
+            highest = 0
+            for _, seq in sorted(handlings):
+                if seq < highest:
                     report.counts["reordered"] += 1
-                    report.violation(
-                        "reordered",
-                        f"{sender} #{seq} first handled after #{last_first[sender]}",
-                    )
-                last_first[sender] = max(last_first.get(sender, 0), seq)
+                    report.violation("reordered", f"{sender} #{seq} first handled after #{highest}")
+                highest = max(highest, seq)
 
     # ------------------------------------------------------------ server -> client
 
@@ -304,11 +415,22 @@ class Checker:
             return new[1] - old[1]
         return self._remaining(stream, old) + new[1]
 
-    def _notice_covers(self, who: str, stream: str, old: Position, new: Position) -> None:
+    def _notice_covers(
+        self, who: str, stream: str, old: Position, new: Position, when: float
+    ) -> None:
         """A position change announced by on_lost: legitimate, but was it expected?"""
         report = self.report
         covered = max(0, self._skipped(stream, old, new))
         report.counts["unrecovered_messages"] += covered
+        if self.cluster and old[0] != new[0]:
+            born = self.epoch_first.get((stream, old[0]), -math.inf)
+            if not any(born < killed < when for killed, _ in self.outages):
+                report.violation(
+                    "unrecovered-without-redis-restart",
+                    f"{who}: {stream} moved from epoch {old[0]} (first seen at {born:.3f}) to "
+                    f"{new[0]} at {when:.3f} without a Redis restart in between",
+                )
+            return
         old_inc = self.epoch_inc.get((stream, old[0]))
         new_inc = self.epoch_inc.get((stream, new[0]))
         if old[0] == new[0]:
@@ -328,19 +450,21 @@ class Checker:
         report = self.report
         current: Position | None = None
         notice = False
+        notice_at = 0.0
         seen: set[Position] = set()
         for record in records:
             kind = record[0]
             if kind == "lost":
                 report.counts["unrecovered"] += 1
                 notice = True
+                notice_at = record[1]
             elif kind == "pos":
                 new = (record[2], record[3])
                 if current is None:
                     current = new
                 elif notice:
                     if new != current:
-                        self._notice_covers(who, stream, current, new)
+                        self._notice_covers(who, stream, current, new, notice_at)
                     current = new
                 elif new != current:
                     skipped = self._skipped(stream, current, new)
@@ -355,6 +479,10 @@ class Checker:
             elif kind == "msg":
                 epoch, offset, ident = record[3], record[4], record[6]
                 stored = self.streams.get((stream, epoch), {}).get(offset)
+                if stored is None and self._stored_unjournaled(stream, ident):
+                    self.streams[(stream, epoch)][offset] = stored = ident
+                    self.journaled_ids.add(ident)
+                    report.counts["stored_unjournaled"] += 1
                 if stored is None:
                     report.violation(
                         "phantom", f"{who}: {stream} {epoch}/{offset} ({ident}) was never stored"
@@ -369,7 +497,7 @@ class Checker:
                     report.violation("no-position", f"{who}: {stream} delivery before any position")
                     current = (epoch, offset - 1)
                 if notice and (epoch, offset) != (current[0], current[1] + 1):
-                    self._notice_covers(who, stream, current, (epoch, offset - 1))
+                    self._notice_covers(who, stream, current, (epoch, offset - 1), notice_at)
                     current = (epoch, offset - 1)
                 notice = False
                 if epoch != current[0]:
@@ -399,6 +527,24 @@ class Checker:
                 report.counts["delivered"] += 1
                 current = (epoch, offset)
         self._check_end(who, stream, current, session)
+
+    def _stored_unjournaled(self, stream: str, ident: str | None) -> bool:
+        """Cluster mode: tried, never journaled as stored (or failed), yet delivered."""
+        if not self.cluster or ident is None or ident in self.journaled_ids:
+            return False
+        tried = self.tries.get(ident)
+        return tried is not None and tried[0] == stream
+
+    def first_seen_by_clients(self, clients: dict[str, list[list[Any]]]) -> None:
+        for records in clients.values():
+            for record in records:
+                if record[0] == "open":
+                    for stream, (_, epoch) in record[4].items():
+                        self._seen((stream, epoch), record[1])
+                elif record[0] == "join":
+                    self._seen((record[2], record[4]), record[1])
+                elif record[0] == "msg":
+                    self._seen((record[2], record[3]), record[1])
 
     def _check_end(
         self, who: str, stream: str, current: Position | None, session: str | None
@@ -441,6 +587,7 @@ class Checker:
         for name in self.run["clients"]:
             clients[name] = _read_jsonl(self.run_dir / f"client-{name}.jsonl", report)
         self.check_client_messages(clients)
+        self.first_seen_by_clients(clients)
         for name, records in clients.items():
             self.check_streams(name, records, self.run["clients"][name]["rooms"])
         for ident in sorted(self.dm_acked - self.delivered_ids):
@@ -456,7 +603,9 @@ class Checker:
         for line in self.run.get("client_log_errors", []):
             report.violation("client-log", line)
         faults = self.run.get("faults", {})
-        for kind in ("cuts", "stalls", "kills"):
+        for problem in self.run.get("cluster", {}).get("redis_crashes", []):
+            report.violation("redis-crash", problem)
+        for kind in ("cuts", "stalls", "kills", "redis_restarts"):
             report.counts[kind] = faults.get(kind, 0)
         for kind in ("lost", "duplicated", "reordered", "unrecovered"):
             report.counts.setdefault(kind, 0)

@@ -14,11 +14,17 @@ connection to the server (the backend). The harness then:
 
 When the backend is down (server killed), an accepted client connection is
 closed at once, as a refused connection would be.
+
+In cluster mode the proxy is also the load balancer: each new client
+connection goes to a random node among those currently up (``backends`` is
+then a callable answering their ports), so a client whose node died
+reconnects to a live one.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import protocol
@@ -68,14 +74,20 @@ class ProxiedConnection(protocol.Protocol):
         self.stall_down = True
         self.protected = False  # a long stall: cuts leave it alone
         self.serial = 0
+        self.backend_port = 0
 
     def connectionMade(self) -> None:
         self.proxy.connections.add(self)
         self.proxy.accepted += 1
         self.serial = self.proxy.accepted
         self.transport.setTcpNoDelay(True)
+        port = self.proxy.pick_backend()
+        if port is None:
+            self.abort()
+            return
+        self.backend_port = port
         self.proxy.reactor.connectTCP(
-            self.proxy.backend_host, self.proxy.backend_port, _BackendFactory(self), timeout=5
+            self.proxy.backend_host, port, _BackendFactory(self), timeout=5
         )
 
     def backend_connected(self, backend: _Backend) -> None:
@@ -149,11 +161,17 @@ class ProxiedConnection(protocol.Protocol):
 class ChaosProxy(protocol.Factory):
     noisy = False
 
-    def __init__(self, reactor: Any, backend_port: int, rng: random.Random) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        backends: int | Callable[[], Sequence[int]],
+        rng: random.Random,
+    ) -> None:
         self.reactor = reactor
         self.backend_host = "127.0.0.1"
-        self.backend_port = backend_port
+        self.backends = backends
         self.rng = rng
+        self.routed: dict[int, int] = {}  # backend port -> connections sent there
         self.connections: set[ProxiedConnection] = set()
         self.accepted = 0
         self.cuts = 0  # connections cut
@@ -162,6 +180,17 @@ class ChaosProxy(protocol.Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> ProxiedConnection:
         return ProxiedConnection(self)
+
+    def pick_backend(self) -> int | None:
+        """One server: always it. Cluster: a random node that is up (None: none is)."""
+        if isinstance(self.backends, int):
+            port: int | None = self.backends
+        else:
+            live = sorted(self.backends())
+            port = self.rng.choice(live) if live else None
+        if port is not None:
+            self.routed[port] = self.routed.get(port, 0) + 1
+        return port
 
     def listen(self) -> int:
         self.port = self.reactor.listenTCP(0, self, interface="127.0.0.1")

@@ -8,6 +8,12 @@ Then the faults stop, everything settles, the last server reports its final
 stream positions, and ``chaos.check`` judges the recorded history. Prints a
 table, writes JSON (``chaos/results/latest.json`` by default) and exits 1 on
 any violation.
+
+``--redis`` (cluster mode): a redis-server without persistence and
+``--nodes`` (2) servers sharing it; the proxy balances new connections over
+the nodes that are up; one node at a time is SIGKILLed and restarted, and
+Redis itself is SIGKILLed and restarted (losing everything). The final
+positions are read from Redis.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from zope.interface import implementer
 from chaos.check import Report, check_run
 from chaos.clients import ChaosClient
 from chaos.proxy import ChaosProxy
+from chaos.redisproc import RedisServer, redis_binary
 from chaos.server import ServerProcess
 from warpsocket.client.options import ClientOptions
 from warpsocket.client.state import ClientState
@@ -44,6 +51,8 @@ from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 
 CHAOS = Path(__file__).resolve().parent
 ROOMS = ("alpha", "beta", "gamma")
+BROADCAST_KEY = "broadcast"
+NODE_NAMES = tuple("abcdefghijklmnopqrstuvwxyz")
 
 
 @dataclass(frozen=True)
@@ -58,13 +67,20 @@ class Profile:
     long_stall_for: tuple[float, float] = (7.0, 9.0)  # beyond the heartbeat timeout
     long_stall_chance: float = 0.1
     cut_all_chance: float = 0.3
+    redis_every: tuple[float, float] = (40.0, 70.0)  # cluster mode only
+    redis_down_for: tuple[float, float] = (0.2, 1.5)
 
 
 FULL = Profile(
     cut_every=(1.0, 4.0), stall_every=(2.0, 6.0), kill_every=(15.0, 30.0), down_for=(0.2, 2.0)
 )
 QUICK = Profile(
-    cut_every=(0.6, 1.8), stall_every=(1.0, 3.0), kill_every=(4.0, 7.0), down_for=(0.2, 1.0)
+    cut_every=(0.6, 1.8),
+    stall_every=(1.0, 3.0),
+    kill_every=(4.0, 7.0),
+    down_for=(0.2, 1.0),
+    redis_every=(7.0, 10.0),
+    redis_down_for=(0.2, 1.0),
 )
 
 # Server settings: fast heartbeats so that long stalls end in dead-peer
@@ -84,6 +100,8 @@ class Config:
     publish_interval: float = 0.1
     direct_interval: float = 0.5
     drain_timeout: float = 40.0
+    redis: bool = False
+    nodes: int = 2
 
 
 def free_port() -> int:
@@ -108,7 +126,8 @@ async def wait_for(
 
 
 class FaultInjector:
-    """Three independent random schedules: cuts, stalls, kill-and-restart."""
+    """Independent random schedules: cuts, stalls, kill-and-restart of a server
+    (one node at a time, the others stay up) and, in cluster mode, of Redis."""
 
     def __init__(
         self,
@@ -116,14 +135,16 @@ class FaultInjector:
         rng: random.Random,
         profile: Profile,
         proxy: ChaosProxy,
-        server: ServerProcess,
+        servers: list[ServerProcess],
         log: list[dict[str, Any]],
+        redis: RedisServer | None = None,
     ) -> None:
         self.reactor = reactor
         self.rng = rng
         self.profile = profile
         self.proxy = proxy
-        self.server = server
+        self.servers = servers
+        self.redis = redis
         self.log = log
         self.running = False
         self.counts: Counter[str] = Counter()
@@ -149,7 +170,10 @@ class FaultInjector:
 
     def start(self) -> None:
         self.running = True
-        for loop in (self._cuts, self._stalls, self._kills):
+        loops = [self._cuts, self._stalls, self._kills]
+        if self.redis is not None:
+            loops.append(self._redis_restarts)
+        for loop in loops:
             self._loops.append(Deferred.fromCoroutine(loop()))
 
     async def stop(self) -> None:
@@ -180,16 +204,31 @@ class FaultInjector:
     async def _kills(self) -> None:
         profile = self.profile
         while await self._pause(profile.kill_every):
-            self.note("kill", incarnation=self.server.incarnation)
-            await self.server.kill()
+            server = self.rng.choice(self.servers)
+            self.note("kill", incarnation=server.incarnation, node=server.node)
+            await server.kill()
             # Not cancellable: the server must come back even if we stop now.
             await sleep(self.reactor, self.rng.uniform(*profile.down_for))
             try:
-                await self.server.start()
+                await server.start()
             except Exception as error:
                 self.errors.append(f"restart failed: {error}")
                 return
-            self.note("restart", incarnation=self.server.incarnation)
+            self.note("restart", incarnation=server.incarnation, node=server.node)
+
+    async def _redis_restarts(self) -> None:
+        profile, redis = self.profile, self.redis
+        assert redis is not None
+        while await self._pause(profile.redis_every):
+            self.note("redis_kill", generation=redis.generation)
+            await redis.kill()
+            await sleep(self.reactor, self.rng.uniform(*profile.redis_down_for))
+            try:
+                await redis.start()
+            except Exception as error:
+                self.errors.append(f"redis restart failed: {error}")
+                return
+            self.note("redis_restart", generation=redis.generation)
 
 
 @implementer(ILogObserver)
@@ -243,20 +282,41 @@ async def run(reactor: Any, config: Config) -> Report:
     profile = QUICK if config.quick else FULL
     problems: list[str] = []
     fault_log: list[dict[str, Any]] = []
+    env = {
+        "CHAOS_PUBLISH_INTERVAL": str(config.publish_interval),
+        "CHAOS_DIRECT_INTERVAL": str(config.direct_interval),
+        "CHAOS_ROOMS": ",".join(ROOMS),
+    }
 
-    server = ServerProcess(
-        reactor,
-        free_port(),
-        run_dir,
-        SERVER_ARGS,
-        {
-            "CHAOS_PUBLISH_INTERVAL": str(config.publish_interval),
-            "CHAOS_DIRECT_INTERVAL": str(config.direct_interval),
-            "CHAOS_ROOMS": ",".join(ROOMS),
-        },
-    )
-    await server.start()
-    proxy = ChaosProxy(reactor, server.port, random.Random(rng.random()))
+    redis: RedisServer | None = None
+    server_args = list(SERVER_ARGS)
+    stop_file = run_dir / "stop-publishing"
+    numbers = iter(range(1, 1 << 30))
+    if config.redis:
+        redis = RedisServer(reactor, free_port(), run_dir)
+        await redis.start()
+        server_args += ["--redis", redis.url]
+        env.update({"CHAOS_CLUSTER": "1", "CHAOS_STOP_FILE": str(stop_file)})
+        servers = [
+            ServerProcess(
+                reactor,
+                free_port(),
+                run_dir,
+                server_args,
+                env,
+                node=NODE_NAMES[index],
+                numbers=lambda: next(numbers),
+            )
+            for index in range(config.nodes)
+        ]
+    else:
+        servers = [ServerProcess(reactor, free_port(), run_dir, server_args, env)]
+    await defer.gatherResults([Deferred.fromCoroutine(s.start()) for s in servers])
+    proxy_rng = random.Random(rng.random())
+    if config.redis:
+        proxy = ChaosProxy(reactor, lambda: [s.port for s in servers if s.up], proxy_rng)
+    else:
+        proxy = ChaosProxy(reactor, servers[0].port, proxy_rng)
     url = f"ws://127.0.0.1:{proxy.listen()}/ws"
     clients = []
     for index in range(config.clients):
@@ -283,7 +343,7 @@ async def run(reactor: Any, config: Config) -> Report:
     await defer.gatherResults([Deferred.fromCoroutine(c.start()) for c in clients])
     started = time.monotonic()
     injector = FaultInjector(
-        reactor, random.Random(rng.random()), profile, proxy, server, fault_log
+        reactor, random.Random(rng.random()), profile, proxy, servers, fault_log, redis
     )
     injector.start()
     await sleep(reactor, config.duration)
@@ -294,8 +354,11 @@ async def run(reactor: Any, config: Config) -> Report:
     # Settle: no more faults, no more client sends; every send gets its outcome.
     for client in clients:
         client.stop_sending()
-    if not server.up:
-        problems.append("server not running after the fault phase")
+    for server in servers:
+        if not server.up:
+            problems.append(f"server {server.node or ''} not running after the fault phase")
+    if redis is not None and not redis.up:
+        problems.append("redis not running after the fault phase")
     settled = await wait_for(
         reactor,
         lambda: all(c.client.state is ClientState.OPEN and not c.unresolved for c in clients),
@@ -308,16 +371,27 @@ async def run(reactor: Any, config: Config) -> Report:
             f"did not settle in {config.drain_timeout}s: unresolved {waiting}, {states}"
         )
 
-    final = await quiesce(reactor, clients[0], problems)
-    if final is not None:
-        converged = await wait_for(reactor, lambda: converged_on(clients, final), 20.0)
-        if not converged:
-            problems.append("clients did not reach the final stream positions within 20 s")
-        await sleep(reactor, 1.0)  # let the last direct acks reach the server journal
+    if redis is None:
+        final = await quiesce(reactor, clients[0], problems)
+        if final is not None:
+            answered = final
+            converged = await wait_for(reactor, lambda: converged_on(clients, answered), 20.0)
+            if not converged:
+                problems.append("clients did not reach the final stream positions within 20 s")
+    else:
+        # Every node stops publishing; once the appends in flight have settled,
+        # Redis holds the final position of every stream.
+        stop_file.touch()
+        await sleep(reactor, 1.5)
+        final = await converge_on_redis(reactor, redis, clients, problems)
+    await sleep(reactor, 1.0)  # let the last direct acks reach the server journal
 
     for client in clients:
         await client.client.close()
-    await server.stop()
+    for server in servers:
+        await server.stop()
+    if redis is not None:
+        await redis.stop()
     proxy.close()
 
     for client in clients:
@@ -331,14 +405,19 @@ async def run(reactor: Any, config: Config) -> Report:
     gaps = sum(n for text, n in watch.warnings.items() if text.startswith("reconnecting"))
     if gaps:
         problems.append(f"clients closed {gaps} connection(s) with 4401 stream_gap")
+    history = sorted((e for s in servers for e in s.history), key=lambda e: e["inc"])
     run_info = {
         "config": {
             **{k: v for k, v in asdict(config).items() if k not in ("out", "history")},
             "profile": asdict(profile),
-            "server_args": SERVER_ARGS,
+            "server_args": server_args,
         },
         "chaos_seconds": round(chaos_seconds, 1),
-        "server": {"port": server.port, "history": server.history, "crashes": server.crashes},
+        "server": {
+            "ports": {s.node or "server": s.port for s in servers},
+            "history": history,
+            "crashes": [c for s in servers for c in s.crashes],
+        },
         "clients": {c.name: {"rooms": c.rooms + c.late_rooms} for c in clients},
         "final": final,
         "faults": {
@@ -347,19 +426,58 @@ async def run(reactor: Any, config: Config) -> Report:
             "stalls": proxy.stalls,
             "stall_events": injector.counts["stall"] + injector.counts["long_stall"],
             "long_stalls": injector.counts["long_stall"],
-            "kills": server.kills,
+            "kills": sum(s.kills for s in servers),
+            "redis_restarts": 0 if redis is None else redis.restarts,
         },
         "reconnect_times": {c.name: c.reconnect_times for c in clients},
-        "server_close_codes": dict(server.close_codes),
+        "server_close_codes": dict(sum((s.close_codes for s in servers), Counter[str]())),
         "close_codes": dict(sum((c.close_codes for c in clients), Counter[str]())),
         "problems": problems,
         "server_log_errors": server_log_errors(run_dir),
         "client_log_errors": watch.errors,
         "client_warnings": dict(watch.warnings),
     }
+    if redis is not None:
+        run_info["cluster"] = {
+            "nodes": [s.node for s in servers],
+            "redis": redis.history,
+            "redis_crashes": redis.crashes,
+            "routed": {str(port): n for port, n in sorted(proxy.routed.items())},
+        }
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=1), encoding="utf-8")
     watch.file.close()
     return check_run(run_dir)
+
+
+async def converge_on_redis(
+    reactor: Any, redis: RedisServer, clients: list[ChaosClient], problems: list[str]
+) -> dict[str, Any] | None:
+    """Cluster mode: the final positions are what Redis holds; every client must reach them."""
+    streams = [BROADCAST_KEY, *("room:" + room for room in ROOMS)]
+    final: dict[str, Any] | None = None
+
+    def read() -> dict[str, Any]:
+        sessions = [c.client.session for c in clients if c.client.session]
+        positions = redis.positions(streams + ["direct:" + s for s in sessions])
+        return {
+            "inc": None,
+            "streams": {key: positions[key] for key in streams},
+            "sessions": {s: positions["direct:" + s] for s in sessions},
+        }
+
+    def reached() -> bool:
+        nonlocal final
+        try:
+            positions = read()
+        except (OSError, RuntimeError) as error:
+            problems.append(f"cannot read the final positions from redis: {error}")
+            return True
+        final = positions
+        return converged_on(clients, positions)
+
+    if not await wait_for(reactor, reached, 20.0):
+        problems.append("clients did not reach the final stream positions within 20 s")
+    return final
 
 
 async def quiesce(reactor: Any, client: ChaosClient, problems: list[str]) -> dict[str, Any] | None:
@@ -403,7 +521,10 @@ def table(report: Report, run_info: dict[str, Any], config: Config) -> str:
     sent = f"{counts['client_sent']} ({counts['client_acked']} acked"
     sent += f", {counts['client_expired']} expired)"
     handled = f"{counts['client_handled_unique']}"
-    handled += f" (+{counts['kill_window_duplicates']} kill-window duplicates)"
+    if "cluster" in run_info:
+        handled += f" (+{counts['redis_window_duplicates']} Redis-window duplicates)"
+    else:
+        handled += f" (+{counts['kill_window_duplicates']} kill-window duplicates)"
     stalls = f"{faults['stalls']} ({faults['stall_events']} events,"
     stalls += f" {faults['long_stalls']} beyond the heartbeat timeout)"
     times = f"{seconds(reconnect['p50'])} / {seconds(reconnect['p99'])}"
@@ -418,6 +539,19 @@ def table(report: Report, run_info: dict[str, Any], config: Config) -> str:
         ("connections cut", f"{faults['cuts']} ({faults['cut_events']} cut events)"),
         ("connections stalled", stalls),
         ("server SIGKILLs", str(faults["kills"])),
+        *(
+            [
+                ("nodes", str(len(run_info["cluster"]["nodes"]))),
+                ("redis restarts", str(faults["redis_restarts"])),
+                (
+                    "publishes failed",
+                    f"{counts['publish_failed']} (Redis down: not published, not lost)",
+                ),
+                ("stored, seen only delivered", str(counts["stored_unjournaled"])),
+            ]
+            if "cluster" in run_info
+            else []
+        ),
         ("client msgs sent", sent),
         ("client msgs handled", handled),
         ("server msgs published", f"{counts['published']} room/broadcast"),
@@ -461,22 +595,48 @@ def parse(argv: list[str]) -> Config:
         default=None,
         help="where to keep the full history (default: next to --out)",
     )
-    parser.add_argument("--redis", action="store_true", help="also restart Redis (cluster mode)")
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="cluster mode: nodes sharing a redis-server, node kills and Redis restarts",
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=2, help="nodes in cluster mode (default 2, at most 26)"
+    )
     args = parser.parse_args(argv)
-    if args.redis:
-        parser.error("cluster mode not available yet: there is no Redis backend to restart")
     if args.clients < 1:
         parser.error("--clients must be at least 1")
+    if not 1 <= args.nodes <= len(NODE_NAMES):
+        parser.error(f"--nodes must be between 1 and {len(NODE_NAMES)}")
+    if args.redis:
+        try:
+            redis_binary()
+        except RuntimeError as error:
+            parser.error(str(error))
     duration = args.duration if args.duration is not None else (22.0 if args.quick else 180.0)
+    # --quick (CI): a run that has not settled 25 s after the faults never will.
+    drain = 25.0 if args.quick else 40.0
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     history = args.history if args.history is not None else args.out.parent / "history"
-    return Config(duration, args.clients, seed, args.quick, args.out, history)
+    return Config(
+        duration,
+        args.clients,
+        seed,
+        args.quick,
+        args.out,
+        history,
+        redis=args.redis,
+        nodes=args.nodes,
+        drain_timeout=drain,
+    )
 
 
 async def main(reactor: Any, argv: list[str]) -> None:
     config = parse(argv)
+    mode = f", cluster of {config.nodes} nodes + redis" if config.redis else ""
     print(
-        f"chaos: {config.duration:.0f} s, {config.clients} clients, seed {config.seed}", flush=True
+        f"chaos: {config.duration:.0f} s, {config.clients} clients, seed {config.seed}{mode}",
+        flush=True,
     )
     report = await run(reactor, config)
     run_info = json.loads((config.history / "run.json").read_text(encoding="utf-8"))
@@ -486,6 +646,8 @@ async def main(reactor: Any, argv: list[str]) -> None:
         "duration": config.duration,
         "clients": config.clients,
         "quick": config.quick,
+        "redis": config.redis,
+        "nodes": config.nodes if config.redis else 1,
         "chaos_seconds": run_info["chaos_seconds"],
         "faults": run_info["faults"],
         "history": str(config.history),

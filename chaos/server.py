@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,12 +53,19 @@ class ServerProcess:
         run_dir: Path,
         args: list[str],
         env: dict[str, str],
+        *,
+        node: str | None = None,
+        numbers: Callable[[], int] | None = None,
     ) -> None:
         self.reactor = reactor
         self.port = port
         self.run_dir = run_dir
         self.args = args
         self.env = env
+        # Cluster mode: a stable node name, and incarnation numbers shared by
+        # all nodes (journal-N, server-N.log and message ids stay unique).
+        self.node = node
+        self._numbers = numbers
         self.incarnation = 0
         self.process: _Process | None = None
         self.transport: Any = None
@@ -71,7 +79,7 @@ class ServerProcess:
         return self.run_dir / f"journal-{incarnation}.jsonl"
 
     async def start(self, deadline: float = 30.0) -> None:
-        self.incarnation += 1
+        self.incarnation = self._numbers() if self._numbers else self.incarnation + 1
         number = self.incarnation
         env = dict(os.environ)
         env.update(self.env)
@@ -89,14 +97,14 @@ class ServerProcess:
             f"tcp:{self.port}:interface=127.0.0.1",
             "--open-rooms",
             "--node",
-            f"inc{number}",
+            self.node or f"inc{number}",
             "--app",
             "chaos.app:setup",
             *self.args,
         ]
         log = open(self.run_dir / f"server-{number}.log", "wb")  # noqa: SIM115
         process = _Process(log)
-        entry: dict[str, Any] = {"inc": number, "spawned": time.time()}
+        entry: dict[str, Any] = {"inc": number, "node": self.node, "spawned": time.time()}
         self.history.append(entry)
         self.transport = self.reactor.spawnProcess(
             process, sys.executable, argv, env=env, path=str(REPO)

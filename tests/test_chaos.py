@@ -1,16 +1,20 @@
-"""The chaos harness (``python -m chaos``): a short run in CI, and its checker.
+"""The chaos harness (``python -m chaos``): short runs in CI, and its checker.
 
-``ChaosRunTests`` runs the real thing for ~22 s with a fixed seed: a twistd
+``ChaosRunTests`` runs the real thing with a fixed seed: for ~22 s a twistd
 server that is SIGKILLed and restarted, a proxy that cuts and stalls
-connections, eight clients sending and receiving acked messages; it asserts
-that every message was accounted for and that every kind of fault happened.
-``CheckerTests`` feed the checker small hand-written histories, so that a
-checker that stopped seeing violations cannot pass the run test silently.
+connections, eight clients sending and receiving acked messages; then for
+~18 s the cluster mode (two nodes sharing a real redis-server, node SIGKILLs
+and Redis restarts). Each asserts that every message was accounted for and
+that every kind of fault happened. The cluster run needs ``redis-server`` and
+fails (not skips) without it. ``CheckerTests`` feed the checker small
+hand-written histories, so that a checker that stopped seeing violations
+cannot pass the run tests silently.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +30,8 @@ SEED = 20240607
 
 
 class ChaosRunTests(unittest.SynchronousTestCase):
-    def test_quickRunLosesNothing(self) -> None:
+    def chaos(self, *args: str) -> tuple[dict[str, Any], dict[str, Any], str, float]:
+        """Run ``python -m chaos --quick --seed SEED *args``: counts, faults, output, seconds."""
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
         out = work / "latest.json"
@@ -43,6 +48,7 @@ class ChaosRunTests(unittest.SynchronousTestCase):
                 str(out),
                 "--history",
                 str(work / "history"),
+                *args,
             ],
             cwd=REPO,
             capture_output=True,
@@ -53,9 +59,13 @@ class ChaosRunTests(unittest.SynchronousTestCase):
         output = completed.stdout[-6000:] + completed.stderr[-4000:]
         self.assertEqual(completed.returncode, 0, output)
         results = json.loads(out.read_text(encoding="utf-8"))
-        counts, faults = results["counts"], results["faults"]
         self.assertTrue(results["ok"], output)
         self.assertEqual(results["violation_count"], 0, output)
+        self.assertGreater(results["reconnect_seconds"]["count"], 0, output)
+        return results["counts"], results["faults"], output, elapsed
+
+    def test_quickRunLosesNothing(self) -> None:
+        counts, faults, output, elapsed = self.chaos()
         for kind in ("lost", "duplicated", "reordered"):
             self.assertEqual(counts[kind], 0, f"{kind}: {output}")
         # Every kind of fault really happened ...
@@ -68,19 +78,39 @@ class ChaosRunTests(unittest.SynchronousTestCase):
         self.assertGreater(counts["direct_sent"], 0, output)
         # A SIGKILL of an in-memory server loses its history: told, not hidden.
         self.assertGreater(counts["unrecovered"], 0, output)
-        self.assertGreater(results["reconnect_seconds"]["count"], 0, output)
         self.assertLess(elapsed, 60, output)
 
-    def test_redisFlagIsAHookForClusterMode(self) -> None:
+    def test_clusterRunLosesNothing(self) -> None:
+        """Two nodes and a real redis-server: node kills lose nothing, Redis restarts are told."""
+        counts, faults, output, elapsed = self.chaos("--redis", "--duration", "18")
+        for kind in ("lost", "duplicated", "reordered"):
+            self.assertEqual(counts[kind], 0, f"{kind}: {output}")
+        self.assertGreater(faults["cuts"], 0, output)
+        self.assertGreater(faults["stalls"], 0, output)
+        self.assertGreater(faults["kills"], 0, output)
+        self.assertGreater(faults["redis_restarts"], 0, output)
+        self.assertGreater(counts["client_acked"], 100, output)
+        self.assertGreater(counts["delivered"], 500, output)
+        self.assertGreater(counts["direct_sent"], 0, output)
+        # Only the Redis restarts lose history (the checker demands one before
+        # every notice), and they did happen.
+        self.assertGreater(counts["unrecovered"], 0, output)
+        self.assertLess(elapsed, 50, output)
+
+    def test_clusterModeNeedsRedisServer(self) -> None:
+        """Without redis-server on PATH, --redis is an error (exit 2), never a silent skip."""
+        empty = Path(self.mktemp()).resolve()
+        empty.mkdir(parents=True)
         completed = subprocess.run(
             [sys.executable, "-m", "chaos", "--redis"],
             cwd=REPO,
             capture_output=True,
             text=True,
             timeout=30,
+            env={**os.environ, "PATH": str(empty)},
         )
-        self.assertEqual(completed.returncode, 2)
-        self.assertIn("cluster mode not available yet", completed.stderr)
+        self.assertEqual(completed.returncode, 2, completed.stderr)
+        self.assertIn("redis-server is not installed", completed.stderr)
 
 
 class CheckerTests(unittest.SynchronousTestCase):
@@ -91,6 +121,7 @@ class CheckerTests(unittest.SynchronousTestCase):
         delivered: list[int],
         handled: dict[int, list[str]] | None = None,
         outcome_at: float = 150.0,
+        redis: list[dict[str, Any]] | None = None,
     ) -> Report:
         run_dir = Path(self.mktemp())
         run_dir.mkdir(parents=True)
@@ -118,7 +149,7 @@ class CheckerTests(unittest.SynchronousTestCase):
         for offset in delivered:
             records.append(["msg", 5.0, "room:r", "E", offset, "pub", f"p{offset}", None])
         records.append(["outcome", outcome_at, "m1", "acked", None])
-        run = {
+        run: dict[str, Any] = {
             "server": {
                 "history": [{"inc": 1, "killed": 100.0}, {"inc": 2}],
                 "crashes": [],
@@ -129,6 +160,8 @@ class CheckerTests(unittest.SynchronousTestCase):
                 "sessions": {"s1": {"offset": 0, "epoch": "D"}},
             },
         }
+        if redis is not None:  # cluster mode, with these Redis generations
+            run["cluster"] = {"nodes": ["a", "b"], "redis": redis}
         (run_dir / "run.json").write_text(json.dumps(run))
         for number, journal in ((1, journal1), (2, journal2)):
             lines = "".join(json.dumps(r) + "\n" for r in journal)
@@ -172,4 +205,21 @@ class CheckerTests(unittest.SynchronousTestCase):
         self.assertEqual(report.counts["kill_window_duplicates"], 1)
         # The client had its ack before the kill: the second handling is a bug.
         report = self.history([1, 2, 3], handled={1: ["m1"], 2: ["m1"]}, outcome_at=60.0)
+        self.assertEqual(report.violation_kinds["duplicated"], 1)
+
+    def test_clusterDuplicateNeedsARedisRestart(self) -> None:
+        # Cluster mode: the node kill at 100 excuses nothing (dedup is shared).
+        one = [{"gen": 1, "up": 0.0}]
+        report = self.history([1, 2, 3], handled={1: ["m1"], 2: ["m1"]}, redis=one)
+        self.assertEqual(report.violation_kinds["duplicated"], 1)
+        # Redis killed at 60 (after the first handling, before the outcome)
+        # and back at 61: the dedup record is gone, the repeat is allowed.
+        restarted = [{"gen": 1, "up": 0.0, "killed": 60.0}, {"gen": 2, "up": 61.0}]
+        report = self.history([1, 2, 3], handled={1: ["m1"], 2: ["m1"]}, redis=restarted)
+        self.assertTrue(report.ok, report.violations)
+        self.assertEqual(report.counts["redis_window_duplicates"], 1)
+        # ... but not if the client already had its ack when Redis died.
+        report = self.history(
+            [1, 2, 3], handled={1: ["m1"], 2: ["m1"]}, outcome_at=55.0, redis=restarted
+        )
         self.assertEqual(report.violation_kinds["duplicated"], 1)

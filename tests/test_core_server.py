@@ -23,6 +23,7 @@ from warpsocket.core.server import (
     SessionExpired,
     SessionOpened,
     UnknownSessionError,
+    direct_key,
 )
 from warpsocket.core.store import MemoryStreamStore
 from warpsocket.protocol import Envelope, ErrorCode, MessageType, ProtocolError
@@ -247,9 +248,14 @@ class ResumeTests(Base):
         data, actions = self.resume(T0 + 3, {"room:chat": {"offset": 1, "epoch": "other"}})
         chat = data["streams"]["room:chat"]
         self.assertFalse(chat["recovered"])
-        self.assertEqual(position(chat), position(self.streams["room:chat"]) | {"offset": 2})
+        # What the old epoch had is lost (reported); the new epoch is whole, so
+        # the client starts at its beginning and gets all of it.
+        self.assertEqual(position(chat), position(self.streams["room:chat"]) | {"offset": 0})
         self.assertTrue(data["streams"]["broadcast"]["recovered"])
-        self.assertEqual(sent(actions, 2)[1:], [])
+        self.assertEqual(
+            [(e.stream, e.offset) for e in sent(actions, 2)[1:]],
+            [("room:chat", 1), ("room:chat", 2)],
+        )
 
     def test_not_recovered_when_history_trimmed(self) -> None:
         self.server = make_server(history=HistoryLimits(max_messages=2))
@@ -537,6 +543,20 @@ class DirectAckTests(Base):
     def client_ack(self, now: int = T0, **fields: Any) -> list[Action]:
         ack = Envelope(type=MessageType.ACK, id=f"a{now}", timestamp=now, **fields)
         return self.server.receive(1, ack, now)
+
+    def test_pending_acks_of_a_lost_epoch_fail_instead_of_being_resent(self) -> None:
+        """History lost (a flushed Redis): old offsets mean nothing in the new epoch."""
+        old = self.direct()
+        self.server.store.drop(direct_key(self.session))  # the direct stream's history is gone
+        self.server.close(1, T0 + 1)
+        self.server.open(2, T0 + 2)
+        actions = self.server.receive(2, hello("h2", self.session), T0 + 2)
+        self.assertEqual(
+            of_type(actions, AckResult), [AckResult(self.session, 1, ErrorCode.UNAVAILABLE)]
+        )
+        self.assertEqual(of_type(actions, AckResult)[0].epoch, old.epoch)
+        self.assertNotIn(old, sent(actions, 2))  # not re-sent into the new epoch
+        self.assertEqual(self.server.sessions[self.session].pending, {})
 
     def test_ack_by_ref(self) -> None:
         stored = self.direct()

@@ -125,6 +125,8 @@ class AckResult:
     session: str
     offset: int
     code: ErrorCode | None  # None: acknowledged
+    # The direct stream's epoch: an offset names a message only within one.
+    epoch: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +390,15 @@ class ServerCore:
             start = own or session.starts.get(key)
             current = self.store.position(key)
             missed = self.store.read_after(key, start, now_ms) if start is not None else None
-            if start is None or missed is None:
+            whole = None
+            if start is not None and missed is None and start.epoch != current.epoch:
+                # The stream was reset (history lost): what was lost is lost,
+                # but the new epoch may still be whole from its first message.
+                whole = self.store.read_after(key, Position(0, current.epoch), now_ms)
+            if whole is not None:
+                resume_at, recovered = Position(0, current.epoch), False
+                replays.extend(Send(conn.id, message) for message in whole)
+            elif start is None or missed is None:
                 # Nothing to resume from, or history no longer reaches back:
                 # start live, and say so if something may have been missed.
                 resume_at, recovered = current, start is None
@@ -434,6 +444,8 @@ class ServerCore:
         # Acked direct messages the client already has (but may not have
         # acknowledged) are re-sent: the client re-acks or ignores them.
         replayed = {a.envelope.offset for a in replays if a.envelope.stream == DIRECT}
+        direct_epoch = self.store.position(direct_key(session.id)).epoch
+        self._drop_stale_pending(session, direct_epoch, actions)
         for offset, pending in sorted(session.pending.items()):
             if offset not in replayed:
                 pending.next_retry_ms = now_ms + self.options.ack_retry_ms
@@ -585,8 +597,8 @@ class ServerCore:
             done = []
         actions: list[Action] = []
         for offset in done:
-            del pending[offset]
-            actions.append(AckResult(session.id, offset, None))
+            acked = pending.pop(offset)
+            actions.append(AckResult(session.id, offset, None, acked.envelope.epoch))
         if not pending:
             self._with_pending.discard(session.id)
         return actions
@@ -700,16 +712,36 @@ class ServerCore:
         assert stored.offset is not None
         session = self.sessions.get(session_id)
         if session is None:
-            return [AckResult(session_id, stored.offset, ErrorCode.TIMEOUT)]
+            return [AckResult(session_id, stored.offset, ErrorCode.TIMEOUT, stored.epoch)]
+        actions: list[Action] = []
+        self._drop_stale_pending(session, stored.epoch, actions)
         if stored.id in session.early_acks or stored.offset <= session.acked_through:
             session.early_acks.pop(stored.id, None)
-            return [AckResult(session_id, stored.offset, None)]
+            return [*actions, AckResult(session_id, stored.offset, None, stored.epoch)]
         timeout = timeout_ms if timeout_ms is not None else self.options.ack_timeout_ms
         session.pending[stored.offset] = PendingAck(
             stored, now_ms + timeout, now_ms + self.options.ack_retry_ms
         )
         self._with_pending.add(session_id)
-        return []
+        return actions
+
+    def _drop_stale_pending(
+        self, session: Session, epoch: str | None, actions: list[Action]
+    ) -> None:
+        """Fail pending acks of a ``direct`` epoch that is gone (its history was lost).
+
+        Their offsets mean nothing in the new epoch: re-sending them would take
+        the client back to a dead epoch, and a new message may reuse the offset.
+        """
+        for offset, pending in list(session.pending.items()):
+            if pending.envelope.epoch != epoch:
+                del session.pending[offset]
+                actions.append(
+                    AckResult(session.id, offset, ErrorCode.UNAVAILABLE, pending.envelope.epoch)
+                )
+        if not session.pending:
+            session.acked_through = 0
+            self._with_pending.discard(session.id)
 
     def adopt_session(
         self,
@@ -832,10 +864,14 @@ class ServerCore:
     def _retry_pending(self, now_ms: int, actions: list[Action]) -> None:
         for session_id in list(self._with_pending):
             session = self.sessions[session_id]
+            epoch = self.store.position(direct_key(session_id)).epoch
+            self._drop_stale_pending(session, epoch, actions)
             for offset, pending in list(session.pending.items()):
                 if now_ms >= pending.deadline_ms:
                     del session.pending[offset]
-                    actions.append(AckResult(session_id, offset, ErrorCode.TIMEOUT))
+                    actions.append(
+                        AckResult(session_id, offset, ErrorCode.TIMEOUT, pending.envelope.epoch)
+                    )
                 elif now_ms >= pending.next_retry_ms and session.conn is not None:
                     pending.next_retry_ms = now_ms + self.options.ack_retry_ms
                     actions.append(Send(session.conn, pending.envelope))
@@ -864,8 +900,8 @@ class ServerCore:
                 owned.discard(session_id)
                 if not owned:
                     del self.user_sessions[session.user]
-        for offset in sorted(session.pending):
-            actions.append(AckResult(session_id, offset, ErrorCode.TIMEOUT))
+        for offset, pending in sorted(session.pending.items()):
+            actions.append(AckResult(session_id, offset, ErrorCode.TIMEOUT, pending.envelope.epoch))
         self._with_pending.discard(session_id)
         self.store.drop(direct_key(session_id))
         actions.append(SessionExpired(session_id))

@@ -184,7 +184,8 @@ class Hub:
         self.draining = False
         self._protocols: dict[ConnId, WarpSocketServerProtocol] = {}
         self._next_conn = 0
-        self._ack_waiters: dict[tuple[str, int], Deferred[None]] = {}
+        # (session, offset, epoch) of acknowledged direct sends -> their Deferred.
+        self._ack_waiters: dict[tuple[str, int, str | None], Deferred[None]] = {}
         self._empty_waiters: list[Deferred[None]] = []
         self._latency: dict[str, Any] = {}
         # (connection, message id) -> principal, for dedup claims in flight.
@@ -275,7 +276,7 @@ class Hub:
 
         def track(stored: Envelope) -> None:
             assert stored.offset is not None
-            self._ack_waiters[(session, stored.offset)] = waiter
+            self._ack_waiters[(session, stored.offset, stored.epoch)] = waiter
             self.metrics.acks_pending.set(len(self._ack_waiters))
             self._run(self.core.track_ack(session, stored, self.now_ms(), timeout_ms))
 
@@ -789,7 +790,7 @@ class Hub:
             protocol.sendClose(int(code), reason or code.wire_name)
 
     def _ack_result(self, result: AckResult) -> None:
-        waiter = self._ack_waiters.pop((result.session, result.offset), None)
+        waiter = self._ack_waiters.pop((result.session, result.offset, result.epoch), None)
         self.metrics.acks_pending.set(len(self._ack_waiters))
         if waiter is None:
             return
@@ -943,8 +944,8 @@ class Hub:
                 transport.abortConnection()
 
     def fail_pending_acks(self, code: ErrorCode) -> None:
-        for (session, offset), waiter in list(self._ack_waiters.items()):
-            del self._ack_waiters[(session, offset)]
+        for (session, offset, epoch), waiter in list(self._ack_waiters.items()):
+            del self._ack_waiters[(session, offset, epoch)]
             waiter.errback(AckTimeoutError(session, offset, code))
         self.metrics.acks_pending.set(len(self._ack_waiters))
 

@@ -13,9 +13,11 @@ from typing import Any, NoReturn, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 
 from warpsocket.core.messages import error_envelope
 from warpsocket.core.server import ConnId
@@ -26,7 +28,7 @@ from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import Handshake, Reject
 from warpsocket.server.security.auth import AuthError, Identity
 from warpsocket.server.security.gate import Gate, GuardProtocol, find_guard
-from warpsocket.server.security.limits import HTTP_STATUS, OutboundMeter
+from warpsocket.server.security.limits import HTTP_STATUS, OutboundMeter, transport_chain
 from warpsocket.server.security.ratelimit import TokenBucket
 
 # HTTP status for a refused handshake, by the reason's code.
@@ -59,6 +61,10 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     _expiry_call: IDelayedCall | None = None
     _grace_call: IDelayedCall | None = None
     _meter: OutboundMeter | None = None
+    # True while the outbound buffer must be metered after every frame: from
+    # the moment the socket pauses us (its buffer passed ``bufferSize``) until
+    # it has drained; always, if we could not register as its producer.
+    _congested = True
 
     @property
     def can_send(self) -> bool:
@@ -71,6 +77,10 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         return self.factory.gate
 
     # ------------------------------------------------------------ handshake
+
+    def connectionMade(self) -> None:
+        _release_http_channel(self.transport)
+        super().connectionMade()
 
     def onConnect(  # type: ignore[override]  # autobahn also takes a Deferred
         self, request: ConnectionRequest
@@ -141,6 +151,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         options = gate.options
         self._bucket = TokenBucket(options.message_rate, options.message_bucket, gate.now())
         self._meter = OutboundMeter(self.transport)
+        self._watch_outbound()
         self.conn_id = self.factory.hub.attach(self, self.handshake)
         gate.protocols[self.conn_id] = self
         self._arm_expiry()
@@ -287,12 +298,40 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         doNotCompress: bool = False,
     ) -> None:
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
-        self._check_outbound()
+        if self._congested:
+            self._check_outbound()
 
     def sendPreparedMessage(self, preparedMsg: Any) -> None:
         super().sendPreparedMessage(preparedMsg)
-        if self._perMessageCompress is None or preparedMsg.doNotCompress:
+        if self._congested and (self._perMessageCompress is None or preparedMsg.doNotCompress):
             self._check_outbound()  # (else sendMessage did)
+
+    def _watch_outbound(self) -> None:
+        """Register as the socket's streaming producer, so that the buffer is
+        metered only once it is backing up: the socket calls ``pauseProducing``
+        when its buffer passes ``bufferSize`` (lowered to the outbound bound if
+        that is smaller) and ``resumeProducing`` once it has drained."""
+        chain = transport_chain(self.transport)
+        socket = chain[-1] if chain else None
+        if not isinstance(socket, FileDescriptor) or socket.producer is not None:
+            return  # not a socket we can watch (or taken): meter every frame
+        bound = self.gate.options.max_outbound_buffer
+        if socket.bufferSize > bound:
+            socket.bufferSize = bound
+        self.transport.registerProducer(self, True)
+        open("/tmp/mem/trace","a").write("REGISTERED\n")  # TEMP
+        self._congested = False
+
+    # IPushProducer, for the socket (see _watch_outbound).
+    def pauseProducing(self) -> None:
+        open("/tmp/mem/trace","a").write("PAUSED\n")  # TEMP
+        self._congested = True
+
+    def resumeProducing(self) -> None:
+        self._congested = False
+
+    def stopProducing(self) -> None:
+        pass
 
     def _check_outbound(self) -> None:
         """After each write: over the bound starts the grace; over the hard
@@ -360,6 +399,20 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
                 code = self.localCloseCode
             self.factory.hub.detach(self.conn_id, code)
             self.conn_id = None
+
+
+def _release_http_channel(transport: Any) -> None:
+    """After ``WebSocketResource`` took the transport over from twisted.web,
+    the abandoned ``HTTPChannel`` is still the TCP transport's registered
+    producer, which keeps it, its ``Request`` and the request headers alive
+    for the life of the WebSocket (and has it paused and resumed for nothing
+    whenever the send buffer fills). Unregister it, so they are freed."""
+    chain = transport_chain(transport)
+    producer = getattr(chain[-1], "producer", None) if chain else None
+    # Under TLS the socket's producer is a membrane around the channel.
+    producer = getattr(producer, "_producer", producer)
+    if isinstance(producer, HTTPChannel):
+        transport.unregisterProducer()
 
 
 def _accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
