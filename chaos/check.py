@@ -270,6 +270,10 @@ class Checker:
             if status == "acked" and not handlings:
                 report.counts["lost"] += 1
                 report.violation("lost", f"{ident} was acknowledged but never handled")
+            elif status == "rejected" and self._outage_refusal(code, when):
+                # Refused 4304 while Redis was down: the sender got an error,
+                # the documented outcome of an outage (docs/cluster.md).
+                report.counts["rejected_during_outage"] += 1
             elif status == "rejected":
                 report.violation("rejected", f"{ident} was rejected with code {code}")
             elif status in ("none", "closed", "error"):
@@ -282,6 +286,11 @@ class Checker:
             if len(handlings) > 1:
                 self._judge_duplicate(ident, handlings, when)
         self._check_order()
+
+    def _outage_refusal(self, code: Any, when: float) -> bool:
+        return code == 4304 and any(
+            killed <= when <= up + REDIS_GRACE for killed, up in self.outages
+        )
 
     def _judge_duplicate(
         self, ident: str, handlings: list[tuple[int, int, float]], outcome_at: float

@@ -29,9 +29,6 @@ from warpsocket.core.messages import heartbeat_envelope
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope, MessageType
 
-# Error answers that say "not now" rather than "no": the message is retried.
-RETRY_LATER = frozenset({int(ErrorCode.RATE_LIMITED), int(ErrorCode.UNAVAILABLE)})
-
 
 class QueuePolicy(str, enum.Enum):
     """What ``send`` does when the offline queue is full."""
@@ -346,7 +343,7 @@ class ClientCore:
         if kind is MessageType.WELCOME:
             return self._welcome(envelope, now_ms)
         if kind is MessageType.ACK or kind is MessageType.RESULT or kind is MessageType.ERROR:
-            return self._answer(envelope, now_ms)
+            return self._answer(envelope)
         if kind is MessageType.HEARTBEAT:
             if envelope.ref is None:
                 return [Transmit(heartbeat_envelope(self.new_id(), now_ms, envelope.id))]
@@ -416,7 +413,7 @@ class ClientCore:
             actions.append(Deliver(event))
         return actions
 
-    def _answer(self, answer: Envelope, now_ms: int) -> list[ClientAction]:
+    def _answer(self, answer: Envelope) -> list[ClientAction]:
         ref = answer.ref
         if ref is None:
             return []
@@ -426,13 +423,6 @@ class ClientCore:
         outgoing = self._inflight.pop(ref, None)
         if outgoing is None:
             return []  # a late duplicate answer: the outcome was already given
-        if answer.type is MessageType.ERROR and answer.code in RETRY_LATER:
-            # Refused for the moment, not for what it is (protocol.md 6): the
-            # server kept no record, so the same id is tried again after a
-            # backoff, until its deadline.
-            outgoing.next_retry_ms = now_ms + self._retry_delay(outgoing.attempts)
-            self._inflight[ref] = outgoing
-            return []
         if answer.type is MessageType.ERROR:
             message = answer.data.get("message", "") if isinstance(answer.data, dict) else ""
             code = answer.code or int(ErrorCode.INTERNAL_ERROR)

@@ -52,7 +52,12 @@ class StreamHistory:
     Messages are kept with the time they were appended; ``read_after`` returns
     ``None`` whenever it cannot return *every* message after a position, so a
     caller can never replay with a silent gap.
+
+    The deque is created on the first append: most streams (every session's
+    ``direct`` stream) are asked for their position and never written.
     """
+
+    __slots__ = ("_entries", "epoch", "last_offset", "limits", "wire_name")
 
     def __init__(self, wire_name: str, epoch: str, limits: HistoryLimits) -> None:
         self.wire_name = wire_name
@@ -60,10 +65,10 @@ class StreamHistory:
         self.limits = limits
         self.last_offset = 0
         # (appended_at_ms, envelope); offsets are consecutive inside the deque.
-        self._entries: deque[tuple[int, Envelope]] = deque(maxlen=limits.max_messages)
+        self._entries: deque[tuple[int, Envelope]] | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) if self._entries is not None else 0
 
     @property
     def position(self) -> Position:
@@ -73,7 +78,10 @@ class StreamHistory:
         """Assign the next offset to ``template`` and remember it."""
         self.last_offset += 1
         stored = template.evolve(stream=self.wire_name, offset=self.last_offset, epoch=self.epoch)
-        self._entries.append((now_ms, stored))
+        entries = self._entries
+        if entries is None:
+            entries = self._entries = deque(maxlen=self.limits.max_messages)
+        entries.append((now_ms, stored))
         self.trim(now_ms)
         return stored
 
@@ -91,6 +99,8 @@ class StreamHistory:
             return []
         self.trim(now_ms)
         entries = self._entries
+        if entries is None:
+            return None  # offsets were assigned, but nothing is kept (not reached)
         first_kept = self.last_offset - len(entries) + 1
         if position.offset + 1 < first_kept:
             return None

@@ -171,7 +171,7 @@ class PendingAck:
     next_retry_ms: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     id: str
     user: str | None
@@ -184,7 +184,8 @@ class Session:
     pending: dict[int, PendingAck] = field(default_factory=dict)
     # Acks that arrived before their send was registered (``track_ack``): a
     # clustered send learns its offset after the client may have acked it.
-    early_acks: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # None until the first one (most sessions never have any).
+    early_acks: OrderedDict[str, None] | None = None
     acked_through: int = 0
 
     @property
@@ -192,7 +193,7 @@ class Session:
         return "u:" + self.user if self.user is not None else "s:" + self.id
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     id: ConnId
     opened_ms: int
@@ -582,6 +583,8 @@ class ServerCore:
         pending = session.pending
         if envelope.ref is not None:
             early = session.early_acks
+            if early is None:
+                early = session.early_acks = OrderedDict()
             early[envelope.ref] = None
             while len(early) > self.options.max_pending_acks:
                 early.popitem(last=False)
@@ -715,8 +718,10 @@ class ServerCore:
             return [AckResult(session_id, stored.offset, ErrorCode.TIMEOUT, stored.epoch)]
         actions: list[Action] = []
         self._drop_stale_pending(session, stored.epoch, actions)
-        if stored.id in session.early_acks or stored.offset <= session.acked_through:
-            session.early_acks.pop(stored.id, None)
+        early = session.early_acks
+        if (early is not None and stored.id in early) or stored.offset <= session.acked_through:
+            if early is not None:
+                early.pop(stored.id, None)
             return [*actions, AckResult(session_id, stored.offset, None, stored.epoch)]
         timeout = timeout_ms if timeout_ms is not None else self.options.ack_timeout_ms
         session.pending[stored.offset] = PendingAck(

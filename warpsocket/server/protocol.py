@@ -8,8 +8,10 @@ bound on the outbound buffer (slow consumers).
 
 from __future__ import annotations
 
+import pprint
 from typing import Any, NoReturn, cast
 
+import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -30,6 +32,41 @@ from warpsocket.server.security.auth import AuthError, Identity
 from warpsocket.server.security.gate import Gate, GuardProtocol, find_guard
 from warpsocket.server.security.limits import HTTP_STATUS, OutboundMeter, transport_chain
 from warpsocket.server.security.ratelimit import TokenBucket
+
+
+class _LazyPformat:
+    """``pprint.pformat(value)``, computed only if a log event is ever rendered."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _pformat(value: object, *args: Any, **kwargs: Any) -> Any:
+    # Only the list of ``WebSocketProtocol._connectionMade`` (its protocol
+    # options, for a debug log line) is deferred; any other caller in the
+    # module (``Timings.__str__`` must return a str) gets pprint's string.
+    if type(value) is list and not args and not kwargs:
+        return _LazyPformat(value)
+    return pprint.pformat(value, *args, **kwargs)
+
+
+# Autobahn's ``_connectionMade`` pretty-prints all its protocol options for a
+# debug log line on every connection, whether or not debug logging is on
+# (about 20% of the CPU of a connection). Until autobahn formats it lazily,
+# its module-level ``pformat`` is rebound to one that defers the formatting.
+if getattr(_autobahn_protocol, "pformat", None) is pprint.pformat:
+    setattr(_autobahn_protocol, "pformat", _pformat)  # noqa: B010
 
 # HTTP status for a refused handshake, by the reason's code.
 _DENY_STATUS = HTTP_STATUS
@@ -95,8 +132,9 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             peer=request.peer,
             host=request.host,
             path=request.path,
-            headers=dict(request.headers),
-            params=dict(request.params),
+            # Autobahn's own parsed dicts, not copies (Handshake offers them read-only).
+            headers=request.headers,
+            params=request.params,
             # Autobahn reports a missing Origin header as "".
             origin=request.origin or None,
         )
@@ -318,13 +356,12 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         bound = self.gate.options.max_outbound_buffer
         if socket.bufferSize > bound:
             socket.bufferSize = bound
-        self.transport.registerProducer(self, True)
-        open("/tmp/mem/trace","a").write("REGISTERED\n")  # TEMP
+        transport: Any = self.transport
+        transport.registerProducer(self, True)
         self._congested = False
 
     # IPushProducer, for the socket (see _watch_outbound).
     def pauseProducing(self) -> None:
-        open("/tmp/mem/trace","a").write("PAUSED\n")  # TEMP
         self._congested = True
 
     def resumeProducing(self) -> None:
@@ -453,3 +490,35 @@ class WarpSocketServerFactory(WebSocketServerFactory):
             # so that the client learns why (protocol.md section 11).
             failByDrop=False,
         )
+
+    # Autobahn's ``_connectionMade`` copies every protocol option (some 45
+    # ``CONFIG_ATTRS``) from the factory into each protocol instance's
+    # dictionary, unless the instance already has it: about 3 KiB per
+    # connection. Instead, every (re)configuration builds a subclass of the
+    # protocol class carrying the options as class attributes, which
+    # ``hasattr`` finds, so no instance copies them. A fresh subclass each
+    # time keeps autobahn's semantics: a connection keeps the options it was
+    # opened with (its class), later settings apply to later connections.
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()
+        self._bind_protocol_options()
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)
+        self._bind_protocol_options()
+
+    def _bind_protocol_options(self) -> None:
+        protocol = self.protocol
+        base = protocol.__dict__.get("_options_base", protocol)
+        options: dict[str, Any] = {}
+        for name in base.CONFIG_ATTRS:
+            if hasattr(self, name):
+                value = getattr(self, name)
+                # A function (perMessageCompressionAccept) must not become a method.
+                options[name] = staticmethod(value) if hasattr(type(value), "__get__") else value
+        options["_options_base"] = base
+        options["__module__"] = base.__module__
+        options["__qualname__"] = base.__qualname__
+        subclass = type(base.__name__, (base,), options)
+        self.protocol = cast("type[WarpSocketServerProtocol]", subclass)
