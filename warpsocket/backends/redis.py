@@ -60,7 +60,7 @@ return {epoch, last, redis.call('LRANGE', KEYS[2], 0, -1)}
 # dies before it records the reply, a retry is handled after that, instead of
 # being answered by nobody for the whole dedup age. The reply, once recorded,
 # lives the dedup age.
-CLAIM_TTL_MS = 30_000
+CLAIM_TTL_MS = 10_000
 
 CLAIM_SCRIPT = """
 if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then return {1} end
