@@ -196,3 +196,21 @@ class StoreTests(unittest.SynchronousTestCase):
         self.assertEqual(after.offset, 0)
         self.assertNotEqual(after.epoch, before.epoch)
         self.assertIsNone(self.store.read_after("direct:s-1", before, T0))
+
+
+class CollectTests(unittest.SynchronousTestCase):
+    def test_unused_streams_whose_history_aged_out_are_forgotten(self) -> None:
+        limits = HistoryLimits(max_messages=10, max_age_ms=1_000)
+        epochs = iter(f"e{i}" for i in range(100))
+        store = MemoryStreamStore(limits, lambda: next(epochs))
+        store.append("room:gone", template("m1"), T0)
+        store.append("room:kept", template("m2"), T0)
+        store.position("room:fresh")  # created, never written
+        old = store.position("room:gone")
+        in_use = {"room:kept"}.__contains__
+        self.assertEqual(store.collect(in_use, T0 + 10), 1)  # only the empty one
+        self.assertEqual(store.collect(in_use, T0 + 2_000), 1)  # "gone" aged out
+        self.assertEqual(len(store), 1)
+        # Coming back, it is a new epoch: a reader of the old one is told.
+        self.assertNotEqual(store.position("room:gone").epoch, old.epoch)
+        self.assertIsNone(store.read_after("room:gone", old, T0 + 2_001))

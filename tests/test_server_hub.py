@@ -36,7 +36,7 @@ from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
 from warpsocket.server.context import Context
-from warpsocket.server.hub import MAX_HELD_FRAMES, AckTimeoutError
+from warpsocket.server.hub import MAX_HELD_FRAMES, STREAM_COLLECT_TICKS, AckTimeoutError
 from warpsocket.server.middleware import Handshake, Middleware, Reject
 
 
@@ -842,6 +842,19 @@ class SendTests(ServerTestCase):
         hub.publish("vip", "outside", 2)
         await barrier(client)
         self.assertEqual([m["data"] for m in events_of(client, "room:vip")], [1])
+
+    @async_test
+    async def test_streams_of_rooms_that_are_gone_are_forgotten(self) -> None:
+        hub = self.start_server(CoreOptions(history=HistoryLimits(max_age_ms=5_000)))
+        client = await self.connect()
+        assert client.session is not None
+        await hub.join(client.session, "temp")
+        hub.publish("temp", "x", 1)
+        hub.leave(client.session, "temp")
+        streams = len(hub.store)  # type: ignore[arg-type]
+        self.advance(STREAM_COLLECT_TICKS + 6)  # past the history age, through a sweep
+        self.assertEqual(len(hub.store), streams - 1)  # type: ignore[arg-type]
+        self.assertTrue(hub.is_connected(client.session))  # its own streams stay
 
     @async_test
     async def test_ttl_on_publish_becomes_placeholder_on_replay(self) -> None:

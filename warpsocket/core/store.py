@@ -61,3 +61,21 @@ class MemoryStreamStore:
 
     def drop(self, key: str) -> None:
         self._streams.pop(key, None)
+
+    def collect(self, in_use: Callable[[str], bool], now_ms: int) -> int:
+        """Forget streams nobody uses whose history has aged out; returns how many.
+
+        Without this, rooms that came and went would accumulate for ever. A
+        forgotten stream that comes back gets a new epoch, so a client still
+        holding the old one is told ``recovered: false``: never a silent gap.
+        """
+        forgotten = 0
+        for key in list(self._streams):
+            if in_use(key):
+                continue
+            stream = self._streams[key]
+            stream.trim(now_ms)
+            if len(stream) == 0:
+                del self._streams[key]
+                forgotten += 1
+        return forgotten

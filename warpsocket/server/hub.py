@@ -54,7 +54,7 @@ from warpsocket.core.server import (
     direct_key,
     room_key,
 )
-from warpsocket.core.store import StreamStore
+from warpsocket.core.store import MemoryStreamStore, StreamStore
 from warpsocket.protocol.codecs import Codec, CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
@@ -79,6 +79,8 @@ ErrorHook = Callable[[Context | None, Failure], Any]
 # Frames of one connection held while the backend prepares its streams or
 # claims a dedup record (Redis): beyond this, each is refused with 4206.
 MAX_HELD_FRAMES = 256
+# Ticks between sweeps of unused in-memory streams.
+STREAM_COLLECT_TICKS = 60
 # Handler-latency series by event name; past this, further names share "other".
 MAX_LATENCY_LABELS = 256
 _SCALARS = (type(None), bool, int, str)
@@ -188,6 +190,7 @@ class Hub:
         self._ack_waiters: dict[tuple[str, int, str | None], Deferred[None]] = {}
         self._empty_waiters: list[Deferred[None]] = []
         self._latency: dict[str, Any] = {}
+        self._ticks = 0
         # (connection, message id) -> principal, for dedup claims in flight.
         self._claims: dict[tuple[ConnId, str], str] = {}
         # Connections waiting for the backend (prepare, dedup claim): their
@@ -656,10 +659,29 @@ class Hub:
             self.backend.tick(now)
             if self.backend.clustered:
                 self._cluster_tick(now)
+            else:
+                self._collect_streams(now)
         except Exception:
             self.log.failure("hub tick failed")
 
     # ------------------------------------------------------------ actions
+
+    def _collect_streams(self, now: int) -> None:
+        """Now and then, forget in-memory streams of rooms and sessions that are gone."""
+        self._ticks += 1
+        store = self.store
+        if self._ticks % STREAM_COLLECT_TICKS or not isinstance(store, MemoryStreamStore):
+            return
+        core = self.core
+
+        def in_use(key: str) -> bool:
+            if key.startswith("room:"):
+                return key[5:] in core.room_sessions or key in core.members
+            if key.startswith("direct:"):
+                return key[7:] in core.sessions
+            return True  # broadcast
+
+        store.collect(in_use, now)
 
     def _cluster_tick(self, now: int) -> None:
         # Streams no local connection reads any more are not followed.
