@@ -531,8 +531,24 @@ class RedisBackend:
             # confirmed (HSETNX) by the snapshot that follows.
             mirror = Mirror(self.limits, epoch=random_id()[:11])
             self._mirrors[key] = mirror
+            self._announce_epoch(key, mirror.epoch or "")
             self._follow(key)
         return mirror
+
+    def _announce_epoch(self, key: str, epoch: str) -> None:
+        """Write a new stream's epoch at once, without waiting for the subscriber.
+
+        The welcome that names it is on its way; if this node dies before its
+        first snapshot, the node where the client resumes must find the same
+        epoch, or the client would be told of a loss that did not happen.
+        """
+        cmd = self._cmd
+        if cmd is None:
+            return
+        meta = self._meta_key(key)
+        written: Deferred[Any] = cmd.execute_command("HSETNX", meta, "epoch", epoch)
+        written.addCallback(lambda _: cmd.execute_command("PEXPIRE", meta, STREAM_META_TTL_MS))
+        written.addErrback(lambda _: None)
 
     def _follow(self, key: str) -> None:
         if self._sub is not None:
