@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -79,6 +80,10 @@ ErrorHook = Callable[[Context | None, Failure], Any]
 # Frames of one connection held while the backend prepares its streams or
 # claims a dedup record (Redis): beyond this, each is refused with 4206.
 MAX_HELD_FRAMES = 256
+# A message id claimed by another node that has not answered yet: ask again
+# every CLAIM_POLL_SECONDS, for at most CLAIM_WAIT_SECONDS (claims live 10 s).
+CLAIM_POLL_SECONDS = 0.25
+CLAIM_WAIT_SECONDS = 12.0
 # Ticks between sweeps of unused in-memory streams.
 STREAM_COLLECT_TICKS = 60
 # Handler-latency series by event name; past this, further names share "other".
@@ -576,8 +581,33 @@ class Hub:
             if self.core.dedup.lookup((principal, envelope.id), self.now_ms()) is not None:
                 return None  # this node knows it: the core answers the retry
             self._claims[(conn_id, envelope.id)] = principal
-            return backend.claim(principal, envelope.id, self.now_ms())
+            return self._claim_when_decided(principal, envelope.id)
         return None
+
+    def _claim_when_decided(self, principal: str, message_id: str) -> Deferred[Any]:
+        """Claim a message id; while another node still holds it, ask again.
+
+        Answering nothing and moving on to the connection's next frames would
+        let them overtake this one; waiting (with the later frames held, in
+        order) keeps the sender's order. The other node either records its
+        answer, which is sent, or its claim expires and the message is handled
+        here.
+        """
+        from warpsocket.backends.base import Claim
+
+        deadline = self.clock.seconds() + CLAIM_WAIT_SECONDS
+
+        def decided(claim: Claim) -> Claim | Deferred[Any]:
+            if claim.first or claim.reply is not None or self.clock.seconds() >= deadline:
+                return claim
+            again = deferLater(self.clock, CLAIM_POLL_SECONDS, lambda: None)
+            return again.addCallback(lambda _: self.backend.claim(principal, message_id, 0))
+
+        def loop(claim: Claim) -> Claim | Deferred[Any]:
+            result = decided(claim)
+            return result.addCallback(loop) if isinstance(result, Deferred) else result
+
+        return self.backend.claim(principal, message_id, self.now_ms()).addCallback(loop)
 
     def _prepare_hello(self, user: str | None, hello: Envelope) -> Deferred[Any]:
         data = hello.data if isinstance(hello.data, dict) else {}
