@@ -8,6 +8,7 @@ on the real reactor (their clocks must agree, as real nodes' do).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -109,10 +110,12 @@ class ClusterCase(unittest.TestCase):
 
 
 class BackendContract:
-    """What every backend promises; run against memory and Redis alike."""
+    """What every backend promises; run against memory and Redis alike.
 
-    def make_backend(self) -> Any:
-        raise NotImplementedError
+    Not a TestCase itself: each subclass adds one and ``make_backend``.
+    """
+
+    make_backend: Callable[[], Awaitable[Any]]
 
     @async_test
     async def test_publish_assigns_offsets_and_delivers_in_order(self) -> None:

@@ -91,6 +91,13 @@ MAX_LATENCY_LABELS = 256
 _SCALARS = (type(None), bool, int, str)
 
 
+def _close_label(code: int | None) -> str:
+    """A metrics label for a close code: the peer chooses it, so unknown ones share one."""
+    if code is None or 1000 <= code <= 1015 or code in ErrorCode._value2member_map_:
+        return str(code)
+    return "other"
+
+
 class AckTimeoutError(Exception):
     """An acknowledged send was not acknowledged in time (or its session expired)."""
 
@@ -456,7 +463,7 @@ class Hub:
         if protocol is None:
             return
         self.metrics.connections.set(len(self._protocols))
-        self.metrics.disconnects.labels(str(code)).inc()
+        self.metrics.disconnects.labels(_close_label(code)).inc()
         self._inbound.pop(conn_id, None)
         session = self.core.close(conn_id, self.now_ms())
         if session is not None and self.backend.clustered:
