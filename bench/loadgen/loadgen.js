@@ -22,6 +22,7 @@ const DEFAULTS = {
   scenario: 'fanout',
   clients: 1000,
   count: 200, // fanout: broadcasts
+  pace: 'burst', // fanout: burst (all in one server turn) | turn (one broadcast per event-loop turn)
   size: 100, // payload bytes (compact JSON of the data)
   duration: 5, // rtt: measured seconds
   warmup: 1, // rtt: seconds before measuring
@@ -196,7 +197,7 @@ class WarpClient {
   }
 
   fanout(count, size) {
-    return this.send({ type: 'call', id: this.nextId(), timestamp: Date.now(), event: 'fanout', data: { count, size } });
+    return this.send({ type: 'call', id: this.nextId(), timestamp: Date.now(), event: 'fanout', data: { count, size, burst: opts.pace === 'burst' } });
   }
 
   close() { if (this.ws) this.ws.terminate(); }
@@ -243,7 +244,7 @@ class PlainClient {
 
   request(data) { return this.send(data); }
 
-  fanout(count, size) { return this.send({ cmd: 'fanout', count, size }); }
+  fanout(count, size) { return this.send({ cmd: 'fanout', count, size, burst: opts.pace === 'burst' }); }
 
   close() { if (this.ws) this.ws.terminate(); }
 }
@@ -279,7 +280,7 @@ class SioClient {
   }
 
   fanout(count, size) {
-    return new Promise((resolve) => this.socket.emit('fanout', { count, size }, resolve));
+    return new Promise((resolve) => this.socket.emit('fanout', { count, size, burst: opts.pace === 'burst' }, resolve));
   }
 
   close() {

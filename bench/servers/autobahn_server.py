@@ -4,8 +4,8 @@ Clients connect to ``/ws`` and are put in one set (the "room"); every message
 they send is echoed back. A control connection on ``/control`` sends
 ``{"cmd": "fanout", "count": N, "size": B}``: the server frames each message
 once with ``factory.prepareMessage`` and writes it to every client with
-``sendPreparedMessage``, one broadcast per reactor turn, then answers
-``{"sent": N}``.
+``sendPreparedMessage``, all N in one reactor turn (``"burst": true``) or one
+broadcast per reactor turn, then answers ``{"sent": N}``.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class BenchProtocol(WebSocketServerProtocol):
             return
         command = json.loads(payload)
         if command.get("cmd") == "fanout":
-            self.fanout(int(command["count"]), int(command["size"]))
+            self.fanout(int(command["count"]), int(command["size"]), bool(command.get("burst")))
 
-    def fanout(self, count: int, size: int) -> None:
+    def fanout(self, count: int, size: int, burst: bool) -> None:
         factory = self.factory
 
         def step(seq: int) -> None:
@@ -60,7 +60,10 @@ class BenchProtocol(WebSocketServerProtocol):
             prepared = factory.prepareMessage(payload, isBinary=False)
             for client in factory.clients:
                 client.sendPreparedMessage(prepared)
-            reactor.callLater(0, step, seq + 1)
+            if burst:
+                step(seq + 1)
+            else:
+                reactor.callLater(0, step, seq + 1)
 
         step(0)
 

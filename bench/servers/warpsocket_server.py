@@ -5,8 +5,9 @@ Production defaults except the per-address connection and message limits
 
 Clients say hello with ``rooms: ["bench"]`` (open rooms). A control client
 (hello without rooms) calls ``fanout`` with ``{"count", "size"}``: the server
-then publishes ``count`` messages into the room with ``Hub.publish``, one per
-reactor turn, and answers when the last one has been handed to the transports.
+then publishes ``count`` messages into the room with ``Hub.publish``, all in
+one reactor turn (``burst``) or one per reactor turn, and answers when the
+last one has been handed to the transports.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def echo(ctx: Any, data: Any) -> Any:
 
 @hub.on("fanout")
 def fanout(ctx: Any, data: Any) -> Deferred[dict[str, int]]:
-    count, size = int(data["count"]), int(data["size"])
+    count, size, burst = int(data["count"]), int(data["size"]), bool(data.get("burst"))
     done: Deferred[dict[str, int]] = Deferred()
 
     def step(seq: int) -> None:
@@ -67,7 +68,10 @@ def fanout(ctx: Any, data: Any) -> Deferred[dict[str, int]]:
             done.callback({"sent": count, "members": len(hub.room_members(ROOM))})
             return
         hub.publish(ROOM, "tick", make_payload(seq, size))
-        reactor.callLater(0, step, seq + 1)
+        if burst:
+            step(seq + 1)
+        else:
+            reactor.callLater(0, step, seq + 1)
 
     step(0)
     return done

@@ -3,8 +3,9 @@
 Clients connect to ``/ws``, join one set and get every message echoed. A
 control connection on ``/control`` sends ``{"cmd": "fanout", "count": N,
 "size": B}``: the server sends each message to every client with
-``websockets.asyncio.server.broadcast`` (encoded and framed once), one
-broadcast per event-loop turn, then answers ``{"sent": N}``.
+``websockets.asyncio.server.broadcast`` (encoded and framed once), all N in
+one event-loop turn (``"burst": true``) or one per turn, then answers
+``{"sent": N}``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ async def _control(ws: ServerConnection) -> None:
             count, size = int(command["count"]), int(command["size"])
             for seq in range(count):
                 broadcast(clients, json.dumps(make_payload(seq, size), separators=(",", ":")))
-                await asyncio.sleep(0)
+                if not command.get("burst"):
+                    await asyncio.sleep(0)
             await ws.send(json.dumps({"sent": count, "members": len(clients)}))
 
 
