@@ -26,6 +26,7 @@ from warpsocket.core.server import ConnId
 from warpsocket.protocol.codecs import Codec
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.server import framing
 from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import Handshake, Reject
 from warpsocket.server.security.auth import AuthError, Identity
@@ -102,6 +103,11 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     # the moment the socket pauses us (its buffer passed ``bufferSize``) until
     # it has drained; always, if we could not register as its producer.
     _congested = True
+    # Autobahn's per-connection options (class attributes, see the factory).
+    maxMessagePayloadSize: int
+    autoFragmentSize: int
+    logOctets: bool
+    logFrames: bool
 
     @property
     def can_send(self) -> bool:
@@ -335,14 +341,78 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         sync: bool = False,
         doNotCompress: bool = False,
     ) -> None:
-        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+        if (
+            fragmentSize is None
+            and not sync
+            and (doNotCompress or self._perMessageCompress is None)
+            and self._plain_writes()
+            and not 0 < self.maxMessagePayloadSize < len(payload)
+        ):
+            # The common frame, written directly (see framing.py).
+            self.transport.write(framing.frame(payload, isBinary))  # type: ignore[union-attr]
+        else:
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
         if self._congested:
             self._check_outbound()
 
     def sendPreparedMessage(self, preparedMsg: Any) -> None:
-        super().sendPreparedMessage(preparedMsg)
-        if self._congested and (self._perMessageCompress is None or preparedMsg.doNotCompress):
-            self._check_outbound()  # (else sendMessage did)
+        if self._perMessageCompress is not None and not preparedMsg.doNotCompress:
+            self.sendMessage(preparedMsg.payload, preparedMsg.binary)  # compressed per connection
+            return
+        if self._plain_writes():
+            self.transport.write(preparedMsg.payloadHybi)  # type: ignore[union-attr]
+        else:
+            self.sendData(preparedMsg.payloadHybi)
+        if self._congested:
+            self._check_outbound()
+
+    def _plain_writes(self) -> bool:
+        """Whether a data frame may go straight to the transport: the connection
+        is open, nothing is queued in autobahn's chopped/synchronous send queue
+        (it must keep its order), and no frame-level debugging is switched on."""
+        return (
+            self.state == WebSocketServerProtocol.STATE_OPEN
+            and not self.send_queue
+            and not self.autoFragmentSize
+            and not self.logOctets
+            and not self.logFrames
+        )
+
+    # ------------------------------------------------------------ inbound frames
+
+    def dataReceived(self, data: bytes) -> None:
+        """Whole common frames of an open connection are taken here and handed to
+        ``onMessage``; everything else (the handshake, control frames, fragments,
+        compressed, oversized, invalid or incomplete frames, the closing
+        handshake) goes to autobahn, starting at the first frame not taken."""
+        if (
+            self.state != WebSocketServerProtocol.STATE_OPEN
+            or self.current_frame is not None
+            or self.inside_message
+            or self.logOctets
+            or self.logFrames
+        ):
+            super().dataReceived(data)
+            return
+        buffer = self.data + data if self.data else data
+        self.trafficStats.incomingOctetsWireLevel += len(data)
+        limit = self.maxMessagePayloadSize
+        position = 0
+        while self.state == WebSocketServerProtocol.STATE_OPEN:
+            taken = framing.read_simple_frame(buffer, position, limit)
+            if taken is None:
+                break
+            position, is_binary, payload = taken
+            if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
+            self.onMessage(payload, is_binary)
+        rest = buffer[position:] if position else buffer
+        if not rest:
+            self.data = b""
+            return
+        # Whatever was not taken (and any data after a close began): autobahn's.
+        self.data = rest
+        self.consumeData()  # (a no-op once the connection is closed)
 
     def _watch_outbound(self) -> None:
         """Register as the socket's streaming producer, so that the buffer is
