@@ -19,6 +19,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
@@ -59,6 +60,7 @@ from warpsocket.core.store import MemoryStreamStore, StreamStore
 from warpsocket.protocol.codecs import Codec, CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.server.batching import WriteBatch
 from warpsocket.server.context import Context
 from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
@@ -172,6 +174,8 @@ class Hub:
         if self.options.debug:
             self.middleware.insert(0, LoggingMiddleware())
         self.metrics = HubMetrics()
+        # Frames written while it is open leave in one write per connection.
+        self.write_batch = WriteBatch()
         node_tag = f"{core_options.node}.{random_id()[:6]}"
         if backend is None:
             backend = MemoryBackend(core_options.history, store=store)
@@ -325,6 +329,13 @@ class Hub:
         for large audiences use a room, which is framed once)."""
         for session in sessions:
             self.send(session, event, data, ttl=ttl)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """``with hub.batch():`` the frames of every send and publish inside go
+        out in one write per connection when the block ends (a burst of
+        publishes from a timer, say). Frames written while handling a client's
+        frames, or a backend's deliveries, are batched already."""
+        return self.write_batch()
 
     @threadsafe
     def publish(
@@ -822,6 +833,8 @@ class Hub:
         protocols = self._protocols
         sent = 0
         size = 0
+        last_codec: Codec | None = None
+        message: Any = None
         for conn_id in conn_ids:
             protocol = protocols.get(conn_id)
             if protocol is None or not protocol.can_send:
@@ -829,14 +842,19 @@ class Hub:
                 # write a data frame after a close frame.
                 continue
             codec: Codec = protocol.codec
-            frame = prepared.get(codec.subprotocol)
-            if frame is None:
-                payload = codec.encode(envelope)
-                self.metrics.traffic.encodes += 1
-                size = len(payload)
-                frame = protocol.factory.prepareMessage(payload, isBinary=codec.binary)
-                prepared[codec.subprotocol] = frame
-            protocol.sendPreparedMessage(frame)
+            if codec is not last_codec:
+                last_codec = codec
+                message = prepared.get(codec.subprotocol)
+                if message is None:
+                    payload = codec.encode(envelope)
+                    self.metrics.traffic.encodes += 1
+                    size = len(payload)
+                    message = protocol.factory.prepareMessage(payload, isBinary=codec.binary)
+                    prepared[codec.subprotocol] = message
+            if protocol.plain:
+                protocol.write_frame(message.payloadHybi)
+            else:
+                protocol.sendPreparedMessage(message)
             sent += 1
         if sent:
             traffic = self.metrics.traffic

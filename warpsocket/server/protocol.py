@@ -27,6 +27,7 @@ from warpsocket.protocol.codecs import Codec
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server import framing
+from warpsocket.server.batching import WriteBatch
 from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import Handshake, Reject
 from warpsocket.server.security.auth import AuthError, Identity
@@ -103,6 +104,10 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     # the moment the socket pauses us (its buffer passed ``bufferSize``) until
     # it has drained; always, if we could not register as its producer.
     _congested = True
+    # Frames held while the hub's write batch is open (see write_frame).
+    _corked: list[bytes] | None = None
+    _batch: WriteBatch | None = None
+    _plain_config = False
     # Autobahn's per-connection options (class attributes, see the factory).
     maxMessagePayloadSize: int
     autoFragmentSize: int
@@ -195,6 +200,14 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         options = gate.options
         self._bucket = TokenBucket(options.message_rate, options.message_bucket, gate.now())
         self._meter = OutboundMeter(self.transport)
+        self._batch = self.factory.hub.write_batch
+        # Fixed from here on: the options are the class's, compression was negotiated.
+        self._plain_config = not (
+            self._perMessageCompress is not None
+            or self.autoFragmentSize
+            or self.logOctets
+            or self.logFrames
+        )
         self._watch_outbound()
         self.conn_id = self.factory.hub.attach(self, self.handshake)
         gate.protocols[self.conn_id] = self
@@ -216,11 +229,11 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         # Writes to this connection while it is served its own request (the
         # replies, a resume's replay) are bounded by the history limits, not
         # by other publishers: they are exempt from the hard outbound cap.
-        self._own_request = True
+        previous, self._own_request = self._own_request, True
         try:
             self.factory.hub.received(self.conn_id, payload, is_binary)
         finally:
-            self._own_request = False
+            self._own_request = previous
 
     def _within_rate(self, payload: bytes, is_binary: bool) -> bool:
         """The message token bucket: refuse with 4200, close 4200 if it persists."""
@@ -349,27 +362,31 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             and not 0 < self.maxMessagePayloadSize < len(payload)
         ):
             # The common frame, written directly (see framing.py).
-            self.transport.write(framing.frame(payload, isBinary))  # type: ignore[union-attr]
-        else:
-            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+            self.write_frame(framing.frame(payload, isBinary))
+            return
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
         if self._congested:
             self._check_outbound()
 
     def sendPreparedMessage(self, preparedMsg: Any) -> None:
         if self._perMessageCompress is not None and not preparedMsg.doNotCompress:
             self.sendMessage(preparedMsg.payload, preparedMsg.binary)  # compressed per connection
-            return
-        if self._plain_writes():
-            self.transport.write(preparedMsg.payloadHybi)  # type: ignore[union-attr]
+        elif self._plain_writes():
+            self.write_frame(preparedMsg.payloadHybi)
         else:
             self.sendData(preparedMsg.payloadHybi)
-        if self._congested:
-            self._check_outbound()
+            if self._congested:
+                self._check_outbound()
+
+    @property
+    def plain(self) -> bool:
+        """Whether a prepared frame of an open connection can be written as is
+        (``write_frame``): uncompressed, no frame-level debugging, and nothing
+        queued in autobahn's chopped/synchronous send queue (its order holds)."""
+        return self._plain_config and not self.send_queue
 
     def _plain_writes(self) -> bool:
-        """Whether a data frame may go straight to the transport: the connection
-        is open, nothing is queued in autobahn's chopped/synchronous send queue
-        (it must keep its order), and no frame-level debugging is switched on."""
+        """``plain``, for a connection that may not be open any more."""
         return (
             self.state == WebSocketServerProtocol.STATE_OPEN
             and not self.send_queue
@@ -378,9 +395,59 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             and not self.logFrames
         )
 
+    def write_frame(self, frame: bytes) -> None:
+        """Write a whole data frame; while the hub's write batch is open it is
+        held and leaves with this connection's other frames (batching.py)."""
+        corked = self._corked
+        if corked is not None:
+            corked.append(frame)
+            return
+        batch = self._batch
+        if batch is not None and batch.depth:
+            self._corked = [frame]
+            batch.dirty.append(self)
+            return
+        self.transport.write(frame)  # type: ignore[union-attr]
+        if self._congested:
+            self._check_outbound()
+
+    def uncork(self) -> None:
+        corked = self._corked
+        if corked is None:
+            return
+        self._corked = None
+        if self.transport is None or self.state == WebSocketServerProtocol.STATE_CLOSED:
+            return  # gone while its frames waited
+        self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        if self._congested:
+            self._check_outbound()
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Autobahn's own writes (control frames, the close handshake, the slow
+        # path) go after any frames this connection has waiting in a batch.
+        if self._corked is not None:
+            self.uncork()
+        super().sendData(data, sync, chopsize)
+
     # ------------------------------------------------------------ inbound frames
 
     def dataReceived(self, data: bytes) -> None:
+        batch = self._batch
+        if batch is None:  # the handshake
+            super().dataReceived(data)
+            return
+        # Everything these bytes cause is written in one write per connection
+        # (batching.py), and what this connection is sent in answer to its own
+        # frames is exempt from the hard outbound cap (see _check_outbound).
+        self._own_request = True
+        batch.open()
+        try:
+            self._take_frames(data)
+        finally:
+            batch.close()
+            self._own_request = False
+
+    def _take_frames(self, data: bytes) -> None:
         """Whole common frames of an open connection are taken here and handed to
         ``onMessage``; everything else (the handshake, control frames, fragments,
         compressed, oversized, invalid or incomplete frames, the closing

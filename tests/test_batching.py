@@ -1,0 +1,167 @@
+"""Write coalescing (warpsocket/server/batching.py), over real sockets.
+
+The frames one input event causes must reach every connection complete and
+in order, in one transport write per connection, and never after a frame
+that was written later (a close frame, above all).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.wsclient import ServerTestCase, WsClient, async_test
+from warpsocket.protocol.codes import ErrorCode
+from warpsocket.server.batching import WriteBatch
+from warpsocket.server.context import Context
+from warpsocket.server.protocol import WarpSocketServerProtocol
+
+
+class WriteCounter:
+    """Counts (and passes on) the writes to one server-side connection's transport."""
+
+    def __init__(self, protocol: WarpSocketServerProtocol) -> None:
+        transport: Any = protocol.transport
+        self.writes: list[bytes] = []
+        original = transport.write
+
+        def write(data: bytes) -> None:
+            self.writes.append(data)
+            original(data)
+
+        transport.write = write
+
+
+def opcodes(data: bytes) -> list[int]:
+    """The opcodes of the unmasked server frames in ``data`` (7/16-bit lengths)."""
+    found: list[int] = []
+    at = 0
+    while at < len(data):
+        length, head = data[at + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        found.append(data[at] & 0x0F)
+        at += head + length
+    return found
+
+
+class BatchingTests(ServerTestCase):
+    def server_side(self, client: WsClient) -> WarpSocketServerProtocol:
+        for protocol in self.hub._protocols.values():
+            if protocol.session == client.session:
+                return protocol
+        raise AssertionError(f"no server connection for {client.session}")
+
+    async def two_members(self) -> tuple[WsClient, WsClient]:
+        self.start_server(open_rooms=True)
+        return await self.connect(rooms=["r"]), await self.connect(rooms=["r"])
+
+    def events(self, client: WsClient, count: int) -> list[Any]:
+        return [m["data"] for m in client.messages if m["type"] == "event"][:count]
+
+    @async_test
+    async def test_a_burst_in_a_handler_leaves_in_one_write_per_member(self) -> None:
+        caller, member = await self.two_members()
+
+        def burst(ctx: Context, data: Any) -> str:
+            for i in range(20):
+                self.hub.publish("r", "tick", i)
+            return "done"
+
+        self.hub.on("burst", burst)
+        to_member = WriteCounter(self.server_side(member))
+        to_caller = WriteCounter(self.server_side(caller))
+        result = await caller.request({"type": "call", "event": "burst"})
+        self.assertEqual(result["data"], "done")
+        await member.wait_for(lambda m: m.get("data") == 19)
+        self.assertEqual(self.events(member, 20), list(range(20)))
+        self.assertEqual(len(to_member.writes), 1)
+        # The caller's 20 events and its result share one write, events first.
+        self.assertEqual(len(to_caller.writes), 1)
+        kinds = [m["type"] for m in caller.messages if m["type"] in ("event", "result")]
+        self.assertEqual(kinds, ["event"] * 20 + ["result"])
+
+    @async_test
+    async def test_a_close_after_a_burst_comes_after_its_frames(self) -> None:
+        caller, member = await self.two_members()
+
+        def burst_then_close(ctx: Context, data: Any) -> None:
+            for i in range(5):
+                self.hub.publish("r", "tick", i)
+            self.server_side(member).sendClose(int(ErrorCode.SLOW_CONSUMER), "test")
+
+        self.hub.on("burst", burst_then_close)
+        counter = WriteCounter(self.server_side(member))
+        caller.send({"type": "event", "event": "burst"})
+        code, _ = await member.wait_closed()
+        self.assertEqual(code, int(ErrorCode.SLOW_CONSUMER))
+        self.assertEqual(self.events(member, 5), list(range(5)))
+        # On the wire: five text frames, then the close frame.
+        self.assertEqual(opcodes(b"".join(counter.writes)), [0x1] * 5 + [0x8])
+
+    @async_test
+    async def test_hub_batch_holds_frames_until_the_block_ends(self) -> None:
+        _, member = await self.two_members()
+        counter = WriteCounter(self.server_side(member))
+        with self.hub.batch():
+            for i in range(5):
+                self.hub.publish("r", "tick", i)
+            self.assertEqual(counter.writes, [])
+        self.assertEqual(len(counter.writes), 1)
+        await member.wait_for(lambda m: m.get("data") == 4)
+        self.assertEqual(self.events(member, 5), list(range(5)))
+        # Outside a batch every publish is written at once.
+        self.hub.publish("r", "tick", 5)
+        self.hub.publish("r", "tick", 6)
+        self.assertEqual(len(counter.writes), 3)
+        await member.wait_for(lambda m: m.get("data") == 6)
+
+    @async_test
+    async def test_a_connection_gone_during_a_batch_costs_the_others_nothing(self) -> None:
+        _, member = await self.two_members()
+        third = await self.connect(rooms=["r"])
+        gone = self.server_side(member)
+        with self.hub.batch():
+            self.hub.publish("r", "tick", 1)
+            gone.transport.abortConnection()  # type: ignore[union-attr]
+            self.hub.publish("r", "tick", 2)
+        await third.wait_for(lambda m: m.get("data") == 2)
+        self.assertEqual(self.events(third, 2), [1, 2])
+        await member.wait_closed()
+
+
+class WriteBatchTests(ServerTestCase):
+    def test_nested_batches_flush_once_at_the_outermost_end(self) -> None:
+        flushed: list[str] = []
+
+        class Connection:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def uncork(self) -> None:
+                flushed.append(self.name)
+
+        batch = WriteBatch()
+        with batch():
+            with batch():
+                batch.dirty.append(Connection("a"))
+            self.assertEqual(flushed, [])
+            batch.dirty.append(Connection("b"))
+        self.assertEqual(flushed, ["a", "b"])
+        self.assertEqual((batch.depth, batch.dirty), (0, []))
+
+    def test_one_failing_connection_does_not_hold_the_others(self) -> None:
+        flushed: list[str] = []
+
+        class Broken:
+            def uncork(self) -> None:
+                raise OSError("gone")
+
+        class Fine:
+            def uncork(self) -> None:
+                flushed.append("fine")
+
+        batch = WriteBatch()
+        with batch():
+            batch.dirty.extend([Broken(), Fine()])
+        self.assertEqual(flushed, ["fine"])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
