@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -268,6 +269,14 @@ class RedisBackend:
         self._channels: dict[str, str] = {}  # channel -> key
         self._snapshots: dict[str, Deferred[None]] = {}
         self._waiting: dict[str, list[Deferred[None]]] = {}
+        # Streams a ``prepare`` is warming, ready ones included: kept followed
+        # until the caller has read them (``release`` leaves them alone).
+        self._pinned: dict[str, int] = {}
+        # The last record this node saved of each session, until its TTL: Redis
+        # may lose it (restart without persistence) or miss it (down at the time).
+        # Oldest save first (the hub's session TTL is one value), so expired
+        # entries are dropped from the front.
+        self._saved: OrderedDict[str, _SavedSession] = OrderedDict()
         self._cmd: Any = None
         self._sub: Any = None
         self._connecting: set[str] = set()
@@ -343,6 +352,7 @@ class RedisBackend:
                 if not waiter.called:
                     waiter.errback(BackendUnavailableError("redis backend stopped"))
         self._waiting.clear()
+        self._pinned.clear()
         if self._sentinel is not None:
             sentinel, self._sentinel = self._sentinel, None
             done: Deferred[None] = sentinel.disconnect()
@@ -419,6 +429,7 @@ class RedisBackend:
             if kind == "cmd":
                 self._cmd = conn
                 self._error = "ok"
+                self._write_sessions(unsaved_only=True)
                 self._check_node_key()
                 self._resnapshot_all()
             else:
@@ -531,11 +542,11 @@ class RedisBackend:
             # confirmed (HSETNX) by the snapshot that follows.
             mirror = Mirror(self.limits, epoch=random_id()[:11])
             self._mirrors[key] = mirror
-            self._announce_epoch(key, mirror.epoch or "")
+            self._announce_epoch(key, mirror)
             self._follow(key)
         return mirror
 
-    def _announce_epoch(self, key: str, epoch: str) -> None:
+    def _announce_epoch(self, key: str, mirror: Mirror) -> None:
         """Write a new stream's epoch at once, without waiting for the subscriber.
 
         The welcome that names it is on its way; if this node dies before its
@@ -546,8 +557,16 @@ class RedisBackend:
         if cmd is None:
             return
         meta = self._meta_key(key)
-        written: Deferred[Any] = cmd.execute_command("HSETNX", meta, "epoch", epoch)
-        written.addCallback(lambda _: cmd.execute_command("PEXPIRE", meta, STREAM_META_TTL_MS))
+
+        def stored(_: object) -> Deferred[Any]:
+            # Redis holds it now: if it is ever missing, Redis lost it, and the
+            # stream must not be created again under the same epoch.
+            mirror.announced = True
+            expiring: Deferred[Any] = cmd.execute_command("PEXPIRE", meta, STREAM_META_TTL_MS)
+            return expiring
+
+        written: Deferred[Any] = cmd.execute_command("HSETNX", meta, "epoch", mirror.epoch or "")
+        written.addCallback(stored)
         written.addErrback(lambda _: None)
 
     def _follow(self, key: str) -> None:
@@ -604,6 +623,7 @@ class RedisBackend:
                 waiter.callback(None)
 
     def prepare(self, keys: Iterable[str]) -> Deferred[None]:
+        keys = list(keys)
         waits: list[Deferred[None]] = []
         for key in keys:
             mirror = self._mirrors.get(key)
@@ -624,16 +644,32 @@ class RedisBackend:
             return fail(BackendUnavailableError(self.health or "redis unavailable"))
         all_ready: Deferred[None] = Deferred()
         remaining = [len(waits)]
+        # The streams that are ready already must still be followed when the
+        # last one is: a tick in between would stop following those nobody
+        # reads yet, and the caller would then read a stream this node no
+        # longer mirrors (a made-up epoch: a spurious ``recovered: false``).
+        self._pin(keys)
+        pinned = [True]
+
+        def unpin() -> None:
+            if pinned[0]:
+                pinned[0] = False
+                self._unpin(keys)
 
         def one(_: object) -> None:
             remaining[0] -= 1
             if remaining[0] == 0 and not all_ready.called:
                 timer.cancel()
-                all_ready.callback(None)
+                try:
+                    # The caller reads the streams synchronously, in this callback.
+                    all_ready.callback(None)
+                finally:
+                    unpin()
 
         def give_up() -> None:
             for waiter in waits:
                 self._unwait(waiter)
+            unpin()
             if not all_ready.called:
                 all_ready.errback(BackendUnavailableError("redis did not answer in time"))
 
@@ -647,8 +683,20 @@ class RedisBackend:
             if waiter in waiters:
                 waiters.remove(waiter)
 
+    def _pin(self, keys: list[str]) -> None:
+        for key in keys:
+            self._pinned[key] = self._pinned.get(key, 0) + 1
+
+    def _unpin(self, keys: list[str]) -> None:
+        for key in keys:
+            left = self._pinned.get(key, 0) - 1
+            if left > 0:
+                self._pinned[key] = left
+            else:
+                self._pinned.pop(key, None)
+
     def release(self, key: str) -> None:
-        if key in self._waiting or key not in self._mirrors:
+        if key in self._waiting or key in self._pinned or key not in self._mirrors:
             return
         del self._mirrors[key]
         channel = self._channel(key)
@@ -703,9 +751,6 @@ class RedisBackend:
     # ------------------------------------------------------------ sessions
 
     def save_session(self, record: SessionRecord, ttl_ms: int) -> None:
-        cmd = self._cmd
-        if cmd is None:
-            return
         value = json.dumps(
             {
                 "user": record.user,
@@ -715,11 +760,52 @@ class RedisBackend:
             },
             separators=(",", ":"),
         )
-        cmd.set(self._session_key(record.id), value, pexpire=ttl_ms).addErrback(lambda _: None)
-        if record.user is not None:
-            users = f"{self.prefix}user:{record.user}"
-            cmd.sadd(users, record.id).addErrback(lambda _: None)
+        expires = self.reactor.seconds() + ttl_ms / 1000
+        saved = _SavedSession(value, record.user, expires, unsaved=self._cmd is None)
+        self._saved[record.id] = saved
+        self._saved.move_to_end(record.id)
+        self._write_session(record.id, saved, only_if_absent=False)
+
+    def _write_session(self, session_id: str, saved: _SavedSession, only_if_absent: bool) -> None:
+        cmd = self._cmd
+        if cmd is None:
+            saved.unsaved = True  # written when Redis is back
+            return
+        ttl_ms = int((saved.expires - self.reactor.seconds()) * 1000)
+        if ttl_ms <= 0:
+            self._saved.pop(session_id, None)
+            return
+        saved.unsaved = False
+
+        def failed(_: Failure) -> None:
+            saved.unsaved = True  # the connection died with it: written on reconnect
+
+        cmd.set(
+            self._session_key(session_id),
+            saved.value,
+            pexpire=ttl_ms,
+            only_if_not_exists=only_if_absent,
+        ).addErrback(failed)
+        if saved.user is not None:
+            users = f"{self.prefix}user:{saved.user}"
+            cmd.sadd(users, session_id).addErrback(lambda _: None)
             cmd.pexpire(users, ttl_ms).addErrback(lambda _: None)
+
+    def _write_sessions(self, *, unsaved_only: bool) -> None:
+        """Write again the records this node saved that Redis may not hold.
+
+        ``unsaved_only``: those saved while Redis was unreachable (on
+        reconnect); otherwise every one, after Redis lost its data, without
+        replacing a record another node wrote since (``SET NX``). Until then
+        a client whose node dies could only start a new session, told that
+        its ``direct`` stream was lost although its history is in Redis.
+        """
+        now = self.reactor.seconds()
+        for session_id, saved in list(self._saved.items()):
+            if saved.expires <= now:
+                del self._saved[session_id]
+            elif saved.unsaved or not unsaved_only:
+                self._write_session(session_id, saved, only_if_absent=not saved.unsaved)
 
     def load_session(self, session_id: str) -> Deferred[SessionRecord | None]:
         cmd = self._cmd
@@ -816,6 +902,10 @@ class RedisBackend:
     def tick(self, now_ms: int) -> None:
         """Refresh this node's liveness key; retry snapshots that failed."""
         self._check_node_key()
+        now = self.reactor.seconds()
+        saved = self._saved
+        while saved and next(iter(saved.values())).expires <= now:
+            saved.popitem(last=False)
         if self._cmd is not None:
             for key, mirror in list(self._mirrors.items()):
                 if mirror.needs_snapshot and self._sub is not None:
@@ -835,6 +925,8 @@ class RedisBackend:
                 # data (FLUSHALL, restart without persistence). Every mirror
                 # must re-read its stream; a new epoch tells clients.
                 self.log.warn("redis data loss detected; re-reading every stream")
+                # Before any client can learn a new epoch from a snapshot.
+                self._write_sessions(unsaved_only=False)
                 self._resnapshot_all()
             self._node_key_set = True
 
@@ -870,11 +962,20 @@ class RedisBackend:
         cmd.publish(self.canary_channel, nonce).addErrback(lambda _: None)
 
 
+@dataclass(slots=True)
+class _SavedSession:
+    value: str  # the record as stored (JSON)
+    user: str | None
+    expires: float  # reactor seconds: the record's TTL in Redis ends then
+    unsaved: bool  # saved while Redis was unreachable: to write on reconnect
+
+
 def _candidate(mirror: Mirror | None) -> str:
     """The epoch to create a stream with if Redis has none: the one this node
-    already announced for a stream it created (a new session's direct stream),
-    otherwise a fresh one, so that lost Redis data always shows as a new epoch."""
-    if mirror is not None and not mirror.loaded and mirror.epoch is not None:
+    proposed for a stream it created (a new session's direct stream) while
+    Redis never held it (the announce did not reach it), otherwise a fresh
+    one, so that lost Redis data always shows as a new epoch."""
+    if mirror is not None and not mirror.loaded and not mirror.announced and mirror.epoch:
         return mirror.epoch
     return random_id()[:11]
 

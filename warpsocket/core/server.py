@@ -869,8 +869,14 @@ class ServerCore:
     def _retry_pending(self, now_ms: int, actions: list[Action]) -> None:
         for session_id in list(self._with_pending):
             session = self.sessions[session_id]
-            epoch = self.store.position(direct_key(session_id)).epoch
-            self._drop_stale_pending(session, epoch, actions)
+            if session.conn is not None:
+                # Only while attached: a clustered store follows (mirrors) a
+                # session's ``direct`` stream only while a local connection
+                # reads it, and reading it otherwise would make up an epoch
+                # and fail every pending ack as lost. A detached session's
+                # acks are not re-sent anyway; its resume checks the epoch.
+                epoch = self.store.position(direct_key(session_id)).epoch
+                self._drop_stale_pending(session, epoch, actions)
             for offset, pending in list(session.pending.items()):
                 if now_ms >= pending.deadline_ms:
                     del session.pending[offset]
