@@ -165,3 +165,32 @@ class WriteBatchTests(ServerTestCase):
             batch.dirty.extend([Broken(), Fine()])
         self.assertEqual(flushed, ["fine"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class RedisDeliveryBatchTests(ServerTestCase):
+    def test_one_read_of_published_messages_is_delivered_in_one_batch(self) -> None:
+        """The Redis subscriber wraps each read in the hub's batch: the messages
+        one read carries are delivered while one batch is open."""
+        from twisted.internet.testing import StringTransport
+
+        from warpsocket.backends.redis import _Factory, _Subscriber, parse_redis_url
+
+        events: list[str] = []
+        batch = WriteBatch()
+
+        def on_message(channel: Any, message: Any) -> None:
+            events.append(f"{message} depth={batch.depth}")
+
+        factory = _Factory(
+            _Subscriber, parse_redis_url("redis://127.0.0.1:1"), None, on_message, batch
+        )
+        subscriber = factory.buildProtocol(None)
+        subscriber.makeConnection(StringTransport())
+
+        def published(channel: bytes, body: bytes) -> bytes:
+            parts = [b"message", channel, body]
+            return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+        subscriber.dataReceived(published(b"ws:s", b"one") + published(b"ws:s", b"two"))
+        self.assertEqual(events, ["one depth=1", "two depth=1"])
+        self.assertEqual(batch.depth, 0)

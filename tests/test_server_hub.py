@@ -286,6 +286,23 @@ class HeldFramesTests(ServerTestCase):
             [(4301, e["id"]) for e in sent[:MAX_HELD_FRAMES]],
         )
 
+    @async_test
+    async def test_heartbeats_are_answered_while_frames_wait_for_the_backend(self) -> None:
+        backend = SlowBackend()
+        self.start_server(backend=backend, open_rooms=True)
+        backend.gate.callback(None)  # the hello goes through
+        client = await self.connect()
+        backend.gate = Deferred()  # the subscribe waits, and the event behind it
+        subscribe = client.send({"type": "subscribe", "room": "r"})
+        event = client.send({"type": "event", "event": "x", "ack": True})
+        beat = client.send({"type": "heartbeat"})
+        answer = await client.next_message()
+        self.assertEqual((answer["type"], answer.get("ref")), ("heartbeat", beat["id"]))
+        backend.gate.callback(None)
+        later = [await client.next_message() for _ in range(2)]
+        # The held frames then follow, in order.
+        self.assertEqual([m["ref"] for m in later], [subscribe["id"], event["id"]])
+
 
 class ResumeTests(ServerTestCase):
     @async_test

@@ -9,6 +9,7 @@ it called the store directly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,6 +61,10 @@ class Backend(Protocol):
         """None when healthy, else why not (shown by /healthz)."""
 
     def set_delivery(self, deliver: Delivery) -> None: ...
+
+    def set_batch(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
+        """Wrap each group of deliveries that arrive together (one read from the
+        cluster) in ``batch()``, so that their frames leave together."""
 
     def start(self) -> Deferred[None]: ...
 

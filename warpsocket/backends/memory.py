@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -40,6 +41,9 @@ class MemoryBackend:
 
     def set_delivery(self, deliver: Delivery) -> None:
         self._deliver = deliver
+
+    def set_batch(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
+        pass  # deliveries happen inside the publishing call, and its batch
 
     def start(self) -> Deferred[None]:
         return succeed(None)

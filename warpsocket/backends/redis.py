@@ -18,6 +18,7 @@ import secrets
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +177,12 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # One read can carry many published messages: deliver them in one
+        # batch, so that each member gets their frames in one write.
+        with self.factory.batch():
+            super().dataReceived(data, unpause)
+
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.on_message(channel, message)
 
@@ -192,11 +199,13 @@ class _Factory(protocol.Factory):
         address: RedisAddress,
         reply_timeout: float | None,
         on_message: Callable[[Any, Any], None] | None = None,
+        batch: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.protocol_class = protocol_class
         self.address = address
         self.reply_timeout = reply_timeout
         self.on_message = on_message
+        self.batch = batch
         self.error: str | None = None
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -265,6 +274,7 @@ class RedisBackend:
         self.prefix = options.prefix
         self.store = RedisStreamStore(self)
         self._deliver: Delivery | None = None
+        self._batch: Callable[[], AbstractContextManager[None]] = nullcontext
         self._mirrors: dict[str, Mirror] = {}
         self._channels: dict[str, str] = {}  # channel -> key
         self._snapshots: dict[str, Deferred[None]] = {}
@@ -326,6 +336,9 @@ class RedisBackend:
 
     def set_delivery(self, deliver: Delivery) -> None:
         self._deliver = deliver
+
+    def set_batch(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
+        self._batch = batch
 
     def start(self) -> Deferred[None]:
         self._running = True
@@ -392,7 +405,9 @@ class RedisBackend:
 
         def connect(address: RedisAddress) -> Deferred[Any]:
             if kind == "sub":
-                factory = _Factory(_Subscriber, address, None, self._on_message)
+                factory = _Factory(
+                    _Subscriber, address, None, self._on_message, lambda: self._batch()
+                )
             else:
                 factory = _Factory(txredisapi.RedisProtocol, address, self.options.reply_timeout)
             connecting: Deferred[Any] = self._endpoint(address).connect(factory)

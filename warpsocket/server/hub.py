@@ -91,6 +91,8 @@ STREAM_COLLECT_TICKS = 60
 # Handler-latency series by event name; past this, further names share "other".
 MAX_LATENCY_LABELS = 256
 _SCALARS = (type(None), bool, int, str)
+# Frames taken even while a connection's earlier frames wait for the backend.
+_UNORDERED = frozenset({MessageType.ACK, MessageType.HEARTBEAT})
 
 
 def _close_label(code: int | None) -> str:
@@ -183,6 +185,7 @@ class Hub:
         self.backend: Backend = backend
         self.store = backend.store
         backend.set_delivery(self._delivered)
+        backend.set_batch(self.write_batch)
         open_rooms = self.options.open_rooms
         self.core = ServerCore(
             self.store,
@@ -533,6 +536,17 @@ class Hub:
                 self._run(self.core.protocol_error(conn_id, fault, now))
                 return
         queued = self._inbound.get(conn_id)
+        if (
+            queued is not None
+            and envelope.type in _UNORDERED
+            and conn is not None
+            and conn.session is not None
+        ):
+            # Acks and heartbeats need no order with the held frames (they
+            # answer the server): taking them at once keeps a client that
+            # floods after a stall from filling the held queue with them.
+            self._run(self.core.receive(conn_id, envelope, now))
+            return
         if queued is not None:
             if len(queued) >= MAX_HELD_FRAMES:
                 # Bounded: a client may not pile frames up behind a slow backend.
