@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """WarpSocket benchmark: every scenario against every server, in one run.
 
-    python bench/run.py [--quick] [--out bench/results] [--profile auto|fanout,rtt,connect]
+    python bench/run.py [--quick] [--out bench/results] [--scenarios fanout,fanout-paced,...]
+                        [--profile auto|SCENARIO,SERVER:SCENARIO]
 
 Sets up bench/.venv (this repository, editable, plus the baselines pinned in
 bench/requirements.txt) and bench/loadgen/node_modules (npm ci from the
 committed lock file), then for each scenario runs each server pinned to core 0
 and the Node load generator pinned to core 1 (taskset), one after the other.
+
+Scenarios: fanout (all broadcasts in one server event-loop turn), fanout-paced
+(one broadcast per turn), fanout-cluster (two nodes of warpsocket or
+python-socketio sharing a private redis-server, all three on core 0; clients
+split between the nodes, broadcasts sent by node A), rtt, connect (memory and
+connection rate).
 
 Prints a table, writes <out>/results.json and <out>/results.png
 (results-quick.* with --quick). See docs/performance.md.
@@ -30,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,12 @@ SERVER_CORE = "0"
 LOADGEN_CORE = "1"
 
 SERVERS = ("warpsocket", "autobahn", "websockets", "socketio")
+SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "connect")
+# The load generator's fan-out pace of each fan-out scenario.
+FANOUTS = {"fanout": "burst", "fanout-paced": "turn", "fanout-cluster": "burst"}
+# Servers with a cluster mode here (two nodes sharing one Redis).
+CLUSTER_SERVERS = ("warpsocket", "socketio")
+REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER") or shutil.which("redis-server") or ""
 LABELS = {
     "warpsocket": "warpsocket",
     "warpsocket-call": "warpsocket (call)",
@@ -57,6 +71,8 @@ COLUMNS = ("warpsocket", "warpsocket-call", "autobahn", "websockets", "socketio"
 FULL = {
     "fanout_clients": 1000,
     "fanout_broadcasts": 200,
+    "cluster_clients": 1000,  # half on each node
+    "cluster_broadcasts": 200,
     "payload_bytes": 100,
     "rtt_clients": 100,
     "rtt_seconds": 5.0,
@@ -69,16 +85,50 @@ QUICK = {
     **FULL,
     "fanout_clients": 200,
     "fanout_broadcasts": 50,
+    "cluster_clients": 200,
+    "cluster_broadcasts": 50,
     "rtt_seconds": 2.0,
     "rtt_warmup_seconds": 0.5,
     "idle_connections": 1000,
     "repeats": 1,
 }
 
-# (name, numerator column, denominator column, metric, comparison, target)
-TARGETS = (
-    ("fan-out: warpsocket / raw autobahn", "fanout", "warpsocket", "autobahn", ">=", 0.6),
-    ("fan-out: warpsocket / python-socketio", "fanout", "warpsocket", "socketio", ">=", 10.0),
+# (name, scenario, numerator column, denominator column, comparison, target);
+# a ratio without a target is reported only.
+TARGETS: tuple[tuple[str, str, str, str, str | None, float | None], ...] = (
+    ("fan-out (burst): warpsocket / raw autobahn", "fanout", "warpsocket", "autobahn", ">=", 0.6),
+    (
+        "fan-out (burst): warpsocket / python-socketio",
+        "fanout",
+        "warpsocket",
+        "socketio",
+        ">=",
+        10.0,
+    ),
+    (
+        "fan-out (paced): warpsocket / raw autobahn",
+        "fanout-paced",
+        "warpsocket",
+        "autobahn",
+        ">=",
+        0.6,
+    ),
+    (
+        "fan-out (paced): warpsocket / python-socketio",
+        "fanout-paced",
+        "warpsocket",
+        "socketio",
+        ">=",
+        10.0,
+    ),
+    (
+        "cluster fan-out (2 nodes + redis): warpsocket / python-socketio",
+        "fanout-cluster",
+        "warpsocket",
+        "socketio",
+        None,
+        None,
+    ),
     ("acked round trips: warpsocket / autobahn echo", "rtt", "warpsocket", "autobahn", ">=", 0.6),
     (
         "memory per idle connection: warpsocket / autobahn",
@@ -92,6 +142,8 @@ TARGETS = (
 # The number each scenario is judged by.
 HEADLINE = {
     "fanout": ("deliveries_per_s", "deliveries/s"),
+    "fanout-paced": ("deliveries_per_s", "deliveries/s"),
+    "fanout-cluster": ("deliveries_per_s", "deliveries/s"),
     "rtt": ("round_trips_per_s", "round trips/s"),
     "memory": ("rss_per_connection_kb", "KiB RSS per connection"),
     "connect": ("connections_per_s", "connections/s"),
@@ -283,7 +335,22 @@ class Ports:
             return port
 
 
-def start_server(server: str, scenario: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:] if line.strip())
+
+
+def start_server(
+    server: str,
+    scenario: str,
+    port: int,
+    log_path: Path,
+    extra: tuple[str, ...] = (),
+    name: str | None = None,
+) -> subprocess.Popen[bytes]:
     command = [
         "taskset",
         "-c",
@@ -294,9 +361,10 @@ def start_server(server: str, scenario: str, port: int, log_path: Path) -> subpr
         str(port),
         "--scenario",
         scenario,
+        *extra,
     ]
-    log = log_path.open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if b"READY" in log_path.read_bytes():
@@ -305,7 +373,58 @@ def start_server(server: str, scenario: str, port: int, log_path: Path) -> subpr
             break
         time.sleep(0.05)
     stop(process)
-    raise RuntimeError(f"{server} did not start; see {log_path}")
+    why = "timed out" if process.returncode in (None, -signal.SIGTERM) else "exited"
+    raise RuntimeError(
+        f"{name or server} did not start ({why}, exit {process.returncode}): "
+        f"{log_tail(log_path)}; see {log_path}"
+    )
+
+
+def start_redis(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A private redis-server for one cluster case (core 0, no persistence),
+    returned once it answers PING."""
+    if not REDIS_SERVER:
+        raise RuntimeError(
+            "redis-server not found (install it, e.g. apt-get install redis-server, "
+            "or set BENCH_REDIS_SERVER)"
+        )
+    command = [
+        "taskset",
+        "-c",
+        SERVER_CORE,
+        REDIS_SERVER,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--maxclients",
+        "1000",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.sendall(b"PING\r\n")
+                if probe.recv(64).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.05)
+    stop(process)
+    raise RuntimeError(
+        f"redis-server did not start on port {port} (exit {process.returncode}): "
+        f"{log_tail(log_path)}; see {log_path}"
+    )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -325,10 +444,13 @@ def run_loadgen(
     timeout: float,
     log_path: Path,
     on_gate: Any = None,
+    watch: Sequence[tuple[str, subprocess.Popen[bytes], Path]] = (),
 ) -> dict[str, Any]:
     """Run the load generator (core 1) and return its RESULT. With ``on_gate``,
     the load generator stops before and after measuring until ``on_gate(word)``
-    has run (word: "GATE", then "DONE")."""
+    has run (word: "GATE", then "DONE"). Every process in ``watch`` (name,
+    process, log) must stay alive meanwhile: if one exits, the load generator
+    is stopped at once and the error names it."""
     if on_gate is not None:
         args = [*args, "--gate", "1"]
     node = " ".join(shlex.quote(a) for a in ["node", str(LOADGEN / "loadgen.js"), *args])
@@ -357,12 +479,31 @@ def run_loadgen(
     readers = [threading.Thread(target=f, daemon=True) for f in (read_stderr, read_stdout)]
     for reader in readers:
         reader.start()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired as expired:
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"load generator timed out after {timeout:.0f} s") from expired
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            process.wait(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        dead = [(name, p, log) for name, p, log in watch if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            for reader in readers:
+                reader.join(timeout=5)
+            with log_path.open("a") as log_file:
+                log_file.write("\n--- loadgen stderr (stopped) ---\n" + "".join(errors))
+            if dead:
+                name, p, log = dead[0]
+                code = p.returncode
+                how = (
+                    f"was killed by {signal.Signals(-code).name}"
+                    if code < 0
+                    else f"exited (code {code}): {log_tail(log)}"
+                )
+                raise RuntimeError(f"{name} {how} during the run; see {log}")
+            raise RuntimeError(f"load generator timed out after {timeout:.0f} s")
     for reader in readers:
         reader.join(timeout=5)
     stdout = "".join(out_lines)
@@ -381,19 +522,22 @@ def loadgen_args(server: str, scenario: str, params: dict[str, Any], mode: str) 
         "--server",
         server,
         "--scenario",
-        scenario,
+        "fanout" if scenario in FANOUTS else scenario,
         "--size",
         str(params["payload_bytes"]),
         "--concurrency",
         str(params["connect_concurrency"]),
     ]
-    if scenario == "fanout":
+    if scenario in FANOUTS:
+        prefix = "cluster" if scenario == "fanout-cluster" else "fanout"
         return [
             *common,
+            "--pace",
+            FANOUTS[scenario],
             "--clients",
-            str(params["fanout_clients"]),
+            str(params[f"{prefix}_clients"]),
             "--count",
-            str(params["fanout_broadcasts"]),
+            str(params[f"{prefix}_broadcasts"]),
         ]
     if scenario == "rtt":
         return [
@@ -421,42 +565,47 @@ def run_case(
     mode: str = "ack",
     profile_to: Path | None = None,
 ) -> dict[str, Any]:
-    port = ports.take()
+    """One case: fresh server process(es), the load generator, the result. The
+    cluster fan-out starts a private redis-server and two nodes (A and B) of
+    the server on core 0; the control client talks to node A."""
     suffix = "" if mode == "ack" else f"-{mode}"
-    log_path = logs / f"{server}{suffix}-{scenario}{'-profiled' if profile_to else ''}.log"
-    process = start_server(server, scenario, port, log_path)
+    stem = f"{server}{suffix}-{scenario}{'-profiled' if profile_to else ''}"
+    # (name, process, log): every process that must live until the end of the case.
+    started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     spies: list[subprocess.Popen[bytes]] = []
+    # (pid, profile file) of each process py-spy samples.
+    targets: list[tuple[int, Path]] = []
 
     def profiler(word: str) -> None:
         # py-spy samples the server from core 1 (the load generator's core), and
         # only during the measured phase: the load generator waits at its gates.
-        assert profile_to is not None
         if word == "DONE":
             stop_profilers()
             return
-        spies.append(
-            subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    LOADGEN_CORE,
-                    str(VENV / "bin" / "py-spy"),
-                    "record",
-                    "--pid",
-                    str(process.pid),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--nolineno",
-                    "--nonblocking",
-                    "--output",
-                    str(profile_to),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+        for pid, output in targets:
+            spies.append(
+                subprocess.Popen(
+                    [
+                        "taskset",
+                        "-c",
+                        LOADGEN_CORE,
+                        str(VENV / "bin" / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "250",
+                        "--format",
+                        "raw",
+                        "--nolineno",
+                        "--nonblocking",
+                        "--output",
+                        str(output),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
-        )
         time.sleep(1.5)  # py-spy attaches
 
     def stop_profilers() -> None:
@@ -469,42 +618,96 @@ def run_case(
                 spy.kill()
 
     try:
+        if scenario == "fanout-cluster":
+            log_path = logs / f"{stem}.log"  # the load generator's
+            log_path.write_text("")
+            redis_port = ports.take()
+            redis_log = logs / f"{stem}-redis.log"
+            started.append(("redis-server", start_redis(redis_port, redis_log), redis_log))
+            node_ports = []
+            for node in ("a", "b"):
+                port = ports.take()
+                node_log = logs / f"{stem}-node-{node}.log"
+                process = start_server(
+                    server,
+                    scenario,
+                    port,
+                    node_log,
+                    ("--redis", f"127.0.0.1:{redis_port}", "--node", f"bench-{node}"),
+                    name=f"{server} node {node.upper()}",
+                )
+                started.append((f"{server} node {node.upper()}", process, node_log))
+                node_ports.append(port)
+                if profile_to is not None:
+                    targets.append(
+                        (process.pid, profile_to.with_name(f"{profile_to.stem}-node-{node}.txt"))
+                    )
+            pids = [
+                "--port",
+                str(node_ports[0]),
+                "--port2",
+                str(node_ports[1]),
+                "--server-pid",
+                str(started[1][1].pid),
+                "--server-pid2",
+                str(started[2][1].pid),
+                "--redis-pid",
+                str(started[0][1].pid),
+            ]
+        else:
+            port = ports.take()
+            log_path = logs / f"{stem}.log"
+            process = start_server(server, scenario, port, log_path)
+            started.append((server, process, log_path))
+            if profile_to is not None:
+                targets.append((process.pid, profile_to))
+            pids = ["--port", str(port), "--server-pid", str(process.pid)]
         overflows = listen_overflows()
         result = run_loadgen(
-            [
-                *loadgen_args(server, scenario, params, mode),
-                "--port",
-                str(port),
-                "--server-pid",
-                str(process.pid),
-            ],
+            [*loadgen_args(server, scenario, params, mode), *pids],
             nofile,
             timeout=600,
             log_path=log_path,
             on_gate=profiler if profile_to is not None else None,
+            watch=started,
         )
+        result["scenario"] = scenario
         result["listen_overflows"] = listen_overflows() - overflows
+        if profile_to is not None:
+            result["profile_files"] = [str(output) for _, output in targets]
+        outcome = str(result.get("outcome", "complete"))
+        if outcome.startswith("failed"):
+            raise RuntimeError(outcome[len("failed: ") :] + f"; see {log_path}")
         return result
     finally:
         stop_profilers()
-        stop(process)
+        for _, process, _ in reversed(started):
+            stop(process)
 
 
 RATE_KEY = {
-    "fanout": "deliveries_per_s",
+    **dict.fromkeys(FANOUTS, "deliveries_per_s"),
     "rtt": "round_trips_per_s",
     "connect": "connections_per_s",
 }
 
 
-COUNT_KEY = {"fanout": "delivered", "rtt": "round_trips", "connect": "connections"}
+COUNT_KEY = {**dict.fromkeys(FANOUTS, "delivered"), "rtt": "round_trips", "connect": "connections"}
 
 
-def cpu_cost(scenario: str, result: dict[str, Any]) -> float | None:
+def cpu_cost(
+    scenario: str, result: dict[str, Any], seconds_key: str = "server_cpu_seconds"
+) -> float | None:
     """Server CPU microseconds per delivery / round trip / connection: what the
-    server spends per unit of work, whatever else the machine was doing."""
-    seconds, count = result.get("server_cpu_seconds"), result.get(COUNT_KEY[scenario])
-    return None if not seconds or not count else seconds * 1e6 / count
+    server spends per unit of work, whatever else the machine was doing (both
+    nodes together in the cluster fan-out; ``redis_cpu_seconds`` for Redis)."""
+    seconds, count = result.get(seconds_key), result.get(COUNT_KEY[scenario])
+    return None if seconds is None or not count else seconds * 1e6 / count
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
 
 
 def combine(scenario: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -514,8 +717,11 @@ def combine(scenario: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
     complete = [a for a in attempts if a.get("outcome", "complete") == "complete"] or attempts
     best = dict(max(complete, key=lambda a: a[key]))
     best["repeats"] = len(attempts)
-    costs = sorted(c for c in (cpu_cost(scenario, a) for a in attempts) if c is not None)
-    best["server_cpu_us_per_op"] = costs[len(costs) // 2] if costs else None  # median
+    costs = [c for c in (cpu_cost(scenario, a) for a in attempts) if c is not None]
+    best["server_cpu_us_per_op"] = _median(costs)
+    if scenario == "fanout-cluster":
+        redis = [cpu_cost(scenario, a, "redis_cpu_seconds") for a in attempts]
+        best["redis_cpu_us_per_op"] = _median([c for c in redis if c is not None])
     best[f"{key}_runs"] = [a[key] for a in attempts]
     if scenario == "connect":
         memory = sorted(a["rss_per_connection_kb"] for a in attempts)
@@ -530,14 +736,16 @@ def combine(scenario: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------ profiles
 
 
-def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Top frames of a py-spy raw (collapsed) profile: self and inclusive samples."""
+def summarize_profile(paths: Sequence[Path], top: int = 15) -> dict[str, Any]:
+    """Top frames of py-spy raw (collapsed) profiles, added up (the two nodes of
+    the cluster fan-out): self and inclusive samples."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
-    if not path.exists():
+    lines = [line for path in paths if path.exists() for line in path.read_text().splitlines()]
+    if not lines:
         return {"samples": 0, "self": [], "inclusive": []}
-    for line in path.read_text().splitlines():
+    for line in lines:
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
@@ -576,11 +784,15 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]
     for name, scenario, top, bottom, comparison, target in TARGETS:
         key = HEADLINE[scenario][0]
         source = "connect" if scenario == "memory" else scenario
+        if source not in results:
+            continue
         a = results.get(source, {}).get(top, {}).get(key)
         b = results.get(source, {}).get(bottom, {}).get(key)
         value = a / b if a is not None and b not in (None, 0) else None
         met = (
-            None if value is None else (value >= target if comparison == ">=" else value <= target)
+            None
+            if value is None or target is None
+            else (value >= target if comparison == ">=" else value <= target)
         )
         # Cross-check for rates: the same ratio from server CPU per operation
         # (insensitive to other load on the machine).
@@ -594,7 +806,7 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]
                 "numerator": top,
                 "denominator": bottom,
                 "value": value,
-                "target": f"{comparison} {target:g}",
+                "target": "-" if target is None else f"{comparison} {target:g}",
                 "met": met,
                 "value_by_server_cpu": by_cpu,
             }
@@ -611,9 +823,13 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]], params: dict[str, Any]) -> str:
-    fan, rtt, con = results.get("fanout", {}), results.get("rtt", {}), results.get("connect", {})
-    columns = [c for c in COLUMNS if any(c in r for r in (fan, rtt, con))]
+    rtt, con = results.get("rtt", {}), results.get("connect", {})
+    columns = [c for c in COLUMNS if any(c in r for r in results.values())]
     n_fan = f"{params['fanout_clients']:,} clients x {params['fanout_broadcasts']} broadcasts"
+    n_cluster = (
+        f"2 nodes + redis, {params['cluster_clients']:,} clients x "
+        f"{params['cluster_broadcasts']} broadcasts"
+    )
     n_rtt = f"{params['rtt_clients']} clients, {params['rtt_seconds']:g} s"
     n_idle = f"{params['idle_connections']:,} connections"
 
@@ -624,59 +840,72 @@ def table(results: dict[str, dict[str, dict[str, Any]]], params: dict[str, Any])
 
         return cell
 
-    rows: list[tuple[str, str, Any]] = [
-        (f"fan-out ({n_fan})", "deliveries/s", get(fan, "deliveries_per_s")),
-        (
-            "",
-            "delivery latency p50 / p99 ms",
-            lambda c: (
-                f"{_fmt(fan.get(c, {}).get('delivery_latency_ms_p50'), 0)} / "
-                f"{_fmt(fan.get(c, {}).get('delivery_latency_ms_p99'), 0)}"
-                if c in fan
-                else "-"
+    def latency(source: dict[str, dict[str, Any]]):
+        return lambda c: (
+            f"{_fmt(source[c].get('delivery_latency_ms_p50'), 0)} / "
+            f"{_fmt(source[c].get('delivery_latency_ms_p99'), 0)}"
+            if c in source
+            else "-"
+        )
+
+    def load(source: dict[str, dict[str, Any]], *keys: str):
+        return lambda c: " / ".join(_fmt(_pct(source, c, k)) for k in keys) if c in source else "-"
+
+    rows: list[tuple[str, str, Any]] = []
+    for scenario, title in (
+        ("fanout", f"fan-out, burst ({n_fan})"),
+        ("fanout-paced", f"fan-out, paced: 1 per loop turn ({n_fan})"),
+    ):
+        if scenario not in results:
+            continue
+        fan = results[scenario]
+        rows += [
+            (title, "deliveries/s", get(fan, "deliveries_per_s")),
+            ("", "delivery latency p50 / p99 ms", latency(fan)),
+            ("", "server CPU / loadgen CPU %", load(fan, "server_cpu", "loadgen_cpu")),
+            ("", "server CPU us per delivery", get(fan, "server_cpu_us_per_op", digits=1)),
+        ]
+    if "fanout-cluster" in results:
+        fan = results["fanout-cluster"]
+        rows += [
+            (f"cluster fan-out ({n_cluster})", "deliveries/s", get(fan, "deliveries_per_s")),
+            ("", "delivery latency p50 / p99 ms", latency(fan)),
+            (
+                "",
+                "CPU % nodes A+B / redis / loadgen",
+                load(fan, "server_cpu", "redis_cpu", "loadgen_cpu"),
             ),
-        ),
-        (
-            "",
-            "server CPU / loadgen CPU %",
-            lambda c: (
-                f"{_fmt(_pct(fan, c, 'server_cpu'))} / {_fmt(_pct(fan, c, 'loadgen_cpu'))}"
-                if c in fan
-                else "-"
+            ("", "nodes A+B CPU us per delivery", get(fan, "server_cpu_us_per_op", digits=1)),
+            ("", "redis CPU us per delivery", get(fan, "redis_cpu_us_per_op", digits=2)),
+        ]
+    if rtt:
+        rows += [
+            (f"acked round trip ({n_rtt})", "round trips/s", get(rtt, "round_trips_per_s")),
+            ("", "latency p50 ms", get(rtt, "latency_ms_p50", digits=2)),
+            ("", "latency p99 ms", get(rtt, "latency_ms_p99", digits=2)),
+            ("", "server CPU / loadgen CPU %", load(rtt, "server_cpu", "loadgen_cpu")),
+            ("", "server CPU us per round trip", get(rtt, "server_cpu_us_per_op", digits=1)),
+        ]
+    if con:
+        rows += [
+            (
+                f"memory ({n_idle} idle)",
+                "KiB RSS per connection",
+                get(con, "rss_per_connection_kb", digits=1),
             ),
-        ),
-        ("", "server CPU us per delivery", get(fan, "server_cpu_us_per_op", digits=1)),
-        (f"acked round trip ({n_rtt})", "round trips/s", get(rtt, "round_trips_per_s")),
-        ("", "latency p50 ms", get(rtt, "latency_ms_p50", digits=2)),
-        ("", "latency p99 ms", get(rtt, "latency_ms_p99", digits=2)),
-        (
-            "",
-            "server CPU / loadgen CPU %",
-            lambda c: (
-                f"{_fmt(_pct(rtt, c, 'server_cpu'))} / {_fmt(_pct(rtt, c, 'loadgen_cpu'))}"
-                if c in rtt
-                else "-"
+            (
+                "",
+                "RSS before -> after MiB",
+                lambda c: (
+                    f"{_fmt(_mib(con, c, 'rss_before_kb'), 1)} -> "
+                    f"{_fmt(_mib(con, c, 'rss_after_kb'), 1)}"
+                    if c in con
+                    else "-"
+                ),
             ),
-        ),
-        ("", "server CPU us per round trip", get(rtt, "server_cpu_us_per_op", digits=1)),
-        (
-            f"memory ({n_idle} idle)",
-            "KiB RSS per connection",
-            get(con, "rss_per_connection_kb", digits=1),
-        ),
-        (
-            "",
-            "RSS before -> after MiB",
-            lambda c: (
-                f"{_fmt(_mib(con, c, 'rss_before_kb'), 1)} -> "
-                f"{_fmt(_mib(con, c, 'rss_after_kb'), 1)}"
-                if c in con
-                else "-"
-            ),
-        ),
-        (f"connection rate (to {n_idle})", "connections/s", get(con, "connections_per_s")),
-        ("", "server CPU us per connection", get(con, "server_cpu_us_per_op")),
-    ]
+            (f"connection rate (to {n_idle})", "connections/s", get(con, "connections_per_s")),
+            ("", "server CPU us per connection", get(con, "server_cpu_us_per_op")),
+        ]
     header = ["scenario", "metric", *(LABELS[c] for c in columns)]
     body = [[label, metric, *(cell(c) for c in columns)] for label, metric, cell in rows]
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
@@ -704,12 +933,16 @@ def _mib(source: dict[str, dict[str, Any]], column: str, key: str) -> float | No
 
 
 def ratio_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'ratio (same run)':<52} {'value':>8}  {'target':<7} {'met':<4} by server CPU/op"]
+    width = max([52, *(len(row["name"]) for row in rows)])
+    lines = [
+        f"{'ratio (same run)':<{width}} {'value':>8}  {'target':<7} {'met':<4} by server CPU/op"
+    ]
     for row in rows:
         met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
         cpu = _fmt(row.get("value_by_server_cpu"), 2) if row.get("value_by_server_cpu") else ""
         lines.append(
-            f"{row['name']:<52} {_fmt(row['value'], 2):>8}  {row['target']:<7} {met:<4} {cpu:>8}"
+            f"{row['name']:<{width}} {_fmt(row['value'], 2):>8}  {row['target']:<7} {met:<4} "
+            f"{cpu:>8}"
         )
     return "\n".join(lines)
 
@@ -734,7 +967,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="scaled-down smoke run (about 2 minutes)"
+        "--quick", action="store_true", help="scaled-down smoke run (about 1 minute)"
     )
     parser.add_argument(
         "--out", default=str(BENCH / "results"), help="directory for results.json/.png"
@@ -742,8 +975,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(SERVERS), help="subset, comma-separated")
     parser.add_argument(
         "--scenarios",
-        default="fanout,rtt,connect",
-        help="subset of fanout,rtt,connect (connect measures memory and connection rate)",
+        default=",".join(SCENARIOS),
+        help=f"subset of {','.join(SCENARIOS)} (connect measures memory and connection "
+        "rate; fanout-cluster runs warpsocket and python-socketio only)",
     )
     parser.add_argument(
         "--profile",
@@ -774,7 +1008,7 @@ def main() -> int:
         params["repeats"] = max(1, args.repeat)
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = set(servers) - set(SERVERS) | set(scenarios) - {"fanout", "rtt", "connect"}
+    unknown = set(servers) - set(SERVERS) | set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown server or scenario: {', '.join(sorted(unknown))}")
     if shutil.which("taskset") is None:
@@ -811,6 +1045,8 @@ def main() -> int:
     plan: list[tuple[str, str, str]] = []
     for scenario in scenarios:
         for server in servers:
+            if scenario == "fanout-cluster" and server not in CLUSTER_SERVERS:
+                continue
             plan.append((scenario, server, "ack"))
             if scenario == "rtt" and server == "warpsocket":
                 plan.append((scenario, server, "call"))
@@ -822,7 +1058,7 @@ def main() -> int:
             column = server if mode == "ack" else f"{server}-{mode}"
             say(
                 f"[{time.monotonic() - started:6.1f}s] round {round_no}/{params['repeats']} "
-                f"{scenario:8} {LABELS[column]} ..."
+                f"{scenario:14} {LABELS[column]} ..."
             )
             try:
                 result = run_case(server, scenario, params, ports, nofile, logs, mode=mode)
@@ -838,15 +1074,38 @@ def main() -> int:
             warn = (
                 "" if result.get("outcome", "complete") == "complete" else f" ({result['outcome']})"
             )
+            if result.get("outcome", "complete") != "complete" and "expected" in result:
+                warn += f" {result['delivered']:,} of {result['expected']:,} delivered"
+            if "delivered_node_a" in result:
+                a, b = result["delivered_node_a"], result["delivered_node_b"]
+                warn += f" (node A {a:,}, node B {b:,})"
             busy = result.get("core0_busy")
             load = (
                 f"; core 0 busy {100 * busy:.0f}%, server {100 * result['server_cpu']:.0f}%"
                 if busy
                 else ""
             )
+            if result.get("redis_cpu") is not None:
+                load += f", redis {100 * result['redis_cpu']:.0f}%"
+            if result.get("loadgen_cpu") is not None:
+                load += f", loadgen {100 * result['loadgen_cpu']:.0f}%"
             say(f"    {key} = {result[key]:,.0f}{extra}{warn}{load}")
     for (scenario, column), attempts in runs.items():
         results.setdefault(scenario, {})[column] = combine(scenario, attempts)
+    # The load generator must not be what limits a rate: say so where its core
+    # was (nearly) saturated while the server's was not.
+    for scenario, by_column in results.items():
+        for column, best in by_column.items():
+            own, core0, core1 = (best.get(k) for k in ("loadgen_cpu", "core0_busy", "core1_busy"))
+            if scenario == "connect" or own is None or core0 is None or core1 is None:
+                continue
+            if own >= 0.9 or (core1 >= 0.85 and core0 < 0.9):
+                notes.append(
+                    f"{scenario} / {LABELS[column]}: the load generator used {100 * own:.0f}% "
+                    f"of core 1 (core 1 busy {100 * core1:.0f}%, core 0 {100 * core0:.0f}%): "
+                    "this rate is (near) the load generator's limit; compare server CPU/op"
+                )
+    results = {s: results[s] for s in SCENARIOS if s in results}
 
     ratio_rows = ratios(results)
 
@@ -860,8 +1119,10 @@ def main() -> int:
                     wanted_profiles.add(("warpsocket", scenario))
             continue
         server, _, scenario = spec.rpartition(":")
-        if (server and server not in SERVERS) or scenario not in ("fanout", "rtt", "connect"):
+        if (server and server not in SERVERS) or scenario not in SCENARIOS:
             raise SystemExit(f"--profile: unknown {spec!r} (use SCENARIO or SERVER:SCENARIO)")
+        if scenario == "fanout-cluster" and (server or "warpsocket") not in CLUSTER_SERVERS:
+            raise SystemExit(f"--profile: {server} has no cluster mode here")
         wanted_profiles.add((server or "warpsocket", scenario))
     if wanted_profiles:
         (out / "profiles").mkdir(exist_ok=True)
@@ -877,10 +1138,11 @@ def main() -> int:
             failures[f"profile/{server}:{scenario}"] = str(error)
             say(f"    FAILED: {error}")
             continue
+        files = [Path(f) for f in profiled.get("profile_files", [raw])]
         profiles[f"{server}:{scenario}"] = {
-            "raw": str(raw.relative_to(REPO) if raw.is_relative_to(REPO) else raw),
+            "raw": [str(f.relative_to(REPO) if f.is_relative_to(REPO) else f) for f in files],
             "result_under_profiler": profiled,
-            **summarize_profile(raw),
+            **summarize_profile(files),
         }
 
     finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -923,8 +1185,8 @@ def main() -> int:
     for name, profile in profiles.items():
         print()
         print(
-            f"py-spy, {name.replace(':', ' during ')}: {profile['samples']} samples; "
-            "top frames by own time:"
+            f"py-spy, {name.replace(':', ' during ')}: {profile['samples']} samples"
+            f"{' (nodes A+B added up)' if len(profile['raw']) > 1 else ''}; top frames by own time:"
         )
         for row in profile["self"][:10]:
             print(f"  {row['percent']:5.1f}%  {row['frame']}")

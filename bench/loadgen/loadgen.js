@@ -7,6 +7,11 @@
 //   node loadgen.js --server warpsocket|autobahn|websockets|socketio
 //                   --scenario fanout|rtt|connect --port P [options]
 //
+// Two nodes (the cluster fan-out): --port2 Q puts every odd-numbered client on
+// the second node (port Q), the even ones and the control client on the first;
+// --server-pid2 and --redis-pid add that node's and Redis's CPU time to the
+// measurement (server CPU = both nodes).
+//
 // Readiness: warpsocket = `welcome` received (hello with rooms ["bench"]);
 // autobahn / websockets = WebSocket open; socketio = socket.io `connect`
 // (the server's connect handler has put the socket in the room by then).
@@ -18,6 +23,7 @@ const { io } = require('socket.io-client');
 const DEFAULTS = {
   host: '127.0.0.1',
   port: 0,
+  port2: 0, // a second node: odd-numbered clients connect here (the control client never does)
   server: 'warpsocket',
   scenario: 'fanout',
   clients: 1000,
@@ -31,6 +37,8 @@ const DEFAULTS = {
   settle: 2, // connect: seconds idle before reading the server's RSS
   stall: 15, // fanout: give up after this many seconds without a delivery
   'server-pid': 0,
+  'server-pid2': 0, // the second node, whose CPU time counts as server CPU too
+  'redis-pid': 0, // reported apart (redis_cpu_seconds)
   gate: 0, // 1: before measuring, print GATE on stderr and wait for SIGUSR1 (profiling)
 };
 
@@ -90,9 +98,11 @@ function readCores() {
 // Server and load-generator CPU use over a measurement window, and how busy
 // each core was (anything above the server's share on core 0 is someone else:
 // kernel softirq work for the loopback traffic, or other processes).
-function cpuWindow(pid) {
+function cpuWindow(pid, pid2 = 0, redisPid = 0) {
   const wall0 = now();
   const server0 = pid ? readCpuSeconds(pid) : 0;
+  const second0 = pid2 ? readCpuSeconds(pid2) : 0;
+  const redis0 = redisPid ? readCpuSeconds(redisPid) : 0;
   const self0 = process.cpuUsage();
   const cores0 = readCores();
   return () => {
@@ -104,8 +114,10 @@ function cpuWindow(pid) {
       const b = cores1[core];
       return a && b && b.total > a.total ? (b.busy - a.busy) / (b.total - a.total) : null;
     };
-    const serverSeconds = pid ? readCpuSeconds(pid) - server0 : null;
-    return {
+    const firstSeconds = pid ? readCpuSeconds(pid) - server0 : null;
+    const secondSeconds = pid2 ? readCpuSeconds(pid2) - second0 : null;
+    const serverSeconds = pid ? firstSeconds + (secondSeconds || 0) : null;
+    const usage = {
       server_cpu_seconds: serverSeconds,
       server_cpu: pid ? serverSeconds / wall : null,
       loadgen_cpu: (self.user + self.system) / 1e6 / wall,
@@ -113,17 +125,35 @@ function cpuWindow(pid) {
       core1_busy: busy('1'),
       loadavg1: Number(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0]),
     };
+    if (pid2) {
+      usage.node_a_cpu_seconds = firstSeconds;
+      usage.node_b_cpu_seconds = secondSeconds;
+    }
+    if (redisPid) {
+      usage.redis_cpu_seconds = readCpuSeconds(redisPid) - redis0;
+      usage.redis_cpu = usage.redis_cpu_seconds / wall;
+    }
+    return usage;
   };
+}
+
+// Which node a client talks to: the control client and the even-numbered
+// clients to the first (--port), the odd-numbered ones to the second (--port2).
+function portFor(index, control) {
+  if (control || !opts.port2) return opts.port;
+  return index % 2 === 0 ? opts.port : opts.port2;
 }
 
 // ------------------------------------------------------------ protocol adapters
 
 // WarpSocket: JSON codec, hello first, answers heartbeats.
 class WarpClient {
-  constructor(index, { control = false, onTick = null, mode = 'ack' } = {}) {
+  constructor(index, { control = false, onTick = null, onLost = null, mode = 'ack' } = {}) {
     this.index = index;
     this.control = control;
+    this.port = portFor(index, control);
     this.onTick = onTick;
+    this.onLost = onLost;
     this.mode = mode;
     this.seq = 0;
     this.pending = null;
@@ -137,7 +167,7 @@ class WarpClient {
 
   open() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://${opts.host}:${opts.port}/ws`, ['warpsocket.v1.json'], WS_OPTIONS);
+      const ws = new WebSocket(`ws://${opts.host}:${this.port}/ws`, ['warpsocket.v1.json'], WS_OPTIONS);
       this.ws = ws;
       let ready = false;
       ws.on('open', () => {
@@ -148,7 +178,7 @@ class WarpClient {
         const msg = JSON.parse(raw);
         switch (msg.type) {
           case 'event':
-            if (this.onTick !== null && msg.stream === 'room:bench') this.onTick(msg.data);
+            if (this.onTick !== null && msg.stream === 'room:bench') this.onTick(msg.data, this);
             break;
           case 'welcome':
             ready = true;
@@ -169,7 +199,10 @@ class WarpClient {
         }
       });
       ws.on('error', (err) => { if (!ready) reject(err); });
-      ws.on('close', (code) => { if (!ready) reject(new Error(`closed ${code} before welcome`)); });
+      ws.on('close', (code) => {
+        if (!ready) reject(new Error(`closed ${code} before welcome`));
+        else if (this.onLost !== null) this.onLost(this, `closed ${code}`);
+      });
     });
   }
 
@@ -200,15 +233,20 @@ class WarpClient {
     return this.send({ type: 'call', id: this.nextId(), timestamp: Date.now(), event: 'fanout', data: { count, size, burst: opts.pace === 'burst' } });
   }
 
-  close() { if (this.ws) this.ws.terminate(); }
+  close() {
+    this.onLost = null;
+    if (this.ws) this.ws.terminate();
+  }
 }
 
 // Autobahn and websockets servers: plain WebSocket, JSON text messages, echo.
 class PlainClient {
-  constructor(index, { control = false, onTick = null } = {}) {
+  constructor(index, { control = false, onTick = null, onLost = null } = {}) {
     this.index = index;
     this.control = control;
+    this.port = portFor(index, control);
     this.onTick = onTick;
+    this.onLost = onLost;
     this.pending = null;
     this.ws = null;
   }
@@ -216,7 +254,7 @@ class PlainClient {
   open() {
     return new Promise((resolve, reject) => {
       const path = this.control ? '/control' : '/ws';
-      const ws = new WebSocket(`ws://${opts.host}:${opts.port}${path}`, WS_OPTIONS);
+      const ws = new WebSocket(`ws://${opts.host}:${this.port}${path}`, WS_OPTIONS);
       this.ws = ws;
       let ready = false;
       ws.on('open', () => { ready = true; resolve(this); });
@@ -227,11 +265,14 @@ class PlainClient {
           this.pending = null;
           pending.resolve(msg);
         } else if (this.onTick !== null) {
-          this.onTick(msg);
+          this.onTick(msg, this);
         }
       });
       ws.on('error', (err) => { if (!ready) reject(err); });
-      ws.on('close', (code) => { if (!ready) reject(new Error(`closed ${code} before open`)); });
+      ws.on('close', (code) => {
+        if (!ready) reject(new Error(`closed ${code} before open`));
+        else if (this.onLost !== null) this.onLost(this, `closed ${code}`);
+      });
     });
   }
 
@@ -246,21 +287,26 @@ class PlainClient {
 
   fanout(count, size) { return this.send({ cmd: 'fanout', count, size, burst: opts.pace === 'burst' }); }
 
-  close() { if (this.ws) this.ws.terminate(); }
+  close() {
+    this.onLost = null;
+    if (this.ws) this.ws.terminate();
+  }
 }
 
 // python-socketio: socket.io-client over the WebSocket transport only.
 class SioClient {
-  constructor(index, { control = false, onTick = null } = {}) {
+  constructor(index, { control = false, onTick = null, onLost = null } = {}) {
     this.index = index;
     this.control = control;
+    this.port = portFor(index, control);
     this.onTick = onTick;
+    this.onLost = onLost;
     this.socket = null;
   }
 
   open() {
     return new Promise((resolve, reject) => {
-      const socket = io(`http://${opts.host}:${opts.port}`, {
+      const socket = io(`http://${opts.host}:${this.port}`, {
         transports: ['websocket'],
         forceNew: true,
         reconnection: false,
@@ -269,9 +315,12 @@ class SioClient {
         auth: this.control ? { control: true } : {},
       });
       this.socket = socket;
-      socket.once('connect', () => resolve(this));
+      socket.once('connect', () => {
+        resolve(this);
+        socket.once('disconnect', (reason) => { if (this.onLost !== null) this.onLost(this, reason); });
+      });
       socket.once('connect_error', (err) => reject(err));
-      if (this.onTick !== null) socket.on('tick', (data) => this.onTick(data));
+      if (this.onTick !== null) socket.on('tick', (data) => this.onTick(data, this));
     });
   }
 
@@ -284,6 +333,7 @@ class SioClient {
   }
 
   close() {
+    this.onLost = null;
     if (this.socket) {
       this.socket.io.opts.reconnection = false;
       this.socket.disconnect();
@@ -363,35 +413,77 @@ async function fanout() {
   const expected = opts.clients * opts.count;
   const latencies = new Float64Array(expected);
   let delivered = 0;
+  const byNode = [0, 0]; // deliveries to clients of the first / second node
   let firstSend = Infinity;
+  let firstDelivery = 0;
   let lastDelivery = 0;
   let finish = null;
+  let outcomeSet = null;
   const finished = new Promise((resolve) => { finish = resolve; });
-  const onTick = (data) => {
+  const end = (outcome) => { if (outcomeSet === null) { outcomeSet = outcome; finish(outcome); } };
+  const onTick = (data, client) => {
     const t = now();
     if (delivered < expected) latencies[delivered] = t - data.t;
+    if (delivered === 0) firstDelivery = t;
     delivered += 1;
+    byNode[client.port === opts.port ? 0 : 1] += 1;
     lastDelivery = t;
     if (data.seq === 0 && data.t < firstSend) firstSend = data.t;
-    if (delivered === expected) finish('complete');
+    if (delivered === expected) end('complete');
   };
-  const opened = await openAll(opts.clients, { onTick });
-  const control = await makeClient(-1, { control: true }).open();
+  // A node that dies closes its clients' connections: stop at once, and say so.
+  const onLost = (client, why) => {
+    end(`failed: ${client.control ? 'the control client' : `client ${client.index}`} `
+      + `lost its connection to port ${client.port} (${why})`);
+  };
+  const opened = await openAll(opts.clients, { onTick, onLost });
+  const control = await makeClient(-1, { control: true, onLost }).open();
   await sleep(500); // let the last welcomes' bookkeeping settle
   await gate();
 
-  const cpu = cpuWindow(opts['server-pid']);
+  const cpu = cpuWindow(opts['server-pid'], opts['server-pid2'], opts['redis-pid']);
   const requested = now();
   let serverDone = null;
-  const answered = control.fanout(opts.count, opts.size).then(() => { serverDone = now(); });
-  let seen = -1;
-  let quietSince = now();
+  let serverError = null;
+  // The server answers once every broadcast was handed over (stored, for a
+  // cluster); an error answer (e.g. Redis refused a publish) ends the run.
+  const answered = control.fanout(opts.count, opts.size).then(
+    (reply) => {
+      serverDone = now();
+      if (reply && reply.error) {
+        serverError = String(reply.error);
+        end(`failed: the server could not broadcast: ${serverError}`);
+      }
+    },
+    (err) => {
+      serverError = String(err && err.message ? err.message : err);
+      end(`failed: the fanout command failed: ${serverError}`);
+    },
+  );
+  // Stall watch, per node: with two nodes, the clients of one may get nothing
+  // (its Redis subscription is dead) while the other's still trickle in.
+  const nodes = opts.port2 ? [0, 1] : [0];
+  const expectedByNode = opts.port2
+    ? [Math.ceil(opts.clients / 2) * opts.count, Math.floor(opts.clients / 2) * opts.count]
+    : [expected];
+  const seen = [-1, -1];
+  const quietSince = [now(), now()];
   const watchdog = setInterval(() => {
-    if (delivered !== seen) { seen = delivered; quietSince = now(); return; }
-    if (now() - quietSince > opts.stall * 1000) finish('stalled');
+    for (const n of nodes) {
+      if (byNode[n] !== seen[n] || byNode[n] >= expectedByNode[n]) {
+        seen[n] = byNode[n];
+        quietSince[n] = now();
+      } else if (now() - quietSince[n] > opts.stall * 1000) {
+        if (!opts.port2) { end('stalled'); return; }
+        end(`failed: the clients of node ${n === 0 ? 'A' : 'B'} got no delivery for ${opts.stall} s `
+          + `(${byNode[n]} of ${expectedByNode[n]}; node A ${byNode[0]}, node B ${byNode[1]})`);
+        return;
+      }
+    }
   }, 250);
   const outcome = await finished;
   clearInterval(watchdog);
+  for (const client of [...opened.clients, control]) if (client) client.onLost = null;
   const usage = cpu();
   await gate('DONE');
   await Promise.race([answered, sleep(5000)]); // the server's "sent" answer, for server_send_seconds
@@ -408,9 +500,12 @@ async function fanout() {
     seconds,
     deliveries_per_s: delivered / seconds,
     server_send_seconds: serverDone === null ? null : (serverDone - start) / 1000,
+    first_delivery_ms: delivered ? firstDelivery - start : null, // first send -> first delivery
     delivery_latency_ms_p50: percentile(sorted, 50),
     delivery_latency_ms_p99: percentile(sorted, 99),
     connect_failures: opened.failures,
+    ...(opts.port2 ? { delivered_node_a: byNode[0], delivered_node_b: byNode[1] } : {}),
+    server_error: serverError,
     ...usage,
   };
 }

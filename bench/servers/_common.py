@@ -10,17 +10,31 @@ import time
 from typing import Any
 
 ROOM = "bench"
-SCENARIOS = ("fanout", "rtt", "connect")
+SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "connect")
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, *, cluster: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     # Every server runs the same code for every scenario; the argument is
     # accepted so that a run can be told apart in `ps` and in the logs.
     parser.add_argument("--scenario", choices=SCENARIOS, default="fanout")
+    if cluster:
+        parser.add_argument(
+            "--redis",
+            metavar="HOST:PORT",
+            help="run as one node of a cluster sharing this Redis (fanout-cluster)",
+        )
+        parser.add_argument("--node", help="this node's name in the cluster")
     return parser.parse_args()
+
+
+def redis_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"--redis: expected HOST:PORT, got {value!r}")
+    return host, int(port)
 
 
 def raise_nofile() -> int:

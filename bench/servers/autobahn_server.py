@@ -48,24 +48,30 @@ class BenchProtocol(WebSocketServerProtocol):
             self.fanout(int(command["count"]), int(command["size"]), bool(command.get("burst")))
 
     def fanout(self, count: int, size: int, burst: bool) -> None:
-        factory = self.factory
+        if burst:
+            for seq in range(count):
+                self.broadcast(seq, size)
+            self.answer(count)
+            return
 
         def step(seq: int) -> None:
             if seq == count:
-                self.sendMessage(
-                    json.dumps({"sent": count, "members": len(factory.clients)}).encode()
-                )
+                self.answer(count)
                 return
-            payload = json.dumps(make_payload(seq, size), separators=(",", ":")).encode()
-            prepared = factory.prepareMessage(payload, isBinary=False)
-            for client in factory.clients:
-                client.sendPreparedMessage(prepared)
-            if burst:
-                step(seq + 1)
-            else:
-                reactor.callLater(0, step, seq + 1)
+            self.broadcast(seq, size)
+            reactor.callLater(0, step, seq + 1)
 
         step(0)
+
+    def broadcast(self, seq: int, size: int) -> None:
+        factory = self.factory
+        payload = json.dumps(make_payload(seq, size), separators=(",", ":")).encode()
+        prepared = factory.prepareMessage(payload, isBinary=False)
+        for client in factory.clients:
+            client.sendPreparedMessage(prepared)
+
+    def answer(self, count: int) -> None:
+        self.sendMessage(json.dumps({"sent": count, "members": len(self.factory.clients)}).encode())
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         self.factory.clients.discard(self)

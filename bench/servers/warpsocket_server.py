@@ -6,24 +6,43 @@ Production defaults except the per-address connection and message limits
 Clients say hello with ``rooms: ["bench"]`` (open rooms). A control client
 (hello without rooms) calls ``fanout`` with ``{"count", "size"}``: the server
 then publishes ``count`` messages into the room with ``Hub.publish``, all in
-one reactor turn (``burst``) or one per reactor turn, and answers when the
-last one has been handed to the transports.
+one reactor turn (``burst``) or one per reactor turn, and answers when every
+one has been stored and handed over (at once, in memory; with ``--redis``,
+when Redis has appended them all), or with ``{"error": ...}`` if one failed.
+
+``--redis HOST:PORT`` (the cluster fan-out) makes this process one node of a
+cluster sharing that Redis, built as docs/cluster.md shows (``RedisBackend``
+with ``RedisOptions``); ``--node`` names it. READY is printed only once the
+backend is healthy (its canary came back through Redis pub/sub); a Redis that
+cannot be reached ends the process with an error instead.
 """
 
 from __future__ import annotations
 
+import sys
+import time
+from dataclasses import replace
 from typing import Any
 
-from _common import ROOM, make_payload, parse_args, raise_nofile, ready, trace_memory_on_signal
+from _common import (
+    ROOM,
+    make_payload,
+    parse_args,
+    raise_nofile,
+    ready,
+    redis_address,
+    trace_memory_on_signal,
+)
 from _twisted_log import start_logging
 
-args = parse_args(__doc__ or "")
+args = parse_args(__doc__ or "", cluster=True)
 raise_nofile()
 trace_memory_on_signal()
 start_logging()
 
 from twisted.internet import reactor  # noqa: E402
-from twisted.internet.defer import Deferred  # noqa: E402
+from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from warpsocket import Hub, HubOptions, WarpSocketService  # noqa: E402
 
@@ -50,7 +69,24 @@ def bench_options() -> HubOptions:
     return HubOptions(open_rooms=True, security=security)
 
 
-hub = Hub(bench_options())
+def make_hub() -> Hub:
+    options = bench_options()
+    if not args.redis:
+        return Hub(options)
+    from warpsocket.backends.redis import RedisBackend, RedisOptions
+
+    host, port = redis_address(args.redis)
+    node = args.node or f"bench-{args.port}"
+    options = replace(options, core=replace(options.core, node=node))
+    backend = RedisBackend(
+        RedisOptions(url=f"redis://{host}:{port}/0", prefix="bench:"),
+        options.core.history,
+        node=node,
+    )
+    return Hub(options, backend=backend)
+
+
+hub = make_hub()
 
 
 @hub.on("echo")
@@ -59,25 +95,58 @@ def echo(ctx: Any, data: Any) -> Any:
 
 
 @hub.on("fanout")
-def fanout(ctx: Any, data: Any) -> Deferred[dict[str, int]]:
+def fanout(ctx: Any, data: Any) -> Deferred[dict[str, Any]]:
     count, size, burst = int(data["count"]), int(data["size"]), bool(data.get("burst"))
-    done: Deferred[dict[str, int]] = Deferred()
+    published: list[Deferred[Any]] = []
+
+    def answer(_: object) -> Deferred[dict[str, Any]]:
+        stored = gatherResults(published, consumeErrors=True)
+        return stored.addCallbacks(
+            lambda _: {"sent": count, "members": len(hub.room_members(ROOM))},
+            lambda failure: {"error": _reason(failure)},
+        )
+
+    if burst:
+        for seq in range(count):
+            published.append(hub.publish(ROOM, "tick", make_payload(seq, size)))
+        return answer(None)
+
+    done: Deferred[None] = Deferred()
 
     def step(seq: int) -> None:
         if seq == count:
-            done.callback({"sent": count, "members": len(hub.room_members(ROOM))})
+            done.callback(None)
             return
-        hub.publish(ROOM, "tick", make_payload(seq, size))
-        if burst:
-            step(seq + 1)
-        else:
-            reactor.callLater(0, step, seq + 1)
+        published.append(hub.publish(ROOM, "tick", make_payload(seq, size)))
+        reactor.callLater(0, step, seq + 1)
 
     step(0)
-    return done
+    return done.addCallback(answer)
 
 
+def _reason(failure: Failure) -> str:
+    error = getattr(failure.value, "subFailure", None)  # FirstError of gatherResults
+    return (error or failure).getErrorMessage()
+
+
+def announce(deadline: float) -> None:
+    """READY once the hub can serve: at once in memory; in a cluster, once the
+    Redis backend reports healthy (or an error and exit when it never does)."""
+    reason = hub.health
+    if reason is None:
+        ready("warpsocket", args.port)
+        return
+    if time.monotonic() < deadline:
+        reactor.callLater(0.05, announce, deadline)
+        return
+    print(f"ERROR: node {hub.options.core.node}: {reason} (Redis {args.redis})", file=sys.stderr)
+    failed.append(2)
+    reactor.stop()
+
+
+failed: list[int] = []
 service = WarpSocketService(hub, [f"tcp:{args.port}:interface={args.host}"])
 service.startService()
-reactor.callWhenRunning(ready, "warpsocket", args.port)
+reactor.callWhenRunning(announce, time.monotonic() + 10.0)
 reactor.run()
+sys.exit(failed[0] if failed else 0)
