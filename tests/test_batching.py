@@ -20,15 +20,22 @@ class WriteCounter:
     """Counts (and passes on) the writes to one server-side connection's transport."""
 
     def __init__(self, protocol: WarpSocketServerProtocol) -> None:
-        transport: Any = protocol.transport
         self.writes: list[bytes] = []
-        original = transport.write
+        data_frames = protocol._write
+        # Autobahn's own writes (the close frame) go to the transport.
+        transport: Any = protocol.transport
+        others = transport.write
 
-        def write(data: bytes) -> None:
+        def write_frames(data: bytes) -> None:
             self.writes.append(data)
-            original(data)
+            data_frames(data)
 
-        transport.write = write
+        def write_other(data: bytes) -> None:
+            self.writes.append(data)
+            others(data)
+
+        protocol._write = write_frames
+        transport.write = write_other
 
 
 def opcodes(data: bytes) -> list[int]:

@@ -1074,13 +1074,23 @@ class TimerTests(ServerTestCase):
         await barrier_without_handler(client)
         beats = [m for m in client.messages if m["type"] == "heartbeat" and "ref" not in m]
         self.assertEqual(beats, [])
+        answers = self.hub.metrics.traffic.messages_in
+
+        async def beat_answered() -> Any:
+            seen = answers["heartbeat"]
+            beat = await client.next_of("heartbeat")
+            # The fake clock must not move on before the server has read the
+            # answer (WsClient answers at once), or it would look missing.
+            await wait_until(lambda: answers["heartbeat"] > seen, what="answer read")
+            return beat
+
         self.advance(1)
-        beat = await client.next_of("heartbeat")
+        beat = await beat_answered()
         self.assertNotIn("ref", beat)
-        # The client answered (WsClient does it automatically), so it lives on.
+        # The client answered, so it lives on.
         for _ in range(4):
             self.advance(25)
-            await client.next_of("heartbeat")
+            await beat_answered()
         self.assertIsNone(client.close_code)
         # A client heartbeat is answered with a ref.
         sent = client.send({"type": "heartbeat"})

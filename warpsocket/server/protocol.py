@@ -28,6 +28,7 @@ from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server import framing
 from warpsocket.server.batching import WriteBatch
+from warpsocket.server.eager import Write, eager_writer
 from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import Handshake, Reject
 from warpsocket.server.security.auth import AuthError, Identity
@@ -107,6 +108,8 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     # Frames held while the hub's write batch is open (see write_frame).
     _corked: list[bytes] | None = None
     _batch: WriteBatch | None = None
+    # Data frames of an open connection: the socket first when nothing waits (eager.py).
+    _write: Write
     _plain_config = False
     # Autobahn's per-connection options (class attributes, see the factory).
     maxMessagePayloadSize: int
@@ -201,6 +204,11 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         self._bucket = TokenBucket(options.message_rate, options.message_bucket, gate.now())
         self._meter = OutboundMeter(self.transport)
         self._batch = self.factory.hub.write_batch
+        # The guard is a pass-through for writes; below it, a plain socket
+        # (not TLS) is written to directly when its buffer is empty.
+        transport: Any = self.transport
+        below = transport.transport if isinstance(transport, GuardProtocol) else transport
+        self._write = eager_writer(below) or transport.write
         # Fixed from here on: the options are the class's, compression was negotiated.
         self._plain_config = not (
             self._perMessageCompress is not None
@@ -407,7 +415,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self._corked = [frame]
             batch.dirty.append(self)
             return
-        self.transport.write(frame)  # type: ignore[union-attr]
+        self._write(frame)
         if self._congested:
             self._check_outbound()
 
@@ -418,7 +426,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         self._corked = None
         if self.transport is None or self.state == WebSocketServerProtocol.STATE_CLOSED:
             return  # gone while its frames waited
-        self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        self._write(corked[0] if len(corked) == 1 else b"".join(corked))
         if self._congested:
             self._check_outbound()
 
