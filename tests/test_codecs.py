@@ -64,6 +64,26 @@ class JsonCodecTests(ProtocolErrorAssertions):
         self.assertEqual(self.codec.subprotocol, JSON_SUBPROTOCOL)
         self.assertFalse(self.codec.binary)
 
+    def test_replyOnlyFastPathEqualsTheGeneralEncoding(self) -> None:
+        """Acks and other type/id/timestamp/ref envelopes take a shortcut in
+        ``encode``: byte for byte what the general path produces."""
+        general = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        texts = ["c-1", 'a " and \\', "é ünï 字 😀", "tab\tnew\nline\u0001", "x" * 128]
+        for kind in (MessageType.ACK, MessageType.HEARTBEAT, MessageType.RESULT):
+            for ident in texts:
+                for ref in texts:
+                    envelope = Envelope(type=kind, id=ident, timestamp=2**53 - 1, ref=ref)
+                    expected = general.encode(envelope.to_wire()).encode("utf-8")
+                    self.assertEqual(self.codec.encode(envelope), expected)
+                    self.assertEqual(self.codec.decode(expected, False), envelope)
+        # Anything more than those four fields takes the general path.
+        for extra in ({"data": 0}, {"code": 4300}, {"ack": True}, {"ttl": 5}, {"event": "e"}):
+            envelope = Envelope(type=MessageType.ACK, id="a", timestamp=1, ref="r", **extra)
+            wire = json.loads(self.codec.encode(envelope))
+            self.assertEqual(wire, envelope.to_wire())
+        with self.assertRaises(UnicodeEncodeError):  # a lone surrogate, as before
+            self.codec.encode(Envelope(type=MessageType.ACK, id="\ud800", timestamp=1, ref="r"))
+
     def test_binaryFrameRejected(self) -> None:
         payload = json.dumps(EVENT).encode("utf-8")
         self.assertProtocolError(lambda: self.codec.decode(payload, True), ErrorCode.BAD_FRAME)

@@ -54,6 +54,17 @@ class JsonCodec:
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
     def encode(self, envelope: Envelope) -> bytes:
+        if _is_reply_only(envelope):
+            # Most envelopes a server sends are acks: type, id, timestamp and
+            # ref, in to_wire's order, without building the mapping.
+            assert envelope.ref is not None
+            text = _REPLY_ONLY % (
+                envelope.type.value,
+                _json_string(envelope.id),
+                envelope.timestamp,
+                _json_string(envelope.ref),
+            )
+            return text.encode("utf-8")
         return self._encoder.encode(envelope.to_wire()).encode("utf-8")
 
     def decode(self, payload: bytes, is_binary: bool) -> Envelope:
@@ -72,6 +83,26 @@ class JsonCodec:
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+# The compact form of an envelope with only type, id, timestamp and ref.
+_REPLY_ONLY = '{"type":"%s","id":%s,"timestamp":%d,"ref":%s}'
+# json's own string encoder (ensure_ascii=False), as JsonCodec's encoder uses.
+_json_string = json.encoder.encode_basestring
+
+
+def _is_reply_only(envelope: Envelope) -> bool:
+    return (
+        envelope.ref is not None
+        and envelope.data is None
+        and envelope.event is None
+        and envelope.room is None
+        and envelope.stream is None
+        and envelope.offset is None
+        and envelope.epoch is None
+        and not envelope.ack
+        and envelope.ttl is None
+        and envelope.code is None
+    )
 
 
 def _encodable(value: object) -> bool:
