@@ -52,12 +52,6 @@ def opcodes(data: bytes) -> list[int]:
 
 
 class BatchingTests(ServerTestCase):
-    def server_side(self, client: WsClient) -> WarpSocketServerProtocol:
-        for protocol in self.hub._protocols.values():
-            if protocol.session == client.session:
-                return protocol
-        raise AssertionError(f"no server connection for {client.session}")
-
     async def two_members(self) -> tuple[WsClient, WsClient]:
         self.start_server(open_rooms=True)
         return await self.connect(rooms=["r"]), await self.connect(rooms=["r"])

@@ -13,20 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from tests.test_cluster import ClusterCase, events
-from tests.wsclient import WsClient, async_test, connect, sleep, wait_until
+from tests.wsclient import async_test, connect, sleep, wait_until
 from warpsocket.core.server import direct_key
 
 
 class ExactResumeTests(ClusterCase):
-    async def resume(self, node: Any, **hello: Any) -> WsClient:
-        """A hello whose welcome is awaited (by the caller) and returned as a client."""
-        client = await connect(node.port)
-        self.clients.append(client)
-        self.addCleanup(self._close, client)
-        welcome = await client.hello(**hello)
-        self.assertEqual(welcome["type"], "welcome", welcome)
-        return client
-
     @async_test
     async def test_streams_ready_at_hello_stay_followed_until_the_welcome(self) -> None:
         """A tick while a hello waits for one stream must not drop the others.
@@ -107,7 +98,7 @@ class ExactResumeTests(ClusterCase):
         a.hub.tick()  # retries pending acks
         await sleep(0.1)
         self.assertEqual(outcome, [])
-        resumed = await self.resume(a, session=session, streams=client.positions)
+        resumed = await self.client(a, session=session, streams=client.positions)
         assert resumed.welcome is not None
         self.assertTrue(resumed.welcome["data"]["streams"]["direct"]["recovered"])
         again = await resumed.wait_for(lambda m: m.get("stream") == "direct")
@@ -144,7 +135,7 @@ class ExactResumeTests(ClusterCase):
         await sleep(0.2)
         a.kill()
         await client.wait_closed()
-        resumed = await self.resume(b, session=session, streams=client.positions, rooms=["r"])
+        resumed = await self.client(b, session=session, streams=client.positions, rooms=["r"])
         assert resumed.welcome is not None
         data = resumed.welcome["data"]
         self.assertEqual((data["session"], data["resumed"]), (session, True), data)
@@ -176,7 +167,7 @@ class ExactResumeTests(ClusterCase):
         await self.healthy(a, b)
         await sleep(0.2)
         a.kill()
-        resumed = await self.resume(b, session=session, rooms=["r"])
+        resumed = await self.client(b, session=session, rooms=["r"])
         assert resumed.welcome is not None
         data = resumed.welcome["data"]
         self.assertEqual((data["session"], data["resumed"]), (session, True), data)

@@ -14,19 +14,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-from tests.wsclient import ServerTestCase, WsClient, async_test, connect, wait_until
+from tests.wsclient import ServerTestCase, async_test, connect, wait_until
 from warpsocket.server.protocol import WarpSocketServerProtocol
 
 CERTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "certs")
 
 
 class EagerWriteTests(ServerTestCase):
-    def server_side(self, client: WsClient) -> WarpSocketServerProtocol:
-        for protocol in self.hub._protocols.values():
-            if protocol.session == client.session:
-                return protocol
-        raise AssertionError(f"no server connection for {client.session}")
-
     def socket_transport(self, protocol: WarpSocketServerProtocol) -> Any:
         guard: Any = protocol.transport
         return guard.transport

@@ -39,6 +39,7 @@ from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.middleware import Middleware
+from warpsocket.server.protocol import WarpSocketServerProtocol
 from warpsocket.server.service import WarpSocketService
 
 Message = dict[str, Any]
@@ -494,6 +495,13 @@ class ServerTestCase(unittest.TestCase):
             welcome = await client.hello(session=session, streams=streams, rooms=rooms)
             self.assertEqual(welcome["type"], "welcome", welcome)
         return client
+
+    def server_side(self, client: WsClient) -> WarpSocketServerProtocol:
+        """The server's protocol instance for ``client``'s connection."""
+        for protocol in self.hub._protocols.values():
+            if protocol.session == client.session:
+                return protocol
+        raise AssertionError(f"no server connection for {client.session}")
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.hub.metrics.registry.get_sample_value(name, labels or {})
