@@ -23,6 +23,21 @@ Delivery = Callable[[str, Envelope], None]
 """``(key, stored)``: a stream message for this node's local members, in offset order."""
 
 
+@dataclass(frozen=True)
+class AckNotice:
+    """A client acknowledged server events of its ``direct`` stream: either
+    cumulatively, every ``ack: true`` event with offset <= ``through`` in
+    ``epoch``, or one event by id (``ref``)."""
+
+    session: str
+    epoch: str | None = None
+    through: int | None = None
+    ref: str | None = None
+
+
+AckListener = Callable[[AckNotice], None]
+
+
 class BackendUnavailableError(Exception):
     """The backend cannot take writes now (e.g. Redis is unreachable)."""
 
@@ -65,6 +80,15 @@ class Backend(Protocol):
     def set_batch(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
         """Wrap each group of deliveries that arrive together (one read from the
         cluster) in ``batch()``, so that their frames leave together."""
+
+    def announce_ack(self, notice: AckNotice) -> None:
+        """Tell every node (this one included) that a client acknowledged:
+        the node that sent the message may not be the one the client is on.
+        Best effort: a notice lost in a Redis outage leaves the sender's
+        waiter to time out; delivery never depends on it."""
+
+    def set_ack_listener(self, listener: AckListener) -> None:
+        """Where announced acknowledgements are handed (clustered backends)."""
 
     def start(self) -> Deferred[None]: ...
 

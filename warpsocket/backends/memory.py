@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from warpsocket.backends.base import Claim, Delivery, SessionRecord
+from warpsocket.backends.base import AckListener, AckNotice, Claim, Delivery, SessionRecord
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import random_id
 from warpsocket.core.store import MemoryStreamStore, StreamStore
@@ -44,6 +44,12 @@ class MemoryBackend:
 
     def set_batch(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
         pass  # deliveries happen inside the publishing call, and its batch
+
+    def announce_ack(self, notice: AckNotice) -> None:
+        pass  # one node: its core settles every acknowledgement itself
+
+    def set_ack_listener(self, listener: AckListener) -> None:
+        pass
 
     def start(self) -> Deferred[None]:
         return succeed(None)

@@ -30,7 +30,14 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from warpsocket.backends.base import BackendUnavailableError, Claim, Delivery, SessionRecord
+from warpsocket.backends.base import (
+    AckListener,
+    AckNotice,
+    BackendUnavailableError,
+    Claim,
+    Delivery,
+    SessionRecord,
+)
 from warpsocket.backends.redis_mirror import Mirror, decode_entry, encode_entry
 from warpsocket.core.history import HistoryLimits, Position
 from warpsocket.core.ids import random_id
@@ -169,6 +176,24 @@ def parse_redis_url(url: str) -> RedisAddress:
     return RedisAddress(host, port, db, password, parsed.scheme == "rediss")
 
 
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer")
+    return value
+
+
 def _host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -275,6 +300,7 @@ class RedisBackend:
         self.store = RedisStreamStore(self)
         self._deliver: Delivery | None = None
         self._batch: Callable[[], AbstractContextManager[None]] = nullcontext
+        self._ack_listener: AckListener | None = None
         self._mirrors: dict[str, Mirror] = {}
         self._channels: dict[str, str] = {}  # channel -> key
         self._snapshots: dict[str, Deferred[None]] = {}
@@ -301,6 +327,8 @@ class RedisBackend:
         self._sentinel: Any = None
         self._timers: list[Any] = []
         self.canary_channel = f"{self.prefix}canary:{self.node}"
+        # Every node's client acknowledgements, for the nodes that sent the messages.
+        self.acks_channel = f"{self.prefix}acks"
         self.stats = {"snapshots": 0, "gaps": 0, "reconnects": 0, "canaries": 0}
 
     # ------------------------------------------------------------ keys
@@ -339,6 +367,34 @@ class RedisBackend:
 
     def set_batch(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
         self._batch = batch
+
+    def announce_ack(self, notice: AckNotice) -> None:
+        cmd = self._cmd
+        if cmd is None:
+            return  # best effort: the sender's waiter times out
+        body = json.dumps(
+            {"s": notice.session, "e": notice.epoch, "t": notice.through, "r": notice.ref},
+            separators=(",", ":"),
+        )
+        cmd.publish(self.acks_channel, body).addErrback(lambda _: None)
+
+    def set_ack_listener(self, listener: AckListener) -> None:
+        self._ack_listener = listener
+
+    def _on_ack_notice(self, message: str) -> None:
+        try:
+            raw = json.loads(message)
+            notice = AckNotice(
+                session=_str(raw["s"]),
+                epoch=_optional_str(raw.get("e")),
+                through=_optional_int(raw.get("t")),
+                ref=_optional_str(raw.get("r")),
+            )
+        except (ValueError, TypeError, KeyError):
+            self.log.warn("bad ack notice on {channel}", channel=self.acks_channel)
+            return
+        if self._ack_listener is not None:
+            self._ack_listener(notice)
 
     def start(self) -> Deferred[None]:
         self._running = True
@@ -489,6 +545,7 @@ class RedisBackend:
         # One channel per SUBSCRIBE: txredisapi pairs one reply with each command.
         subscribed: Deferred[Any] = conn.subscribe(self.canary_channel)
         subscribed.addCallbacks(lambda _: self._send_canary(), lambda _: None)
+        conn.subscribe(self.acks_channel).addErrback(lambda _: None)
         for key in list(self._mirrors):
             self._subscribe(key)
 
@@ -520,6 +577,9 @@ class RedisBackend:
                 self._canary_ok = True
                 self._canary_failed = False
                 self.stats["canaries"] += 1
+            return
+        if channel == self.acks_channel:
+            self._on_ack_notice(message)
             return
         key = self._channels.get(channel)
         mirror = self._mirrors.get(key) if key is not None else None

@@ -579,6 +579,29 @@ class ServerCore:
             return []
         return [Send(session.conn, reply)]
 
+    def remote_ack(
+        self, session_id: str, epoch: str | None, through: int | None, ref: str | None
+    ) -> list[Action]:
+        """A client acknowledged on another node (its session moved there):
+        settle what this node still tracks for it. ``through``: every pending
+        message of ``epoch`` up to that offset; ``ref``: the one with that id."""
+        session = self.sessions.get(session_id)
+        if session is None or not session.pending:
+            return []
+        done = [
+            offset
+            for offset, pending in session.pending.items()
+            if (ref is not None and pending.envelope.id == ref)
+            or (through is not None and offset <= through and pending.envelope.epoch == epoch)
+        ]
+        actions: list[Action] = []
+        for offset in done:
+            acked = session.pending.pop(offset)
+            actions.append(AckResult(session.id, offset, None, acked.envelope.epoch))
+        if not session.pending:
+            self._with_pending.discard(session.id)
+        return actions
+
     def _client_ack(self, session: Session, envelope: Envelope) -> list[Action]:
         pending = session.pending
         if envelope.ref is not None:

@@ -32,13 +32,14 @@ from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
 from warpsocket._deferreds import invoke
-from warpsocket.backends.base import Backend, SessionRecord
+from warpsocket.backends.base import AckNotice, Backend, SessionRecord
 from warpsocket.backends.memory import MemoryBackend
 from warpsocket.core.dedup import DedupKey
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import SequentialIds, random_id
 from warpsocket.core.server import (
     BROADCAST,
+    DIRECT,
     AckResult,
     Action,
     Close,
@@ -64,6 +65,7 @@ from warpsocket.server.batching import WriteBatch
 from warpsocket.server.context import Context
 from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
+from warpsocket.server.remote_acks import RemoteAcks
 from warpsocket.server.security.config import SecurityOptions
 
 if TYPE_CHECKING:
@@ -207,6 +209,13 @@ class Hub:
         self._next_conn = 0
         # (session, offset, epoch) of acknowledged direct sends -> their Deferred.
         self._ack_waiters: dict[tuple[str, int, str | None], Deferred[None]] = {}
+        # Acked sends to sessions on other nodes (clustered backends only).
+        self.remote_acks = RemoteAcks(
+            self.clock,
+            core_options.max_pending_acks,
+            lambda session, offset: AckTimeoutError(session, offset, ErrorCode.TIMEOUT),
+        )
+        backend.set_ack_listener(self._ack_announced)
         self._empty_waiters: list[Deferred[None]] = []
         self._latency: dict[str, Any] = {}
         self._ticks = 0
@@ -283,18 +292,35 @@ class Hub:
 
         With ``ack=True`` returns a Deferred that fires when the client
         acknowledges, or fails with ``AckTimeoutError`` after ``timeout``
-        seconds (default: the core's ``ack_timeout_ms``).
+        seconds (default: the core's ``ack_timeout_ms``). Clustered, that
+        works for a session on any node: the node the client acknowledges on
+        announces it to the others.
         """
         envelope = self._outbound(event, data, ttl, ack=ack)
-        if session in self.core.sessions or ack or not self.backend.clustered:
-            # Acked sends need the session here (its pending acks live here);
-            # elsewhere the session may live on another node.
+        remote = self.backend.clustered and session not in self.core.sessions
+        if remote and ack:
+            self.remote_acks.check(session)
+        elif not remote:
             self.core.check_send(session, ack)
         appended = self.backend.publish(direct_key(session), envelope, envelope.timestamp)
         if not ack:
             return appended.addCallback(lambda _: None)
         waiter: Deferred[None] = Deferred()
         timeout_ms = None if timeout is None else int(timeout * 1000)
+        if remote:
+            # Attached to another node, or to none yet: that node's client
+            # acknowledges there, and the notice comes back (remote_acks.py).
+            seconds = timeout if timeout is not None else self.options.core.ack_timeout_ms / 1000
+
+            def wait_remote(stored: Envelope) -> None:
+                assert stored.offset is not None
+                waiting = self.remote_acks.wait(
+                    session, stored.offset, stored.epoch, stored.id, seconds
+                )
+                waiting.chainDeferred(waiter)
+
+            appended.addCallbacks(wait_remote, waiter.errback)
+            return waiter
 
         def track(stored: Envelope) -> None:
             assert stored.offset is not None
@@ -362,6 +388,22 @@ class Hub:
     def _publish(self, key: str, event: str, data: Any, ttl: float | None) -> Deferred[Envelope]:
         envelope = self._outbound(event, data, ttl)
         return self.backend.publish(key, envelope, envelope.timestamp)
+
+    def _ack_announced(self, notice: AckNotice) -> None:
+        """A client acknowledged on some node (this one included)."""
+        self._run(self.core.remote_ack(notice.session, notice.epoch, notice.through, notice.ref))
+        self.remote_acks.acknowledged(notice)
+
+    def _announce_ack(self, session: str, ack: Envelope) -> None:
+        if ack.ref is not None:
+            notice = AckNotice(session, ref=ack.ref)
+        elif ack.stream == DIRECT and ack.offset is not None:
+            # A cumulative ack names no epoch: the one the session reads here.
+            epoch = self.store.position(direct_key(session)).epoch
+            notice = AckNotice(session, epoch=epoch, through=ack.offset)
+        else:
+            return
+        self.backend.announce_ack(notice)
 
     def _delivered(self, key: str, stored: Envelope) -> None:
         """The backend hands over a stream message for this node's members."""
@@ -535,6 +577,14 @@ class Hub:
                 self.metrics.protocol_errors.labels(str(int(ErrorCode.INTERNAL_ERROR))).inc()
                 self._run(self.core.protocol_error(conn_id, fault, now))
                 return
+        if (
+            envelope.type is MessageType.ACK
+            and self.backend.clustered
+            and conn is not None
+            and conn.session is not None
+        ):
+            # The message may have been sent by another node: tell them all.
+            self._announce_ack(conn.session.id, envelope)
         queued = self._inbound.get(conn_id)
         if (
             queued is not None
@@ -1039,6 +1089,7 @@ class Hub:
             del self._ack_waiters[(session, offset, epoch)]
             waiter.errback(AckTimeoutError(session, offset, code))
         self.metrics.acks_pending.set(len(self._ack_waiters))
+        self.remote_acks.fail_all(lambda session, offset: AckTimeoutError(session, offset, code))
 
 
 _VALIDATOR = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
