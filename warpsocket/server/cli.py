@@ -8,10 +8,11 @@ never a traceback.
 from __future__ import annotations
 
 import importlib
+import signal
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
@@ -335,4 +336,28 @@ def makeService(options: Options) -> IService:
     app = options.get("app_callable")
     if app is not None:
         app(hub)
-    return WarpSocketService(hub, options["endpoints"], path=options["path"])
+    service = WarpSocketService(hub, options["endpoints"], path=options["path"])
+    if service.tls:
+        ReloadOnHangup(service).setServiceParent(service)
+    return service
+
+
+class ReloadOnHangup(Service):
+    """SIGHUP reloads the certificates of every ``ssl:`` endpoint (tls_reload.py)."""
+
+    def __init__(self, server: WarpSocketService) -> None:
+        self.server = server
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.server.reactor
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda signum, frame: reactor.callFromThread(self.server.reload_tls)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None

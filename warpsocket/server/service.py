@@ -9,7 +9,6 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -17,6 +16,7 @@ from twisted.web.server import Site
 
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.hub import Hub
+from warpsocket.server.tls_reload import ReloadableTLS, reloadable_endpoint
 from warpsocket.server.web import build_site
 
 
@@ -38,8 +38,12 @@ class WarpSocketService(MultiService):
         self.reactor = reactor if reactor is not None else hub.reactor
         self.site = build_site(hub, path)
         self.listeners: list[EndpointListener] = []
+        self.tls: list[ReloadableTLS] = []
         for description in endpoints:
-            listener = EndpointListener(serverFromString(self.reactor, description), self.site)
+            endpoint, tls = reloadable_endpoint(self.reactor, description)
+            if tls is not None:
+                self.tls.append(tls)
+            listener = EndpointListener(endpoint, self.site)
             listener.setServiceParent(self)
             self.listeners.append(listener)
         ticker = TimerService(hub.options.tick_interval, hub.tick)
@@ -50,6 +54,13 @@ class WarpSocketService(MultiService):
     def ports(self) -> list[IListeningPort]:
         """The listening ports (use port 0 in tests, then read the real one here)."""
         return [listener.port for listener in self.listeners if listener.port is not None]
+
+    def reload_tls(self) -> bool:
+        """Read every ``ssl:`` endpoint's key and certificate files again: new
+        connections get the new certificate, open ones keep theirs. False if
+        any reload failed (that endpoint keeps its current certificate)."""
+        results = [tls.reload() for tls in self.tls]
+        return all(results)
 
     def startService(self) -> None:
         self.hub.draining = False
