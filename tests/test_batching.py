@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.wsclient import ServerTestCase, WsClient, async_test
+from twisted.internet.threads import deferToThread
+
+from tests.test_security import SecureTestCase
+from tests.wsclient import ServerTestCase, WsClient, async_test, sleep
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.batching import WriteBatch
 from warpsocket.server.context import Context
 from warpsocket.server.protocol import WarpSocketServerProtocol
+from warpsocket.server.security.config import SecurityOptions
+from warpsocket.server.security.limits import buffered_bytes
 
 
 class WriteCounter:
@@ -39,13 +44,15 @@ class WriteCounter:
 
 
 def opcodes(data: bytes) -> list[int]:
-    """The opcodes of the unmasked server frames in ``data`` (7/16-bit lengths)."""
+    """The opcodes of the unmasked server frames in ``data``."""
     found: list[int] = []
     at = 0
     while at < len(data):
         length, head = data[at + 1] & 0x7F, 2
         if length == 126:
             length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
         found.append(data[at] & 0x0F)
         at += head + length
     return found
@@ -115,6 +122,12 @@ class BatchingTests(ServerTestCase):
         self.hub.publish("r", "tick", 6)
         self.assertEqual(len(counter.writes), 3)
         await member.wait_for(lambda m: m.get("data") == 6)
+
+    @async_test
+    async def test_hub_batch_refuses_other_threads(self) -> None:
+        self.start_server()
+        with self.assertRaises(RuntimeError):
+            await deferToThread(self.hub.batch)
 
     @async_test
     async def test_a_connection_gone_during_a_batch_costs_the_others_nothing(self) -> None:
@@ -195,3 +208,34 @@ class RedisDeliveryBatchTests(ServerTestCase):
         subscriber.dataReceived(published(b"ws:s", b"one") + published(b"ws:s", b"two"))
         self.assertEqual(events, ["one depth=1", "two depth=1"])
         self.assertEqual(batch.depth, 0)
+
+
+class CongestedCloseTests(SecureTestCase):
+    @async_test
+    async def test_one_close_frame_when_a_congested_connection_is_closed_in_a_batch(self) -> None:
+        """Releasing held frames before a close frame must not let the outbound
+        meter close the connection in between (two close frames, RFC 6455 5.5.1)."""
+        self.start_secure(
+            SecurityOptions(max_outbound_buffer=16 * 1024, slow_consumer_grace=1_000),
+            open_rooms=True,
+        )
+        slow = await self.open()
+        await slow.hello(rooms=["feed"])
+        server_side = self.shrink_buffers(slow)
+        slow.freeze()
+        n = 0
+        while buffered_bytes(server_side.transport) <= 20 * 1024:
+            self.hub.publish("feed", "tick", {"n": n, "pad": "y" * 4_000})
+            n += 1
+            await sleep(0.005)
+        self.assertTrue(server_side.can_send and server_side._congested)
+        counter = WriteCounter(server_side)
+        with self.hub.batch():
+            # Over the hard cap once released, then closed by the application.
+            self.hub.publish("feed", "tick", {"n": n, "pad": "z" * 60_000})
+            self.hub.close_all(ErrorCode.GOING_AWAY, "bye")
+        self.assertEqual(opcodes(b"".join(counter.writes)), [0x1, 0x8])
+        self.assertEqual(server_side.localCloseCode, int(ErrorCode.GOING_AWAY))
+        slow.thaw()
+        code, _ = await slow.wait_closed()
+        self.assertEqual(code, int(ErrorCode.GOING_AWAY))

@@ -117,3 +117,22 @@ class RemoteAcksTests(unittest.TestCase):
         self.clock.advance(5)
         self.assertEqual(len(failures), 2)
         self.assertEqual(len(self.acks), 0)
+
+    def test_the_same_offset_in_two_epochs_is_two_messages(self) -> None:
+        """After Redis lost its data, direct offsets start again under a new epoch."""
+        failures: list[Any] = []
+        old = self.acks.wait("s", 5, "E1", "m-old", 30)
+        old.addErrback(failures.append)
+        self.clock.advance(20)
+        new = self.acks.wait("s", 5, "E2", "m-new", 30)
+        self.acks.acknowledged(AckNotice("s", through=5, epoch="E2"))
+        self.assertTrue(new.called)
+        self.assertFalse(old.called)
+        self.clock.advance(10)  # the old one times out on its own schedule
+        self.assertEqual([f.value.offset for f in failures], [5])
+        self.assertEqual(len(self.acks), 0)
+
+    def test_early_notices_by_id_are_kept_for_a_minute(self) -> None:
+        self.acks.acknowledged(AckNotice("s", ref="m1"))
+        self.clock.advance(61)
+        self.assertFalse(self.acks.wait("s", 1, "E", "m1", 5).called)

@@ -342,6 +342,18 @@ class SecureTestCase(ServerTestCase):
         assert info is not None and info.conn is not None
         return self.gate.protocols[info.conn]
 
+    def shrink_buffers(self, client: WsClient) -> WarpSocketServerProtocol:
+        """Small socket buffers on both ends, so that a frozen reader backs up fast."""
+        server_side = self.server_protocol(client)
+        transport_chain(server_side.transport)[-1].getHandle().setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4_096
+        )
+        assert client.protocol is not None and client.protocol.transport is not None
+        client.protocol.transport.getHandle().setsockopt(  # type: ignore[attr-defined]
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4_096
+        )
+        return server_side
+
     def reason(self, error: HandshakeRefusedError) -> str:
         return error.reason.rsplit("]: ", 1)[-1]
 
@@ -1011,18 +1023,6 @@ class SizeTests(SecureTestCase):
 
 
 class SlowConsumerTests(SecureTestCase):
-    def shrink_buffers(self, client: WsClient) -> WarpSocketServerProtocol:
-        """Small socket buffers on both ends, so that a frozen reader backs up fast."""
-        server_side = self.server_protocol(client)
-        transport_chain(server_side.transport)[-1].getHandle().setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 4_096
-        )
-        assert client.protocol is not None and client.protocol.transport is not None
-        client.protocol.transport.getHandle().setsockopt(  # type: ignore[attr-defined]
-            socket.SOL_SOCKET, socket.SO_RCVBUF, 4_096
-        )
-        return server_side
-
     @async_test
     async def test_frozen_reader_closed_4201_others_keep_receiving_then_resume(self) -> None:
         self.start_secure(

@@ -363,7 +363,13 @@ class Hub:
         """``with hub.batch():`` the frames of every send and publish inside go
         out in one write per connection when the block ends (a burst of
         publishes from a timer, say). Frames written while handling a client's
-        frames, or a backend's deliveries, are batched already."""
+        frames, or a backend's deliveries, are batched already.
+
+        Reactor thread only, and never across an ``await`` or a Deferred: while
+        a batch is open every connection's frames are held.
+        """
+        if not isInIOThread():
+            raise RuntimeError("hub.batch() is for the reactor thread")
         return self.write_batch()
 
     @threadsafe
@@ -394,13 +400,15 @@ class Hub:
         self._run(self.core.remote_ack(notice.session, notice.epoch, notice.through, notice.ref))
         self.remote_acks.acknowledged(notice)
 
-    def _announce_ack(self, session: str, ack: Envelope) -> None:
+    def _announce_ack(self, session: Session, ack: Envelope) -> None:
         if ack.ref is not None:
-            notice = AckNotice(session, ref=ack.ref)
+            notice = AckNotice(session.id, ref=ack.ref)
         elif ack.stream == DIRECT and ack.offset is not None:
+            if ack.offset <= session.acked_through:
+                return  # nothing new: the cluster heard it already
             # A cumulative ack names no epoch: the one the session reads here.
-            epoch = self.store.position(direct_key(session)).epoch
-            notice = AckNotice(session, epoch=epoch, through=ack.offset)
+            epoch = self.store.position(direct_key(session.id)).epoch
+            notice = AckNotice(session.id, epoch=epoch, through=ack.offset)
         else:
             return
         self.backend.announce_ack(notice)
@@ -584,7 +592,7 @@ class Hub:
             and conn.session is not None
         ):
             # The message may have been sent by another node: tell them all.
-            self._announce_ack(conn.session.id, envelope)
+            self._announce_ack(conn.session, envelope)
         queued = self._inbound.get(conn_id)
         if (
             queued is not None

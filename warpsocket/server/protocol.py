@@ -419,7 +419,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if self._congested:
             self._check_outbound()
 
-    def uncork(self) -> None:
+    def uncork(self, metered: bool = True) -> None:
         corked = self._corked
         if corked is None:
             return
@@ -427,14 +427,18 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if self.transport is None or self.state == WebSocketServerProtocol.STATE_CLOSED:
             return  # gone while its frames waited
         self._write(corked[0] if len(corked) == 1 else b"".join(corked))
-        if self._congested:
+        if metered and self._congested:
             self._check_outbound()
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own writes (control frames, the close handshake, the slow
         # path) go after any frames this connection has waiting in a batch.
+        # Unmetered: the meter could close the connection in between, and this
+        # write (often a close frame, whose state change autobahn makes only
+        # after writing it) would follow that close frame. The next data frame
+        # is metered as usual.
         if self._corked is not None:
-            self.uncork()
+            self.uncork(metered=False)
         super().sendData(data, sync, chopsize)
 
     # ------------------------------------------------------------ inbound frames

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -21,9 +21,15 @@ from warpsocket.backends.base import AckNotice
 from warpsocket.core.server import QueueFullError
 
 # Notices remembered for messages whose sender has not registered them yet
-# (the client can acknowledge before the append's reply reaches the sender).
+# (the client can acknowledge before the append's reply reaches the sender):
+# bounded in count, and only the recent ones matter.
 MAX_SEEN_SESSIONS = 4096
-MAX_SEEN_REFS = 256
+MAX_SEEN_REFS = 16_384
+SEEN_SECONDS = 60.0
+
+# A waiter is known by its message's place: offset and direct epoch (after a
+# Redis data loss the offsets start again under a new epoch).
+_Place = tuple[int, "str | None"]
 
 
 @dataclass
@@ -33,18 +39,6 @@ class _Waiting:
     message_id: str
     waiter: Deferred[None]
     timer: IDelayedCall
-
-
-@dataclass
-class _Seen:
-    """What was announced for one session: the highest cumulative offset per
-    epoch, and the ids acknowledged one by one (both bounded)."""
-
-    through: dict[str | None, int] = field(default_factory=dict)
-    refs: OrderedDict[str, None] = field(default_factory=OrderedDict)
-
-    def covers(self, offset: int, epoch: str | None, message_id: str) -> bool:
-        return message_id in self.refs or offset <= self.through.get(epoch, -1)
 
 
 class RemoteAcks:
@@ -57,8 +51,11 @@ class RemoteAcks:
         self.clock = clock
         self.max_per_session = max_per_session
         self.timed_out = timed_out
-        self._waiting: dict[str, dict[int, _Waiting]] = {}
-        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._waiting: dict[str, dict[_Place, _Waiting]] = {}
+        # session -> {epoch: highest cumulative offset announced}
+        self._through: OrderedDict[str, dict[str | None, int]] = OrderedDict()
+        # (session, message id) -> when it was announced
+        self._refs: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def __len__(self) -> int:
         return sum(len(waiting) for waiting in self._waiting.values())
@@ -73,13 +70,14 @@ class RemoteAcks:
     ) -> Deferred[None]:
         """Fires when the client acknowledges the stored message, or fails
         with ``timed_out(session, offset)`` after ``timeout_s``."""
-        seen = self._seen.get(session)
-        if seen is not None and seen.covers(offset, epoch, message_id):
+        if self._seen(session, offset, epoch, message_id):
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        timer = self.clock.callLater(timeout_s, self._expire, session, offset)
-        waiting = self._waiting.setdefault(session, {})
-        waiting[offset] = _Waiting(offset, epoch, message_id, waiter, timer)
+        place = (offset, epoch)
+        timer = self.clock.callLater(timeout_s, self._expire, session, place)
+        self._waiting.setdefault(session, {})[place] = _Waiting(
+            offset, epoch, message_id, waiter, timer
+        )
         return waiter
 
     def acknowledged(self, notice: AckNotice) -> None:
@@ -88,8 +86,8 @@ class RemoteAcks:
         if not waiting:
             return
         done = [
-            entry
-            for entry in waiting.values()
+            place
+            for place, entry in waiting.items()
             if entry.message_id == notice.ref
             or (
                 notice.through is not None
@@ -97,12 +95,11 @@ class RemoteAcks:
                 and entry.epoch == notice.epoch
             )
         ]
-        for entry in done:
-            del waiting[entry.offset]
-            entry.timer.cancel()
+        entries = [waiting.pop(place) for place in done]
         if not waiting:
             del self._waiting[notice.session]
-        for entry in done:
+        for entry in entries:
+            entry.timer.cancel()
             entry.waiter.callback(None)
 
     def fail_all(self, error: Callable[[str, int], Exception]) -> None:
@@ -113,24 +110,32 @@ class RemoteAcks:
                 entry.timer.cancel()
                 entry.waiter.errback(error(session, entry.offset))
 
-    def _expire(self, session: str, offset: int) -> None:
+    def _expire(self, session: str, place: _Place) -> None:
         waiting = self._waiting.get(session, {})
-        entry = waiting.pop(offset, None)
+        entry = waiting.pop(place, None)
         if not waiting:
             self._waiting.pop(session, None)
         if entry is not None:
-            entry.waiter.errback(self.timed_out(session, offset))
+            entry.waiter.errback(self.timed_out(session, entry.offset))
+
+    def _seen(self, session: str, offset: int, epoch: str | None, message_id: str) -> bool:
+        announced = self._refs.get((session, message_id))
+        if announced is not None and self.clock.seconds() - announced < SEEN_SECONDS:
+            return True
+        return offset <= self._through.get(session, {}).get(epoch, -1)
 
     def _remember(self, notice: AckNotice) -> None:
-        seen = self._seen.pop(notice.session, None) or _Seen()
-        self._seen[notice.session] = seen  # most recently used last
-        while len(self._seen) > MAX_SEEN_SESSIONS:
-            self._seen.popitem(last=False)
         if notice.through is not None:
-            seen.through[notice.epoch] = max(seen.through.get(notice.epoch, -1), notice.through)
-            while len(seen.through) > 2:  # the current epoch, and maybe the one before
-                del seen.through[next(iter(seen.through))]
+            through = self._through.pop(notice.session, None) or {}
+            self._through[notice.session] = through  # most recently used last
+            through[notice.epoch] = max(through.get(notice.epoch, -1), notice.through)
+            while len(through) > 2:  # the current epoch, and maybe the one before
+                del through[next(iter(through))]
+            while len(self._through) > MAX_SEEN_SESSIONS:
+                self._through.popitem(last=False)
         if notice.ref is not None:
-            seen.refs[notice.ref] = None
-            while len(seen.refs) > MAX_SEEN_REFS:
-                seen.refs.popitem(last=False)
+            key = (notice.session, notice.ref)
+            self._refs.pop(key, None)
+            self._refs[key] = self.clock.seconds()
+            while len(self._refs) > MAX_SEEN_REFS:
+                self._refs.popitem(last=False)
