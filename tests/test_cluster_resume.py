@@ -14,6 +14,7 @@ from typing import Any
 
 from tests.test_cluster import ClusterCase, events
 from tests.wsclient import async_test, connect, sleep, wait_until
+from warpsocket.backends.base import SessionRecord
 from warpsocket.core.server import direct_key
 
 
@@ -171,3 +172,42 @@ class ExactResumeTests(ClusterCase):
         assert resumed.welcome is not None
         data = resumed.welcome["data"]
         self.assertEqual((data["session"], data["resumed"]), (session, True), data)
+
+
+class SessionRecordTests(ClusterCase):
+    @async_test
+    async def test_a_record_saved_offline_does_not_replace_a_newer_one(self) -> None:
+        """Only node a lost Redis while the session moved to b: on reconnect,
+        a's older record must not replace the one b saved since."""
+        self.start_redis()
+        a, b = self.node("a"), self.node("b")
+        await self.healthy(a, b)
+        cmd, a.backend._cmd = a.backend._cmd, None  # a alone cannot reach Redis
+        a.backend.save_session(SessionRecord("s1", "u", rooms=("old",)), 60_000)
+        a.backend.save_session(SessionRecord("s2", "u", rooms=("only-a",)), 60_000)
+        await sleep(0.01)
+        b.backend.save_session(SessionRecord("s1", "u", rooms=("new",)), 60_000)
+        self.assertEqual(await self.rooms_in_redis(b, "s1"), ("new",))
+        a.backend._cmd = cmd
+        a.backend._write_sessions(unsaved_only=True)  # what a reconnect does
+        self.assertEqual(await self.rooms_in_redis(a, "s2"), ("only-a",))
+        self.assertEqual(await self.rooms_in_redis(a, "s1"), ("new",))
+
+    @async_test
+    async def test_a_users_sessions_are_found_from_another_node(self) -> None:
+        self.start_redis()
+        a, b = self.node("a"), self.node("b")
+        await self.healthy(a, b)
+        a.backend.save_session(SessionRecord("s1", "alice"), 60_000)
+        b.backend.save_session(SessionRecord("s2", "alice"), 60_000)
+        self.assertEqual(await self.rooms_in_redis(b, "s1"), ())
+        found = await b.backend.sessions_of_user("alice")
+        self.assertEqual(found, {"s1", "s2"})
+
+    async def rooms_in_redis(self, node: Any, session: str) -> tuple[str, ...]:
+        for _ in range(100):
+            record = await node.backend.load_session(session)
+            if record is not None:
+                return tuple(record.rooms)
+            await sleep(0.01)
+        raise AssertionError(f"no record of {session} in Redis")

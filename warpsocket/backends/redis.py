@@ -76,6 +76,20 @@ if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then return {1} end
 return {0, redis.call('GET', KEYS[1])}
 """
 
+# A session record saved while Redis was unreachable: written unless the one
+# in Redis was saved later (the session moved to a node that could reach it).
+SESSION_IF_NEWER_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' and tonumber(record['saved_at'] or 0) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+
 UNCLAIM_SCRIPT = """
 if redis.call('GET', KEYS[1]) == '' then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -826,22 +840,30 @@ class RedisBackend:
     # ------------------------------------------------------------ sessions
 
     def save_session(self, record: SessionRecord, ttl_ms: int) -> None:
+        saved_at = int(self.reactor.seconds() * 1000)
         value = json.dumps(
             {
                 "user": record.user,
                 "claims": dict(record.claims),
                 "rooms": list(record.rooms),
                 "starts": {k: [p.offset, p.epoch] for k, p in record.starts.items()},
+                # Wall-clock ms: which of two nodes' records is newer (nodes'
+                # clocks agree, as the cluster's TTLs assume).
+                "saved_at": saved_at,
             },
             separators=(",", ":"),
         )
         expires = self.reactor.seconds() + ttl_ms / 1000
-        saved = _SavedSession(value, record.user, expires, unsaved=self._cmd is None)
+        saved = _SavedSession(
+            value, record.user, expires, unsaved=self._cmd is None, saved_at=saved_at
+        )
         self._saved[record.id] = saved
         self._saved.move_to_end(record.id)
         self._write_session(record.id, saved, only_if_absent=False)
 
-    def _write_session(self, session_id: str, saved: _SavedSession, only_if_absent: bool) -> None:
+    def _write_session(
+        self, session_id: str, saved: _SavedSession, only_if_absent: bool, if_newer: bool = False
+    ) -> None:
         cmd = self._cmd
         if cmd is None:
             saved.unsaved = True  # written when Redis is back
@@ -855,23 +877,26 @@ class RedisBackend:
         def failed(_: Failure) -> None:
             saved.unsaved = True  # the connection died with it: written on reconnect
 
-        cmd.set(
-            self._session_key(session_id),
-            saved.value,
-            pexpire=ttl_ms,
-            only_if_not_exists=only_if_absent,
-        ).addErrback(failed)
+        key = self._session_key(session_id)
+        if if_newer:
+            written: Deferred[Any] = cmd.eval(
+                SESSION_IF_NEWER_SCRIPT, [key], [saved.value, saved.saved_at, ttl_ms]
+            )
+        else:
+            written = cmd.set(key, saved.value, pexpire=ttl_ms, only_if_not_exists=only_if_absent)
+        written.addErrback(failed)
         if saved.user is not None:
             users = f"{self.prefix}user:{saved.user}"
             cmd.sadd(users, session_id).addErrback(lambda _: None)
-            cmd.pexpire(users, ttl_ms).addErrback(lambda _: None)
+            cmd.execute_command("PEXPIRE", users, ttl_ms).addErrback(lambda _: None)
 
     def _write_sessions(self, *, unsaved_only: bool) -> None:
         """Write again the records this node saved that Redis may not hold.
 
         ``unsaved_only``: those saved while Redis was unreachable (on
-        reconnect); otherwise every one, after Redis lost its data, without
-        replacing a record another node wrote since (``SET NX``). Until then
+        reconnect), unless Redis holds a record saved later (by a node the
+        session moved to); otherwise every one, after Redis lost its data,
+        without replacing a record another node wrote since (``SET NX``). Until then
         a client whose node dies could only start a new session, told that
         its ``direct`` stream was lost although its history is in Redis.
         """
@@ -879,8 +904,10 @@ class RedisBackend:
         for session_id, saved in list(self._saved.items()):
             if saved.expires <= now:
                 del self._saved[session_id]
-            elif saved.unsaved or not unsaved_only:
-                self._write_session(session_id, saved, only_if_absent=not saved.unsaved)
+            elif saved.unsaved:
+                self._write_session(session_id, saved, only_if_absent=False, if_newer=True)
+            elif not unsaved_only:
+                self._write_session(session_id, saved, only_if_absent=True)
 
     def load_session(self, session_id: str) -> Deferred[SessionRecord | None]:
         cmd = self._cmd
@@ -1043,6 +1070,7 @@ class _SavedSession:
     user: str | None
     expires: float  # reactor seconds: the record's TTL in Redis ends then
     unsaved: bool  # saved while Redis was unreachable: to write on reconnect
+    saved_at: int = 0  # wall-clock ms, also in ``value``
 
 
 def _candidate(mirror: Mirror | None) -> str:
