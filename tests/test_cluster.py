@@ -25,6 +25,7 @@ from warpsocket.core.history import HistoryLimits, Position
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.hub import Hub, HubOptions
+from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.service import WarpSocketService
 
 reactor: Any = _reactor
@@ -45,9 +46,16 @@ def events(client: WsClient, stream: str) -> list[Any]:
 
 
 class Node:
-    def __init__(self, name: str, options: RedisOptions) -> None:
+    def __init__(
+        self, name: str, options: RedisOptions, security: SecurityOptions | None = None
+    ) -> None:
         self.backend = RedisBackend(options, HistoryLimits(), node=name)
-        hub_options = HubOptions(core=CoreOptions(node=name), open_rooms=True, shutdown_timeout=1.0)
+        hub_options = HubOptions(
+            core=CoreOptions(node=name),
+            open_rooms=True,
+            shutdown_timeout=1.0,
+            security=security if security is not None else SecurityOptions(),
+        )
         self.hub = Hub(hub_options, clock=reactor, backend=self.backend)
         self.service = WarpSocketService(self.hub, ["tcp:0:interface=127.0.0.1"])
         self.service.startService()
@@ -84,8 +92,13 @@ class ClusterCase(unittest.TestCase):
         self.url = f"redis://127.0.0.1:{redis.port}/0"
         return redis
 
-    def node(self, name: str, options: RedisOptions | None = None) -> Node:
-        node = Node(name, options or RedisOptions(url=self.url, prefix="t:"))
+    def node(
+        self,
+        name: str,
+        options: RedisOptions | None = None,
+        security: SecurityOptions | None = None,
+    ) -> Node:
+        node = Node(name, options or RedisOptions(url=self.url, prefix="t:"), security)
         self.nodes.append(node)
         self.addCleanup(node.stop)
         return node

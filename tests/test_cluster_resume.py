@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.test_cluster import ClusterCase, events
+from tests.test_cluster import ClusterCase, events, reactor
+from tests.test_security import SECRET, hs256
 from tests.wsclient import async_test, connect, sleep, wait_until
 from warpsocket.backends.base import SessionRecord
 from warpsocket.core.server import direct_key
+from warpsocket.server.security.auth import JWTAuthenticator
+from warpsocket.server.security.config import SecurityOptions
 
 
 class ExactResumeTests(ClusterCase):
@@ -203,6 +206,23 @@ class SessionRecordTests(ClusterCase):
         self.assertEqual(await self.rooms_in_redis(b, "s1"), ())
         found = await b.backend.sessions_of_user("alice")
         self.assertEqual(found, {"s1", "s2"})
+
+    @async_test
+    async def test_an_authenticated_client_is_reached_by_user_from_another_node(self) -> None:
+        self.start_redis()
+        secured = SecurityOptions(authenticator=JWTAuthenticator(SECRET, ["HS256"]))
+        a, b = self.node("a", security=secured), self.node("b")
+        await self.healthy(a, b)
+        client = await connect(a.port)
+        self.clients.append(client)
+        self.addCleanup(self._close, client)
+        token = hs256(sub="alice", exp=int(reactor.seconds()) + 60)
+        hello = {"token": token, "streams": {}, "rooms": []}
+        welcome = await client.request({"type": "hello", "data": hello})
+        self.assertEqual(welcome["type"], "welcome", welcome)
+        self.assertEqual(await b.hub.send_user("alice", "note", "hi"), 1)
+        note = await client.wait_for(lambda m: m.get("event") == "note")
+        self.assertEqual(note["data"], "hi")
 
     async def rooms_in_redis(self, node: Any, session: str) -> tuple[str, ...]:
         for _ in range(100):
