@@ -15,7 +15,11 @@ Environment:
 - ``CHAOS_ROOMS``: comma-separated room names (default ``alpha,beta,gamma``);
 - ``CHAOS_CLUSTER``: ``1`` with the Redis backend (cluster mode, see below);
 - ``CHAOS_STOP_FILE``: when this file exists, publishing stops for good (the
-  harness's way to quiesce every node of a cluster at once).
+  harness's way to quiesce every node of a cluster at once);
+- ``CHAOS_NODE`` and ``CHAOS_SESSIONS_DIR`` (cluster mode): this node's name,
+  and the directory where every node lists the sessions attached to it
+  (``sessions-<node>.json``, rewritten every direct tick), so that the others
+  can send to them (cross-node acked sends, see below).
 
 Records (``k`` is the kind; every record has ``t``, the wall-clock time):
 
@@ -26,7 +30,13 @@ Records (``k`` is the kind; every record has ``t``, the wall-clock time):
 - ``pub``: a stored stream message (``stream``, ``epoch``, ``offset``, ``id``),
   for rooms, ``broadcast`` and each session's ``direct`` stream (then also
   ``session``);
-- ``dm_ack`` / ``dm_fail``: the outcome of an acknowledged direct send;
+- ``dm_send`` (cluster mode): an acknowledged direct send is made (``id``,
+  ``session``, ``side``: ``local`` when the session is attached here,
+  ``detached`` when this node knows it but it is not attached here, ``remote``
+  when this node does not know it and the hub waits for another node's ack
+  notice; ``to``: the node it was listed on, for a cross-node send);
+- ``dm_ack`` / ``dm_fail``: the outcome of an acknowledged direct send
+  (``side`` as above; ``dm_fail`` also has ``cause``, the error's class);
 - ``dm_refused`` / ``pub_refused``: the hub refused a send or publish;
 - ``quiesce``: publishing stopped; the final positions follow in the reply.
 
@@ -41,6 +51,16 @@ for every stream (rooms, ``broadcast``, ``direct``):
 - ``pub_failed`` when it fails (``BackendUnavailableError``: not published,
   not a loss).
 
+Cross-node acked sends: in cluster mode, while another node is live (its
+sessions file is fresh), a session attached here gets each tick's send from
+this node only half the time (``REMOTE_SHARE``); the other half is shared
+among the other live nodes, each of which sends to the sessions this node
+lists. A node that does not know the session sends through the hub's remote
+path (the waiter fires on the ack notice of the node the client acknowledges
+on, ``warpsocket/server/remote_acks.py``); one that still holds it detached
+tracks the ack in its core, fired by the same notice. Sessions attached
+nowhere get every tick's send from the nodes that know them, as before.
+
 Pub/sub can bring a message to the clients of another node before the
 publishing node has read Redis's answer (two connections); a SIGKILL in
 between leaves only the ``pub_try``. The checker then accepts the first
@@ -54,7 +74,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
+from pathlib import Path
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
@@ -69,6 +91,12 @@ from warpsocket.server.hub import Hub
 
 DEFAULT_ROOMS = ("alpha", "beta", "gamma")
 BROADCAST_EVERY = 5  # one broadcast per this many publish ticks
+# Cluster mode: the share of acked direct sends made by a node the session is
+# not attached to, while another node is live.
+REMOTE_SHARE = 0.5
+# A node's sessions file older than this (it is rewritten every 0.5 s) is from
+# a node that is dead, stopped publishing, or stuck.
+SESSIONS_FRESH_S = 1.5
 
 
 class Journal:
@@ -95,10 +123,15 @@ class ChaosApp:
         *,
         cluster: bool = False,
         stop_file: str | None = None,
+        node: str | None = None,
+        sessions_dir: str | None = None,
     ) -> None:
         self.hub = hub
         self.cluster = cluster
         self.stop_file = stop_file
+        self.node = node
+        self.sessions_dir = Path(sessions_dir) if cluster and sessions_dir and node else None
+        self.rng = random.Random()
         self.journal = journal
         self.incarnation = incarnation
         self.rooms = rooms
@@ -254,27 +287,67 @@ class ChaosApp:
     def direct_tick(self) -> None:
         if self.stopped():
             return
+        others = self._exchange_sessions()
+        share = REMOTE_SHARE if others else 0.0
+        elsewhere = {session: node for node, listed in others.items() for session in listed}
         for session in list(self.sessions):
             if self.hub.session_info(session) is None:
                 self.sessions.remove(session)
                 continue
-            self._dm_seq += 1
-            ident = f"dm/{self.incarnation}/{self._dm_seq}"
+            if self.hub.is_connected(session):
+                if share and self.rng.random() < share:
+                    continue  # another node sends this one
+            elif session in elsewhere:
+                continue  # attached to another node: sent from here in the loop below
+            self._send_direct(session)
+        for session, node in sorted(elsewhere.items()):
+            if self.hub.is_connected(session):
+                continue  # moved here since it was listed: the loop above has it
+            if self.rng.random() < share / len(others):
+                self._send_direct(session, node)
+
+    def _exchange_sessions(self) -> dict[str, list[str]]:
+        """Cluster mode: list the sessions attached here; read the other live nodes' lists."""
+        if self.sessions_dir is None:
+            return {}
+        attached = sorted(s for s in self.sessions if self.hub.is_connected(s))
+        mine = self.sessions_dir / f"sessions-{self.node}.json"
+        temporary = mine.with_suffix(".tmp")
+        record = {"t": time.time(), "inc": self.incarnation, "sessions": attached}
+        temporary.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(temporary, mine)
+        others: dict[str, list[str]] = {}
+        now = time.time()
+        for path in self.sessions_dir.glob("sessions-*.json"):
+            node = path.stem[len("sessions-") :]
+            if node == self.node:
+                continue
             try:
-                waiter = self.hub.send(session, "dm", {"id": ident, "session": session}, ack=True)
-            except Exception as error:
-                self.journal.write("dm_refused", id=ident, session=session, error=repr(error))
+                listed = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
                 continue
-            if self.cluster:
-                # Journaled by the backend wrapper when Redis answers.
-                if waiter is not None:
-                    waiter.addCallbacks(
-                        lambda _, ident=ident: self.journal.write("dm_ack", id=ident),
-                        lambda failure, ident=ident: self._dm_failed(ident, failure),
-                    )
-                continue
+            if now - listed["t"] < SESSIONS_FRESH_S:
+                others[node] = listed["sessions"]
+        return others
+
+    def _send_direct(self, session: str, to: str | None = None) -> None:
+        """One acked direct send; ``to``: the other node the session is listed on."""
+        self._dm_seq += 1
+        ident = f"dm/{self.incarnation}/{self._dm_seq}"
+        side = self.side(session)
+        if self.cluster:
+            self.journal.write("dm_send", id=ident, session=session, side=side, to=to)
+        try:
+            waiter = self.hub.send(session, "dm", {"id": ident, "session": session}, ack=True)
+        except Exception as error:
+            self.journal.write(
+                "dm_refused", id=ident, session=session, side=side, error=repr(error)
+            )
+            return
+        if not self.cluster:
             # Synchronous and single-threaded: the stream's position now is the
-            # message just appended.
+            # message just appended. (Cluster mode: journaled by the backend
+            # wrapper when Redis answers.)
             position = self.hub.store.position(direct_key(session))
             self.journal.write(
                 "pub",
@@ -285,14 +358,29 @@ class ChaosApp:
                 event="dm",
                 session=session,
             )
-            if waiter is not None:
-                waiter.addCallbacks(
-                    lambda _, ident=ident: self.journal.write("dm_ack", id=ident),
-                    lambda failure, ident=ident: self._dm_failed(ident, failure),
-                )
+        if waiter is not None:
+            waiter.addCallbacks(
+                lambda _: self.journal.write("dm_ack", id=ident, side=side),
+                lambda failure: self._dm_failed(ident, side, failure),
+            )
 
-    def _dm_failed(self, ident: str, failure: Failure) -> None:
-        self.journal.write("dm_fail", id=ident, error=failure.getErrorMessage())
+    def side(self, session: str) -> str:
+        """``local``: attached here; ``detached``: known here, attached elsewhere or
+        nowhere (the hub tracks the ack here, ``core.remote_ack`` fires it);
+        ``remote``: unknown here (the hub waits for the ack notice of another
+        node, ``remote_acks.py``)."""
+        if self.hub.is_connected(session):
+            return "local"
+        return "remote" if self.hub.session_info(session) is None else "detached"
+
+    def _dm_failed(self, ident: str, side: str, failure: Failure) -> None:
+        self.journal.write(
+            "dm_fail",
+            id=ident,
+            side=side,
+            cause=failure.type.__name__ if failure.type is not None else "?",
+            error=failure.getErrorMessage(),
+        )
 
 
 def setup(hub: Hub) -> None:
@@ -308,4 +396,6 @@ def setup(hub: Hub) -> None:
         float(os.environ.get("CHAOS_DIRECT_INTERVAL", "0.5")),
         cluster=os.environ.get("CHAOS_CLUSTER") == "1",
         stop_file=os.environ.get("CHAOS_STOP_FILE") or None,
+        node=os.environ.get("CHAOS_NODE") or None,
+        sessions_dir=os.environ.get("CHAOS_SESSIONS_DIR") or None,
     )

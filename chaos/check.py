@@ -49,7 +49,15 @@ chaos/README.md): streams, sessions and dedup records outlive any node, so
 - a failed publish (``pub_failed``) is not a loss, but is a violation unless
   Redis was down (kill .. restart + ``REDIS_GRACE``) or the node was starting;
 - an acked message that expired without ever being handled is a violation
-  (no cluster outage lasts the client's 60 s ack deadline).
+  (no cluster outage lasts the client's 60 s ack deadline);
+- acked direct sends, from the session's node or from another one
+  (``dm_send`` ``side``: ``local``, ``detached`` or ``remote``, see chaos.app):
+  one whose waiter fired (``dm_ack``) must have been delivered to the
+  session's client, and before the waiter fired (``acked-before-delivered``);
+  a failure (timeout, Redis down) is allowed and counted by side and cause
+  (``direct_ack_failed_remote_AckTimeoutError``, ...), and so are the failed
+  ones the client had received all the same (``..._delivered``: the ack
+  notice was lost or late).
 """
 
 from __future__ import annotations
@@ -139,7 +147,10 @@ class Checker:
         self.recv: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
         self.recv_order: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
         self.dm_acked: set[str] = set()
+        self.dm_ack_at: dict[str, float] = {}
+        self.dm_failed: dict[str, str] = {}  # id -> side (local, detached, remote)
         self.delivered_ids: set[str] = set()
+        self.delivered_at: dict[str, float] = {}  # id -> first delivery to a client
         cluster = self.run.get("cluster")
         self.cluster = cluster is not None
         # Redis outages (killed, back up) and kill times, cluster mode only.
@@ -204,13 +215,26 @@ class Checker:
                     report.counts[
                         "direct_sent" if record["stream"] == "direct" else "published"
                     ] += 1
+                elif kind == "dm_send":
+                    report.counts[f"direct_sends_{record['side']}"] += 1
                 elif kind == "dm_ack":
                     self.dm_acked.add(record["id"])
+                    self.dm_ack_at[record["id"]] = record["t"]
                     report.counts["direct_acked_by_client"] += 1
+                    if "side" in record:
+                        report.counts[f"direct_acked_{record['side']}"] += 1
                 elif kind == "dm_fail":
                     report.counts["direct_ack_failed"] += 1
+                    if "side" in record:
+                        side = record["side"]
+                        self.dm_failed[record["id"]] = side
+                        report.counts[f"direct_ack_failed_{side}"] += 1
+                        cause = record.get("cause", "?")
+                        report.counts[f"direct_ack_failed_{side}_{cause}"] += 1
                 elif kind == "dm_refused":
                     report.counts["direct_refused"] += 1
+                    if "side" in record:
+                        report.counts[f"direct_refused_{record['side']}"] += 1
                 elif kind == "pub_refused":
                     report.violation(
                         "publish-refused",
@@ -502,6 +526,8 @@ class Checker:
                     )
                 if ident is not None:
                     self.delivered_ids.add(ident)
+                    if record[1] < self.delivered_at.get(ident, math.inf):
+                        self.delivered_at[ident] = record[1]
                 if current is None:
                     report.violation("no-position", f"{who}: {stream} delivery before any position")
                     current = (epoch, offset - 1)
@@ -587,6 +613,23 @@ class Checker:
         elif current[1] > offset:
             report.violation("beyond-end", f"{who}: {stream} at {current[1]} > server {offset}")
 
+    def check_direct_acks(self) -> None:
+        """A fired ack waiter means the client had the message, and had it first."""
+        report = self.report
+        for ident in sorted(self.dm_acked - self.delivered_ids):
+            report.violation("acked-not-delivered", f"{ident} acknowledged but never delivered")
+        for ident, acked_at in sorted(self.dm_ack_at.items()):
+            delivered_at = self.delivered_at.get(ident)
+            if delivered_at is not None and acked_at < delivered_at:
+                report.violation(
+                    "acked-before-delivered",
+                    f"{ident} reported acknowledged at {acked_at:.3f}, "
+                    f"first delivered at {delivered_at:.3f}",
+                )
+        for ident, side in self.dm_failed.items():
+            if ident in self.delivered_ids:
+                report.counts[f"direct_ack_failed_{side}_delivered"] += 1
+
     # ------------------------------------------------------------ all
 
     def check(self) -> Report:
@@ -599,8 +642,7 @@ class Checker:
         self.first_seen_by_clients(clients)
         for name, records in clients.items():
             self.check_streams(name, records, self.run["clients"][name]["rooms"])
-        for ident in sorted(self.dm_acked - self.delivered_ids):
-            report.violation("acked-not-delivered", f"{ident} acknowledged but never delivered")
+        self.check_direct_acks()
         if self.final is None:
             report.violation("no-final", "the last server incarnation never answered quiesce")
         for crash in self.run["server"].get("crashes", []):

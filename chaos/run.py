@@ -296,7 +296,13 @@ async def run(reactor: Any, config: Config) -> Report:
         redis = RedisServer(reactor, free_port(), run_dir)
         await redis.start()
         server_args += ["--redis", redis.url]
-        env.update({"CHAOS_CLUSTER": "1", "CHAOS_STOP_FILE": str(stop_file)})
+        env.update(
+            {
+                "CHAOS_CLUSTER": "1",
+                "CHAOS_STOP_FILE": str(stop_file),
+                "CHAOS_SESSIONS_DIR": str(run_dir),
+            }
+        )
         servers = [
             ServerProcess(
                 reactor,
@@ -556,6 +562,7 @@ def table(report: Report, run_info: dict[str, Any], config: Config) -> str:
         ("client msgs handled", handled),
         ("server msgs published", f"{counts['published']} room/broadcast"),
         ("server direct acked sends", str(counts["direct_sent"])),
+        *([("direct sends by side", cross_node(counts))] if "cluster" in run_info else []),
         ("server msgs delivered", str(counts["delivered"])),
         ("lost", str(counts["lost"])),
         ("duplicated", str(counts["duplicated"])),
@@ -571,6 +578,26 @@ def table(report: Report, run_info: dict[str, Any], config: Config) -> str:
         lines.append("violations:")
         lines += [f"  {v}" for v in report.violations]
     return "\n".join(lines)
+
+
+def cross_node(counts: Any) -> str:
+    """Acked direct sends from a node the session was not attached to, and their outcomes."""
+    sides = [f"{counts[f'direct_sends_{side}']} {side}" for side in ("local", "detached", "remote")]
+    parts = [", ".join(sides)]
+    for side in ("detached", "remote"):
+        prefix = f"direct_ack_failed_{side}_"
+        causes = sorted(
+            (key[len(prefix) :], n)
+            for key, n in counts.items()
+            if key.startswith(prefix) and key != prefix + "delivered"
+        )
+        text = f"{side}: acked {counts[f'direct_acked_{side}']}"
+        text += f", failed {counts[f'direct_ack_failed_{side}']}"
+        if causes:
+            text += " (" + ", ".join(f"{cause} {n}" for cause, n in causes)
+            text += f"; {counts[prefix + 'delivered']} delivered all the same)"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def parse(argv: list[str]) -> Config:

@@ -86,6 +86,8 @@ class ServerProcess:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
         env["CHAOS_JOURNAL"] = str(self.journal(number))
         env["CHAOS_INCARNATION"] = str(number)
+        if self.node is not None:
+            env["CHAOS_NODE"] = self.node
         argv = [
             sys.executable,
             "-c",

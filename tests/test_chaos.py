@@ -95,6 +95,8 @@ class ChaosRunTests(unittest.SynchronousTestCase):
         self.assertGreater(counts["client_acked"], 100, output)
         self.assertGreater(counts["delivered"], 500, output)
         self.assertGreater(counts["direct_sent"], 0, output)
+        # Acked direct sends from a node the session is not attached to.
+        self.assertGreater(counts["direct_sends_remote"], 0, output)
         # Only the Redis restarts lose history (the checker demands one before
         # every notice), and they did happen.
         self.assertGreater(counts["unrecovered"], 0, output)
@@ -125,7 +127,10 @@ class CheckerTests(unittest.SynchronousTestCase):
         handled: dict[int, list[str]] | None = None,
         outcome_at: float = 150.0,
         redis: list[dict[str, Any]] | None = None,
+        direct: list[dict[str, Any]] | None = None,
     ) -> Report:
+        """``direct``: acked direct sends to ``s1`` (offsets 1, 2, ...), each
+        ``{"side": ..., "delivered": t or None, "acked": t, "failed": cause}``."""
         run_dir = Path(self.mktemp())
         run_dir.mkdir(parents=True)
         start = {"room:r": {"offset": 0, "epoch": "E"}, "broadcast": {"offset": 0, "epoch": "B"}}
@@ -149,6 +154,20 @@ class CheckerTests(unittest.SynchronousTestCase):
                 )  # fmt: skip
         positions = {"room:r": [0, "E"], "broadcast": [0, "B"], "direct": [0, "D"]}
         records: list[list[Any]] = [["open", 2.0, "s1", False, positions], ["sent", 4.0, "m1", 1]]
+        for offset, dm in enumerate(direct or [], 1):
+            ident = f"dm/1/{offset}"
+            journal1.append({"k": "dm_send", "t": 10.0, "id": ident, "session": "s1",
+                             "side": dm["side"], "to": "b"})  # fmt: skip
+            journal1.append({"k": "pub", "t": 10.0, "stream": "direct", "epoch": "D",
+                             "offset": offset, "id": ident, "event": "dm",
+                             "session": "s1"})  # fmt: skip
+            if dm.get("delivered") is not None:
+                records.append(["msg", dm["delivered"], "direct", "D", offset, "dm", ident, "s1"])
+            if dm.get("acked") is not None:
+                journal1.append({"k": "dm_ack", "t": dm["acked"], "id": ident, "side": dm["side"]})
+            if dm.get("failed") is not None:
+                journal1.append({"k": "dm_fail", "t": 30.0, "id": ident, "side": dm["side"],
+                                 "cause": dm["failed"], "error": "x"})  # fmt: skip
         for offset in delivered:
             records.append(["msg", 5.0, "room:r", "E", offset, "pub", f"p{offset}", None])
         records.append(["outcome", outcome_at, "m1", "acked", None])
@@ -160,7 +179,7 @@ class CheckerTests(unittest.SynchronousTestCase):
             "clients": {"c0": {"rooms": ["r"]}},
             "final": {
                 "streams": {"room:r": {"offset": 3, "epoch": "E"}, "broadcast": start["broadcast"]},
-                "sessions": {"s1": {"offset": 0, "epoch": "D"}},
+                "sessions": {"s1": {"offset": len(direct or []), "epoch": "D"}},
             },
         }
         if redis is not None:  # cluster mode, with these Redis generations
@@ -226,3 +245,34 @@ class CheckerTests(unittest.SynchronousTestCase):
             [1, 2, 3], handled={1: ["m1"], 2: ["m1"]}, outcome_at=55.0, redis=restarted
         )
         self.assertEqual(report.violation_kinds["duplicated"], 1)
+
+    def test_crossNodeAckedSendsAreCountedBySide(self) -> None:
+        one = [{"gen": 1, "up": 0.0}]
+        direct = [
+            {"side": "remote", "delivered": 11.0, "acked": 11.5},
+            {"side": "local", "delivered": 12.0, "acked": 12.1},
+            {"side": "remote", "delivered": 13.0, "failed": "AckTimeoutError"},
+            {"side": "detached", "delivered": 14.0, "failed": "BackendUnavailableError"},
+        ]
+        report = self.history([1, 2, 3], redis=one, direct=direct)
+        self.assertTrue(report.ok, report.violations)
+        counts = report.counts
+        self.assertEqual(
+            (counts["direct_sends_remote"], counts["direct_sends_local"]), (2, 1), counts
+        )
+        self.assertEqual(counts["direct_acked_remote"], 1)
+        self.assertEqual(counts["direct_ack_failed_remote"], 1)
+        self.assertEqual(counts["direct_ack_failed_remote_AckTimeoutError"], 1)
+        self.assertEqual(counts["direct_ack_failed_remote_delivered"], 1)
+        self.assertEqual(counts["direct_ack_failed_detached_BackendUnavailableError"], 1)
+
+    def test_crossNodeAckMustFollowDelivery(self) -> None:
+        one = [{"gen": 1, "up": 0.0}]
+        # Reported acknowledged before the client had it.
+        early = [{"side": "remote", "delivered": 11.0, "acked": 10.5}]
+        report = self.history([1, 2, 3], redis=one, direct=early)
+        self.assertEqual(dict(report.violation_kinds), {"acked-before-delivered": 1})
+        # Reported acknowledged, never delivered (the stream ends short too).
+        never = [{"side": "remote", "delivered": None, "acked": 11.0}]
+        report = self.history([1, 2, 3], redis=one, direct=never)
+        self.assertEqual(report.violation_kinds["acked-not-delivered"], 1)

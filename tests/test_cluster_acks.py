@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.test_cluster import ClusterCase
-from tests.wsclient import WsClient, async_test, wait_until
+from tests.wsclient import WsClient, async_test, sleep, wait_until
 from warpsocket.backends.base import AckNotice
 from warpsocket.core.server import QueueFullError
 from warpsocket.protocol.codes import ErrorCode
@@ -76,6 +76,33 @@ class CrossNodeAckTests(ClusterCase):
         # client acknowledges on b, cumulatively.
         resumed.send({"type": "ack", "stream": "direct", "offset": event["offset"]})
         await waiter
+
+
+class CrossNodeAckEpochTests(ClusterCase):
+    @async_test
+    async def test_cumulative_acks_of_a_new_direct_epoch_are_announced(self) -> None:
+        """After Redis lost its data the direct offsets start again at 1: an ack
+        through 1 of the new epoch is news, though the old epoch was acked to 2."""
+        redis = self.start_redis()
+        a, b = self.node("a"), self.node("b")
+        await self.healthy(a, b)
+        client = await self.client(a)
+        session = client.session
+        assert session is not None
+        before = [b.hub.send(session, "e", n, ack=True, timeout=10) for n in (1, 2)]
+        last = await direct_event(client, 2)
+        client.send({"type": "ack", "stream": "direct", "offset": last["offset"]})
+        for waiter in before:
+            await waiter
+        redis.command("FLUSHALL")
+        await sleep(2.5)  # the nodes notice on their next tick
+        await self.healthy(a, b)
+        after = b.hub.send(session, "e", 3, ack=True, timeout=5)
+        event = await direct_event(client, 3)
+        self.assertNotEqual(event["epoch"], last["epoch"])
+        self.assertLessEqual(event["offset"], last["offset"])
+        client.send({"type": "ack", "stream": "direct", "offset": event["offset"]})
+        await after
 
 
 class RemoteAcksTests(unittest.TestCase):

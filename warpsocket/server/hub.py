@@ -216,6 +216,8 @@ class Hub:
             lambda session, offset: AckTimeoutError(session, offset, ErrorCode.TIMEOUT),
         )
         backend.set_ack_listener(self._ack_announced)
+        # Per session: the last cumulative ack announced (direct epoch, offset).
+        self._announced: dict[str, tuple[str | None, int]] = {}
         self._empty_waiters: list[Deferred[None]] = []
         self._latency: dict[str, Any] = {}
         self._ticks = 0
@@ -404,10 +406,12 @@ class Hub:
         if ack.ref is not None:
             notice = AckNotice(session.id, ref=ack.ref)
         elif ack.stream == DIRECT and ack.offset is not None:
-            if ack.offset <= session.acked_through:
-                return  # nothing new: the cluster heard it already
             # A cumulative ack names no epoch: the one the session reads here.
             epoch = self.store.position(direct_key(session.id)).epoch
+            last = self._announced.get(session.id)
+            if last is not None and last[0] == epoch and ack.offset <= last[1]:
+                return  # nothing new: the cluster heard it already
+            self._announced[session.id] = (epoch, ack.offset)
             notice = AckNotice(session.id, epoch=epoch, through=ack.offset)
         else:
             return
@@ -884,6 +888,7 @@ class Hub:
             elif isinstance(action, Publish):
                 self._perform(action)
             elif isinstance(action, SessionExpired):
+                self._announced.pop(action.session, None)
                 self.log.debug("session {session} expired", session=action.session)
 
     def _send(self, conn_id: ConnId, envelope: Envelope) -> None:
