@@ -365,8 +365,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if (
             fragmentSize is None
             and not sync
-            and (doNotCompress or self._perMessageCompress is None)
-            and self._plain_writes()
+            and self._plain_writes()  # (uncompressed connections only)
             and not 0 < self.maxMessagePayloadSize < len(payload)
         ):
             # The common frame, written directly (see framing.py).
@@ -395,13 +394,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
 
     def _plain_writes(self) -> bool:
         """``plain``, for a connection that may not be open any more."""
-        return (
-            self.state == WebSocketServerProtocol.STATE_OPEN
-            and not self.send_queue
-            and not self.autoFragmentSize
-            and not self.logOctets
-            and not self.logFrames
-        )
+        return self.state == WebSocketServerProtocol.STATE_OPEN and self.plain
 
     def write_frame(self, frame: bytes) -> None:
         """Write a whole data frame; while the hub's write batch is open it is
