@@ -36,6 +36,14 @@ def _pack(value: Any) -> bytes:
     return packed
 
 
+def _nested_empty(depth: int) -> Any:
+    """``depth`` levels of lists around nothing."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def _nested(depth: int) -> Any:
     """``depth`` levels of lists around an integer."""
     value: Any = 1
@@ -136,7 +144,19 @@ class JsonCodecTests(ProtocolErrorAssertions):
         payload = b'{"type":"event","id":"m-1","timestamp":1,"data":' + b"[" * 100_000
         payload += b"]" * 100_000 + b"}"
         exc = self.assertRaises(ProtocolError, self.codec.decode, payload, False)
-        self.assertEqual(exc.code, ErrorCode.BAD_FRAME)
+        self.assertEqual((exc.code, exc.ref), (ErrorCode.BAD_ENVELOPE, None))
+
+    def test_nestingBeyondTheModelNamesTheId(self) -> None:
+        """Nesting the decoder can still read (the old poison, ~970 levels) is
+        refused by the data model with 4001 and the envelope's id."""
+        for depth in (64, 100, 500):
+            payload = b'{"type":"event","id":"m-1","timestamp":1,"data":' + b"[" * depth
+            payload += b"]" * depth + b"}"
+            exc = self.assertRaises(ProtocolError, self.codec.decode, payload, False)
+            self.assertEqual((exc.code, exc.ref), (ErrorCode.BAD_ENVELOPE, "m-1"), depth)
+        accepted = b'{"type":"event","id":"m-1","timestamp":1,"data":' + b"[" * 63
+        accepted += b"]" * 63 + b"}"
+        self.assertEqual(self.codec.decode(accepted, False).data, _nested_empty(63))
 
     def test_loneSurrogateDoesNotBreakEncoding(self) -> None:
         """Lone surrogate escapes cannot be re-encoded as UTF-8: refused as bad frames."""
@@ -186,16 +206,19 @@ class MsgpackCodecTests(ProtocolErrorAssertions):
             self.assertProtocolError(partial(self.decode, value), ErrorCode.BAD_ENVELOPE, None)
 
     def test_binValueRejected(self) -> None:
+        """bin is outside the data model: 4001 with the id, so an acked send gets its answer."""
         self.assertProtocolError(
-            lambda: self.decode({**EVENT, "data": b"\x00\x01"}), ErrorCode.BAD_FRAME
+            lambda: self.decode({**EVENT, "data": b"\x00\x01"}), ErrorCode.BAD_ENVELOPE, "m-1"
         )
 
     def test_binFieldRejected(self) -> None:
-        self.assertProtocolError(lambda: self.decode({**EVENT, "id": b"m-1"}), ErrorCode.BAD_FRAME)
+        self.assertProtocolError(
+            lambda: self.decode({**EVENT, "id": b"m-1"}), ErrorCode.BAD_ENVELOPE
+        )
 
     def test_binKeyRejected(self) -> None:
         self.assertProtocolError(
-            lambda: self.decode({**EVENT, "data": {b"k": 1}}), ErrorCode.BAD_FRAME
+            lambda: self.decode({**EVENT, "data": {b"k": 1}}), ErrorCode.BAD_ENVELOPE, "m-1"
         )
 
     def test_extTypeRejected(self) -> None:
@@ -211,20 +234,22 @@ class MsgpackCodecTests(ProtocolErrorAssertions):
         )
 
     def test_nestingLimit(self) -> None:
-        """Values may nest 64 levels deep (the envelope map is level 0)."""
-        accepted = self.decode({**EVENT, "data": _nested(63)})
-        self.assertEqual(accepted.data, _nested(63))
+        """No value deeper than level 64 (the envelope map is level 1, data level 2)."""
+        accepted = self.decode({**EVENT, "data": _nested(62)})
+        self.assertEqual(accepted.data, _nested(62))
         self.assertProtocolError(
-            lambda: self.decode({**EVENT, "data": _nested(64)}), ErrorCode.BAD_FRAME
+            lambda: self.decode({**EVENT, "data": _nested(63)}), ErrorCode.BAD_ENVELOPE, "m-1"
         )
         self.assertProtocolError(
-            lambda: self.decode({**EVENT, "data": _nested(1000)}), ErrorCode.BAD_FRAME
+            lambda: self.decode({**EVENT, "data": _nested(1000)}), ErrorCode.BAD_ENVELOPE, "m-1"
         )
 
     def test_nonFiniteFloatRejected(self) -> None:
         for value in (float("nan"), float("inf"), float("-inf")):
             self.assertProtocolError(
-                partial(self.decode, {**EVENT, "data": {"x": [value]}}), ErrorCode.BAD_FRAME
+                partial(self.decode, {**EVENT, "data": {"x": [value]}}),
+                ErrorCode.BAD_ENVELOPE,
+                "m-1",
             )
 
     def test_floatWhereIntegerRequired(self) -> None:
@@ -240,13 +265,15 @@ class MsgpackCodecTests(ProtocolErrorAssertions):
                 "m-1",
             )
 
-    def test_dataModelViolationsAreBadFrames(self) -> None:
-        """Values outside the JSON data model do not decode with the codec: 4000."""
-        for data in (b"bin", {b"k": 1}, float("nan"), _nested(64)):
+    def test_dataModelViolationsNameTheEnvelope(self) -> None:
+        """Values outside the data model are refused with 4001 and the envelope's id."""
+        for data in (b"bin", {b"k": 1}, float("nan"), _nested(64), 2**53, -(2**63), 2**64 - 1):
             try:
                 self.decode({**EVENT, "data": data})
             except ProtocolError as exc:
-                self.assertEqual((exc.code, exc.ref), (ErrorCode.BAD_FRAME, None), repr(data)[:40])
+                self.assertEqual(
+                    (exc.code, exc.ref), (ErrorCode.BAD_ENVELOPE, "m-1"), repr(data)[:40]
+                )
             else:
                 self.fail(f"accepted data {data!r}")
 

@@ -131,7 +131,7 @@ class HelloTests(Base):
         self.assertEqual(data["rooms"], ["chat"])
         self.assertEqual(data["denied"], {"secret": int(ErrorCode.FORBIDDEN)})
         self.assertEqual(data["heartbeat"], {"interval": 25_000, "timeout": 60_000})
-        self.assertEqual(data["limits"], {"max_message_size": 1_048_576, "max_pending": 1_000})
+        self.assertEqual(data["limits"], {"max_message_size": 1_048_576, "max_pending": 1_000, "max_depth": 64, "max_values": 131_072})
         self.assertEqual(data["node"], "n1")
         self.assertEqual(of_type(actions, SessionOpened), [SessionOpened(1, "sess-1", False)])
         # The welcome is a valid wire envelope.

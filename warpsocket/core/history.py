@@ -46,6 +46,12 @@ def expired_placeholder(envelope: Envelope) -> Envelope:
     )
 
 
+def unencodable_placeholder(envelope: Envelope) -> Envelope:
+    """What a member gets for a stream event its codec failed to encode: the
+    offset without the payload, so it sees no gap (protocol.md 5.2)."""
+    return expired_placeholder(envelope).evolve(code=int(ErrorCode.INTERNAL_ERROR))
+
+
 class StreamHistory:
     """One stream: assigns offsets and keeps the newest messages for replay.
 

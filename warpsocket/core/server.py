@@ -32,6 +32,7 @@ from warpsocket.core.messages import (
 )
 from warpsocket.core.store import StreamStore
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.datamodel import DataLimits
 from warpsocket.protocol.envelope import (
     MAX_EPOCH_LENGTH,
     MAX_NAME_LENGTH,
@@ -89,6 +90,11 @@ class CoreOptions:
             raise ValueError("idle_timeout_ms must be positive or None")
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
             raise ValueError("heartbeat_timeout_ms must exceed heartbeat_interval_ms")
+
+    @property
+    def data_limits(self) -> DataLimits:
+        """The data model's depth and value-count bounds for this message size."""
+        return DataLimits.for_message_size(self.max_message_size)
 
 
 # ---------------------------------------------------------------- actions
@@ -418,6 +424,7 @@ class ServerCore:
             }
             self._member(conn, key)
 
+        data_limits = self.options.data_limits
         welcome = Envelope(
             type=MessageType.WELCOME,
             id=self.new_id(),
@@ -436,6 +443,8 @@ class ServerCore:
                 "limits": {
                     "max_message_size": self.options.max_message_size,
                     "max_pending": self.options.max_pending_acks,
+                    "max_depth": data_limits.max_depth,
+                    "max_values": data_limits.max_values,
                 },
                 "node": self.options.node,
             },

@@ -9,7 +9,6 @@ offers no subprotocol) and ``warpsocket.v1.msgpack`` (binary frames).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -17,6 +16,8 @@ from typing import Any, Protocol
 import msgpack
 
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.compact import CompactData
+from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits
 from warpsocket.protocol.envelope import Envelope
 
 JSON_SUBPROTOCOL = "warpsocket.v1.json"
@@ -49,7 +50,8 @@ class JsonCodec:
     subprotocol = JSON_SUBPROTOCOL
     binary = False
 
-    def __init__(self) -> None:
+    def __init__(self, limits: DataLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
         self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
@@ -65,6 +67,11 @@ class JsonCodec:
                 _json_string(envelope.ref),
             )
             return text.encode("utf-8")
+        data = envelope.data
+        if type(data) is CompactData:
+            # A stored payload is JSON already: splice it in, unchanged.
+            head = self._encoder.encode(envelope.to_wire(with_data=False)).encode("utf-8")
+            return b"".join((head[:-1], b',"data":', data.json, b"}"))
         return self._encoder.encode(envelope.to_wire()).encode("utf-8")
 
     def decode(self, payload: bytes, is_binary: bool) -> Envelope:
@@ -75,11 +82,15 @@ class JsonCodec:
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid JSON: {exc}") from None
         except RecursionError:
-            raise ProtocolError(ErrorCode.BAD_FRAME, "JSON nested too deeply") from None
+            # Far past the data model's depth (protocol.md 2.1): refused as
+            # such, though no id can be read from it.
+            raise ProtocolError(
+                ErrorCode.BAD_ENVELOPE, f"nested deeper than {self.limits.max_depth} levels"
+            ) from None
         if _SURROGATE_ESCAPE.search(payload) and not _encodable(raw):
             # "\ud800" decodes to a lone surrogate, which no UTF-8 peer can hold.
             raise ProtocolError(ErrorCode.BAD_FRAME, "lone UTF-16 surrogate escape")
-        return Envelope.from_wire(raw)
+        return Envelope.from_wire(raw, self.limits, strings_checked=True)
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -117,6 +128,9 @@ class MsgpackCodec:
     subprotocol = MSGPACK_SUBPROTOCOL
     binary = True
 
+    def __init__(self, limits: DataLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+
     def encode(self, envelope: Envelope) -> bytes:
         packed: bytes = msgpack.packb(envelope.to_wire(), use_bin_type=True)
         return packed
@@ -128,29 +142,9 @@ class MsgpackCodec:
             raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_ext_len=0)
         except Exception as exc:  # msgpack raises several unrelated types
             raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid msgpack: {exc}") from None
-        if not _json_compatible(raw):
-            raise ProtocolError(
-                ErrorCode.BAD_FRAME, "msgpack frames must stay in the JSON data model"
-            )
-        return Envelope.from_wire(raw)
-
-
-def _json_compatible(value: object, depth: int = 0) -> bool:
-    """The JSON data model: what every WarpSocket peer, in any language, can hold."""
-    if depth > 64:
-        return False
-    if value is None or isinstance(value, (bool, int, str)):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_json_compatible(item, depth + 1) for item in value)
-    if isinstance(value, dict):
-        return all(
-            isinstance(key, str) and _json_compatible(item, depth + 1)
-            for key, item in value.items()
-        )
-    return False
+        # bin values arrive as bytes and fail the data model with 4001 and
+        # the envelope's id; strings were decoded as strict UTF-8.
+        return Envelope.from_wire(raw, self.limits, strings_checked=True)
 
 
 class CodecRegistry:
@@ -193,5 +187,6 @@ class CodecRegistry:
         return None
 
 
-def default_codecs() -> CodecRegistry:
-    return CodecRegistry([JsonCodec(), MsgpackCodec()])
+def default_codecs(limits: DataLimits = DEFAULT_LIMITS) -> CodecRegistry:
+    """JSON (the default) and MessagePack, enforcing ``limits`` at decode."""
+    return CodecRegistry([JsonCodec(limits), MsgpackCodec(limits)])

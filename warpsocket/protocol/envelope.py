@@ -13,9 +13,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.compact import CompactData
+from warpsocket.protocol.datamodel import (
+    DEFAULT_LIMITS,
+    MAX_SAFE_INTEGER,
+    DataLimits,
+    DataModelError,
+    check_value,
+)
 
-# Integers on the wire must survive a JavaScript number (2**53 - 1).
-MAX_SAFE_INTEGER = 2**53 - 1
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
 MAX_EPOCH_LENGTH = 64
@@ -74,15 +80,20 @@ class Envelope:
     def evolve(self, **changes: Any) -> Envelope:
         return replace(self, **changes)
 
-    def to_wire(self) -> dict[str, Any]:
-        """The mapping a codec serialises: present fields only."""
+    def to_wire(self, *, with_data: bool = True) -> dict[str, Any]:
+        """The mapping a codec serialises: present fields only.
+
+        A stored payload (``CompactData``) is decoded here; ``with_data=False``
+        leaves ``data`` out for a codec that writes it itself.
+        """
         wire: dict[str, Any] = {
             "type": self.type.value,
             "id": self.id,
             "timestamp": self.timestamp,
         }
-        if self.data is not None:
-            wire["data"] = self.data
+        data = self.data
+        if data is not None and with_data:
+            wire["data"] = data.value if type(data) is CompactData else data
         if self.event is not None:
             wire["event"] = self.event
         if self.room is not None:
@@ -104,8 +115,14 @@ class Envelope:
         return wire
 
     @classmethod
-    def from_wire(cls, raw: object) -> Envelope:
-        """Validate a decoded frame; raise ProtocolError with the right code."""
+    def from_wire(
+        cls, raw: object, limits: DataLimits = DEFAULT_LIMITS, *, strings_checked: bool = False
+    ) -> Envelope:
+        """Validate a decoded frame; raise ProtocolError with the right code.
+
+        ``limits``: the data model's depth and size bounds (protocol.md 2.1).
+        ``strings_checked``: the decoder already refused lone surrogates.
+        """
         if not isinstance(raw, dict):
             raise ProtocolError(ErrorCode.BAD_ENVELOPE, "envelope must be an object")
         ident = raw.get("id")
@@ -161,6 +178,7 @@ class Envelope:
         elif not isinstance(ack, bool):
             raise ProtocolError(ErrorCode.BAD_ENVELOPE, "`ack` must be a boolean", ref)
         extra = {k: v for k, v in raw.items() if k not in _KNOWN_FIELDS}
+        _check_values(raw.get("data"), extra, limits, strings_checked, ref)
         envelope = cls(
             type=message_type,
             id=ref,
@@ -177,6 +195,32 @@ class Envelope:
 _KNOWN_FIELDS = frozenset(
     {"type", "id", "timestamp", "data", "ack", "offset", "ttl", "code", *_STRING_FIELDS}
 )
+
+
+def _check_values(
+    data: Any, extra: dict[str, Any], limits: DataLimits, strings_checked: bool, ref: str
+) -> None:
+    """``data`` and the unknown fields stay in the data model (protocol.md 2.1)."""
+    try:
+        budget = limits.max_values
+        if data is not None:
+            budget -= check_value(data, limits, strings_checked=strings_checked)
+        for name, value in extra.items():
+            if not isinstance(name, str) or (not strings_checked and not _text_ok(name)):
+                raise DataModelError("envelope", "field names must be strings")
+            budget -= check_value(
+                value, limits, path=name[:32], strings_checked=strings_checked, budget=budget
+            )
+    except DataModelError as error:
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, str(error), ref) from None
+
+
+def _text_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _valid_string(value: object, limit: int) -> bool:
@@ -237,6 +281,8 @@ def _check_type_rules(envelope: Envelope) -> None:
     elif kind is MessageType.AUTH:
         _require(
             envelope,
-            isinstance(envelope.data, dict) and _valid_string(envelope.data.get("token"), 16384),
+            # Any length here: the authenticator refuses oversized tokens with
+            # its own code (4100), as for tokens in hello (security.md).
+            isinstance(envelope.data, dict) and _valid_string(envelope.data.get("token"), 2**31),
             "`auth` needs `data.token`",
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from warpsocket._deferreds import invoke
 from warpsocket.backends.base import AckNotice, Backend, SessionRecord
 from warpsocket.backends.memory import MemoryBackend
 from warpsocket.core.dedup import DedupKey
-from warpsocket.core.history import HistoryLimits
+from warpsocket.core.history import HistoryLimits, unencodable_placeholder
 from warpsocket.core.ids import SequentialIds, random_id
 from warpsocket.core.server import (
     BROADCAST,
@@ -60,6 +59,7 @@ from warpsocket.core.server import (
 from warpsocket.core.store import MemoryStreamStore, StreamStore
 from warpsocket.protocol.codecs import Codec, CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.datamodel import DataModelError, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.batching import WriteBatch
 from warpsocket.server.context import Context
@@ -173,7 +173,9 @@ class Hub:
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.options = options if options is not None else HubOptions()
         core_options = self.options.core
-        self.codecs = codecs if codecs is not None else default_codecs()
+        # The data model's bounds scale with the message size limit (protocol.md 2.1).
+        self.data_limits = core_options.data_limits
+        self.codecs = codecs if codecs is not None else default_codecs(self.data_limits)
         self.middleware: list[Middleware] = list(middleware)
         if self.options.debug:
             self.middleware.insert(0, LoggingMiddleware())
@@ -448,7 +450,8 @@ class Hub:
         # Refuse it here, before the core stores it: a payload no codec can
         # encode would otherwise sit in the stream history and break every
         # replay of it (each resume of the session would fail).
-        _check_encodable(envelope.data)
+        if envelope.data is not None:
+            check_value(envelope.data, self.data_limits)
         return envelope
 
     # ------------------------------------------------------------ rooms and queries
@@ -897,7 +900,12 @@ class Hub:
             # Closing (our close frame or the peer's is out): nothing more may be
             # sent, and autobahn's sendMessage would raise Disconnected here.
             return
-        payload = protocol.codec.encode(envelope)
+        try:
+            payload = protocol.codec.encode(envelope)
+        except Exception:
+            payload = self._unencodable(protocol.codec, envelope, Failure())
+            if payload is None:
+                return
         traffic = self.metrics.traffic
         traffic.encodes += 1
         traffic.messages_out[envelope.type.value] += 1
@@ -923,7 +931,13 @@ class Hub:
                 last_codec = codec
                 message = prepared.get(codec.subprotocol)
                 if message is None:
-                    payload = codec.encode(envelope)
+                    try:
+                        payload = codec.encode(envelope)
+                    except Exception:
+                        substitute = self._unencodable(codec, envelope, Failure())
+                        if substitute is None:
+                            continue
+                        payload = substitute
                     self.metrics.traffic.encodes += 1
                     size = len(payload)
                     message = protocol.factory.prepareMessage(payload, isBinary=codec.binary)
@@ -937,6 +951,30 @@ class Hub:
             traffic = self.metrics.traffic
             traffic.messages_out[envelope.type.value] += sent
             traffic.bytes_out += size * sent
+
+    def _unencodable(self, codec: Codec, envelope: Envelope, failure: Failure) -> bytes | None:
+        """An envelope this codec cannot encode (the data model makes it rare:
+        an application's own codec, say). It costs that one envelope, never
+        the connection or the stream: a stream event is replaced by a
+        placeholder (protocol.md 5.2) so members see no gap; anything else is
+        dropped. Returns what to send instead, if anything."""
+        self.log.failure(
+            "cannot encode {kind} {id} (stream {stream}, offset {offset}) with {codec}",
+            failure,
+            kind=envelope.type.value,
+            id=envelope.id,
+            stream=envelope.stream,
+            offset=envelope.offset,
+            codec=codec.subprotocol,
+        )
+        self.metrics.encode_failures.inc()
+        if envelope.offset is None:
+            return None
+        try:
+            return codec.encode(unencodable_placeholder(envelope))
+        except Exception:
+            self.log.failure("cannot encode a placeholder with {codec}", codec=codec.subprotocol)
+            return None
 
     def _close(self, conn_id: ConnId, code: ErrorCode, reason: str) -> None:
         protocol = self._protocols.get(conn_id)
@@ -993,8 +1031,8 @@ class Hub:
         def done(value: Any) -> None:
             if dispatch.envelope.type is MessageType.CALL and not isinstance(value, _SCALARS):
                 try:
-                    _check_encodable(value)
-                except (TypeError, ValueError):
+                    check_value(value, self.data_limits)
+                except DataModelError:
                     # Unencodable results would be recorded for dedup and then
                     # fail to encode on every answer: answer 4300 instead.
                     failed(Failure())
@@ -1103,19 +1141,6 @@ class Hub:
             waiter.errback(AckTimeoutError(session, offset, code))
         self.metrics.acks_pending.set(len(self._ack_waiters))
         self.remote_acks.fail_all(lambda session, offset: AckTimeoutError(session, offset, code))
-
-
-_VALIDATOR = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
-
-
-def _check_encodable(data: Any) -> None:
-    """Raise TypeError/ValueError unless ``data`` is in the JSON data model
-    (protocol.md section 2), which every codec can carry."""
-    if data is None or isinstance(data, (str, int)):
-        if isinstance(data, str):
-            data.encode("utf-8")  # lone surrogates cannot be sent
-        return
-    _VALIDATOR.encode(data).encode("utf-8")
 
 
 __all__ = [

@@ -124,3 +124,14 @@ class HubMetrics:
             "Connections closed because their outbound buffer stayed over its bound",
             registry=r,
         )
+        # The data model keeps this at zero for the built-in codecs (protocol.md 2.1).
+        self.encode_failures = Counter(
+            "warpsocket_encode_failures",
+            "Envelopes a connection's codec could not encode (each replaced or dropped)",
+            registry=r,
+        )
+        self.history_bytes = Gauge(
+            "warpsocket_history_bytes",
+            "Bytes held by this node's in-memory stream histories (bounded by history limits)",
+            registry=r,
+        )
