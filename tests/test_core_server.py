@@ -24,6 +24,8 @@ from warpsocket.core.server import (
     SessionOpened,
     UnknownSessionError,
     direct_key,
+    hash_resume_token,
+    new_resume_token,
 )
 from warpsocket.core.store import MemoryStreamStore
 from warpsocket.protocol import Envelope, ErrorCode, MessageType, ProtocolError
@@ -39,6 +41,10 @@ def can_publish(session: Session, room: str, envelope: Envelope) -> bool:
     return room != "readonly"
 
 
+# Every session of make_server's cores gets this resume token.
+TOKEN = "rt-secret"
+
+
 def make_server(**options: Any) -> ServerCore:
     core_options = CoreOptions(node="n1", **options)
     store = MemoryStreamStore(core_options.history, SequentialIds("ep"))
@@ -49,6 +55,7 @@ def make_server(**options: Any) -> ServerCore:
         SequentialIds("sess"),
         can_join=can_join,
         can_publish=can_publish,
+        new_resume_token=lambda: TOKEN,
     )
 
 
@@ -57,8 +64,11 @@ def hello(
     session: str | None = None,
     streams: dict[str, dict[str, Any]] | None = None,
     rooms: list[str] | None = None,
+    resume_token: str = "rt-secret",
 ) -> Envelope:
     data: dict[str, Any] = {"session": session, "streams": streams or {}, "rooms": rooms or []}
+    if session is not None:
+        data["resume_token"] = resume_token
     return Envelope(type=MessageType.HELLO, id=ident, timestamp=T0, data=data)
 
 
@@ -131,7 +141,15 @@ class HelloTests(Base):
         self.assertEqual(data["rooms"], ["chat"])
         self.assertEqual(data["denied"], {"secret": int(ErrorCode.FORBIDDEN)})
         self.assertEqual(data["heartbeat"], {"interval": 25_000, "timeout": 60_000})
-        self.assertEqual(data["limits"], {"max_message_size": 1_048_576, "max_pending": 1_000, "max_depth": 64, "max_values": 131_072})
+        self.assertEqual(
+            data["limits"],
+            {
+                "max_message_size": 1_048_576,
+                "max_pending": 1_000,
+                "max_depth": 64,
+                "max_values": 131_072,
+            },
+        )
         self.assertEqual(data["node"], "n1")
         self.assertEqual(of_type(actions, SessionOpened), [SessionOpened(1, "sess-1", False)])
         # The welcome is a valid wire envelope.
@@ -431,13 +449,51 @@ class ClientMessageTests(Base):
         self.assertIn(2, self.server.sessions[self.session].pending)
 
     def test_adopt_session_resumes_it(self) -> None:
-        self.server.adopt_session("elsewhere", None, {}, ["lobby"], {}, T0)
+        self.server.adopt_session(
+            "elsewhere", None, {}, ["lobby"], {}, T0, hash_resume_token(TOKEN)
+        )
         self.server.open(9, T0)
         actions = self.server.receive(9, hello("h9", session="elsewhere"), T0)
         data = welcome_of(actions).data
         self.assertEqual(
-            (data["session"], data["resumed"], data["rooms"]), ("elsewhere", True, ["lobby"])
+            (data["session"], data["resumed"], data["rooms"], data["resume_token"]),
+            ("elsewhere", True, ["lobby"], TOKEN),
         )
+
+    def test_a_session_id_alone_does_not_resume(self) -> None:
+        """The id is no credential: without the resume token, or with another
+        one, the hello gets a new session and the owner keeps its connection."""
+        self.server.open(2, T0)
+        owner = welcome_of(self.server.receive(2, hello("h2"), T0)).data
+        for conn, token in ((3, None), (4, "guess"), (5, owner["resume_token"] + "x")):
+            self.server.open(conn, T0)
+            data: dict[str, Any] = {"session": owner["session"]}
+            if token is not None:
+                data["resume_token"] = token
+            attempt = Envelope(type=MessageType.HELLO, id=f"h{conn}", timestamp=T0, data=data)
+            actions = self.server.receive(conn, attempt, T0)
+            welcome = welcome_of(actions).data
+            self.assertNotEqual(welcome["session"], owner["session"])
+            self.assertFalse(welcome["resumed"])
+            self.assertEqual(of_type(actions, Close), [])
+            self.assertEqual(welcome["streams"]["direct"]["offset"], 0)
+        self.assertEqual(self.server.sessions[owner["session"]].conn, 2)
+
+    def test_the_resume_token_resumes_and_is_not_kept_in_clear(self) -> None:
+        self.server.open(2, T0)
+        owner = welcome_of(self.server.receive(2, hello("h2"), T0)).data
+        session = self.server.sessions[owner["session"]]
+        self.assertEqual(session.resume_hash, hash_resume_token(owner["resume_token"]))
+        self.assertNotIn(owner["resume_token"], repr(session))
+        self.server.open(3, T0)
+        actions = self.server.receive(3, hello("h3", session=owner["session"]), T0)
+        self.assertTrue(welcome_of(actions).data["resumed"])
+        self.assertEqual(of_type(actions, Close), [Close(2, ErrorCode.SESSION_REPLACED)])
+
+    def test_resume_tokens_are_random_and_long(self) -> None:
+        tokens = {new_resume_token() for _ in range(100)}
+        self.assertEqual(len(tokens), 100)
+        self.assertTrue(all(len(t) == 43 for t in tokens))
 
     def test_client_event_with_stream_is_refused(self) -> None:
         message = event("m1", stream="direct", offset=1, epoch="e")

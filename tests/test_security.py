@@ -625,12 +625,18 @@ class JWTTests(SecureTestCase):
         first = await self.open()
         welcome = await self.hello_with(first, hs256(sub="ann", exp=600))
         session = welcome["data"]["session"]
+        secret = welcome["data"]["resume_token"]
         await first.drop()
+        # Even holding the resume token, another user cannot take the session.
         thief = await self.open()
-        welcome = await self.hello_with(thief, hs256(sub="eve", exp=600), session=session)
+        welcome = await self.hello_with(
+            thief, hs256(sub="eve", exp=600), session=session, resume_token=secret
+        )
         self.assertFalse(welcome["data"]["resumed"])
         owner = await self.open()
-        welcome = await self.hello_with(owner, hs256(sub="ann", exp=600), session=session)
+        welcome = await self.hello_with(
+            owner, hs256(sub="ann", exp=600), session=session, resume_token=secret
+        )
         self.assertTrue(welcome["data"]["resumed"])
 
 

@@ -147,7 +147,15 @@ class HandshakeTests(ServerTestCase):
         self.assertEqual(data["rooms"], ["a", "b"])
         self.assertEqual(data["denied"], {})
         self.assertEqual(data["heartbeat"], {"interval": 5_000, "timeout": 9_000})
-        self.assertEqual(data["limits"], {"max_message_size": 1_048_576, "max_pending": 1_000, "max_depth": 64, "max_values": 131_072})
+        self.assertEqual(
+            data["limits"],
+            {
+                "max_message_size": 1_048_576,
+                "max_pending": 1_000,
+                "max_depth": 64,
+                "max_values": 131_072,
+            },
+        )
         self.assertEqual(data["node"], "n7")
         self.assertEqual(set(data["streams"]), {"direct", "broadcast", "room:a", "room:b"})
         for position in data["streams"].values():

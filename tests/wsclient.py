@@ -54,6 +54,12 @@ def new_id(prefix: str = "t") -> str:
     return f"{prefix}-{next(_ids)}"
 
 
+# Session id -> the resume token its welcome gave: tests resume sessions from
+# new clients, as a real client would from its saved state.
+RESUME_TOKENS: dict[str, str] = {}
+KNOWN_TOKEN = object()  # hello(): present the token remembered for the session
+
+
 class HandshakeRefusedError(Exception):
     """The server answered the WebSocket upgrade with an HTTP error status."""
 
@@ -271,9 +277,18 @@ class WsClient:
         streams: dict[str, dict[str, Any]] | None = None,
         rooms: Sequence[str] = (),
         timeout: float = DEFAULT_TIMEOUT,
+        resume_token: object = KNOWN_TOKEN,
     ) -> Deferred[Message]:
-        """Send hello; fires with the welcome (and remembers the session id)."""
+        """Send hello; fires with the welcome (and remembers the session id).
+
+        Resuming ``session`` presents the resume token an earlier welcome gave
+        for it (any client of this process), unless ``resume_token`` is given.
+        """
         data: Message = {"session": session, "streams": dict(streams or {}), "rooms": list(rooms)}
+        if resume_token is KNOWN_TOKEN:
+            resume_token = RESUME_TOKENS.get(session) if session is not None else None
+        if resume_token is not None:
+            data["resume_token"] = resume_token
         answered = self.request({"type": "hello", "data": data}, timeout)
 
         presented = dict(streams or {})
@@ -283,6 +298,9 @@ class WsClient:
             # presented (the replay follows); otherwise start at the welcome's.
             if message.get("type") == "welcome":
                 self.session = message["data"]["session"]
+                token = message["data"].get("resume_token")
+                if isinstance(token, str):
+                    RESUME_TOKENS[self.session] = token
                 self.welcome = message
                 for stream, position in message["data"]["streams"].items():
                     if position["recovered"] and stream in presented:

@@ -51,6 +51,8 @@ class SessionRecord:
     claims: Mapping[str, Any] = field(default_factory=dict)
     rooms: tuple[str, ...] = ()
     starts: Mapping[str, Position] = field(default_factory=dict)
+    # SHA-256 of the session's resume token: resuming needs the token itself.
+    resume_hash: str = ""
 
 
 @dataclass(frozen=True)

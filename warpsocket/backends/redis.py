@@ -847,6 +847,7 @@ class RedisBackend:
                 "claims": dict(record.claims),
                 "rooms": list(record.rooms),
                 "starts": {k: [p.offset, p.epoch] for k, p in record.starts.items()},
+                "resume_hash": record.resume_hash,
                 # Wall-clock ms: which of two nodes' records is newer (nodes'
                 # clocks agree, as the cluster's TTLs assume).
                 "saved_at": saved_at,
@@ -920,7 +921,12 @@ class RedisBackend:
             data = json.loads(_text(raw))
             starts = {k: Position(int(v[0]), str(v[1])) for k, v in data["starts"].items()}
             return SessionRecord(
-                session_id, data["user"], data["claims"], tuple(data["rooms"]), starts
+                session_id,
+                data["user"],
+                data["claims"],
+                tuple(data["rooms"]),
+                starts,
+                str(data.get("resume_hash", "")),
             )
 
         loaded: Deferred[Any] = cmd.get(self._session_key(session_id))

@@ -13,7 +13,13 @@ import json
 from collections import deque
 from itertools import islice
 
-from warpsocket.core.history import HistoryLimits, Position, expired_placeholder
+from warpsocket.core.history import (
+    HistoryLimits,
+    Position,
+    compact,
+    entry_size,
+    expired_placeholder,
+)
 from warpsocket.protocol.envelope import Envelope
 
 Entry = tuple[int, Envelope]  # (appended_at_ms, stored envelope)
@@ -33,7 +39,8 @@ def decode_entry(raw: str | bytes, wire_name: str, epoch: str) -> Entry:
     offset_text, appended_text, body = text.split("|", 2)
     wire = json.loads(body)
     wire.update(stream=wire_name, offset=int(offset_text), epoch=epoch)
-    return int(appended_text), Envelope.from_wire(wire)
+    # Kept compact, as the in-memory histories keep theirs (core/history.py).
+    return int(appended_text), compact(Envelope.from_wire(wire))
 
 
 class Mirror:
@@ -47,6 +54,9 @@ class Mirror:
         self.announced = False
         self.last_offset = 0
         self._entries: deque[Entry] = deque(maxlen=limits.max_messages)
+        # Bytes of the kept entries, bounded by ``limits.max_bytes`` like a
+        # memory history (Redis itself keeps ``max_messages`` per stream).
+        self.bytes = 0
         # Live messages that arrived ahead of a missing one, waiting for a snapshot.
         self._ahead: dict[int, Entry] = {}
         self.needs_snapshot = True
@@ -70,7 +80,9 @@ class Mirror:
         self.epoch = epoch
         self.loaded = True
         self._entries.clear()
-        self._entries.extend(entries)
+        self.bytes = 0
+        for entry in entries:
+            self._keep(entry)
         self.last_offset = last_offset
         self._ahead = {o: v for o, v in self._ahead.items() if v[1].epoch == epoch}
         self.needs_snapshot = False
@@ -96,8 +108,17 @@ class Mirror:
         return [envelope, *self._drain_ahead()]
 
     def _append(self, appended_at: int, envelope: Envelope) -> None:
-        self._entries.append((appended_at, envelope))
+        self._keep((appended_at, envelope))
         self.last_offset = envelope.offset or self.last_offset + 1
+
+    def _keep(self, entry: Entry) -> None:
+        entries = self._entries
+        if len(entries) == entries.maxlen and entries:
+            self.bytes -= entry_size(entries[0][1])  # the deque drops it
+        entries.append(entry)
+        self.bytes += entry_size(entry[1])
+        while entries and self.bytes > self.limits.max_bytes:
+            self.bytes -= entry_size(entries.popleft()[1])
 
     def _drain_ahead(self) -> list[Envelope]:
         delivered: list[Envelope] = []
@@ -124,7 +145,7 @@ class Mirror:
             return []
         horizon = now_ms - self.limits.max_age_ms
         while self._entries and self._entries[0][0] < horizon:
-            self._entries.popleft()
+            self.bytes -= entry_size(self._entries.popleft()[1])
         first_kept = self.last_offset - len(self._entries) + 1
         if position.offset + 1 < first_kept:
             return None

@@ -131,6 +131,8 @@ class ClientCore:
         self.options = options
         self.new_id = new_id
         self.session: str | None = None
+        # The bearer secret that resumes ``session`` (protocol.md 4.3).
+        self.resume_token: str | None = None
         self.positions: dict[str, Position] = {}
         self.rooms: set[str] = set()
         self.open = False
@@ -165,6 +167,8 @@ class ClientCore:
             },
             "rooms": sorted(self.rooms),
         }
+        if self.session is not None and self.resume_token is not None:
+            data["resume_token"] = self.resume_token
         if token is not None:
             data["token"] = token
         hello = Envelope(type=MessageType.HELLO, id=self._hello_id, timestamp=now_ms, data=data)
@@ -369,6 +373,8 @@ class ClientCore:
         data = welcome.data
         actions: list[ClientAction] = []
         self.session = data["session"]
+        token = data.get("resume_token")
+        self.resume_token = token if isinstance(token, str) else None
         streams: dict[str, Any] = data.get("streams", {})
         for name, info in streams.items():
             if not info.get("recovered", True):

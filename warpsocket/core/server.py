@@ -17,6 +17,9 @@ and connection events and performs the actions it returns:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,11 +35,10 @@ from warpsocket.core.messages import (
 )
 from warpsocket.core.store import StreamStore
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
-from warpsocket.protocol.datamodel import DataLimits
+from warpsocket.protocol.datamodel import MAX_SAFE_INTEGER, DataLimits
 from warpsocket.protocol.envelope import (
     MAX_EPOCH_LENGTH,
     MAX_NAME_LENGTH,
-    MAX_SAFE_INTEGER,
     Envelope,
     MessageType,
 )
@@ -52,6 +54,21 @@ def room_key(room: str) -> str:
 
 def direct_key(session_id: str) -> str:
     return "direct:" + session_id
+
+
+def new_resume_token() -> str:
+    """256 random bits, base64url: what a client must present to resume."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_resume_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def resume_token_matches(resume_hash: str, token: str | None) -> bool:
+    if token is None or not resume_hash:
+        return False
+    return hmac.compare_digest(resume_hash, hash_resume_token(token))
 
 
 @dataclass(frozen=True)
@@ -182,6 +199,8 @@ class Session:
     id: str
     user: str | None
     claims: Mapping[str, Any]
+    # SHA-256 (hex) of the resume token the welcome gave; "" matches nothing.
+    resume_hash: str = ""
     # stream key -> the position the session started from, used when the
     # client cannot present one (it never saw an event of that stream).
     starts: dict[str, Position] = field(default_factory=dict)
@@ -233,6 +252,7 @@ class ServerCore:
         can_publish: PublishPolicy = deny_all,
         on_settle: Callable[[DedupKey, Envelope], None] | None = None,
         deferred_publish: bool = False,
+        new_resume_token: Callable[[], str] = new_resume_token,
     ) -> None:
         self.store = store
         # Told of every recorded dedup reply (a cluster shares them).
@@ -244,6 +264,7 @@ class ServerCore:
         self.options = options
         self.new_id = new_id
         self.new_session_id = new_session_id
+        self.new_resume_token = new_resume_token
         self.can_join = can_join
         self.can_publish = can_publish
         self.dedup = DedupWindow(options.dedup)
@@ -358,16 +379,20 @@ class ServerCore:
 
     def _hello(self, conn: Connection, hello: Envelope, now_ms: int) -> list[Action]:
         try:
-            wanted_session, presented, wanted_rooms = _parse_hello(hello.data, self.options)
+            wanted_session, token, presented, wanted_rooms = _parse_hello(hello.data, self.options)
         except ProtocolError as exc:
             return [Send(conn.id, self._error(now_ms, exc.code, exc.message, hello.id))]
         actions: list[Action] = []
         session = self.sessions.get(wanted_session) if wanted_session else None
-        if session is not None and session.user != conn.user:
-            session = None  # a session never changes hands between principals
+        if session is not None and (
+            session.user != conn.user or not resume_token_matches(session.resume_hash, token)
+        ):
+            # A session never changes hands between principals, and resuming
+            # takes its resume token: its id alone is no credential (4.3).
+            session = None
         resumed = session is not None
         if session is None:
-            session = self._new_session(conn.user, conn.claims, now_ms)
+            session, token = self._new_session(conn.user, conn.claims, now_ms)
         elif session.conn is not None:
             old = self.connections.get(session.conn)
             actions.append(Close(session.conn, ErrorCode.SESSION_REPLACED))
@@ -432,6 +457,7 @@ class ServerCore:
             ref=hello.id,
             data={
                 "session": session.id,
+                "resume_token": token,
                 "resumed": resumed,
                 "streams": streams,
                 "rooms": sorted(session.rooms),
@@ -463,14 +489,18 @@ class ServerCore:
         actions.append(SessionOpened(conn.id, session.id, resumed))
         return actions
 
-    def _new_session(self, user: str | None, claims: Mapping[str, Any], now_ms: int) -> Session:
-        session = Session(self.new_session_id(), user, dict(claims))
+    def _new_session(
+        self, user: str | None, claims: Mapping[str, Any], now_ms: int
+    ) -> tuple[Session, str]:
+        """A new session and its resume token (only its hash is kept)."""
+        token = self.new_resume_token()
+        session = Session(self.new_session_id(), user, dict(claims), hash_resume_token(token))
         self.sessions[session.id] = session
         if user is not None:
             self.user_sessions.setdefault(user, set()).add(session.id)
         for key in (direct_key(session.id), BROADCAST):
             session.starts[key] = self.store.position(key)
-        return session
+        return session, token
 
     def _join_refusal(self, session: Session, room: str) -> ErrorCode | None:
         if len(session.rooms) >= self.options.max_rooms:
@@ -788,6 +818,7 @@ class ServerCore:
         rooms: Iterable[str],
         starts: Mapping[str, Position],
         now_ms: int,
+        resume_hash: str = "",
     ) -> Session:
         """Take over a session another node ran (loaded from the cluster's store).
 
@@ -796,7 +827,7 @@ class ServerCore:
         existing = self.sessions.get(session_id)
         if existing is not None:
             return existing
-        session = Session(session_id, user, dict(claims), dict(starts))
+        session = Session(session_id, user, dict(claims), resume_hash, dict(starts))
         self.sessions[session_id] = session
         if user is not None:
             self.user_sessions.setdefault(user, set()).add(session_id)
@@ -955,7 +986,7 @@ class ServerCore:
 
 def _parse_hello(
     data: Any, options: CoreOptions
-) -> tuple[str | None, dict[str, Position], list[str]]:
+) -> tuple[str | None, str | None, dict[str, Position], list[str]]:
     """Validate ``hello.data`` (protocol.md 4.1)."""
 
     def bad(message: str) -> ProtocolError:
@@ -964,6 +995,9 @@ def _parse_hello(
     session = data.get("session")
     if session is not None and not (isinstance(session, str) and 0 < len(session) <= 128):
         raise bad("hello.data.session must be a string or null")
+    token = data.get("resume_token")
+    if token is not None and not (isinstance(token, str) and 0 < len(token) <= 128):
+        raise bad("hello.data.resume_token must be a string or null")
     # ``null`` is the same as absent (protocol.md 2); a wrong type is not.
     raw_streams = data.get("streams")
     if raw_streams is None:
@@ -997,4 +1031,4 @@ def _parse_hello(
     for room in rooms:
         if not isinstance(room, str) or not 0 < len(room) <= MAX_NAME_LENGTH:
             raise bad("room names must be strings of 1-256 characters")
-    return session, streams, list(dict.fromkeys(rooms))
+    return session, token, streams, list(dict.fromkeys(rooms))

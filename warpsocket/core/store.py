@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from warpsocket.core.history import HistoryLimits, Position, StreamHistory
+from warpsocket.core.history import HistoryLimits, NodeBudget, Position, StreamHistory
 from warpsocket.protocol.envelope import Envelope
 
 
@@ -39,6 +39,8 @@ class MemoryStreamStore:
         self.limits = limits
         self._new_epoch = new_epoch
         self._streams: dict[str, StreamHistory] = {}
+        # Every stream of this store together: bounded by max_node_bytes.
+        self.budget = NodeBudget(limits.max_node_bytes)
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -46,7 +48,7 @@ class MemoryStreamStore:
     def _stream(self, key: str) -> StreamHistory:
         stream = self._streams.get(key)
         if stream is None:
-            stream = StreamHistory(wire_name(key), self._new_epoch(), self.limits)
+            stream = StreamHistory(wire_name(key), self._new_epoch(), self.limits, self.budget)
             self._streams[key] = stream
         return stream
 
@@ -60,7 +62,14 @@ class MemoryStreamStore:
         return self._stream(key).append(template, now_ms)
 
     def drop(self, key: str) -> None:
-        self._streams.pop(key, None)
+        stream = self._streams.pop(key, None)
+        if stream is not None:
+            stream.clear()
+
+    @property
+    def bytes(self) -> int:
+        """What every kept message of this store is charged, in bytes."""
+        return self.budget.used
 
     def collect(self, in_use: Callable[[str], bool], now_ms: int) -> int:
         """Forget streams nobody uses whose history has aged out; returns how many.

@@ -50,7 +50,9 @@ class DataLimits:
             raise ValueError("max_values must be positive")
 
     @classmethod
-    def for_message_size(cls, max_message_size: int, max_depth: int = DEFAULT_MAX_DEPTH) -> DataLimits:
+    def for_message_size(
+        cls, max_message_size: int, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> DataLimits:
         """The limits in proportion to a message size limit (the server's default)."""
         return cls(max_depth, max(MIN_MAX_VALUES, max_message_size // BYTES_PER_VALUE))
 

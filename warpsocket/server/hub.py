@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from warpsocket.core.server import (
     SessionOpened,
     UnknownSessionError,
     direct_key,
+    resume_token_matches,
     room_key,
 )
 from warpsocket.core.store import MemoryStreamStore, StreamStore
@@ -397,7 +399,9 @@ class Hub:
 
     def _publish(self, key: str, event: str, data: Any, ttl: float | None) -> Deferred[Envelope]:
         envelope = self._outbound(event, data, ttl)
-        return self.backend.publish(key, envelope, envelope.timestamp)
+        appended = self.backend.publish(key, envelope, envelope.timestamp)
+        # The history keeps the payload compact; the caller gets its own back.
+        return appended.addCallback(lambda stored: stored.evolve(data=envelope.data))
 
     def _ack_announced(self, notice: AckNotice) -> None:
         """A client acknowledged on some node (this one included)."""
@@ -709,6 +713,8 @@ class Hub:
     def _prepare_hello(self, user: str | None, hello: Envelope) -> Deferred[Any]:
         data = hello.data if isinstance(hello.data, dict) else {}
         wanted = data.get("session")
+        token = data.get("resume_token")
+        token = token if isinstance(token, str) else None
         rooms = data.get("rooms")
         keys = [BROADCAST]
         if isinstance(rooms, list):
@@ -726,7 +732,12 @@ class Hub:
 
         def adopt(record: SessionRecord | None) -> Deferred[None]:
             extra = [direct_key(wanted)]
-            if record is not None and record.user == user and wanted not in self.core.sessions:
+            if (
+                record is not None
+                and record.user == user
+                and resume_token_matches(record.resume_hash, token)
+                and wanted not in self.core.sessions
+            ):
                 self.core.adopt_session(
                     record.id,
                     record.user,
@@ -734,6 +745,7 @@ class Hub:
                     record.rooms,
                     record.starts,
                     self.now_ms(),
+                    record.resume_hash,
                 )
                 extra += [room_key(r) for r in record.rooms]
             return self.backend.prepare([*keys, *extra])
@@ -843,6 +855,7 @@ class Hub:
             dict(session.claims),
             tuple(sorted(session.rooms)),
             dict(session.starts),
+            session.resume_hash,
         )
         # Outlives this node by the session TTL: another node can resume it.
         ttl = self.options.core.session_ttl_ms + int(self.options.tick_interval * 1000) * 2
@@ -903,9 +916,10 @@ class Hub:
         try:
             payload = protocol.codec.encode(envelope)
         except Exception:
-            payload = self._unencodable(protocol.codec, envelope, Failure())
-            if payload is None:
+            substitute = self._unencodable(protocol.codec, envelope, Failure())
+            if substitute is None:
                 return
+            payload = substitute
         traffic = self.metrics.traffic
         traffic.encodes += 1
         traffic.messages_out[envelope.type.value] += 1
