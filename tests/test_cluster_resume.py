@@ -16,7 +16,7 @@ from tests.test_cluster import ClusterCase, events, reactor
 from tests.test_security import SECRET, hs256
 from tests.wsclient import async_test, connect, sleep, wait_until
 from warpsocket.backends.base import SessionRecord
-from warpsocket.core.server import direct_key
+from warpsocket.core.server import direct_key, hash_resume_token
 from warpsocket.server.security.auth import JWTAuthenticator
 from warpsocket.server.security.config import SecurityOptions
 
@@ -231,3 +231,35 @@ class SessionRecordTests(ClusterCase):
                 return tuple(record.rooms)
             await sleep(0.01)
         raise AssertionError(f"no record of {session} in Redis")
+
+
+class ResumeTokenTests(ClusterCase):
+    @async_test
+    async def test_another_node_resumes_only_with_the_resume_token(self) -> None:
+        """The session record in Redis keeps the token's hash, never the token:
+        node b resumes a session of node a for its token, and for a bare id
+        creates a new session without adopting the owner's."""
+        redis = self.start_redis()
+        a, b = self.node("a"), self.node("b")
+        await self.healthy(a, b)
+        owner = await self.client(a, rooms=["r"])
+        assert owner.session is not None and owner.welcome is not None
+        token = owner.welcome["data"]["resume_token"]
+        await owner.drop()
+        await wait_until(lambda: a.hub.core.sessions[owner.session].conn is None, what="detach")
+        stored = redis.command("GET", b.backend._session_key(owner.session)).decode()
+        self.assertIn(hash_resume_token(token), stored)
+        self.assertNotIn(token, stored)
+        thief = await connect(b.port)
+        self.clients.append(thief)
+        self.addCleanup(self._close, thief)
+        stolen = await thief.hello(session=owner.session, rooms=[], resume_token=None)
+        self.assertFalse(stolen["data"]["resumed"])
+        self.assertNotEqual(stolen["data"]["session"], owner.session)
+        self.assertNotIn(owner.session, b.hub.core.sessions)
+        back = await connect(b.port)
+        self.clients.append(back)
+        self.addCleanup(self._close, back)
+        welcome = await back.hello(session=owner.session, resume_token=token)
+        self.assertTrue(welcome["data"]["resumed"])
+        self.assertEqual(welcome["data"]["rooms"], ["r"])

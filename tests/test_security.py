@@ -556,6 +556,10 @@ class JWTTests(SecureTestCase):
         self.assertEqual((reply["type"], reply["code"]), ("error", 4102))
         reply = await client.request({"type": "auth", "data": {"token": "junk"}})
         self.assertEqual((reply["type"], reply["code"]), ("error", 4100))
+        # Oversized tokens get the token's code at any size (security.md: 8 KiB).
+        for size in (9_000, 16_385, 100_000):
+            reply = await client.request({"type": "auth", "data": {"token": "x" * size}})
+            self.assertEqual((reply["type"], reply["code"]), ("error", 4100), size)
         self.advance(40)  # t = 60: past the first token, inside the refreshed one
         self.assertEqual((await self.whoami(client))["user"], "ann")
         self.assertIsNone(client.close_code)

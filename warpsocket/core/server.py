@@ -844,6 +844,9 @@ class ServerCore:
             raise UnknownSessionError(session_id)
         if room in session.rooms:
             return []
+        if len(session.rooms) >= self.options.max_rooms:
+            # The same bound as a client's own joins (protocol.md 11).
+            raise QueueFullError(f"session {session_id} is in {self.options.max_rooms} rooms")
         position = self._add_room(session, room)
         if session.conn is None:
             return []

@@ -48,6 +48,7 @@ from warpsocket.core.server import (
     Dispatch,
     Fanout,
     Publish,
+    QueueFullError,
     Send,
     ServerCore,
     Session,
@@ -1059,6 +1060,10 @@ class Hub:
             if failure.check(Reject):
                 reject = cast(Reject, failure.value)
                 self._settle(dispatch, error=(reject.code, reject.message))
+                return
+            if failure.check(QueueFullError):
+                # A join made for the client past its room limit (protocol.md 11).
+                self._settle(dispatch, error=(ErrorCode.QUEUE_FULL, failure.getErrorMessage()))
                 return
             self.log.failure("handler {name} failed", failure, name=name)
             self._report_error(ctx, failure)
