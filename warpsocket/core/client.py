@@ -415,8 +415,12 @@ class ClientCore:
             )
             return actions
         self.positions[stream] = Position(offset, epoch)
-        if event.code != ErrorCode.EXPIRED:
+        if event.code is None:
             actions.append(Deliver(event))
+        elif event.code != ErrorCode.EXPIRED:
+            # A placeholder for a message the server could not encode for us
+            # (protocol.md 5.2): skipped without a gap, and reported.
+            actions.append(StreamLost(stream, f"message {offset} undeliverable ({event.code})"))
         return actions
 
     def _answer(self, answer: Envelope) -> list[ClientAction]:
