@@ -92,7 +92,14 @@ def _checkInvalidJson(case: unittest.TestCase, vector: Vector) -> None:
 
 
 def _checkInvalidMsgpack(case: unittest.TestCase, vector: Vector) -> None:
-    payload = _pack(_parse_strict(vector["json"]))
+    value = _parse_strict(vector["json"])
+    try:
+        payload = _pack(value)
+    except OverflowError:
+        # An integer beyond 64 bits: MessagePack cannot even express it, so
+        # the vector is JSON-only (tests/vectors/README.md).
+        case.assertTrue(vector["name"].startswith("data_integer_"), vector["name"])
+        return
     _assertRaisesProtocolError(case, vector, lambda: _MSGPACK.decode(payload, is_binary=True))
 
 
