@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
@@ -53,6 +54,11 @@ _STRING_FIELDS = {
 }
 
 
+# Shared by every envelope without unknown fields (almost all): one empty
+# mapping instead of a dict each, which a stored message would carry too.
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One protocol message. ``None`` means "field absent" for optionals."""
@@ -71,7 +77,7 @@ class Envelope:
     ttl: int | None = None
     code: int | None = None
     # Unknown fields received from the peer, kept for middleware; never sent.
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False, repr=False)
 
     def expired(self, now_ms: int) -> bool:
         """True when the envelope carries a TTL that has elapsed at ``now_ms``."""
@@ -177,7 +183,9 @@ class Envelope:
             ack = False
         elif not isinstance(ack, bool):
             raise ProtocolError(ErrorCode.BAD_ENVELOPE, "`ack` must be a boolean", ref)
-        extra = {k: v for k, v in raw.items() if k not in _KNOWN_FIELDS}
+        extra: Mapping[str, Any] = {
+            k: v for k, v in raw.items() if k not in _KNOWN_FIELDS
+        } or _NO_EXTRA
         _check_values(raw.get("data"), extra, limits, strings_checked, ref)
         envelope = cls(
             type=message_type,
@@ -198,7 +206,7 @@ _KNOWN_FIELDS = frozenset(
 
 
 def _check_values(
-    data: Any, extra: dict[str, Any], limits: DataLimits, strings_checked: bool, ref: str
+    data: Any, extra: Mapping[str, Any], limits: DataLimits, strings_checked: bool, ref: str
 ) -> None:
     """``data`` and the unknown fields stay in the data model (protocol.md 2.1)."""
     try:
