@@ -14,12 +14,14 @@ the server by ~70x its wire size (a msgpack array of empty maps).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,35 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500, help="messages per shape")
     parser.add_argument("--out", help="also write the table (markdown) here")
     args = parser.parse_args()
+    rows = []
+    for index, (name, (codec, data)) in enumerate(SHAPES.items()):
+        # A fresh server per shape: RSS growth is then not hidden by memory an
+        # earlier shape's transient objects left in the allocator.
+        with running_server() as (port, pid):
+            publish(port, codec, "warmup", data, 5)
+            time.sleep(0.5)
+            before = rss_kib(pid)
+            size = publish(port, codec, f"shape-{index}", data, args.count)
+            time.sleep(0.5)
+            grown = (rss_kib(pid) - before) * 1024 / args.count
+        rows.append((name, size, grown, grown / size))
+    lines = [
+        f"History memory, {args.count} messages per shape kept in a room's history "
+        f"(commit {git_head()}):",
+        "",
+        "| shape | wire bytes / message | RSS growth / stored message | ratio |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {s:,} | {g:,.0f} | {r:.2f}x |" for n, s, g, r in rows]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n", encoding="utf-8")
+    return 0
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[tuple[int, int]]:
     port = free_port()
     server = subprocess.Popen(
         [
@@ -128,30 +159,10 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        publish(port, "json", "warmup", {"text": "warm"}, 50)
-        rows = []
-        for index, (name, (codec, data)) in enumerate(SHAPES.items()):
-            before = rss_kib(server.pid)
-            size = publish(port, codec, f"shape-{index}", data, args.count)
-            time.sleep(0.5)
-            grown = (rss_kib(server.pid) - before) * 1024 / args.count
-            rows.append((name, size, grown, grown / size))
-        lines = [
-            f"History memory, {args.count} messages per shape kept in a room's history "
-            f"(commit {git_head()}):",
-            "",
-            "| shape | wire bytes / message | RSS growth / stored message | ratio |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {n} | {s:,} | {g:,.0f} | {r:.2f}x |" for n, s, g, r in rows]
-        report = "\n".join(lines)
-        print(report)
-        if args.out:
-            Path(args.out).write_text(report + "\n", encoding="utf-8")
+        yield port, server.pid
     finally:
         server.terminate()
         server.wait(10)
-    return 0
 
 
 def git_head() -> str:
