@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from warpsocket.protocol import (
@@ -25,6 +27,7 @@ from warpsocket.protocol import (
     default_codecs,
 )
 from warpsocket.protocol.codes import Use
+from warpsocket.protocol.datamodel import check_value
 
 PROTOCOL_DOC = Path(__file__).parent.parent / "docs" / "protocol.md"
 
@@ -369,3 +372,38 @@ class ErrorCodeTests(unittest.TestCase):
         self.assertEqual((exc.code, exc.message, exc.ref), (ErrorCode.BAD_ENVELOPE, "boom", "m-1"))
         self.assertEqual(str(exc), "bad_envelope (4001): boom")
         self.assertIsNone(ProtocolError(ErrorCode.BAD_FRAME, "x").ref)
+
+
+class JsonFastPathTests(unittest.TestCase):
+    """The JSON codec skips the value walk when the text shows every value is
+    inside the data model: it must never skip one that is not."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(min_value=-(2**70), max_value=2**70)
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=20),
+            lambda children: (
+                st.lists(children, max_size=5)
+                | st.dictionaries(st.text(max_size=8), children, max_size=5)
+            ),
+            max_leaves=40,
+        ),
+        st.integers(min_value=0, max_value=70),
+    )
+    def test_the_fast_path_never_admits_what_the_walk_refuses(self, value: Any, depth: int) -> None:
+        for _ in range(depth):
+            value = [value]
+        codec = JsonCodec()
+        payload = json.dumps({**EVENT, "data": value}).encode()
+        if codec._plainly_inside(payload):
+            check_value(value)  # must not raise
+
+    def test_overflowing_numbers_take_the_walk(self) -> None:
+        codec = JsonCodec()
+        for text in ("1e400", "-1E+309", str(2**53), "12345678901234567890", "[1e999]"):
+            payload = b'{"type":"event","id":"m-1","timestamp":1,"data":' + text.encode() + b"}"
+            self.assertFalse(codec._plainly_inside(payload), text)

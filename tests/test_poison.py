@@ -273,3 +273,11 @@ class CompactHistoryTests(ServerTestCase):
             for _ in range(4)
         ]
         self.assertEqual([e["offset"] for e in replay], [36, 37, 38, 39])
+
+    @async_test
+    async def test_history_bytes_are_exported(self) -> None:
+        self.start_server(open_rooms=True)
+        await self.connect(rooms=[ROOM])
+        await self.hub.publish(ROOM, "x", {"blob": "y" * 10_000})
+        self.advance(1)
+        self.assertGreater(self.metric("warpsocket_history_bytes"), 10_000)

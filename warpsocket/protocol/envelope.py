@@ -122,12 +122,19 @@ class Envelope:
 
     @classmethod
     def from_wire(
-        cls, raw: object, limits: DataLimits = DEFAULT_LIMITS, *, strings_checked: bool = False
+        cls,
+        raw: object,
+        limits: DataLimits = DEFAULT_LIMITS,
+        *,
+        strings_checked: bool = False,
+        values_checked: bool = False,
     ) -> Envelope:
         """Validate a decoded frame; raise ProtocolError with the right code.
 
         ``limits``: the data model's depth and size bounds (protocol.md 2.1).
         ``strings_checked``: the decoder already refused lone surrogates.
+        ``values_checked``: the decoder already knows every value is inside
+        the data model (the JSON codec can tell from the text of most frames).
         """
         if not isinstance(raw, dict):
             raise ProtocolError(ErrorCode.BAD_ENVELOPE, "envelope must be an object")
@@ -186,7 +193,8 @@ class Envelope:
         extra: Mapping[str, Any] = {
             k: v for k, v in raw.items() if k not in _KNOWN_FIELDS
         } or _NO_EXTRA
-        _check_values(raw.get("data"), extra, limits, strings_checked, ref)
+        if not values_checked:
+            _check_values(raw.get("data"), extra, limits, strings_checked, ref)
         envelope = cls(
             type=message_type,
             id=ref,

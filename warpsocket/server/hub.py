@@ -796,6 +796,8 @@ class Hub:
             now = self.now_ms()
             self._run(self.core.tick(now))
             self._update_gauges()
+            if isinstance(self.store, MemoryStreamStore):
+                self.metrics.history_bytes.set(self.store.bytes)
             self.backend.tick(now)
             if self.backend.clustered:
                 self._cluster_tick(now)
