@@ -419,7 +419,11 @@ class Hub:
 
     def _delivered(self, key: str, stored: Envelope) -> None:
         """The backend hands over a stream message for this node's members."""
-        self._run(self.core.deliver(key, stored))
+        actions = self.core.deliver(key, stored)
+        if actions:
+            self._run(actions)
+            latency = self.clock.seconds() - stored.timestamp / 1000
+            self.metrics.delivery.observe(key.partition(":")[0], latency)
 
     def _settled(self, key: DedupKey, reply: Envelope) -> None:
         self.backend.record(key[0], key[1], reply)
