@@ -203,16 +203,18 @@ class OverSocketsTests(ServerTestCase):
         self.start_server(CoreOptions(heartbeat_interval_ms=1_000, heartbeat_timeout_ms=3_000))
         client = await self.connect()
         self.clock.advance(1)
-        await self.beat_answered(client)  # its last frame: at 1.0
+        await self.beat_answered(client)
         client.answer_heartbeats = False
-        self.clock.advance(0.37)  # off the heartbeat phase
-        for _ in range(2):
-            self.clock.advance(1)
-            await client.next_of("heartbeat")  # beats at 2.0 and 3.0, unanswered
-        self.clock.advance(0.629)  # 3.999: not yet
+        self.clock.advance(0.37)  # off the heartbeat phase: its own heartbeat is its last frame
+        sent = client.send({"type": "heartbeat"})
+        await client.reply_to(sent["id"])
+        for step in (0.63, 1, 1):
+            self.clock.advance(step)
+            await client.next_of("heartbeat")  # beats at 2.0, 3.0 and 4.0, unanswered
+        self.clock.advance(0.369)  # 4.369: not yet
         await self.settle()
         self.assertEqual(self.closed_4204(), 0.0)
-        self.clock.advance(0.001)  # 4.0: the last frame plus the timeout, to the ms
+        self.clock.advance(0.001)  # 4.37: the last frame plus the timeout, to the ms
         await self.settle()
         self.assertEqual(self.closed_4204(), 1.0)
         code, _ = await client.wait_closed()
