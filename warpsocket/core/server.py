@@ -261,6 +261,10 @@ class ServerCore:
         # entry found early when it falls due is pushed again at its real due
         # time, so each connection costs one heap operation per window.
         self._deadlines: list[tuple[int, ConnId, int]] = []
+        # Tallies for metrics: re-sent unacknowledged messages, client retries
+        # recognised by the dedup window.
+        self.retries_sent = 0
+        self.duplicates_seen = 0
         # Told when a new deadline becomes the earliest (to wake up in time).
         self.on_deadline: Callable[[int], None] | None = None
 
@@ -519,6 +523,7 @@ class ServerCore:
         if tracked:
             record = self.dedup.lookup(key, now_ms)
             if record is not None:
+                self.duplicates_seen += 1
                 # A retry: answer as the first time, never handle twice. This
                 # comes before the TTL check: a retry of a message handled
                 # in time must get its recorded reply, not 4302 (protocol.md 6).
@@ -976,6 +981,7 @@ class ServerCore:
                     )
                 elif now_ms >= pending.next_retry_ms and session.conn is not None:
                     pending.next_retry_ms = now_ms + self.options.ack_retry_ms
+                    self.retries_sent += 1
                     actions.append(Send(session.conn, pending.envelope))
             if not session.pending:
                 self._with_pending.discard(session_id)

@@ -190,6 +190,7 @@ class Hub:
         # (timers.py); started and stopped by the service.
         self.timers = ConnectionTimers(self.clock, self.core.next_timer_ms, self.run_timers)
         self.core.on_deadline = self.timers.wake_by
+        self.metrics.core_counts.core = self.core
         self.handlers: dict[str, Handler] = {}
         self.on_open_hooks: list[OpenHook] = []
         self.on_close_hooks: list[CloseHook] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -95,6 +96,27 @@ class DeliveryLatency:
         yield family
 
 
+class CoreCounts:
+    """Tallies the sans-I/O core keeps as integers, read when scraped."""
+
+    def __init__(self) -> None:
+        # The hub's ServerCore (``retries_sent``, ``duplicates_seen``), once set.
+        self.core: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        core = self.core
+        yield CounterMetricFamily(
+            "warpsocket_retries",
+            "Unacknowledged direct messages re-sent",
+            value=0 if core is None else core.retries_sent,
+        )
+        yield CounterMetricFamily(
+            "warpsocket_duplicates",
+            "Client messages recognised as retries by the dedup window (answered, not handled)",
+            value=0 if core is None else core.duplicates_seen,
+        )
+
+
 class HubMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -115,12 +137,8 @@ class HubMetrics:
         self.acks_pending = Gauge(
             "warpsocket_acks_pending", "Acknowledged direct sends awaiting the client", registry=r
         )
-        self.retries = Counter(
-            "warpsocket_retries", "Re-sent unacknowledged direct messages", registry=r
-        )
-        self.duplicates = Counter(
-            "warpsocket_duplicates", "Client messages recognised as retries", registry=r
-        )
+        self.core_counts = CoreCounts()
+        r.register(self.core_counts)
         self.resumes = Counter(
             "warpsocket_resumes", "Handshakes by outcome", ["outcome"], registry=r
         )
