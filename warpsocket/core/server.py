@@ -17,10 +17,10 @@ and connection events and performs the actions it returns:
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
@@ -295,7 +295,7 @@ class ServerCore:
             # churn, sooner.
             live = self.connections
             self._deadlines = [entry for entry in self._deadlines if entry[1] in live]
-            heapq.heapify(self._deadlines)
+            heapify(self._deadlines)
         self._leave_all(conn)
         session = conn.session
         if session is not None and session.conn == conn_id:
@@ -909,7 +909,7 @@ class ServerCore:
         actions: list[Action] = []
         heap = self._deadlines
         while heap and heap[0][0] <= now_ms:
-            _, conn_id, kind = heapq.heappop(heap)
+            _, conn_id, kind = heappop(heap)
             conn = self.connections.get(conn_id)
             if conn is None or conn.timed_out:
                 continue
@@ -927,7 +927,7 @@ class ServerCore:
                 due = conn.last_app_ms + (self.options.idle_timeout_ms or 0)
                 code = ErrorCode.IDLE_TIMEOUT
             if due > now_ms:
-                heapq.heappush(heap, (due, conn_id, kind))
+                heappush(heap, (due, conn_id, kind))
             else:
                 self._time_out(conn, code, actions)
         interval = self.options.heartbeat_interval_ms
@@ -943,7 +943,7 @@ class ServerCore:
         return actions
 
     def _schedule(self, due_ms: int, conn_id: ConnId, kind: int) -> None:
-        heapq.heappush(self._deadlines, (due_ms, conn_id, kind))
+        heappush(self._deadlines, (due_ms, conn_id, kind))
         if self.on_deadline is not None and self._deadlines[0][0] == due_ms:
             self.on_deadline(due_ms)
 
