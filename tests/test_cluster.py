@@ -72,6 +72,7 @@ class Node:
         for child in list(self.service):
             if isinstance(child, TimerService):
                 child.stopService()
+        self.hub.timers.stop()  # the connection timers (server/timers.py)
         self.service.running = False
 
     async def stop(self) -> None:

@@ -1213,7 +1213,9 @@ class ThreadTests(ServerTestCase):
         def work(worker: int) -> list[int]:
             offsets = []
             for n in range(25):
-                stored = hub.publish("t", "tick", {"worker": worker, "n": n, "blob": blob})
+                # Off the reactor thread: a concurrent.futures.Future (threads.py).
+                future: Any = hub.publish("t", "tick", {"worker": worker, "n": n, "blob": blob})
+                stored = future.result(timeout=10)
                 assert stored.offset is not None
                 offsets.append(stored.offset)
             return offsets

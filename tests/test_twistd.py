@@ -73,6 +73,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual((core.dedup.max_records, core.dedup.max_age_ms), (100_000, 300_000))
         self.assertEqual(hub_options.reconnect_hint_ms, 2_000)
         self.assertEqual(hub_options.shutdown_timeout, 10.0)
+        self.assertEqual(hub_options.drain_delay, 0.0)
         self.assertFalse(hub_options.open_rooms)
         self.assertFalse(hub_options.debug)
         self.assertNotIn("app_callable", options)
@@ -96,6 +97,7 @@ class OptionsTests(unittest.TestCase):
             "--max-message-size=4096",
             "--shutdown-timeout=3",
             "--reconnect-hint=0.5",
+            "--drain-delay=15",
             "--open-rooms",
             "--debug",
         )
@@ -114,6 +116,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual((core.dedup.max_records, core.dedup.max_age_ms), (5, 7_000))
         self.assertEqual(core.max_message_size, 4096)
         self.assertEqual((hub_options.shutdown_timeout, hub_options.reconnect_hint_ms), (3.0, 500))
+        self.assertEqual(hub_options.drain_delay, 15.0)
         self.assertTrue(hub_options.open_rooms)
         self.assertTrue(hub_options.debug)
 
@@ -129,6 +132,8 @@ class OptionsTests(unittest.TestCase):
             ["--history-size=0"],
             ["--max-message-size=-1"],
             ["--reconnect-hint=-2"],
+            ["--drain-delay=-1"],
+            ["--drain-delay=later"],
             ["--heartbeat-interval=30", "--heartbeat-timeout=20"],
             ["--path=ws"],
             ["--path=/"],

@@ -460,6 +460,7 @@ class ServerTestCase(unittest.TestCase):
         debug: bool = False,
         shutdown_timeout: float = 3.0,
         reconnect_hint_ms: int = 2_000,
+        drain_delay: float = 0.0,
         middleware: Sequence[Middleware] = (),
         endpoints: Sequence[str] = ("tcp:0:interface=127.0.0.1",),
         path: str = "/ws",
@@ -473,6 +474,7 @@ class ServerTestCase(unittest.TestCase):
             debug=debug,
             shutdown_timeout=shutdown_timeout,
             reconnect_hint_ms=reconnect_hint_ms,
+            drain_delay=drain_delay,
         )
         self.hub = Hub(options, clock=self.clock, middleware=middleware, **hub_kwargs)
         self.service = WarpSocketService(self.hub, endpoints, path=path)

@@ -23,6 +23,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
@@ -46,6 +47,9 @@ from warpsocket.protocol.envelope import (
 ConnId = int
 BROADCAST = "broadcast"
 DIRECT = "direct"
+
+# Kinds of connection deadline (protocol.md section 9): hello, silence, idleness.
+_HELLO, _SILENT, _IDLE = 0, 1, 2
 
 
 def room_key(room: str) -> str:
@@ -228,6 +232,8 @@ class Connection:
     claims: Mapping[str, Any] = field(default_factory=dict)
     session: Session | None = None
     keys: set[str] = field(default_factory=set)
+    # A timer closed it (4203, 4204, 4205): no further timer acts on it.
+    timed_out: bool = False
 
 
 JoinPolicy = Callable[[Session, str], bool]
@@ -277,6 +283,17 @@ class ServerCore:
         self._detached: OrderedDict[str, int] = OrderedDict()  # session -> detached at
         self._with_pending: set[str] = set()
         self._next_heartbeat_ms: int | None = None
+        # (due, conn, kind): a min-heap of connection deadlines. Traffic does
+        # not touch it (it only moves ``last_rx_ms``/``last_app_ms``): an
+        # entry found early when it falls due is pushed again at its real due
+        # time, so each connection costs one heap operation per window.
+        self._deadlines: list[tuple[int, ConnId, int]] = []
+        # Tallies for metrics: re-sent unacknowledged messages, client retries
+        # recognised by the dedup window.
+        self.retries_sent = 0
+        self.duplicates_seen = 0
+        # Told when a new deadline becomes the earliest (to wake up in time).
+        self.on_deadline: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------ connections
 
@@ -292,6 +309,7 @@ class ServerCore:
             conn_id, now_ms, now_ms, now_ms, user, dict(claims or {})
         )
         self._awaiting_hello.add(conn_id)
+        self._schedule(now_ms + self.options.handshake_timeout_ms, conn_id, _HELLO)
 
     def close(self, conn_id: ConnId, now_ms: int) -> Session | None:
         """The connection is gone. Returns the session it detached, if any."""
@@ -299,6 +317,12 @@ class ServerCore:
         self._awaiting_hello.discard(conn_id)
         if conn is None:
             return None
+        if len(self._deadlines) > 4 * len(self.connections) + 1024:
+            # Entries of closed connections go when they fall due; under heavy
+            # churn, sooner.
+            live = self.connections
+            self._deadlines = [entry for entry in self._deadlines if entry[1] in live]
+            heapify(self._deadlines)
         self._leave_all(conn)
         session = conn.session
         if session is not None and session.conn == conn_id:
@@ -403,6 +427,9 @@ class ServerCore:
         self._awaiting_hello.discard(conn.id)
         conn.session = session
         session.conn = conn.id
+        self._schedule(conn.last_rx_ms + self.options.heartbeat_timeout_ms, conn.id, _SILENT)
+        if self.options.idle_timeout_ms is not None:
+            self._schedule(conn.last_app_ms + self.options.idle_timeout_ms, conn.id, _IDLE)
 
         denied: dict[str, int] = {}
         for room in wanted_rooms:
@@ -535,6 +562,7 @@ class ServerCore:
         if tracked:
             record = self.dedup.lookup(key, now_ms)
             if record is not None:
+                self.duplicates_seen += 1
                 # A retry: answer as the first time, never handle twice. This
                 # comes before the TTL check: a retry of a message handled
                 # in time must get its recorded reply, not 4302 (protocol.md 6).
@@ -894,40 +922,85 @@ class ServerCore:
     # ------------------------------------------------------------ time
 
     def tick(self, now_ms: int) -> list[Action]:
-        """Timers: handshake and heartbeat timeouts, retries, session expiry."""
-        actions: list[Action] = []
-        self._expire_handshakes(now_ms, actions)
+        """Housekeeping (retries, session expiry, dedup trim) and whatever
+        connection timer is due (``run_timers``)."""
+        actions = self.run_timers(now_ms)
         self._retry_pending(now_ms, actions)
         self._expire_sessions(now_ms, actions)
-        if self._next_heartbeat_ms is None:
-            self._next_heartbeat_ms = now_ms + self.options.heartbeat_interval_ms
-        elif now_ms >= self._next_heartbeat_ms:
-            self._next_heartbeat_ms = now_ms + self.options.heartbeat_interval_ms
-            self._heartbeat(now_ms, actions)
         self.dedup.trim(now_ms)
         return actions
 
-    def _expire_handshakes(self, now_ms: int, actions: list[Action]) -> None:
-        limit = self.options.handshake_timeout_ms
-        for conn_id in list(self._awaiting_hello):
+    def heard(self, conn_id: ConnId, now_ms: int) -> None:
+        """Bytes of any WebSocket frame arrived (ping and pong included): the
+        peer is alive (section 9). Application traffic is counted separately."""
+        conn = self.connections.get(conn_id)
+        if conn is not None:
+            conn.last_rx_ms = now_ms
+
+    def next_timer_ms(self) -> int | None:
+        """When ``run_timers`` next has something to do (None before its first run)."""
+        due = self._next_heartbeat_ms
+        if self._deadlines and (due is None or self._deadlines[0][0] < due):
+            return self._deadlines[0][0]
+        return due
+
+    def run_timers(self, now_ms: int) -> list[Action]:
+        """Connection timers, each exactly when due: the hello timeout (from
+        the handshake), the heartbeat timeout (from the last frame received),
+        the idle timeout (from the last application envelope), and the
+        heartbeat, every ``heartbeat_interval_ms`` from the first run."""
+        actions: list[Action] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now_ms:
+            _, conn_id, kind = heappop(heap)
             conn = self.connections.get(conn_id)
-            if conn is not None and now_ms - conn.opened_ms >= limit:
-                self._awaiting_hello.discard(conn_id)
-                actions.append(Close(conn_id, ErrorCode.HANDSHAKE_TIMEOUT))
+            if conn is None or conn.timed_out:
+                continue
+            if kind == _HELLO:
+                if conn_id in self._awaiting_hello:
+                    self._awaiting_hello.discard(conn_id)
+                    self._time_out(conn, ErrorCode.HANDSHAKE_TIMEOUT, actions)
+                continue
+            if conn.session is None:
+                continue  # replaced by a resume: it is being closed already
+            if kind == _SILENT:
+                due = conn.last_rx_ms + self.options.heartbeat_timeout_ms
+                code = ErrorCode.HEARTBEAT_TIMEOUT
+            else:
+                due = conn.last_app_ms + (self.options.idle_timeout_ms or 0)
+                code = ErrorCode.IDLE_TIMEOUT
+            if due > now_ms:
+                heappush(heap, (due, conn_id, kind))
+            else:
+                self._time_out(conn, code, actions)
+        interval = self.options.heartbeat_interval_ms
+        if self._next_heartbeat_ms is None:
+            self._next_heartbeat_ms = now_ms + interval
+        elif now_ms >= self._next_heartbeat_ms:
+            # From the previous beat, not from now: the interval holds however
+            # late the caller runs us (after a long stall: from now).
+            self._next_heartbeat_ms += interval
+            if self._next_heartbeat_ms <= now_ms:
+                self._next_heartbeat_ms = now_ms + interval
+            self._heartbeat(now_ms, actions)
+        return actions
+
+    def _schedule(self, due_ms: int, conn_id: ConnId, kind: int) -> None:
+        heappush(self._deadlines, (due_ms, conn_id, kind))
+        if self.on_deadline is not None and self._deadlines[0][0] == due_ms:
+            self.on_deadline(due_ms)
+
+    @staticmethod
+    def _time_out(conn: Connection, code: ErrorCode, actions: list[Action]) -> None:
+        conn.timed_out = True
+        actions.append(Close(conn.id, code))
 
     def _heartbeat(self, now_ms: int, actions: list[Action]) -> None:
-        live: list[ConnId] = []
-        timeout = self.options.heartbeat_timeout_ms
-        idle = self.options.idle_timeout_ms
-        for conn in self.connections.values():
-            if conn.session is None:
-                continue
-            if now_ms - conn.last_rx_ms >= timeout:
-                actions.append(Close(conn.id, ErrorCode.HEARTBEAT_TIMEOUT))
-            elif idle is not None and now_ms - conn.last_app_ms >= idle:
-                actions.append(Close(conn.id, ErrorCode.IDLE_TIMEOUT))
-            else:
-                live.append(conn.id)
+        live = [
+            conn.id
+            for conn in self.connections.values()
+            if conn.session is not None and not conn.timed_out
+        ]
         if live:
             # One heartbeat envelope for everyone: framed once.
             actions.append(Fanout(tuple(live), heartbeat_envelope(self.new_id(), now_ms)))
@@ -951,6 +1024,7 @@ class ServerCore:
                     )
                 elif now_ms >= pending.next_retry_ms and session.conn is not None:
                     pending.next_retry_ms = now_ms + self.options.ack_retry_ms
+                    self.retries_sent += 1
                     actions.append(Send(session.conn, pending.envelope))
             if not session.pending:
                 self._with_pending.discard(session_id)

@@ -110,7 +110,21 @@ class Options(usage.Options):
         ["dedup-size", None, 100000, "Deduplication records kept per node.", _count],
         ["dedup-age", None, 300.0, "Seconds deduplication records are kept.", _seconds],
         ["max-message-size", None, 1048576, "Largest accepted message in bytes.", _count],
-        ["shutdown-timeout", None, 10.0, "Seconds a graceful stop may take.", _seconds],
+        [
+            "shutdown-timeout",
+            None,
+            10.0,
+            "Seconds clients get to leave once told to (then the rest are cut).",
+            _seconds,
+        ],
+        [
+            "drain-delay",
+            None,
+            0.0,
+            "Seconds a stop keeps serving with /healthz at 503 before telling clients to go "
+            "(a load balancer's pre-stop period).",
+            _leeway,
+        ],
         [
             "reconnect-hint",
             None,
@@ -243,6 +257,7 @@ def hub_options_from(options: Options) -> HubOptions:
     return HubOptions(
         core=core,
         shutdown_timeout=options["shutdown-timeout"],
+        drain_delay=options["drain-delay"],
         reconnect_hint_ms=_ms(options["reconnect-hint"]),
         debug=bool(options["debug"]),
         open_rooms=bool(options["open-rooms"]),

@@ -6,27 +6,25 @@ actions: a ``Fanout`` is encoded and framed once per codec in use and the
 same prepared frame is written to every recipient.
 
 All of its public methods may be called from any thread: off the reactor
-thread they are forwarded with ``blockingCallFromThread``, so every write
-happens on the reactor thread and frames never interleave. Called that way,
-a method that returns a Deferred blocks the calling thread until it fires
-and returns its result (or raises): ``send(..., ack=True)`` from a worker
-thread waits for the client's acknowledgement.
+thread they run on the reactor thread (threads.py), so every write happens
+there and frames never interleave. Called that way, a method that returns a
+Deferred returns a ``concurrent.futures.Future`` of its result instead:
+``hub.send(..., ack=True).result(timeout=30)`` from a worker thread waits
+for the client's acknowledgement.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
@@ -70,12 +68,12 @@ from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
 from warpsocket.server.remote_acks import RemoteAcks
 from warpsocket.server.security.config import SecurityOptions
+from warpsocket.server.threads import threadsafe
+from warpsocket.server.timers import ConnectionTimers
 
 if TYPE_CHECKING:
     from warpsocket.server.protocol import WarpSocketServerProtocol
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 Handler = Callable[[Context, Any], Any]
 HandlerT = TypeVar("HandlerT", bound=Handler)
@@ -124,6 +122,9 @@ class HubOptions:
     core: CoreOptions = field(default_factory=CoreOptions)
     tick_interval: float = 1.0
     shutdown_timeout: float = 10.0
+    # Seconds of a drain during which /healthz says 503 before clients are
+    # told to go (a load balancer's pre-stop period; docs/deployment.md).
+    drain_delay: float = 0.0
     reconnect_hint_ms: int = 2_000
     debug: bool = False
     # Standalone mode: clients may subscribe to and publish into any room.
@@ -134,22 +135,8 @@ class HubOptions:
     def __post_init__(self) -> None:
         if self.tick_interval <= 0 or self.shutdown_timeout <= 0:
             raise ValueError("tick_interval and shutdown_timeout must be positive")
-        if self.reconnect_hint_ms < 0:
-            raise ValueError("reconnect_hint_ms must be >= 0")
-
-
-def threadsafe(method: Callable[P, R]) -> Callable[P, R]:
-    """Run ``method`` on the reactor thread, blocking the calling thread if need be."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if isInIOThread():
-            return method(*args, **kwargs)
-        hub = cast(Hub, args[0])
-        result: R = blockingCallFromThread(hub.reactor, method, *args, **kwargs)
-        return result
-
-    return wrapper
+        if self.reconnect_hint_ms < 0 or self.drain_delay < 0:
+            raise ValueError("reconnect_hint_ms and drain_delay must be >= 0")
 
 
 class Hub:
@@ -204,6 +191,11 @@ class Hub:
             on_settle=self._settled if backend.clustered else None,
             deferred_publish=True,
         )
+        # Hello/heartbeat timeouts, idle eviction and heartbeats, each on time
+        # (timers.py); started and stopped by the service.
+        self.timers = ConnectionTimers(self.clock, self.core.next_timer_ms, self.run_timers)
+        self.core.on_deadline = self.timers.wake_by
+        self.metrics.core_counts.core = self.core
         self.handlers: dict[str, Handler] = {}
         self.on_open_hooks: list[OpenHook] = []
         self.on_close_hooks: list[CloseHook] = []
@@ -224,6 +216,8 @@ class Hub:
         # Per session: the last cumulative ack announced (direct epoch, offset).
         self._announced: dict[str, tuple[str | None, int]] = {}
         self._empty_waiters: list[Deferred[None]] = []
+        # Connections we sent a close frame (their disconnect is counted).
+        self._closing: set[ConnId] = set()
         self._latency: dict[str, Any] = {}
         self._ticks = 0
         # (connection, message id) -> principal, for dedup claims in flight.
@@ -360,11 +354,18 @@ class Hub:
     @threadsafe
     def send_group(
         self, sessions: Iterable[str], event: str, data: Any = None, *, ttl: float | None = None
-    ) -> None:
+    ) -> Deferred[None]:
         """Send to each listed session's ``direct`` stream (one encode per session:
-        for large audiences use a room, which is framed once)."""
-        for session in sessions:
-            self.send(session, event, data, ttl=ttl)
+        for large audiences use a room, which is framed once). Fires once all
+        are stored, or fails with the first send's failure."""
+        stored = [self.send(session, event, data, ttl=ttl) for session in sessions]
+
+        def first(failure: Failure) -> Failure:
+            failure.trap(FirstError)
+            return cast(FirstError, failure.value).subFailure
+
+        done = gatherResults(stored, consumeErrors=True)
+        return done.addCallbacks(lambda _: None, first)
 
     def batch(self) -> AbstractContextManager[None]:
         """``with hub.batch():`` the frames of every send and publish inside go
@@ -426,7 +427,11 @@ class Hub:
 
     def _delivered(self, key: str, stored: Envelope) -> None:
         """The backend hands over a stream message for this node's members."""
-        self._run(self.core.deliver(key, stored))
+        actions = self.core.deliver(key, stored)
+        if actions:
+            self._run(actions)
+            latency = self.clock.seconds() - stored.timestamp / 1000
+            self.metrics.delivery.observe(key.partition(":")[0], latency)
 
     def _settled(self, key: DedupKey, reply: Envelope) -> None:
         self.backend.record(key[0], key[1], reply)
@@ -534,12 +539,22 @@ class Hub:
         self.metrics.connections.set(len(self._protocols))
         return conn_id
 
+    def closing(self, conn_id: ConnId, code: int | None) -> None:
+        """We sent the connection our close frame: the disconnect is counted
+        now, under our code, not when the peer answers or the close times out."""
+        if conn_id in self._protocols and conn_id not in self._closing:
+            self._closing.add(conn_id)
+            self.metrics.disconnects.labels(_close_label(code)).inc()
+
     def detach(self, conn_id: ConnId, code: int | None) -> None:
         protocol = self._protocols.pop(conn_id, None)
         if protocol is None:
             return
         self.metrics.connections.set(len(self._protocols))
-        self.metrics.disconnects.labels(_close_label(code)).inc()
+        if conn_id in self._closing:
+            self._closing.discard(conn_id)  # counted when we decided to close it
+        else:
+            self.metrics.disconnects.labels(_close_label(code)).inc()
         self._inbound.pop(conn_id, None)
         session = self.core.close(conn_id, self.now_ms())
         if session is not None and self.backend.clustered:
@@ -788,6 +803,17 @@ class Hub:
             conn = self.core.connections.get(conn_id)
             if conn is not None and conn.session is not None:
                 self._session_changed(conn.session.id)
+
+    def run_timers(self, due_ms: int) -> None:
+        """The connection timers due by ``due_ms`` (called by ``self.timers``)."""
+        try:
+            self._run(self.core.run_timers(max(self.now_ms(), due_ms)))
+        except Exception:
+            self.log.failure("connection timers failed")
+
+    def heard(self, conn_id: ConnId) -> None:
+        """Bytes of a frame of any type arrived on the connection (protocol.md section 9)."""
+        self.core.heard(conn_id, self.now_ms())
 
     def tick(self) -> None:
         # An exception escaping here would stop the TimerService's LoopingCall

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+# Upper bounds (seconds) of the delivery latency buckets; +Inf is implied.
+DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STREAM_KINDS = ("room", "broadcast", "direct")
 
 
 class Traffic:
@@ -50,6 +56,67 @@ class Traffic:
         )
 
 
+class DeliveryLatency:
+    """``warpsocket_delivery_latency_seconds{stream}``: from the moment the
+    publishing node accepted a message (its ``timestamp``) to the moment this
+    node wrote it to its recipients' connections, once per message and node.
+
+    Observed once per live delivery, so kept as plain integers like
+    ``Traffic`` (a prometheus_client histogram takes a lock per observation).
+    """
+
+    def __init__(self) -> None:
+        self.counts = {kind: [0] * (len(DELIVERY_BUCKETS) + 1) for kind in STREAM_KINDS}
+        self.sums = dict.fromkeys(STREAM_KINDS, 0.0)
+
+    def observe(self, kind: str, seconds: float) -> None:
+        counts = self.counts.get(kind)
+        if counts is None:
+            return
+        # Another node's clock may be a little ahead: never below zero.
+        seconds = max(0.0, seconds)
+        counts[bisect_left(DELIVERY_BUCKETS, seconds)] += 1
+        self.sums[kind] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "warpsocket_delivery_latency_seconds",
+            "From a message's acceptance by the publishing node to its write to this "
+            "node's recipients, by stream kind (live deliveries; once per message)",
+            labels=["stream"],
+        )
+        for kind in STREAM_KINDS:
+            running = 0
+            buckets: list[tuple[str, float]] = []
+            bounds = [repr(bound) for bound in DELIVERY_BUCKETS] + ["+Inf"]
+            for bound, count in zip(bounds, self.counts[kind], strict=True):
+                running += count
+                buckets.append((bound, running))
+            family.add_metric([kind], buckets, sum_value=self.sums[kind])
+        yield family
+
+
+class CoreCounts:
+    """Tallies the sans-I/O core keeps as integers, read when scraped."""
+
+    def __init__(self) -> None:
+        # The hub's ServerCore (``retries_sent``, ``duplicates_seen``), once set.
+        self.core: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        core = self.core
+        yield CounterMetricFamily(
+            "warpsocket_retries",
+            "Unacknowledged direct messages re-sent",
+            value=0 if core is None else core.retries_sent,
+        )
+        yield CounterMetricFamily(
+            "warpsocket_duplicates",
+            "Client messages recognised as retries by the dedup window (answered, not handled)",
+            value=0 if core is None else core.duplicates_seen,
+        )
+
+
 class HubMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -59,6 +126,8 @@ class HubMetrics:
         self.rooms = Gauge("warpsocket_rooms", "Rooms with at least one session", registry=r)
         self.traffic = Traffic()
         r.register(self.traffic)
+        self.delivery = DeliveryLatency()
+        r.register(self.delivery)
         self.protocol_errors = Counter(
             "warpsocket_protocol_errors",
             "Invalid frames or envelopes, by code",
@@ -68,12 +137,8 @@ class HubMetrics:
         self.acks_pending = Gauge(
             "warpsocket_acks_pending", "Acknowledged direct sends awaiting the client", registry=r
         )
-        self.retries = Counter(
-            "warpsocket_retries", "Re-sent unacknowledged direct messages", registry=r
-        )
-        self.duplicates = Counter(
-            "warpsocket_duplicates", "Client messages recognised as retries", registry=r
-        )
+        self.core_counts = CoreCounts()
+        r.register(self.core_counts)
         self.resumes = Counter(
             "warpsocket_resumes", "Handshakes by outcome", ["outcome"], registry=r
         )

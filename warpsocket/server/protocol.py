@@ -434,6 +434,15 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self.uncork(metered=False)
         super().sendData(data, sync, chopsize)
 
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        deciding = not isReply and self.state == WebSocketServerProtocol.STATE_OPEN
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if deciding and self.conn_id is not None:
+            # Whatever closes it (a timer, a limit, the drain): counted now.
+            self.factory.hub.closing(self.conn_id, code)
+
     # ------------------------------------------------------------ inbound frames
 
     def dataReceived(self, data: bytes) -> None:
@@ -441,6 +450,9 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if batch is None:  # the handshake
             super().dataReceived(data)
             return
+        if self.conn_id is not None:
+            # Bytes of any frame, ping and pong included: the peer is alive.
+            self.factory.hub.heard(self.conn_id)
         # Everything these bytes cause is written in one write per connection
         # (batching.py), and what this connection is sent in answer to its own
         # frames is exempt from the hard outbound cap (see _check_outbound).

@@ -8,8 +8,9 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -21,13 +22,17 @@ from warpsocket.server.web import build_site
 
 
 class WarpSocketService(MultiService):
-    """Listens on every endpoint, ticks the hub, and shuts down gracefully.
+    """Listens on every endpoint, runs the hub's timers, and drains gracefully.
 
-    ``stopService``: ``/healthz`` turns 503 at once, the ports stop
-    accepting, every client is closed with ``4500 going_away`` and a
-    reconnect hint, pending acknowledged sends are failed with that code,
-    and the stop completes when the last connection is gone or after
-    ``shutdown_timeout`` seconds, whichever comes first.
+    ``stopService`` drains so that a load balancer can see it
+    (docs/deployment.md): the ports keep accepting throughout, ``/healthz``
+    answers ``503 draining`` at once and new WebSocket upgrades are refused
+    with ``503`` and ``Retry-After``. After ``drain_delay`` seconds (a
+    pre-stop period for the balancer to stop routing here; 0 by default)
+    every client is closed with ``4500 going_away`` and a reconnect hint and
+    pending acknowledged sends fail with that code. The ports close when the
+    last connection is gone, or ``shutdown_timeout`` seconds later with the
+    rest aborted. Both delays run on the hub's clock.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class WarpSocketService(MultiService):
         self.site = build_site(hub, path)
         self.listeners: list[EndpointListener] = []
         self.tls: list[ReloadableTLS] = []
+        self._stopping: Deferred[None] | None = None
         for description in endpoints:
             endpoint, tls = reloadable_endpoint(self.reactor, description)
             if tls is not None:
@@ -46,6 +52,8 @@ class WarpSocketService(MultiService):
             listener = EndpointListener(endpoint, self.site)
             listener.setServiceParent(self)
             self.listeners.append(listener)
+        # Housekeeping (ack retries, session expiry, backend); the connection
+        # timers run on their own, each when due (timers.py).
         ticker = TimerService(hub.options.tick_interval, hub.tick)
         ticker.clock = hub.clock
         ticker.setServiceParent(self)
@@ -63,32 +71,42 @@ class WarpSocketService(MultiService):
         return all(results)
 
     def startService(self) -> None:
+        self._stopping = None
         self.hub.draining = False
         self.hub.backend.start()
         super().startService()
+        self.hub.timers.start()
 
     def stopService(self) -> Deferred[None]:
+        if self._stopping is None:
+            self._stopping = ensureDeferred(self._drain())
+        return self._stopping
+
+    async def _drain(self) -> None:
         hub = self.hub
         hub.draining = True
-        stopped = super().stopService()
+        if hub.options.drain_delay > 0:
+            await deferLater(hub.clock, hub.options.drain_delay, lambda: None)
+        await self._send_clients_away()
+        await super().stopService()  # the ports close, the ticker stops
+        hub.timers.stop()
+        await hub.backend.stop()
+
+    def _send_clients_away(self) -> Deferred[None]:
+        """4500 with the hint to everyone; fires when all are gone or given up on."""
+        hub = self.hub
         hint = json.dumps({"retry_after_ms": hub.options.reconnect_hint_ms})
         hub.close_all(ErrorCode.GOING_AWAY, hint)
         hub.fail_pending_acks(ErrorCode.GOING_AWAY)
         drained = hub.when_empty()
-        timeout = self.reactor.callLater(hub.options.shutdown_timeout, drained.cancel)
+        timeout = hub.clock.callLater(hub.options.shutdown_timeout, drained.cancel)
 
         def finish(_: object) -> None:
             if timeout.active():
                 timeout.cancel()
             hub.abort_all()
 
-        drained.addBoth(finish)
-        both = DeferredList([stopped, drained], consumeErrors=True)
-
-        def stop_backend(_: object) -> Deferred[None]:
-            return hub.backend.stop()
-
-        return both.addCallback(stop_backend)
+        return drained.addBoth(finish)
 
 
 class EndpointListener(Service):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -34,6 +35,26 @@ class HealthResource(Resource):
             request.setResponseCode(503)
             return problem.encode("utf-8") + b"\n"
         return b"ok\n"
+
+
+class UpgradeResource(WebSocketResource):
+    """The WebSocket path: while draining, ``503`` with ``Retry-After`` instead
+    of an upgrade, so that a client (or the balancer) tries another node."""
+
+    def __init__(self, factory: WarpSocketServerFactory) -> None:
+        super().__init__(factory)
+        self.hub = factory.hub
+
+    def render(self, request: Request) -> Any:
+        if not self.hub.draining:
+            return super().render(request)
+        request.setResponseCode(503)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        seconds = max(1, math.ceil(self.hub.options.reconnect_hint_ms / 1000))
+        request.setHeader(b"retry-after", str(seconds).encode("ascii"))
+        self.hub.metrics.rejected_handshakes.labels("draining").inc()
+        return b"draining\n"
 
 
 class MetricsResource(Resource):
@@ -96,7 +117,7 @@ def build_site(hub: Hub, path: str = "/ws") -> Site:
         child = Resource()
         parent.putChild(segment.encode(), child)
         parent = child
-    parent.putChild(segments[-1].encode(), WebSocketResource(factory))
+    parent.putChild(segments[-1].encode(), UpgradeResource(factory))
     root.putChild(b"healthz", HealthResource(hub))
     root.putChild(b"metrics", MetricsResource(hub))
     site = GuardedSite(root, factory.gate)
