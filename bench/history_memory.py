@@ -30,6 +30,13 @@ from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = REPO / ".venv" / "bin" / "twistd"
+# Servers before --history-bytes existed had no byte bound to lift.
+BOUNDS = (
+    "--history-bytes"
+    in subprocess.run(
+        [str(TWISTD), "warpsocket", "--help"], capture_output=True, text=True, cwd=REPO
+    ).stdout
+)
 
 SHAPES: dict[str, tuple[str, Any]] = {
     "chat line (JSON)": ("json", {"text": "x" * 100, "user": "ann", "n": 1}),
@@ -144,6 +151,12 @@ def running_server() -> Iterator[tuple[int, int]]:
             "--open-rooms",
             "--message-rate",
             "100000",
+            # Room for every message: the per-message cost, not the byte bound.
+            *(
+                ["--history-bytes", str(2**34), "--history-node-bytes", str(2**34)]
+                if BOUNDS
+                else []
+            ),
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -92,6 +92,8 @@ class OptionsTests(unittest.TestCase):
             "--session-ttl=60",
             "--history-size=10",
             "--history-age=20",
+            "--history-bytes=65536",
+            "--history-node-bytes=1048576",
             "--dedup-size=5",
             "--dedup-age=7",
             "--max-message-size=4096",
@@ -113,6 +115,7 @@ class OptionsTests(unittest.TestCase):
         )
         self.assertEqual((core.handshake_timeout_ms, core.session_ttl_ms), (2_000, 60_000))
         self.assertEqual((core.history.max_messages, core.history.max_age_ms), (10, 20_000))
+        self.assertEqual((core.history.max_bytes, core.history.max_node_bytes), (65536, 1 << 20))
         self.assertEqual((core.dedup.max_records, core.dedup.max_age_ms), (5, 7_000))
         self.assertEqual(core.max_message_size, 4096)
         self.assertEqual((hub_options.shutdown_timeout, hub_options.reconnect_hint_ms), (3.0, 500))
@@ -130,6 +133,8 @@ class OptionsTests(unittest.TestCase):
             ["--idle-timeout=-1"],
             ["--session-ttl=soon"],
             ["--history-size=0"],
+            ["--history-bytes=0"],
+            ["--history-bytes=1000", "--history-node-bytes=999"],
             ["--max-message-size=-1"],
             ["--reconnect-hint=-2"],
             ["--drain-delay=-1"],

@@ -107,6 +107,14 @@ class Options(usage.Options):
         ["session-ttl", None, 120.0, "Seconds a session outlives its connection.", _seconds],
         ["history-size", None, 1000, "Messages kept per stream for replay.", _count],
         ["history-age", None, 300.0, "Seconds messages are kept for replay.", _seconds],
+        ["history-bytes", None, 16 * 1024 * 1024, "Bytes kept per stream for replay.", _count],
+        [
+            "history-node-bytes",
+            None,
+            512 * 1024 * 1024,
+            "Bytes kept for replay by all of this node's in-memory streams together.",
+            _count,
+        ],
         ["dedup-size", None, 100000, "Deduplication records kept per node.", _count],
         ["dedup-age", None, 300.0, "Seconds deduplication records are kept.", _seconds],
         ["max-message-size", None, 1048576, "Largest accepted message in bytes.", _count],
@@ -251,7 +259,12 @@ def hub_options_from(options: Options) -> HubOptions:
         heartbeat_timeout_ms=_ms(options["heartbeat-timeout"]),
         idle_timeout_ms=None if idle is None else _ms(idle),
         max_message_size=options["max-message-size"],
-        history=HistoryLimits(options["history-size"], _ms(options["history-age"])),
+        history=HistoryLimits(
+            options["history-size"],
+            _ms(options["history-age"]),
+            options["history-bytes"],
+            options["history-node-bytes"],
+        ),
         dedup=DedupLimits(options["dedup-size"], _ms(options["dedup-age"])),
     )
     return HubOptions(
