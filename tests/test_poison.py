@@ -281,3 +281,53 @@ class CompactHistoryTests(ServerTestCase):
         await self.hub.publish(ROOM, "x", {"blob": "y" * 10_000})
         self.advance(1)
         self.assertGreater(self.metric("warpsocket_history_bytes"), 10_000)
+
+
+class _FlakyCodec:
+    """JSON, except that it cannot encode a payload holding "boom" (as an
+    application's own codec might fail)."""
+
+    subprotocol = "test.flaky"
+    binary = False
+
+    def __init__(self) -> None:
+        from warpsocket.protocol.codecs import JsonCodec
+
+        self._json = JsonCodec()
+
+    def encode(self, envelope: Any) -> bytes:
+        payload = self._json.encode(envelope)
+        if b"boom" in payload:
+            raise ValueError("this codec cannot carry boom")
+        return payload
+
+    def decode(self, payload: bytes, is_binary: bool) -> Any:
+        return self._json.decode(payload, is_binary)
+
+
+class EncodeFailureTests(ServerTestCase):
+    @async_test
+    async def test_an_encode_failure_costs_one_envelope_never_the_connection(self) -> None:
+        from warpsocket.protocol.codecs import CodecRegistry, JsonCodec
+
+        self.start_server(open_rooms=True, codecs=CodecRegistry([JsonCodec(), _FlakyCodec()]))
+        flaky = await self.connect(protocols=["test.flaky"], rooms=[ROOM])
+        plain = await self.connect(rooms=[ROOM])
+        for data in ("one", "boom", "three"):
+            await self.hub.publish(ROOM, "x", data)
+        events = [
+            await flaky.wait_for(lambda m: m.get("type") == "event" and m["stream"] == STREAM)
+            for _ in range(3)
+        ]
+        # The undeliverable one is a placeholder at its offset: no gap.
+        self.assertEqual([e["offset"] for e in events], [1, 2, 3])
+        self.assertEqual([e.get("data") for e in events], ["one", None, "three"])
+        self.assertEqual(events[1]["code"], 4501)
+        self.assertFalse(flaky.closed.called)
+        others = [
+            await plain.wait_for(lambda m: m.get("type") == "event" and m["stream"] == STREAM)
+            for _ in range(3)
+        ]
+        self.assertEqual([e["data"] for e in others], ["one", "boom", "three"])
+        self.assertEqual(self.metric("warpsocket_encode_failures_total"), 1)
+        self.flushLoggedErrors(ValueError)
