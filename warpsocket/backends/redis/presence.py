@@ -41,21 +41,20 @@ class Presence:
             cmd.eval(UNSET_PRESENCE_SCRIPT, [key], [session, self.node]).addErrback(lambda _: None)
 
     def in_room(self, room: str) -> Deferred[set[str]]:
-        cmd = self.connections.cmd
-        if cmd is None:
-            return fail(BackendUnavailableError(f"presence unavailable: {self._health()}"))
-        asked: Deferred[Any] = cmd.eval(
-            PRESENCE_SCRIPT, [self.keys.presence(room)], [self.keys.nodes]
-        )
-        return asked.addCallback(_ids)
+        return self._live("presence", PRESENCE_SCRIPT, self.keys.presence(room), self.keys.nodes)
 
     def sessions_of_user(self, user: str) -> Deferred[set[str]]:
+        return self._live(
+            "user lookup", USER_SESSIONS_SCRIPT, self.keys.user(user), self.keys.sessions
+        )
+
+    def _live(self, what: str, script: str, key: str, alive_prefix: str) -> Deferred[set[str]]:
+        """The ids in ``key`` whose owner is alive (``alive_prefix + owner`` exists);
+        the script removes the others."""
         cmd = self.connections.cmd
         if cmd is None:
-            return fail(BackendUnavailableError(f"user lookup unavailable: {self._health()}"))
-        asked: Deferred[Any] = cmd.eval(
-            USER_SESSIONS_SCRIPT, [self.keys.user(user)], [self.keys.sessions]
-        )
+            return fail(BackendUnavailableError(f"{what} unavailable: {self._health()}"))
+        asked: Deferred[Any] = cmd.eval(script, [key], [alive_prefix])
         return asked.addCallback(_ids)
 
 
