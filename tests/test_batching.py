@@ -187,7 +187,8 @@ class RedisDeliveryBatchTests(ServerTestCase):
         one read carries are delivered while one batch is open."""
         from twisted.internet.testing import StringTransport
 
-        from warpsocket.backends.redis import _Factory, _Subscriber, parse_redis_url
+        from warpsocket.backends.redis import parse_redis_url
+        from warpsocket.backends.redis.connection import ConnectionFactory, Subscriber
 
         events: list[str] = []
         batch = WriteBatch()
@@ -195,8 +196,8 @@ class RedisDeliveryBatchTests(ServerTestCase):
         def on_message(channel: Any, message: Any) -> None:
             events.append(f"{message} depth={batch.depth}")
 
-        factory = _Factory(
-            _Subscriber, parse_redis_url("redis://127.0.0.1:1"), None, on_message, batch
+        factory = ConnectionFactory(
+            Subscriber, parse_redis_url("redis://127.0.0.1:1"), None, on_message, batch
         )
         subscriber = factory.buildProtocol(None)
         subscriber.makeConnection(StringTransport())

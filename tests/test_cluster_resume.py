@@ -185,14 +185,15 @@ class SessionRecordTests(ClusterCase):
         self.start_redis()
         a, b = self.node("a"), self.node("b")
         await self.healthy(a, b)
-        cmd, a.backend._cmd = a.backend._cmd, None  # a alone cannot reach Redis
+        connections = a.backend.connections
+        cmd, connections.cmd = connections.cmd, None  # a alone cannot reach Redis
         a.backend.save_session(SessionRecord("s1", "u", rooms=("old",)), 60_000)
         a.backend.save_session(SessionRecord("s2", "u", rooms=("only-a",)), 60_000)
         await sleep(0.01)
         b.backend.save_session(SessionRecord("s1", "u", rooms=("new",)), 60_000)
         self.assertEqual(await self.rooms_in_redis(b, "s1"), ("new",))
-        a.backend._cmd = cmd
-        a.backend._write_sessions(unsaved_only=True)  # what a reconnect does
+        connections.cmd = cmd
+        a.backend.sessions.write_again(unsaved_only=True)  # what a reconnect does
         self.assertEqual(await self.rooms_in_redis(a, "s2"), ("only-a",))
         self.assertEqual(await self.rooms_in_redis(a, "s1"), ("new",))
 
@@ -247,7 +248,7 @@ class ResumeTokenTests(ClusterCase):
         token = owner.welcome["data"]["resume_token"]
         await owner.drop()
         await wait_until(lambda: a.hub.core.sessions[owner.session].conn is None, what="detach")
-        stored = redis.command("GET", b.backend._session_key(owner.session)).decode()
+        stored = redis.command("GET", b.backend.keys.session(owner.session)).decode()
         self.assertIn(hash_resume_token(token), stored)
         self.assertNotIn(token, stored)
         thief = await connect(b.port)

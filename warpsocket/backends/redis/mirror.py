@@ -50,7 +50,7 @@ class Mirror:
         # node creates (a new session's direct stream), confirmed by the snapshot.
         self.epoch = epoch
         self.loaded = False
-        # The provisional epoch reached Redis (``RedisBackend._announce_epoch``).
+        # The provisional epoch reached Redis (``Streams._announce_epoch``).
         self.announced = False
         self.last_offset = 0
         self._entries: deque[Entry] = deque(maxlen=limits.max_messages)

@@ -1,0 +1,250 @@
+"""txredisapi glue: the command and subscriber connections of a node.
+
+Each is found (from the URL, or from Sentinel's current master), opened, and
+opened again with backoff when it is lost; what a new connection means for
+the node (re-subscribe, re-read streams, rewrite sessions) is the backend's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import txredisapi
+from twisted.internet import protocol, ssl
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from warpsocket.backends.redis.options import RedisAddress, RedisOptions, host_port, parse_redis_url
+
+Batch = Callable[[], AbstractContextManager[None]]
+Later = Callable[..., None]
+"""``later(delay, func, *args)``: a timer the backend cancels when it stops."""
+
+
+def reply_text(value: Any) -> str:
+    """A Redis reply as text (txredisapi hands out bytes or str)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # One read can carry many published messages: deliver them in one
+        # batch, so that each member gets their frames in one write.
+        with self.factory.batch():
+            super().dataReceived(data, unpause)
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.factory.on_message(channel, message)
+
+
+class ConnectionFactory(protocol.Factory):
+    """Builds one txredisapi protocol; reconnection is ``Connections``' job."""
+
+    isLazy = False
+    noisy = False
+
+    def __init__(
+        self,
+        protocol_class: Any,
+        address: RedisAddress,
+        reply_timeout: float | None,
+        on_message: Callable[[Any, Any], None] | None = None,
+        batch: Batch = nullcontext,
+    ) -> None:
+        self.protocol_class = protocol_class
+        self.address = address
+        self.reply_timeout = reply_timeout
+        self.on_message = on_message
+        self.batch = batch
+        self.error: str | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        built = self.protocol_class(
+            "utf-8",
+            replyTimeout=self.reply_timeout,
+            password=self.address.password,
+            dbid=self.address.db or None,
+            convertNumbers=False,
+        )
+        built.factory = self
+        return built
+
+    def stopTrying(self) -> None:  # called by txredisapi when AUTH/SELECT fail
+        pass
+
+    def connectionError(self, why: str) -> None:
+        self.error = why
+
+
+class Connections:
+    """``cmd`` and ``sub``: the current command and subscriber connections, or None."""
+
+    def __init__(
+        self,
+        options: RedisOptions,
+        reactor: Any,
+        *,
+        later: Later,
+        stats: dict[str, int],
+        log: Logger,
+        on_message: Callable[[Any, Any], None],
+        on_connected: Callable[[str, Any], None],
+        on_lost: Callable[[str, bool], None],
+    ) -> None:
+        self.options = options
+        self.reactor = reactor
+        self._later = later
+        self._stats = stats
+        self._log = log
+        self._on_message = on_message
+        # ``(kind, conn)``, once ``cmd`` or ``sub`` is the new connection.
+        self._on_connected = on_connected
+        # ``(kind, current)``: ``current`` when it was ``cmd`` or ``sub`` still.
+        self._on_lost = on_lost
+        self.batch: Batch = nullcontext
+        self.cmd: Any = None
+        self.sub: Any = None
+        self.error = "starting"
+        self.running = False
+        self._connecting: set[str] = set()
+        self._retry: dict[str, float] = {}
+        self._sentinel: Any = None
+
+    def start(self) -> None:
+        self.running = True
+        if self.options.sentinels:
+            addresses = [host_port(a) for a in self.options.sentinels]
+            self._sentinel = txredisapi.Sentinel(addresses)
+        self._connect("cmd")
+        self._connect("sub")
+
+    def stop(self) -> None:
+        """Close both connections, for good."""
+        self.running = False
+        for conn in (self.cmd, self.sub):
+            if conn is not None and conn.transport is not None:
+                conn.transport.abortConnection()
+        self.cmd = self.sub = None
+
+    def close_sentinel(self) -> Deferred[None]:
+        if self._sentinel is not None:
+            sentinel, self._sentinel = self._sentinel, None
+            done: Deferred[None] = sentinel.disconnect()
+            return done.addBoth(lambda _: None)
+        return succeed(None)
+
+    def drop(self, conn: Any) -> None:
+        """Abort a connection; it is opened again as if it had been lost."""
+        if conn is not None and conn.transport is not None:
+            conn.transport.abortConnection()
+
+    def trouble(self, conn: Any, failure: Failure) -> None:
+        """A READONLY reply means we talk to a demoted master: reconnect (rediscover)."""
+        message = failure.getErrorMessage()
+        if "READONLY" in message or "LOADING" in message or failure.check(txredisapi.TimeoutError):
+            self.drop(conn)
+
+    def _address(self) -> Deferred[RedisAddress]:
+        options = self.options
+        if self._sentinel is None:
+            assert options.url is not None
+            return succeed(parse_redis_url(options.url))
+
+        def found(addr: tuple[str, int]) -> RedisAddress:
+            return RedisAddress(addr[0], int(addr[1]), options.db or 0, options.password, False)
+
+        discovered: Deferred[tuple[str, int]] = self._sentinel.discover_master(options.service)
+        return discovered.addCallback(found)
+
+    def _endpoint(self, address: RedisAddress) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self.reactor, address.host, address.port, timeout=self.options.connect_timeout
+        )
+        if address.tls:
+            endpoint = wrapClientTLS(ssl.optionsForClientTLS(address.host), endpoint)
+        return endpoint
+
+    def _connect(self, kind: str) -> None:
+        if not self.running or kind in self._connecting:
+            return
+        self._connecting.add(kind)
+
+        def connect(address: RedisAddress) -> Deferred[Any]:
+            if kind == "sub":
+                factory = ConnectionFactory(
+                    Subscriber, address, None, self._on_message, lambda: self.batch()
+                )
+            else:
+                factory = ConnectionFactory(
+                    txredisapi.RedisProtocol, address, self.options.reply_timeout
+                )
+            connecting: Deferred[Any] = self._endpoint(address).connect(factory)
+            timer = self.reactor.callLater(self.options.connect_timeout * 2, connecting.cancel)
+
+            def opened(conn: Any) -> Deferred[Any]:
+                ready: Deferred[Any] = conn.whenConnected()
+                # AUTH or SELECT failing closes the connection without firing it.
+                conn.whenDisconnected().addCallback(
+                    lambda _: (
+                        None
+                        if ready.called
+                        else ready.errback(
+                            ConnectionError(factory.error or "connection closed during setup")
+                        )
+                    )
+                )
+                return ready
+
+            def untime(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            return connecting.addCallback(opened).addBoth(untime)
+
+        def connected(conn: Any) -> None:
+            self._connecting.discard(kind)
+            self._retry.pop(kind, None)
+            if not self.running:
+                conn.transport.abortConnection()
+                return
+            conn.whenDisconnected().addCallback(lambda _: self._lost(kind, conn))
+            if kind == "cmd":
+                self.cmd = conn
+                self.error = "ok"
+            else:
+                self.sub = conn
+            self._on_connected(kind, conn)
+
+        def failed(failure: Failure) -> None:
+            self._connecting.discard(kind)
+            self.error = failure.getErrorMessage() or repr(failure.value)
+            self._backoff(kind)
+
+        self._address().addCallback(connect).addCallbacks(connected, failed)
+
+    def _backoff(self, kind: str) -> None:
+        delay = self._retry.get(kind, self.options.reconnect_delay / 2) * 2
+        delay = min(delay, self.options.max_reconnect_delay)
+        self._retry[kind] = delay
+        self._later(delay, self._connect, kind)
+
+    def _lost(self, kind: str, conn: Any) -> None:
+        self._stats["reconnects"] += 1
+        current = False
+        if kind == "cmd" and self.cmd is conn:
+            self.cmd = None
+            self.error = "connection lost"
+            current = True
+        elif kind == "sub" and self.sub is conn:
+            self.sub = None
+            current = True
+        self._on_lost(kind, current)
+        if self.running:
+            self._log.warn("redis {kind} connection lost; reconnecting", kind=kind)
+            self._backoff(kind)
