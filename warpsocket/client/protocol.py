@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 class WarpSocketClientProtocol(WebSocketClientProtocol):
     factory: WarpSocketClientFactory
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.client._tcp_connected(self)
+
     def onConnect(self, response: ConnectionResponse) -> None:
         self.factory.client._transport_connected(self, response.protocol)
 
