@@ -407,7 +407,7 @@ class ClientCore:
         if kind is MessageType.ACK or kind is MessageType.RESULT or kind is MessageType.ERROR:
             return self._answer(envelope)
         if kind is MessageType.HEARTBEAT:
-            self._observe_clock(envelope, now_ms)
+            self.observe_clock(envelope, now_ms)
             if envelope.ref is None:
                 return [Transmit(heartbeat_envelope(self.new_id(), now_ms, envelope.id))]
             return []
@@ -423,7 +423,7 @@ class ClientCore:
             return [RoomChanged(envelope.room, False)]
         return []
 
-    def _observe_clock(self, envelope: Envelope, now_ms: int) -> None:
+    def observe_clock(self, envelope: Envelope, now_ms: int) -> None:
         """Tighten the lower bound of the server's clock from an envelope it stamped.
 
         Only envelopes the connected node makes itself (welcome, heartbeats):
@@ -443,7 +443,7 @@ class ClientCore:
         # reset the positions that events have advanced since.
         self._hello_id = None
         self.rtt_ms = max(0, now_ms - self._hello_ms)
-        self._observe_clock(welcome, now_ms)
+        self.observe_clock(welcome, now_ms)
         actions: list[ClientAction] = []
         if data["session"] != self.session:
             self.resume_token = None  # a new session: the old token means nothing
