@@ -248,6 +248,13 @@ class StreamTests(Base):
         self.assertEqual(transmitted(actions), [])
         self.assertEqual(self.client.positions["broadcast"], Position(7, "e1"))
 
+    def test_undeliverable_placeholder_is_skipped_and_reported(self) -> None:
+        placeholder = stream_event("broadcast", 6, data=None, code=int(ErrorCode.INTERNAL_ERROR))
+        actions = self.feed(placeholder, stream_event("broadcast", 7))
+        self.assertEqual(delivered(actions), ["broadcast#7"])
+        self.assertEqual([lost.stream for lost in of_type(actions, StreamLost)], ["broadcast"])
+        self.assertEqual(self.client.positions["broadcast"], Position(7, "e1"))
+
     def test_unknown_stream_starts_at_the_event(self) -> None:
         actions = self.feed(stream_event("room:x", 4))
         self.assertEqual(delivered(actions), ["room:x#4"])

@@ -145,6 +145,8 @@ class ClientCore:
         self.options = options
         self.new_id = new_id
         self.session: str | None = None
+        # The bearer secret that resumes ``session`` (protocol.md 4.3).
+        self.resume_token: str | None = None
         self.positions: dict[str, Position] = {}
         self.rooms: set[str] = set()
         self.open = False
@@ -156,9 +158,6 @@ class ClientCore:
         self._hello_id: str | None = None
         self._hello_ms = 0
         self._acked: OrderedDict[str, None] = OrderedDict()
-        # Resume tokens (protocol.md 4.1): a bearer secret issued with the
-        # session; resuming requires it. None with servers that issue none.
-        self.resume_token: str | None = None
         # A lower bound of (server clock - client clock) in ms on the current
         # connection, from envelopes this server stamped; None until welcomed.
         self.clock_offset_ms: int | None = None
@@ -189,10 +188,10 @@ class ClientCore:
             },
             "rooms": sorted(self.rooms),
         }
-        if token is not None:
-            data["token"] = token
         if self.session is not None and self.resume_token is not None:
             data["resume_token"] = self.resume_token
+        if token is not None:
+            data["token"] = token
         hello = Envelope(type=MessageType.HELLO, id=self._hello_id, timestamp=now_ms, data=data)
         return [Transmit(hello)]
 
@@ -445,12 +444,9 @@ class ClientCore:
         self.rtt_ms = max(0, now_ms - self._hello_ms)
         self.observe_clock(welcome, now_ms)
         actions: list[ClientAction] = []
-        if data["session"] != self.session:
-            self.resume_token = None  # a new session: the old token means nothing
         self.session = data["session"]
         token = data.get("resume_token")
-        if isinstance(token, str) and 0 < len(token) <= 256:
-            self.resume_token = token
+        self.resume_token = token if isinstance(token, str) and len(token) <= 256 else None
         lost: list[str] = []
         streams = data.get("streams")
         for name, info in (streams if isinstance(streams, dict) else {}).items():
@@ -500,8 +496,12 @@ class ClientCore:
             )
             return actions
         self.positions[stream] = Position(offset, epoch)
-        if event.code != ErrorCode.EXPIRED:
+        if event.code is None:
             actions.append(Deliver(event))
+        elif event.code != ErrorCode.EXPIRED:
+            # A placeholder for a message the server could not encode for us
+            # (protocol.md 5.2): skipped without a gap, and reported.
+            actions.append(StreamLost(stream, f"message {offset} undeliverable ({event.code})"))
         return actions
 
     def _answer(self, answer: Envelope) -> list[ClientAction]:
