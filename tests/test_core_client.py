@@ -599,7 +599,7 @@ class FinalOutcomeTests(Base):
         self.assertIsNone(self.client.next_wakeup())
 
     def test_expired_outcome_counts_attempts(self) -> None:
-        queued, _ = self.client.send("e", 1, T0, ack=True, deadline_ms=1_000)
+        self.client.send("e", 1, T0, ack=True, deadline_ms=1_000)
         [outcome] = self.client.tick(T0 + 1_000)
         self.assertFalse(outcome.sent)
         self.connect()
@@ -646,5 +646,6 @@ class ResumeTokenTests(Base):
         }
         good = Envelope(type=MessageType.WELCOME, id="w", timestamp=T0, ref=hello.id, data=data)
         [welcomed] = of_type(self.client.receive(good, T0), Welcomed)
-        self.assertEqual((welcomed.session, self.client.positions, self.client.resume_token),
-                         ("s", {}, None))
+        self.assertEqual(
+            (welcomed.session, self.client.positions, self.client.resume_token), ("s", {}, None)
+        )

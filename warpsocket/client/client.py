@@ -265,6 +265,7 @@ class WarpSocketClient:
         that many seconds. The client keeps trying (``close()`` stops it).
         """
         if self.state in (ClientState.DISCONNECTED, ClientState.CLOSED):
+            self._attempts_since_open = 0
             self.factory.resetDelay()
             self.factory.continueTrying = 1
             self._set_state(ClientState.CONNECTING)
@@ -408,13 +409,12 @@ class WarpSocketClient:
 
     def _fail_pending(self, why: str) -> None:
         """Every message without an outcome fails and leaves the queue (close, give up)."""
-        self._run(self.core.abandon(why))
-        for opened in self._open_waiters:
+        # Take everything first: a callback may connect() and send again.
+        abandoned = self.core.abandon(why)
+        opening, self._open_waiters = self._open_waiters, []
+        self._run(abandoned)
+        for opened in opening:
             opened.errback(ClientClosedError(why))
-        self._open_waiters = []
-        for ident, waiter in list(self._waiters.items()):  # none should be left
-            del self._waiters[ident]
-            waiter.errback(ClientClosedError(why))
 
     # ------------------------------------------------------------ state
 
@@ -566,6 +566,8 @@ class WarpSocketClient:
 
     def _give_up(self, why: str) -> None:
         self.log.info("client {url}: {why}", url=self.url, why=why)
+        # Before any callback runs: one may call connect() again.
+        self.factory.stopTrying()
         self._stop_timers()
         if self.state is not ClientState.CLOSED:
             if self.state is ClientState.CONNECTING:

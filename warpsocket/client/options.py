@@ -50,9 +50,7 @@ def _two_arguments(predicate: Callable[..., bool]) -> ShouldReconnect:
         parameters = inspect.signature(predicate).parameters.values()
     except (TypeError, ValueError):
         return predicate
-    positional = [
-        p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) == 1 and not any(p.kind is p.VAR_POSITIONAL for p in parameters):
         return lambda code, cause: bool(predicate(code))
     return predicate

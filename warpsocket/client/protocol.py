@@ -60,8 +60,7 @@ class WarpSocketClientFactory(WebSocketClientFactory, ReconnectingClientFactory)
             raise ValueError("no connector to retry")
         delay = self.client._next_delay(self.retries)
         if delay is None:
-            self.continueTrying = 0
-            return
+            return  # the client stopped trying (and may have started anew since)
         self.retries += 1
         self.delay = delay
 

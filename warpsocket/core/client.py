@@ -466,9 +466,7 @@ class ClientCore:
             actions.append(RoomChanged(room, False, code))
         self.rooms = joined
         self.open = True
-        actions.append(
-            Welcomed(str(self.session), data.get("resumed") is True, data, tuple(lost))
-        )
+        actions.append(Welcomed(str(self.session), data.get("resumed") is True, data, tuple(lost)))
         actions.extend(self._flush(now_ms))
         return actions
 
