@@ -512,14 +512,15 @@ class ClientCore:
         outgoing = self._inflight.pop(ref, None)
         if outgoing is None:
             return []  # a late duplicate answer: the outcome was already given
+        attempts = outgoing.attempts
         if answer.type is MessageType.ERROR:
             message = answer.data.get("message", "") if isinstance(answer.data, dict) else ""
             code = answer.code or int(ErrorCode.INTERNAL_ERROR)
             status = Status.EXPIRED if code == ErrorCode.EXPIRED else Status.REJECTED
-            return [Outcome(ref, status, answer.data, code, str(message))]
+            return [Outcome(ref, status, answer.data, code, str(message), attempts)]
         if answer.type is MessageType.RESULT:
-            return [Outcome(ref, Status.RESULT, answer.data)]
-        return [Outcome(ref, Status.ACKED, answer.data)]
+            return [Outcome(ref, Status.RESULT, answer.data, attempts=attempts)]
+        return [Outcome(ref, Status.ACKED, answer.data, attempts=attempts)]
 
     def _subscribe_answer(self, room: str, answer: Envelope) -> list[ClientAction]:
         key = "room:" + room
