@@ -8,12 +8,14 @@ from typing import Any
 import jwt as pyjwt
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.trial import unittest
 
 from tests.test_client import FAST, ClientTestCase, ServerFixture, make_hub, wait_until
 from tests.test_client_outcomes import spy_inbound
 from warpsocket.client.client import WarpSocketClient
 from warpsocket.client.options import ClientOptions
 from warpsocket.client.state import ClientState
+from warpsocket.client.tokens import RefreshPolicy
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.envelope import MessageType
 
@@ -133,3 +135,34 @@ class RefreshTests(ClientTestCase):
         self.assertEqual(len(issued), 1)
         clock.advance(1)  # refresh_before (30 s) before exp
         self.assertEqual(len(issued), 2)
+
+
+class PolicyTests(unittest.SynchronousTestCase):
+    def policy(self) -> RefreshPolicy:
+        return RefreshPolicy(refresh_before=30, min_interval=5, max_interval=60)
+
+    def test_delay(self) -> None:
+        policy = self.policy()
+        self.assertEqual(policy.delay(jwt_for(3600, 0), 0), 3570)
+        self.assertEqual(policy.delay(jwt_for(20, 0), 0), 10)
+        self.assertEqual(policy.delay(jwt_for(4, 0), 0), 5)  # the floor
+        self.assertEqual(policy.delay(jwt_for(-100, 0), 0), 5)  # expired: still the floor
+        self.assertIsNone(policy.delay("opaque-token", 0))
+        self.assertIsNone(policy.delay(None, 0))
+
+    def test_judge(self) -> None:
+        policy, old = self.policy(), jwt_for(20, 0)
+        self.assertEqual(policy.judge(old, old, 10), (False, False))
+        self.assertEqual(policy.judge(old, None, 10), (False, False))
+        self.assertEqual(policy.judge(old, jwt_for(30, 1), 10), (True, True))
+        self.assertEqual(policy.judge(old, jwt_for(20, 1), 10), (True, False))  # no longer
+        self.assertEqual(policy.judge(old, jwt_for(12, 1), 0), (True, False))  # shorter
+        self.assertEqual(policy.judge(old, jwt_for(14, 1), 10), (True, False))  # < floor
+        self.assertEqual(policy.judge(old, jwt_for(9, 1), 10), (False, False))  # expired
+        self.assertEqual(policy.judge(None, "opaque", 10), (True, True))
+
+    def test_backoff(self) -> None:
+        policy = self.policy()
+        self.assertEqual([policy.backoff() for _ in range(7)], [5, 10, 20, 40, 60, 60, 60])
+        policy.succeeded()
+        self.assertEqual(policy.backoff(), 5)

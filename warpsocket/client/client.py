@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +26,7 @@ from warpsocket.client.netwatch import NetworkWatcher
 from warpsocket.client.options import ClientOptions, DisconnectCause
 from warpsocket.client.protocol import WarpSocketClientFactory, WarpSocketClientProtocol
 from warpsocket.client.state import ClientState, check_transition
+from warpsocket.client.tokens import RefreshPolicy
 from warpsocket.core.client import (
     ClientAction,
     ClientCore,
@@ -211,7 +211,11 @@ class WarpSocketClient:
         self._attempt_protocol: WarpSocketClientProtocol | None = None
         self._ping_interval: float | None = self.options.ping_interval
         self._last_ping = 0.0
-        self._refresh_failures = 0
+        self._refresh = RefreshPolicy(
+            self.options.refresh_before,
+            self.options.refresh_min_interval,
+            self.options.refresh_max_interval,
+        )
         self._hint_delay: float | None = None
         self._disconnected_at: float | None = None
         self._pings: dict[str, float] = {}
@@ -658,7 +662,7 @@ class WarpSocketClient:
             self.stats.reconnect_times = [*self.stats.reconnect_times[-99:], elapsed]
             self._disconnected_at = None
         self._set_state(ClientState.OPEN)
-        self._refresh_failures = 0
+        self._refresh.succeeded()
         self._schedule_refresh()
         opened = Opened(welcome.session, welcome.resumed, welcome.lost, reconnect)
         for listener in list(self._open_listeners):
@@ -766,60 +770,38 @@ class WarpSocketClient:
     # ------------------------------------------------------------ token refresh
 
     def _schedule_refresh(self, delay: float | None = None) -> None:
-        """Plan the next refresh: ``delay`` seconds from now, or from the token's exp.
-
-        Before a long-lived token's exp by ``refresh_before``; a token that
-        lives less than twice that at half its remaining life; never sooner
-        than ``refresh_min_interval``, so that no token can make a storm.
-        """
+        """Plan the next refresh: ``delay`` seconds from now, or by the token's exp."""
         if self._refresh_call is not None and self._refresh_call.active():
             self._refresh_call.cancel()
         self._refresh_call = None
         if self.token_provider is None or self.state is ClientState.CLOSED:
             return
         if delay is None:
-            expires = _token_expiry(self._token)
-            if expires is None:
+            delay = self._refresh.delay(self._token, self.clock.seconds())
+            if delay is None:
                 return
-            remaining = expires - self.clock.seconds()
-            delay = remaining - min(self.options.refresh_before, remaining / 2)
-        delay = max(self.options.refresh_min_interval, delay)
         self._refresh_call = self.clock.callLater(delay, self._refresh_due)
 
     def _refresh_due(self) -> None:
         self._refresh_call = None
         self.refresh_token()
 
-    def _refresh_backoff(self) -> None:
-        """An unchanged, expiring or failed refresh: try again later, ever less often."""
-        self._refresh_failures += 1
-        step = self.options.refresh_min_interval * 2 ** min(self._refresh_failures - 1, 16)
-        self._schedule_refresh(min(step, self.options.refresh_max_interval))
-
     def refresh_token(self) -> Deferred[None]:
         """Ask the token provider for a new token and send it in band (``auth``).
 
         A token equal to the current one, or one that expires no later, is
-        not sent; the next try backs off (``refresh_min_interval`` doubling
-        to ``refresh_max_interval``), as after a provider failure.
+        not a refresh: the next try backs off (``refresh_min_interval``
+        doubling to ``refresh_max_interval``), as after a provider failure.
         """
         if self.token_provider is None:
             return succeed(None)
         previous = self._token
 
         def send(token: Any) -> None:
-            protocol = self._protocol
-            if protocol is None or self.state is not ClientState.OPEN:
+            if self._protocol is None or self.state is not ClientState.OPEN:
                 return  # the next welcome schedules the next refresh
-            now = self.clock.seconds()
-            expires, before = _token_expiry(token), _token_expiry(previous)
-            fresh = (
-                isinstance(token, str)
-                and token != previous
-                and (expires is None or expires > now + self.options.refresh_min_interval)
-                and (expires is None or before is None or expires > before)
-            )
-            if isinstance(token, str) and token != previous and (expires is None or expires > now):
+            deliver, fresh = self._refresh.judge(previous, token, self.clock.seconds())
+            if deliver:
                 self._token = token
                 envelope = Envelope(
                     type=MessageType.AUTH,
@@ -829,16 +811,16 @@ class WarpSocketClient:
                 )
                 self._transmit(envelope)
             if fresh:
-                self._refresh_failures = 0
+                self._refresh.succeeded()
                 self._schedule_refresh()
             else:
                 self.log.warn("token provider gave no fresher token: backing off")
-                self._refresh_backoff()
+                self._schedule_refresh(self._refresh.backoff())
 
         def failed(failure: Failure) -> None:
             self._log_failure(failure, "token provider")
             if self.state is ClientState.OPEN:
-                self._refresh_backoff()
+                self._schedule_refresh(self._refresh.backoff())
 
         return invoke(self.token_provider).addCallbacks(send, failed)
 
@@ -870,18 +852,6 @@ class WarpSocketClient:
 
     def _log_failure(self, failure: Failure, what: str) -> None:
         self.log.failure("{what} failed", failure, what=what)
-
-
-def _token_expiry(token: str | None) -> float | None:
-    """The ``exp`` of a JWT, read without verifying it (only to schedule a refresh)."""
-    if not token or token.count(".") != 2:
-        return None
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return None
-    expires = claims.get("exp")
-    return float(expires) if isinstance(expires, (int, float)) else None
 
 
 def _retry_hint(reason: str) -> float | None:
