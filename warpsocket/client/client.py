@@ -14,6 +14,7 @@ from typing import Any
 
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import TimeoutError as TCPTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import LoopingCall
@@ -516,7 +517,8 @@ class WarpSocketClient:
         self.log.debug("connection attempt failed: {reason}", reason=reason.getErrorMessage())
         self._cancel_attempt_timer()
         self._last_close_code = None
-        self._last_cause = DisconnectCause.TIMEOUT if self._timed_out else DisconnectCause.REFUSED
+        timed_out = self._timed_out or reason.check(TCPTimeoutError) is not None
+        self._last_cause = DisconnectCause.TIMEOUT if timed_out else DisconnectCause.REFUSED
         if self.state is ClientState.CONNECTING:
             self._set_state(ClientState.DISCONNECTED)
 
