@@ -444,12 +444,13 @@ class ClientCore:
         self.rtt_ms = max(0, now_ms - self._hello_ms)
         self.observe_clock(welcome, now_ms)
         actions: list[ClientAction] = []
+        lost: list[str] = []
         self.session = data["session"]
         token = data.get("resume_token")
-        self.resume_token = token if isinstance(token, str) and len(token) <= 256 else None
-        lost: list[str] = []
-        streams = data.get("streams")
-        for name, info in (streams if isinstance(streams, dict) else {}).items():
+        self.resume_token = token if isinstance(token, str) else None
+        streams: dict[str, Any] = data.get("streams", {})
+        streams = streams if isinstance(streams, dict) else {}  # hostile until checked
+        for name, info in streams.items():
             if not _valid_position(info):
                 continue
             if not info.get("recovered", True):
