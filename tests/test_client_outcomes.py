@@ -276,6 +276,25 @@ class SignalTests(ClientTestCase):
         self.assertEqual(client.stats.resumes, 1)
 
     @inlineCallbacks
+    def test_resumeTokenIsPresentedWithTheSession(self) -> Any:
+        """The welcome's resume token (None from a server that issues none) goes in the
+        next hello with the session, and the session resumes either way."""
+        hub = make_hub()
+        seen = spy_inbound(hub)
+        server = ServerFixture(self, hub)
+        client = self.client(server.url)
+        opened: list[Any] = []
+        client.on_open(opened.append)
+        yield client.connect()
+        issued = client.core.resume_token
+        server.drop_all()
+        yield wait_until(lambda: len(opened) == 2)
+        hellos = [e.data for e in seen if e.type is MessageType.HELLO]
+        self.assertEqual(hellos[1]["session"], client.session)
+        self.assertEqual(hellos[1].get("resume_token"), issued)
+        self.assertTrue(opened[1].resumed)
+
+    @inlineCallbacks
     def test_rttFromTheHandshakeAndOwnHeartbeats(self) -> Any:
         hub = make_hub()
         received = spy_inbound(hub)
