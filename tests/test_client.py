@@ -255,7 +255,7 @@ class ReconnectTests(ClientTestCase):
         opened = client.connect()
         yield self.assertFailure(opened, ClientClosedError)
         self.assertEqual(client.state, ClientState.CLOSED)
-        self.assertEqual(client.stats.attempts, 3)  # the first try and two retries
+        self.assertEqual(client.stats.attempts, 2)  # max_attempts=N: exactly N attempts
 
     @inlineCallbacks
     def test_predicateStopsAfterRefusal(self) -> Any:
@@ -564,7 +564,8 @@ class NetworkChangeTests(ClientTestCase):
         clock = Clock()
         client = self.client(server.url, clock)
         yield client.connect()
-        self.assertIsNone(client.stats.rtt_seconds)
+        self.assertIsNotNone(client.stats.rtt_seconds)  # measured by the handshake
+        client.stats.rtt_seconds = None
         self.change_network()
         yield wait_until(lambda: client.stats.rtt_seconds is not None)  # probe answered
         self.assertIsNone(client._probe_deadline)
@@ -608,9 +609,9 @@ class TokenTests(ClientTestCase):
         )
         self.addCleanup(client.close)
         yield client.connect()
-        clock.advance(9)
+        clock.advance(19)
         self.assertEqual(len(issued), 1)
-        clock.advance(1)  # 30 s before exp (refresh_before)
+        clock.advance(1)  # half its life (40 s < 2 x refresh_before)
         yield wait_until(lambda: len(seen) == 2)
         self.assertEqual(seen, [("hello", issued[0]), ("auth", issued[1])])
         server.drop_all()  # a reconnect asks the provider again

@@ -522,3 +522,130 @@ class OptionsTests(unittest.SynchronousTestCase):
         self.assertRaises(ValueError, ClientCoreOptions, ack_deadline_ms=0)
         self.assertRaises(ValueError, ClientCoreOptions, retry_initial_ms=0)
         self.assertRaises(ValueError, ClientCoreOptions, retry_initial_ms=10, retry_max_ms=5)
+
+
+class FinalOutcomeTests(Base):
+    """An outcome, once given, stays true: the message is never sent again."""
+
+    def test_every_tracked_copy_carries_its_deadline_as_ttl(self) -> None:
+        self.connect()
+        ident, actions = self.client.send("e", 1, T0, ack=True, deadline_ms=3_000)
+        [first] = transmitted(actions)
+        self.assertEqual((first.id, first.timestamp, first.ttl), (ident, T0 - 1, 3_000))
+
+    def test_retries_carry_what_is_left(self) -> None:
+        self.connect()
+        ident, _ = self.client.send("e", 1, T0, ack=True, deadline_ms=20_000)
+        [retry] = transmitted(self.client.tick(T0 + 5_000))
+        self.assertEqual((retry.id, retry.timestamp, retry.ttl), (ident, T0 + 5_000 - 1, 15_000))
+
+    def test_own_ttl_shorter_than_the_deadline_wins(self) -> None:
+        self.connect()
+        _, actions = self.client.send("e", 1, T0, ack=True, ttl=500, deadline_ms=3_000)
+        [copy] = transmitted(actions)
+        self.assertEqual(copy.ttl, 500)
+        _, actions = self.client.send("e", 1, T0, ttl=700)  # fire-and-forget too
+        self.assertEqual(transmitted(actions)[0].ttl, 700)
+        _, actions = self.client.send("e", 1, T0)
+        self.assertIsNone(transmitted(actions)[0].ttl)
+
+    def test_timestamp_is_a_lower_bound_of_the_server_clock(self) -> None:
+        """Server 10 s behind: the copy expires on the server's clock when ours says so."""
+        hello = self.hello(T0)
+        welcome = Envelope(
+            type=MessageType.WELCOME,
+            id="w",
+            timestamp=T0 - 10_000,  # the server stamped its (slow) clock
+            ref=hello.id,
+            data={"session": "s", "streams": {}, "rooms": []},
+        )
+        self.client.receive(welcome, T0)
+        self.assertEqual(self.client.clock_offset_ms, -10_001)
+        _, actions = self.client.send("e", 1, T0 + 100, ack=True, deadline_ms=2_000)
+        [copy] = transmitted(actions)
+        # The server refuses it from its T0 - 10_000 + 2_099 on: 1 ms before our deadline.
+        self.assertEqual(copy.timestamp + copy.ttl, T0 + 100 - 10_001 + 2_000)
+        # A heartbeat stamped later tightens the bound.
+        beat = Envelope(type=MessageType.HEARTBEAT, id="hb", timestamp=T0 - 9_000, ref=None)
+        self.client.receive(beat, T0 + 1_000)
+        self.assertEqual(self.client.clock_offset_ms, -10_001)
+        beat = Envelope(type=MessageType.HEARTBEAT, id="hb2", timestamp=T0 - 8_000, ref=None)
+        self.client.receive(beat, T0 + 1_000)
+        self.assertEqual(self.client.clock_offset_ms, -9_001)
+
+    def test_abandon_empties_the_queue_and_inflight(self) -> None:
+        self.connect()
+        sent, _ = self.client.send("e", 1, T0, ack=True)
+        self.client.disconnected(T0)
+        queued, _ = self.client.send("e", 2, T0, ack=True)
+        fire, _ = self.client.send("e", 3, T0)
+        self.connect(T0)  # re-sends `sent` and `queued`
+        later, _ = self.client.send("e", 4, T0, ack=True)
+        self.client.disconnected(T0)
+        never, _ = self.client.send("e", 5, T0, ack=True)
+        outcomes = self.client.abandon("closed")
+        self.assertEqual(
+            [(o.id, o.status, o.sent) for o in outcomes],
+            [
+                (sent, Status.FAILED, True),
+                (queued, Status.FAILED, True),
+                (later, Status.FAILED, True),
+                (never, Status.FAILED, False),
+            ],
+        )
+        self.assertNotIn(fire, [o.id for o in outcomes])
+        self.assertEqual((self.client.queue_length, self.client.inflight_count), (0, 0))
+        self.assertEqual(transmitted(self.connect(T0 + 1)), [])
+        self.assertIsNone(self.client.next_wakeup())
+
+    def test_expired_outcome_counts_attempts(self) -> None:
+        self.client.send("e", 1, T0, ack=True, deadline_ms=1_000)
+        [outcome] = self.client.tick(T0 + 1_000)
+        self.assertFalse(outcome.sent)
+        self.connect()
+        ident, _ = self.client.send("e", 1, T0, ack=True, deadline_ms=1_000)
+        [outcome] = of_type(self.client.tick(T0 + 1_000), Outcome)
+        self.assertEqual((outcome.id, outcome.attempts), (ident, 1))
+
+
+class ResumeTokenTests(Base):
+    def test_token_is_kept_with_the_session_and_presented(self) -> None:
+        hello = self.hello()
+        self.assertNotIn("resume_token", hello.data)
+        welcome = Envelope(
+            type=MessageType.WELCOME,
+            id="w1",
+            timestamp=T0,
+            ref=hello.id,
+            data={"session": "s1", "streams": {}, "rooms": [], "resume_token": "r" * 43},
+        )
+        self.client.receive(welcome, T0)
+        self.assertEqual(self.client.resume_token, "r" * 43)
+        self.client.disconnected(T0)
+        hello = self.hello()
+        self.assertEqual((hello.data["session"], hello.data["resume_token"]), ("s1", "r" * 43))
+
+    def test_new_session_forgets_the_old_token(self) -> None:
+        self.client.session, self.client.resume_token = "old", "t" * 43
+        self.welcome(self.hello(), session="new")  # a server that issues no token
+        self.assertIsNone(self.client.resume_token)
+        self.assertNotIn("resume_token", self.hello().data)
+
+    def test_hostile_welcome_is_ignored(self) -> None:
+        hello = self.hello()
+        for data in (None, [], {"session": 5}, {"streams": {}}):
+            bad = Envelope(type=MessageType.WELCOME, id="w", timestamp=T0, ref=hello.id, data=data)
+            self.assertEqual(self.client.receive(bad, T0), [])
+        self.assertFalse(self.client.open)
+        data = {
+            "session": "s",
+            "streams": {"direct": {"offset": "x"}, "b": 3},
+            "rooms": "nope",
+            "denied": [],
+            "resume_token": 7,
+        }
+        good = Envelope(type=MessageType.WELCOME, id="w", timestamp=T0, ref=hello.id, data=data)
+        [welcomed] = of_type(self.client.receive(good, T0), Welcomed)
+        self.assertEqual(
+            (welcomed.session, self.client.positions, self.client.resume_token), ("s", {}, None)
+        )

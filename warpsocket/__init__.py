@@ -5,15 +5,18 @@ disconnects and reconnects, within a configured retention window; and an
 explicit ``recovered: false`` where the window is exceeded.
 """
 
+from warpsocket.client.aio import AsyncClient
 from warpsocket.client.blocking import BlockingClient
 from warpsocket.client.client import (
     ClientClosedError,
     ClientStats,
+    ConnectTimeoutError,
     DeliveryError,
     Message,
+    Opened,
     WarpSocketClient,
 )
-from warpsocket.client.options import ClientOptions
+from warpsocket.client.options import ClientOptions, DisconnectCause, default_should_reconnect
 from warpsocket.client.state import ClientState
 from warpsocket.core.backoff import Backoff
 from warpsocket.core.client import ClientCoreOptions, Outcome, QueuePolicy, Status
@@ -42,6 +45,7 @@ __all__ = [
     "JSON_SUBPROTOCOL",
     "MSGPACK_SUBPROTOCOL",
     "AckTimeoutError",
+    "AsyncClient",
     "Backoff",
     "BlockingClient",
     "ClientClosedError",
@@ -51,10 +55,12 @@ __all__ = [
     "ClientStats",
     "Codec",
     "CodecRegistry",
+    "ConnectTimeoutError",
     "Context",
     "CoreOptions",
     "DedupLimits",
     "DeliveryError",
+    "DisconnectCause",
     "Envelope",
     "ErrorCode",
     "Handshake",
@@ -65,6 +71,7 @@ __all__ = [
     "Message",
     "MessageType",
     "Middleware",
+    "Opened",
     "Outcome",
     "ProtocolError",
     "QueuePolicy",
@@ -74,4 +81,5 @@ __all__ = [
     "WarpSocketService",
     "__version__",
     "default_codecs",
+    "default_should_reconnect",
 ]

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import TimeoutError as TCPTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import LoopingCall
@@ -24,9 +24,10 @@ from twisted.python.failure import Failure
 from warpsocket._deferreds import invoke
 from warpsocket.client.durable import DurableQueue
 from warpsocket.client.netwatch import NetworkWatcher
-from warpsocket.client.options import ClientOptions
+from warpsocket.client.options import ClientOptions, DisconnectCause
 from warpsocket.client.protocol import WarpSocketClientFactory, WarpSocketClientProtocol
 from warpsocket.client.state import ClientState, check_transition
+from warpsocket.client.tokens import RefreshPolicy
 from warpsocket.core.client import (
     ClientAction,
     ClientCore,
@@ -57,7 +58,21 @@ class DeliveryError(Exception):
 
 
 class ClientClosedError(Exception):
-    """The client was closed before the message had an outcome."""
+    """The client is closed, or was closed (or gave up) before the message had an outcome.
+
+    For a message, ``outcome`` is its ``FAILED`` outcome: the message has
+    left the queue and no later connection sends it. ``outcome.sent`` False:
+    the server never saw it. True: a copy left the client; the server may
+    have handled it, and no copy is handled after its deadline (or ttl).
+    """
+
+    def __init__(self, message: str = "client closed", outcome: Outcome | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class ConnectTimeoutError(TimeoutError):
+    """``connect(timeout=...)`` passed without a welcome; the client keeps trying."""
 
 
 @dataclass
@@ -94,11 +109,27 @@ class Message:
             self.client._acknowledge(self.envelope)
 
 
+@dataclass(frozen=True)
+class Opened:
+    """What an ``on_open`` listener is told after each welcome."""
+
+    session: str
+    resumed: bool  # the session (its rooms, positions, pending messages) carried over
+    lost: tuple[str, ...]  # streams not recovered: the application must re-sync them
+    reconnect: bool  # not the first open of this client object
+
+    @property
+    def recovered(self) -> bool:
+        """Resumed with every stream recovered: nothing was missed."""
+        return self.resumed and not self.lost
+
+
 @dataclass
 class ClientStats:
     attempts: int = 0
     connections: int = 0
     reconnects: int = 0
+    resumes: int = 0
     last_reconnect_seconds: float | None = None
     rtt_seconds: float | None = None
     messages_in: int = 0
@@ -114,6 +145,7 @@ class ClientStats:
 Handler = Callable[[Message], Any]
 StateListener = Callable[[ClientState, ClientState], Any]
 LostListener = Callable[[str, str], Any]
+OpenListener = Callable[[Opened], Any]
 TokenProvider = Callable[[], "str | Deferred[str | None] | None"]
 
 
@@ -157,6 +189,8 @@ class WarpSocketClient:
         self.factory = WarpSocketClientFactory(self, url, protocols=[codec.subprotocol])
         self.factory.clock = self.clock  # type: ignore[assignment]
         self.factory.maxRetries = None
+        # The client bounds the whole attempt itself (see _start_attempt).
+        self.factory.setProtocolOptions(openHandshakeTimeout=0)
         self.state = ClientState.DISCONNECTED
         self.stats = ClientStats()
         self._protocol: WarpSocketClientProtocol | None = None
@@ -164,12 +198,25 @@ class WarpSocketClient:
         self._handlers: dict[str, list[Handler]] = {}
         self._state_listeners: list[StateListener] = []
         self._lost_listeners: list[LostListener] = []
+        self._open_listeners: list[OpenListener] = []
         self._waiters: dict[str, Deferred[Any]] = {}
         self._open_waiters: list[Deferred[None]] = []
         self._ticker: LoopingCall | None = None
         self._last_rx = 0.0
         self._heartbeat_timeout = self.options.heartbeat_timeout
         self._last_close_code: int | None = None
+        self._last_cause = DisconnectCause.REFUSED
+        self._timed_out = False  # the client itself dropped a silent attempt/connection
+        self._attempts_since_open = 0
+        self._attempt_timer: Any = None
+        self._attempt_protocol: WarpSocketClientProtocol | None = None
+        self._ping_interval: float | None = self.options.ping_interval
+        self._last_ping = 0.0
+        self._refresh = RefreshPolicy(
+            self.options.refresh_before,
+            self.options.refresh_min_interval,
+            self.options.refresh_max_interval,
+        )
         self._hint_delay: float | None = None
         self._disconnected_at: float | None = None
         self._pings: dict[str, float] = {}
@@ -211,9 +258,19 @@ class WarpSocketClient:
         self._lost_listeners.append(listener)
         return listener
 
-    def connect(self) -> Deferred[None]:
-        """Start connecting (and reconnecting); fires when first welcomed."""
+    def on_open(self, listener: OpenListener) -> OpenListener:
+        """``listener(opened)`` after every welcome: resumed or not, streams lost."""
+        self._open_listeners.append(listener)
+        return listener
+
+    def connect(self, timeout: float | None = None) -> Deferred[None]:
+        """Start connecting (and reconnecting); fires when welcomed.
+
+        ``timeout``: fail with ``ConnectTimeoutError`` if not welcomed within
+        that many seconds. The client keeps trying (``close()`` stops it).
+        """
         if self.state in (ClientState.DISCONNECTED, ClientState.CLOSED):
+            self._attempts_since_open = 0
             self.factory.resetDelay()
             self.factory.continueTrying = 1
             self._set_state(ClientState.CONNECTING)
@@ -225,6 +282,21 @@ class WarpSocketClient:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._open_waiters.append(waiter)
+        if timeout is not None:
+
+            def expire() -> None:
+                if waiter in self._open_waiters:
+                    self._open_waiters.remove(waiter)
+                    waiter.errback(ConnectTimeoutError(f"not connected within {timeout} s"))
+
+            timer = self.clock.callLater(timeout, expire)
+
+            def settled(result: object) -> object:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            waiter.addBoth(settled)
         return waiter
 
     def reconnect(self) -> None:
@@ -242,19 +314,20 @@ class WarpSocketClient:
             self._protocol.dropConnection(abort=True)
 
     def close(self) -> Deferred[None]:
-        """Close for good: no reconnect; pending outcomes fail with ClientClosedError."""
+        """Close for good: no reconnect.
+
+        Every message without an outcome fails at once with
+        ``ClientClosedError`` and leaves the queue (and the durable journal):
+        no later ``connect()`` sends it. Sends after ``close()`` raise
+        ``ClientClosedError``.
+        """
         if self.state is ClientState.CLOSED:
             return succeed(None)
         self.factory.stopTrying()
         self._stop_timers()
         protocol = self._protocol
         self._set_state(ClientState.CLOSED)
-        for ident, waiter in list(self._waiters.items()):
-            del self._waiters[ident]
-            waiter.errback(ClientClosedError(ident))
-        for opened in self._open_waiters:
-            opened.errback(ClientClosedError("closed before open"))
-        self._open_waiters = []
+        self._fail_pending("client closed")
         if protocol is None:
             return succeed(None)
         closed: Deferred[None] = Deferred()
@@ -273,12 +346,16 @@ class WarpSocketClient:
         priority: int = 0,
         timeout: float | None = None,
     ) -> Deferred[Outcome] | None:
-        """Send an event; queued while offline and flushed in order on reconnect.
+        """Send an event; queued while offline, sent on reconnect.
 
-        ``ack=True``: retried until the server answers; returns a Deferred
-        firing with the ``Outcome`` (acknowledged) or failing with
-        ``DeliveryError`` (rejected with a code, or expired).
+        The queue goes out highest ``priority`` first, in send order within a
+        priority. ``ack=True``: retried until the server answers or
+        ``timeout`` (default ``core.ack_deadline_ms``) passes; returns a
+        Deferred firing with the ``Outcome`` (acknowledged) or failing with
+        ``DeliveryError`` (rejected with a code, or expired) or
+        ``ClientClosedError``. Raises ``ClientClosedError`` once closed.
         """
+        self._check_open_for_sends()
         ident, actions = self.core.send(
             event,
             data,
@@ -299,6 +376,7 @@ class WarpSocketClient:
 
     def call(self, method: str, data: Any = None, *, timeout: float = 30.0) -> Deferred[Any]:
         """Remote procedure call; fires with the result or fails with DeliveryError."""
+        self._check_open_for_sends()
         ident, actions = self.core.call(
             method, data, self._now_ms(), timeout_ms=int(timeout * 1000)
         )
@@ -327,7 +405,21 @@ class WarpSocketClient:
 
     @property
     def queue_length(self) -> int:
+        """Messages waiting to be sent (not those sent and awaiting an answer)."""
         return self.core.queue_length
+
+    def _check_open_for_sends(self) -> None:
+        if self.state is ClientState.CLOSED:
+            raise ClientClosedError("the client is closed: connect() again first")
+
+    def _fail_pending(self, why: str) -> None:
+        """Every message without an outcome fails and leaves the queue (close, give up)."""
+        # Take everything first: a callback may connect() and send again.
+        abandoned = self.core.abandon(why)
+        opening, self._open_waiters = self._open_waiters, []
+        self._run(abandoned)
+        for opened in opening:
+            opened.errback(ClientClosedError(why))
 
     # ------------------------------------------------------------ state
 
@@ -346,20 +438,55 @@ class WarpSocketClient:
     # ------------------------------------------------------------ connection events
 
     def _dial(self) -> None:
-        self.stats.attempts += 1
+        self._start_attempt()
+        timeout = self._attempt_timeout()
         if self._connector is not None:
             self._connector.connect()
         elif self._secure:
             self._connector = self.reactor.connectSSL(
-                self._host, self._port, self.factory, self._tls_options
+                self._host, self._port, self.factory, self._tls_options, timeout=timeout
             )
         else:
-            self._connector = self.reactor.connectTCP(self._host, self._port, self.factory)
+            self._connector = self.reactor.connectTCP(
+                self._host, self._port, self.factory, timeout=timeout
+            )
 
     def _attempting(self) -> None:
         """The reconnect timer fired."""
-        self.stats.attempts += 1
         self._set_state(ClientState.CONNECTING)
+        self._start_attempt()
+
+    def _attempt_timeout(self) -> float:
+        return min(self.options.handshake_timeout, self._heartbeat_timeout)
+
+    def _start_attempt(self) -> None:
+        """Count the attempt and bound it: connect, upgrade, hello and welcome."""
+        self.stats.attempts += 1
+        self._attempts_since_open += 1
+        self._timed_out = False
+        self._cancel_attempt_timer()
+        self._attempt_timer = self.clock.callLater(self._attempt_timeout(), self._attempt_expired)
+
+    def _cancel_attempt_timer(self) -> None:
+        if self._attempt_timer is not None and self._attempt_timer.active():
+            self._attempt_timer.cancel()
+        self._attempt_timer = None
+
+    def _attempt_expired(self) -> None:
+        self._attempt_timer = None
+        if self.state is not ClientState.CONNECTING:
+            return
+        self.log.info("no welcome within {t} s: abandoning the attempt", t=self._attempt_timeout())
+        self._timed_out = True
+        protocol = self._protocol or self._attempt_protocol
+        transport: Any = protocol.transport if protocol is not None else None
+        if transport is not None:
+            transport.abortConnection()
+        elif self._connector is not None and self._connector.state == "connecting":
+            self._connector.stopConnecting()
+
+    def _tcp_connected(self, protocol: WarpSocketClientProtocol) -> None:
+        self._attempt_protocol = protocol
 
     def _transport_connected(
         self, protocol: WarpSocketClientProtocol, subprotocol: str | None
@@ -388,16 +515,29 @@ class WarpSocketClient:
 
     def _attempt_failed(self, reason: Failure) -> None:
         self.log.debug("connection attempt failed: {reason}", reason=reason.getErrorMessage())
+        self._cancel_attempt_timer()
+        self._last_close_code = None
+        timed_out = self._timed_out or reason.check(TCPTimeoutError) is not None
+        self._last_cause = DisconnectCause.TIMEOUT if timed_out else DisconnectCause.REFUSED
         if self.state is ClientState.CONNECTING:
             self._set_state(ClientState.DISCONNECTED)
 
     def _transport_closed(
         self, protocol: WarpSocketClientProtocol, code: int | None, reason: str | None
     ) -> None:
+        if self._attempt_protocol is protocol:
+            self._attempt_protocol = None
         if self._protocol is not protocol and self._protocol is not None:
             return
         self._protocol = None
+        self._cancel_attempt_timer()
         self._last_close_code = code
+        if self._timed_out:
+            self._last_cause = DisconnectCause.TIMEOUT
+        elif code is None or code == 1006:
+            self._last_cause = DisconnectCause.CUT
+        else:
+            self._last_cause = DisconnectCause.CLOSED
         if code == ErrorCode.GOING_AWAY and reason:
             self._hint_delay = _retry_hint(reason)
         if self.state is ClientState.OPEN:
@@ -411,12 +551,13 @@ class WarpSocketClient:
         """The factory asks: how long until the next attempt (None: stop)."""
         if self.state is ClientState.CLOSED:
             return None
-        if not self.options.should_reconnect(self._last_close_code):
-            self._give_up(f"not reconnecting after close code {self._last_close_code}")
+        code, cause = self._last_close_code, self._last_cause
+        if not self.options.reconnect_wanted(code, cause):
+            self._give_up(f"not reconnecting after {cause.value} (code {code})")
             return None
         max_attempts = self.options.max_attempts
-        if max_attempts is not None and retries >= max_attempts:
-            self._give_up(f"gave up after {retries} attempts")
+        if max_attempts is not None and self._attempts_since_open >= max_attempts:
+            self._give_up(f"gave up after {self._attempts_since_open} attempts")
             return None
         if self._hint_delay is not None:
             hint, self._hint_delay = self._hint_delay, None
@@ -431,15 +572,14 @@ class WarpSocketClient:
 
     def _give_up(self, why: str) -> None:
         self.log.info("client {url}: {why}", url=self.url, why=why)
+        # Before any callback runs: one may call connect() again.
+        self.factory.stopTrying()
         self._stop_timers()
         if self.state is not ClientState.CLOSED:
+            if self.state is ClientState.CONNECTING:
+                self._set_state(ClientState.DISCONNECTED)
             self._set_state(ClientState.CLOSED)
-        for opened in self._open_waiters:
-            opened.errback(ClientClosedError(why))
-        self._open_waiters = []
-        for ident, waiter in list(self._waiters.items()):
-            del self._waiters[ident]
-            waiter.errback(ClientClosedError(why))
+        self._fail_pending(why)
 
     # ------------------------------------------------------------ frames
 
@@ -459,6 +599,7 @@ class WarpSocketClient:
         if envelope.type is MessageType.HEARTBEAT and envelope.ref in self._pings:
             sent = self._pings.pop(envelope.ref or "")
             self.stats.rtt_seconds = self.clock.seconds() - sent
+            self.core.observe_clock(envelope, self._now_ms())
             return
         if envelope.type is MessageType.ERROR and envelope.ref is None:
             self.log.warn("server error: {data}", data=envelope.data)
@@ -498,12 +639,24 @@ class WarpSocketClient:
         protocol.sendMessage(self.codec.encode(envelope), isBinary=self.codec.binary)
 
     def _welcomed(self, welcome: Welcomed) -> None:
-        heartbeat = welcome.data.get("heartbeat") or {}
-        if isinstance(heartbeat.get("timeout"), int):
-            self._heartbeat_timeout = heartbeat["timeout"] / 1000
+        self._cancel_attempt_timer()
+        self._attempts_since_open = 0
+        heartbeat = welcome.data.get("heartbeat")
+        heartbeat = heartbeat if isinstance(heartbeat, dict) else {}
+        timeout, interval = heartbeat.get("timeout"), heartbeat.get("interval")
+        if type(timeout) is int and timeout > 0:
+            self._heartbeat_timeout = timeout / 1000
+        if self.options.ping_interval is None and type(interval) is int and interval > 0:
+            self._ping_interval = interval / 1000
+        if self.core.rtt_ms is not None:
+            self.stats.rtt_seconds = self.core.rtt_ms / 1000
+        self._last_ping = self.clock.seconds()
         self.factory.resetDelay()
         self._hint_delay = None
+        reconnect = self.stats.connections > 0
         self.stats.connections += 1
+        if welcome.resumed:
+            self.stats.resumes += 1
         if self._disconnected_at is not None:
             elapsed = self.clock.seconds() - self._disconnected_at
             self.stats.reconnects += 1
@@ -511,7 +664,11 @@ class WarpSocketClient:
             self.stats.reconnect_times = [*self.stats.reconnect_times[-99:], elapsed]
             self._disconnected_at = None
         self._set_state(ClientState.OPEN)
+        self._refresh.succeeded()
         self._schedule_refresh()
+        opened = Opened(welcome.session, welcome.resumed, welcome.lost, reconnect)
+        for listener in list(self._open_listeners):
+            invoke(listener, opened).addErrback(self._log_failure, "open listener")
         waiters, self._open_waiters = self._open_waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -548,7 +705,7 @@ class WarpSocketClient:
             self._durable.done(outcome.id)
         waiter = self._waiters.pop(outcome.id, None)
         if waiter is None:
-            if outcome.status in (Status.REJECTED, Status.EXPIRED):
+            if outcome.status in (Status.REJECTED, Status.EXPIRED, Status.FAILED):
                 self.log.warn(
                     "message {id} {status}: {message}",
                     id=outcome.id,
@@ -560,6 +717,8 @@ class WarpSocketClient:
             waiter.callback(outcome.data)
         elif outcome.status is Status.ACKED:
             waiter.callback(outcome)
+        elif outcome.status is Status.FAILED:
+            waiter.errback(ClientClosedError(outcome.message, outcome))
         else:
             waiter.errback(DeliveryError(outcome))
 
@@ -575,6 +734,7 @@ class WarpSocketClient:
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self._ticker = None
+        self._cancel_attempt_timer()
         if self._refresh_call is not None and self._refresh_call.active():
             self._refresh_call.cancel()
         self._refresh_call = None
@@ -589,7 +749,14 @@ class WarpSocketClient:
             probe_failed = self._probe_deadline is not None and now >= self._probe_deadline
             if silent > self._heartbeat_timeout or probe_failed:
                 self.log.warn("no frame from the server for {s:.1f}s: dropping", s=silent)
+                self._timed_out = True
                 protocol.dropConnection(abort=True)
+            elif (
+                self.state is ClientState.OPEN
+                and self._ping_interval
+                and now - self._last_ping >= self._ping_interval
+            ):
+                self.ping()  # keeps stats.rtt_seconds current
         self._run(self.core.tick(self._now_ms()))
 
     def _network_changed(self) -> None:
@@ -604,43 +771,71 @@ class WarpSocketClient:
 
     # ------------------------------------------------------------ token refresh
 
-    def _schedule_refresh(self) -> None:
+    def _schedule_refresh(self, delay: float | None = None) -> None:
+        """Plan the next refresh: ``delay`` seconds from now, or by the token's exp."""
         if self._refresh_call is not None and self._refresh_call.active():
             self._refresh_call.cancel()
         self._refresh_call = None
-        expires = _token_expiry(self._token)
-        if expires is None or self.token_provider is None:
+        if self.token_provider is None or self.state is ClientState.CLOSED:
             return
-        wait = max(0.0, expires - self.options.refresh_before - self.clock.seconds())
-        self._refresh_call = self.clock.callLater(wait, self.refresh_token)
+        if delay is None:
+            delay = self._refresh.delay(self._token, self.clock.seconds())
+            if delay is None:
+                return
+        self._refresh_call = self.clock.callLater(delay, self._refresh_due)
+
+    def _refresh_due(self) -> None:
+        self._refresh_call = None
+        self.refresh_token()
 
     def refresh_token(self) -> Deferred[None]:
-        """Ask the token provider for a new token and send it in band (``auth``)."""
+        """Ask the token provider for a new token and send it in band (``auth``).
+
+        A token equal to the current one, or one that expires no later, is
+        not a refresh: the next try backs off (``refresh_min_interval``
+        doubling to ``refresh_max_interval``), as after a provider failure.
+        """
         if self.token_provider is None:
             return succeed(None)
+        previous = self._token
 
         def send(token: Any) -> None:
-            protocol = self._protocol
-            if not isinstance(token, str) or protocol is None or self.state is not ClientState.OPEN:
-                return
-            self._token = token
-            envelope = Envelope(
-                type=MessageType.AUTH,
-                id=random_id(),
-                timestamp=self._now_ms(),
-                data={"token": token},
-            )
-            self._transmit(envelope)
-            self._schedule_refresh()
+            if self._protocol is None or self.state is not ClientState.OPEN:
+                return  # the next welcome schedules the next refresh
+            deliver, fresh = self._refresh.judge(previous, token, self.clock.seconds())
+            if deliver:
+                self._token = token
+                envelope = Envelope(
+                    type=MessageType.AUTH,
+                    id=random_id(),
+                    timestamp=self._now_ms(),
+                    data={"token": token},
+                )
+                self._transmit(envelope)
+            if fresh:
+                self._refresh.succeeded()
+                self._schedule_refresh()
+            else:
+                self.log.warn("token provider gave no fresher token: backing off")
+                self._schedule_refresh(self._refresh.backoff())
 
-        return invoke(self.token_provider).addCallback(send)
+        def failed(failure: Failure) -> None:
+            self._log_failure(failure, "token provider")
+            if self.state is ClientState.OPEN:
+                self._schedule_refresh(self._refresh.backoff())
+
+        return invoke(self.token_provider).addCallbacks(send, failed)
 
     def ping(self) -> None:
-        """Send a heartbeat; its answer updates ``stats.rtt_seconds``."""
+        """Send a heartbeat; its answer updates ``stats.rtt_seconds``.
+
+        The client also pings by itself every ``ping_interval``.
+        """
         if self._protocol is None or self.state is not ClientState.OPEN:
             return
         envelope = heartbeat_envelope(random_id(), self._now_ms())
-        self._pings[envelope.id] = self.clock.seconds()
+        self._last_ping = self.clock.seconds()
+        self._pings[envelope.id] = self._last_ping
         self._transmit(envelope)
 
     # ------------------------------------------------------------ durability
@@ -661,18 +856,6 @@ class WarpSocketClient:
         self.log.failure("{what} failed", failure, what=what)
 
 
-def _token_expiry(token: str | None) -> float | None:
-    """The ``exp`` of a JWT, read without verifying it (only to schedule a refresh)."""
-    if not token or token.count(".") != 2:
-        return None
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return None
-    expires = claims.get("exp")
-    return float(expires) if isinstance(expires, (int, float)) else None
-
-
 def _retry_hint(reason: str) -> float | None:
     try:
         hint = json.loads(reason).get("retry_after_ms")
@@ -686,7 +869,9 @@ def _retry_hint(reason: str) -> float | None:
 __all__ = [
     "ClientClosedError",
     "ClientStats",
+    "ConnectTimeoutError",
     "DeliveryError",
     "Message",
+    "Opened",
     "WarpSocketClient",
 ]

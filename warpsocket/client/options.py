@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import enum
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from warpsocket.core.backoff import Backoff
 from warpsocket.core.client import ClientCoreOptions
@@ -24,32 +27,89 @@ NO_RECONNECT_CODES = frozenset(
 )
 
 
-def default_should_reconnect(code: int | None) -> bool:
+class DisconnectCause(str, enum.Enum):
+    """How the last connection (or attempt) ended: the second argument of ``should_reconnect``."""
+
+    REFUSED = "refused"  # no connection was made (refused, unreachable); code is None
+    CUT = "cut"  # an established connection ended without a close frame (code 1006)
+    CLOSED = "closed"  # the server closed with a close frame; code is its close code
+    TIMEOUT = "timeout"  # the client gave up on a silent server (handshake or heartbeat)
+
+
+ShouldReconnect = Callable[[int | None, DisconnectCause], bool]
+
+
+def default_should_reconnect(code: int | None, cause: DisconnectCause | None = None) -> bool:
     """Reconnect after anything but a refusal that a retry would only repeat."""
     return code not in NO_RECONNECT_CODES
+
+
+def _two_arguments(predicate: Callable[..., bool]) -> ShouldReconnect:
+    """Accept the older one-argument predicates ``f(code)`` too."""
+    try:
+        parameters = inspect.signature(predicate).parameters.values()
+    except (TypeError, ValueError):
+        return predicate
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) == 1 and not any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return lambda code, cause: bool(predicate(code))
+    return predicate
 
 
 @dataclass(frozen=True)
 class ClientOptions:
     subprotocol: str = JSON_SUBPROTOCOL
     backoff: Backoff = field(default_factory=Backoff)
-    max_attempts: int | None = None  # consecutive failed attempts before giving up
-    should_reconnect: Callable[[int | None], bool] = default_should_reconnect
+    # Consecutive connection attempts without a welcome before giving up
+    # (None: never give up). N means exactly N attempts.
+    max_attempts: int | None = None
+    # ``f(code, cause)``: reconnect after this disconnect? (``f(code)`` works too.)
+    should_reconnect: Callable[..., bool] = default_should_reconnect
     core: ClientCoreOptions = field(default_factory=ClientCoreOptions)
     auto_ack: bool = True
     # Used until the first welcome tells the server's values.
     heartbeat_timeout: float = 60.0
+    # An attempt not welcomed within this (or the heartbeat timeout, if
+    # shorter) is abandoned: TCP connect, WebSocket upgrade and hello included.
+    handshake_timeout: float = 10.0
+    # Seconds between the client's own heartbeats (they measure the round
+    # trip time); None: the server's heartbeat interval; 0: none.
+    ping_interval: float | None = None
     tick_interval: float = 0.5
     # Where to keep the offline queue across process restarts (None: memory only).
     queue_path: str | None = None
     # React to local network changes (Linux): retry at once, probe an open link.
     watch_network: bool = True
     network_probe_timeout: float = 5.0
-    # Refresh a JWT from the token provider this many seconds before its exp.
+    # A JWT from the token provider is refreshed this long before its exp, or
+    # at half its remaining life if that is shorter; never sooner than
+    # refresh_min_interval after the last refresh. An unchanged, no longer
+    # lived or failed refresh is retried after refresh_min_interval,
+    # doubling up to refresh_max_interval.
     refresh_before: float = 30.0
+    refresh_min_interval: float = 5.0
+    refresh_max_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1 or None")
-        if min(self.heartbeat_timeout, self.tick_interval, self.network_probe_timeout) <= 0:
-            raise ValueError("heartbeat_timeout and tick_interval must be positive")
+        if (
+            min(
+                self.heartbeat_timeout,
+                self.tick_interval,
+                self.network_probe_timeout,
+                self.handshake_timeout,
+                self.refresh_min_interval,
+            )
+            <= 0
+        ):
+            raise ValueError("timeouts, intervals and refresh_min_interval must be positive")
+        if self.refresh_before < 0 or self.refresh_max_interval < self.refresh_min_interval:
+            raise ValueError("need refresh_before >= 0, refresh_max >= refresh_min_interval")
+        if self.ping_interval is not None and self.ping_interval < 0:
+            raise ValueError("ping_interval must be >= 0 or None")
+        object.__setattr__(self, "should_reconnect", _two_arguments(self.should_reconnect))
+
+    def reconnect_wanted(self, code: int | None, cause: DisconnectCause) -> bool:
+        predicate: Any = self.should_reconnect
+        return bool(predicate(code, cause))

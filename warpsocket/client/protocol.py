@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 class WarpSocketClientProtocol(WebSocketClientProtocol):
     factory: WarpSocketClientFactory
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.client._tcp_connected(self)
+
     def onConnect(self, response: ConnectionResponse) -> None:
         self.factory.client._transport_connected(self, response.protocol)
 
@@ -56,8 +60,7 @@ class WarpSocketClientFactory(WebSocketClientFactory, ReconnectingClientFactory)
             raise ValueError("no connector to retry")
         delay = self.client._next_delay(self.retries)
         if delay is None:
-            self.continueTrying = 0
-            return
+            return  # the client stopped trying (and may have started anew since)
         self.retries += 1
         self.delay = delay
 

@@ -7,7 +7,8 @@ the actions it returns:
 
 - ``Transmit``: write an envelope on the open connection;
 - ``Deliver``: hand a stream event to the application;
-- ``Outcome``: the final outcome of a message the application sent;
+- ``Outcome``: the final outcome of a message the application sent (once
+  given, the message is gone from the core: it is never sent again);
 - ``StreamLost``: a stream could not be recovered (``recovered: false``);
 - ``Welcomed``: the handshake finished;
 - ``RoomChanged``: a room was joined or left, or a join was refused;
@@ -58,6 +59,7 @@ class Status(str, enum.Enum):
     RESULT = "result"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    FAILED = "failed"  # the client gave the message up (closed, or stopped reconnecting)
 
 
 # ---------------------------------------------------------------- actions
@@ -80,6 +82,12 @@ class Outcome:
     data: Any = None
     code: int | None = None
     message: str = ""
+    # How many copies left the client: 0 means the server never saw it.
+    attempts: int = field(default=0, compare=False)
+
+    @property
+    def sent(self) -> bool:
+        return self.attempts > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,7 @@ class Welcomed:
     session: str
     resumed: bool
     data: dict[str, Any]
+    lost: tuple[str, ...] = ()  # streams not recovered by this handshake
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,11 @@ class Outgoing:
     seq: int
     tracked: bool  # expects an answer (ack requested, or a call)
     deadline_ms: int | None
+    # When no copy may be handled any more (client clock): the earlier of the
+    # deadline and the end of the application's ttl. Every copy carries it as
+    # its ``ttl``, so a copy held up in the network is refused by the server
+    # (4302) instead of being handled after the outcome was reported.
+    expires_ms: int | None = None
     attempts: int = 0
     next_retry_ms: int | None = None
     queued: bool = field(default=True)
@@ -142,7 +156,12 @@ class ClientCore:
         self._inflight: dict[str, Outgoing] = {}
         self._subscribing: dict[str, str] = {}  # subscribe id -> room
         self._hello_id: str | None = None
+        self._hello_ms = 0
         self._acked: OrderedDict[str, None] = OrderedDict()
+        # A lower bound of (server clock - client clock) in ms on the current
+        # connection, from envelopes this server stamped; None until welcomed.
+        self.clock_offset_ms: int | None = None
+        self.rtt_ms: int | None = None  # hello to welcome, the last handshake
 
     # ------------------------------------------------------------ introspection
 
@@ -160,6 +179,8 @@ class ClientCore:
         """The WebSocket is open: say hello."""
         self.open = False
         self._hello_id = self.new_id()
+        self._hello_ms = now_ms
+        self.clock_offset_ms = None
         data: dict[str, Any] = {
             "session": self.session,
             "streams": {
@@ -238,7 +259,9 @@ class ClientCore:
             deadline = now_ms + (
                 deadline_ms if deadline_ms is not None else self.options.ack_deadline_ms
             )
-        outgoing = Outgoing(envelope, priority, next(self._seq), tracked, deadline)
+        outgoing = Outgoing(
+            envelope, priority, next(self._seq), tracked, deadline, _expiry_of(envelope, deadline)
+        )
         actions: list[ClientAction] = []
         if len(self._queued) >= self.options.max_queue:
             if self.options.queue_policy is QueuePolicy.REJECT_NEW:
@@ -283,7 +306,23 @@ class ClientCore:
         if outgoing.tracked:
             self._inflight[outgoing.envelope.id] = outgoing
             outgoing.next_retry_ms = now_ms + self._retry_delay(outgoing.attempts)
-        return Transmit(outgoing.envelope)
+        return Transmit(self._copy(outgoing, now_ms))
+
+    def _copy(self, outgoing: Outgoing, now_ms: int) -> Envelope:
+        """The envelope as sent now: stamped so that the server refuses it past its expiry.
+
+        The server tests ``timestamp + ttl`` against its own clock, so the
+        timestamp is this moment on a lower bound of the server's clock and
+        the ttl what is left: whatever the clocks' difference, no copy is
+        handled after the moment the client reports the message expired.
+        """
+        envelope = outgoing.envelope
+        if outgoing.expires_ms is None:
+            return envelope
+        offset = self.clock_offset_ms if self.clock_offset_ms is not None else 0
+        return envelope.evolve(
+            timestamp=max(0, now_ms + offset), ttl=max(1, outgoing.expires_ms - now_ms)
+        )
 
     def _retry_delay(self, attempts: int) -> int:
         delay = self.options.retry_initial_ms * 2 ** min(attempts - 1, 16)
@@ -293,7 +332,25 @@ class ClientCore:
         status = (
             Status.EXPIRED if code in (ErrorCode.EXPIRED, ErrorCode.TIMEOUT) else (Status.REJECTED)
         )
-        return Outcome(outgoing.envelope.id, status, None, int(code), message)
+        return Outcome(outgoing.envelope.id, status, None, int(code), message, outgoing.attempts)
+
+    def abandon(self, message: str) -> list[ClientAction]:
+        """Give up every queued and in-flight message (the client closes or gives up).
+
+        Each gets a ``FAILED`` outcome and leaves the core, so that no later
+        connection sends it: the outcome stays true.
+        """
+        pending = sorted([*self._queued.values(), *self._inflight.values()], key=lambda o: o.seq)
+        self._queue.clear()
+        self._queued.clear()
+        self._inflight.clear()
+        actions: list[ClientAction] = []
+        for outgoing in pending:
+            outgoing.queued = False
+            actions.append(
+                Outcome(outgoing.envelope.id, Status.FAILED, None, None, message, outgoing.attempts)
+            )
+        return actions
 
     # ------------------------------------------------------------ rooms and acks
 
@@ -349,6 +406,7 @@ class ClientCore:
         if kind is MessageType.ACK or kind is MessageType.RESULT or kind is MessageType.ERROR:
             return self._answer(envelope)
         if kind is MessageType.HEARTBEAT:
+            self.observe_clock(envelope, now_ms)
             if envelope.ref is None:
                 return [Transmit(heartbeat_envelope(self.new_id(), now_ms, envelope.id))]
             return []
@@ -364,30 +422,52 @@ class ClientCore:
             return [RoomChanged(envelope.room, False)]
         return []
 
+    def observe_clock(self, envelope: Envelope, now_ms: int) -> None:
+        """Tighten the lower bound of the server's clock from an envelope it stamped.
+
+        Only envelopes the connected node makes itself (welcome, heartbeats):
+        an event may come from another node with another clock.
+        """
+        bound = envelope.timestamp - now_ms - 1  # both sides round down to ms
+        if self.clock_offset_ms is None or bound > self.clock_offset_ms:
+            self.clock_offset_ms = bound
+
     def _welcome(self, welcome: Envelope, now_ms: int) -> list[ClientAction]:
         if welcome.ref is None or welcome.ref != self._hello_id:
             return []
+        data = welcome.data
+        if not isinstance(data, dict) or not isinstance(data.get("session"), str):
+            return []  # not a welcome we can use; the handshake times out
         # A hello is answered once: a repeated (or stale) welcome must not
         # reset the positions that events have advanced since.
         self._hello_id = None
-        data = welcome.data
+        self.rtt_ms = max(0, now_ms - self._hello_ms)
+        self.observe_clock(welcome, now_ms)
         actions: list[ClientAction] = []
+        lost: list[str] = []
         self.session = data["session"]
         token = data.get("resume_token")
         self.resume_token = token if isinstance(token, str) else None
         streams: dict[str, Any] = data.get("streams", {})
+        streams = streams if isinstance(streams, dict) else {}  # hostile until checked
         for name, info in streams.items():
+            if not _valid_position(info):
+                continue
             if not info.get("recovered", True):
+                lost.append(name)
                 actions.append(StreamLost(name, "not recovered on resume"))
             self._adopt(name, info)
-        joined = set(data.get("rooms", []))
+        rooms = data.get("rooms")
+        joined = {r for r in rooms if isinstance(r, str)} if isinstance(rooms, list) else set()
+        denied = data.get("denied")
         for room in self.rooms - joined:
             self.positions.pop("room:" + room, None)
-            code = data.get("denied", {}).get(room)
+            code = denied.get(room) if isinstance(denied, dict) else None
+            code = code if type(code) is int else None
             actions.append(RoomChanged(room, False, code))
         self.rooms = joined
         self.open = True
-        actions.append(Welcomed(str(self.session), bool(data.get("resumed")), data))
+        actions.append(Welcomed(str(self.session), data.get("resumed") is True, data, tuple(lost)))
         actions.extend(self._flush(now_ms))
         return actions
 
@@ -433,14 +513,15 @@ class ClientCore:
         outgoing = self._inflight.pop(ref, None)
         if outgoing is None:
             return []  # a late duplicate answer: the outcome was already given
+        attempts = outgoing.attempts
         if answer.type is MessageType.ERROR:
             message = answer.data.get("message", "") if isinstance(answer.data, dict) else ""
             code = answer.code or int(ErrorCode.INTERNAL_ERROR)
             status = Status.EXPIRED if code == ErrorCode.EXPIRED else Status.REJECTED
-            return [Outcome(ref, status, answer.data, code, str(message))]
+            return [Outcome(ref, status, answer.data, code, str(message), attempts)]
         if answer.type is MessageType.RESULT:
-            return [Outcome(ref, Status.RESULT, answer.data)]
-        return [Outcome(ref, Status.ACKED, answer.data)]
+            return [Outcome(ref, Status.RESULT, answer.data, attempts=attempts)]
+        return [Outcome(ref, Status.ACKED, answer.data, attempts=attempts)]
 
     def _subscribe_answer(self, room: str, answer: Envelope) -> list[ClientAction]:
         key = "room:" + room
@@ -450,7 +531,7 @@ class ClientCore:
             return [RoomChanged(room, False, answer.code)]
         info = answer.data if isinstance(answer.data, dict) else {}
         actions: list[ClientAction] = []
-        if "offset" in info and "epoch" in info:
+        if _valid_position(info):
             if not info.get("recovered", True):
                 actions.append(StreamLost(key, "not recovered on subscribe"))
             self._adopt(key, info)
@@ -529,6 +610,28 @@ class ClientCore:
         if self.find(envelope.id) is not None:
             return []
         tracked = envelope.ack or envelope.type is MessageType.CALL
-        outgoing = Outgoing(envelope, priority, next(self._seq), tracked, deadline_ms)
+        outgoing = Outgoing(
+            envelope,
+            priority,
+            next(self._seq),
+            tracked,
+            deadline_ms,
+            _expiry_of(envelope, deadline_ms),
+        )
         self._enqueue(outgoing)
         return self._flush(now_ms) if self.open else []
+
+
+def _expiry_of(envelope: Envelope, deadline_ms: int | None) -> int | None:
+    """The earlier of the deadline and the end of the envelope's own ttl."""
+    ends = [deadline_ms] if deadline_ms is not None else []
+    if envelope.ttl is not None:
+        ends.append(envelope.timestamp + envelope.ttl)
+    return min(ends) if ends else None
+
+
+def _valid_position(info: object) -> bool:
+    if not isinstance(info, dict):
+        return False
+    offset, epoch = info.get("offset"), info.get("epoch")
+    return type(offset) is int and offset >= 0 and isinstance(epoch, str) and bool(epoch)
