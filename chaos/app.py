@@ -83,8 +83,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from warpsocket.core.server import BROADCAST, direct_key, room_key
-from warpsocket.core.store import wire_name
+from warpsocket.core.keys import BROADCAST, direct_key, room_key, wire_name
 from warpsocket.protocol.envelope import Envelope
 from warpsocket.server.context import Context
 from warpsocket.server.hub import Hub

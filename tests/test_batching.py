@@ -234,7 +234,7 @@ class CongestedCloseTests(SecureTestCase):
         with self.hub.batch():
             # Over the hard cap once released, then closed by the application.
             self.hub.publish("feed", "tick", {"n": n, "pad": "z" * 60_000})
-            self.hub.close_all(ErrorCode.GOING_AWAY, "bye")
+            self.hub.port.close_all(ErrorCode.GOING_AWAY, "bye")
         self.assertEqual(opcodes(b"".join(counter.writes)), [0x1, 0x8])
         self.assertEqual(server_side.localCloseCode, int(ErrorCode.GOING_AWAY))
         slow.thaw()

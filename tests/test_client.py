@@ -11,7 +11,7 @@ import os
 import random
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jwt as pyjwt
 from twisted.internet import reactor as _reactor
@@ -38,6 +38,7 @@ from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.context import Context
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.middleware import Reject
+from warpsocket.server.protocol import WarpSocketServerProtocol
 from warpsocket.server.service import WarpSocketService
 
 reactor: Any = _reactor
@@ -79,9 +80,8 @@ class ServerFixture:
 
     def drop_all(self) -> None:
         """Cut every connection abruptly, as a network failure would."""
-        for protocol in list(self.hub._protocols.values()):
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
+        for connection in list(self.hub.port.connections.values()):
+            connection.abort()
 
 
 async def _nothing() -> None:
@@ -263,7 +263,7 @@ class ReconnectTests(ClientTestCase):
         server = ServerFixture(self, hub)
         client = self.client(server.url)
         yield client.connect()
-        hub._close(next(iter(hub._protocols)), ErrorCode.FORBIDDEN, "go away")
+        next(iter(hub.port.connections.values())).close(int(ErrorCode.FORBIDDEN), "go away")
         yield wait_until(lambda: client.state is ClientState.CLOSED)
         self.assertEqual(client.stats.attempts, 1)
 
@@ -275,7 +275,7 @@ class ReconnectTests(ClientTestCase):
         yield client.connect()
         server.drop_all()  # abnormal close: reconnect
         yield wait_until(lambda: client.stats.connections == 2)
-        hub.close_all(ErrorCode.GOING_AWAY, "")  # predicate allows it: reconnects
+        hub.port.close_all(ErrorCode.GOING_AWAY, "")  # predicate allows it: reconnects
         yield wait_until(lambda: client.stats.connections == 3)
 
     @inlineCallbacks
@@ -427,7 +427,7 @@ class DeliveryTests(ClientTestCase):
         server.drop_all()
         yield wait_until(lambda: client.state is ClientState.RECONNECTING)
         hub_clock.advance(2)
-        hub.tick()  # the session expires on the server
+        hub.port.tick()  # the session expires on the server
         clock.advance(reconnect_call(clock).getTime() - clock.seconds())
         yield wait_until(lambda: client.state is ClientState.OPEN)
         self.assertEqual(lost, ["direct"])  # its direct stream went with the session
@@ -551,8 +551,8 @@ class NetworkChangeTests(ClientTestCase):
         client = self.client(server.url, clock)
         yield client.connect()
         # The server stops reading: the path is silently dead.
-        for protocol in hub._protocols.values():
-            protocol.transport.pauseProducing()
+        for connection in hub.port.connections.values():
+            cast(WarpSocketServerProtocol, connection).transport.pauseProducing()
         self.change_network()
         yield wait_until(lambda: client._probe_deadline is not None)
         clock.advance(client.options.network_probe_timeout + client.options.tick_interval)

@@ -219,7 +219,7 @@ class ReconnectCauseTests(ClientTestCase):
         server.drop_all()
         yield wait_until(lambda: len(seen) == 1)
         yield wait_until(lambda: client.state is ClientState.OPEN)
-        hub.close_all(ErrorCode.GOING_AWAY, "")
+        hub.port.close_all(ErrorCode.GOING_AWAY, "")
         yield wait_until(lambda: len(seen) == 2)
         yield wait_until(lambda: client.state is ClientState.OPEN)
         yield server.stop()

@@ -67,12 +67,12 @@ class Node:
             if listener.port is not None:
                 listener.port.stopListening()
                 listener.port = None
-        self.hub.abort_all()
+        self.hub.port.abort_all()
         self.backend.stop()
         for child in list(self.service):
             if isinstance(child, TimerService):
                 child.stopService()
-        self.hub.timers.stop()  # the connection timers (server/timers.py)
+        self.hub.port.timers.stop()  # the connection timers (server/timers.py)
         self.service.running = False
 
     async def stop(self) -> None:

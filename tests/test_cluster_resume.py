@@ -16,7 +16,8 @@ from tests.test_cluster import ClusterCase, events, reactor
 from tests.test_security import SECRET, hs256
 from tests.wsclient import async_test, connect, sleep, wait_until
 from warpsocket.backends.base import SessionRecord
-from warpsocket.core.server import direct_key, hash_resume_token
+from warpsocket.core.keys import direct_key
+from warpsocket.core.server import hash_resume_token
 from warpsocket.server.security.auth import JWTAuthenticator
 from warpsocket.server.security.config import SecurityOptions
 
@@ -60,7 +61,7 @@ class ExactResumeTests(ClusterCase):
         self.assertFalse(welcomed.called, "room:fresh needs a snapshot first")
         await keeper.drop()
         await wait_until(lambda: len(a.hub.core.connections) == 1, what="keeper gone")
-        a.hub.tick()  # nobody on a reads direct or room:r right now
+        a.hub.port.tick()  # nobody on a reads direct or room:r right now
         welcome = await welcomed
         streams = welcome["data"]["streams"]
         self.assertTrue(welcome["data"]["resumed"], welcome)
@@ -98,8 +99,8 @@ class ExactResumeTests(ClusterCase):
         sent = await client.wait_for(lambda m: m.get("stream") == "direct")
         await client.drop()
         await wait_until(lambda: a.hub.core.sessions[session].conn is None, what="detached")
-        a.hub.tick()  # stops following direct (no local member)
-        a.hub.tick()  # retries pending acks
+        a.hub.port.tick()  # stops following direct (no local member)
+        a.hub.port.tick()  # retries pending acks
         await sleep(0.1)
         self.assertEqual(outcome, [])
         resumed = await self.client(a, session=session, streams=client.positions)

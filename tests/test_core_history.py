@@ -6,7 +6,8 @@ from twisted.trial import unittest
 
 from warpsocket.core.history import HistoryLimits, Position, StreamHistory, expired_placeholder
 from warpsocket.core.ids import SequentialIds
-from warpsocket.core.store import MemoryStreamStore, wire_name
+from warpsocket.core.keys import wire_name
+from warpsocket.core.store import MemoryStreamStore
 from warpsocket.protocol import Envelope, ErrorCode, MessageType
 
 T0 = 1_764_300_000_000

@@ -14,19 +14,28 @@ section 12 are checked:
 - the server handler ran exactly once per acked client message or call, and
   the client got exactly one ``Outcome`` per message, matching the server's
   decision (lossy: or ``expired`` when the deadline passed first);
-- every ``send_direct(ack=True)`` got exactly one ``AckResult`` (main: success).
+- every acknowledged direct send got exactly one ``AckResult`` and its
+  Deferred fired once, the same way (main: success).
+
+The server side is exactly what the hub runs: the core, and the hub's
+``Outbox`` (server/outbox.py) over a ``MemoryBackend`` for every publish,
+direct send and client room event, with the actions performed as the hub's
+``ActionRunner`` would, onto the simulated link.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from warpsocket.backends.memory import MemoryBackend
 from warpsocket.core.client import (
     ClientAction,
     ClientCore,
@@ -42,6 +51,7 @@ from warpsocket.core.client import (
 from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import SequentialIds
+from warpsocket.core.keys import BROADCAST, direct_key, room_key
 from warpsocket.core.server import (
     AckResult,
     Action,
@@ -56,6 +66,8 @@ from warpsocket.core.server import (
 )
 from warpsocket.core.store import MemoryStreamStore
 from warpsocket.protocol import Envelope, ErrorCode, JsonCodec, MessageType
+from warpsocket.server.metrics import HubMetrics
+from warpsocket.server.outbox import AckTimeoutError, Outbox
 
 ROOMS = ("a", "b")
 START_MS = 1_764_300_000_000
@@ -105,6 +117,15 @@ class World:
             can_join=allow_all,
             can_publish=allow_all,
         )
+        # The hub's send and publish path, over the backend the hub uses by default.
+        self.outbox = Outbox(
+            self.server,
+            MemoryBackend(store=self.store),
+            run=self.server_actions,
+            now_ms=lambda: self.now,
+            clock=Clock(),
+            metrics=HubMetrics(),
+        )
         self.client = ClientCore(config.client, SequentialIds("cli"))
         for room in ROOMS:
             assert self.client.subscribe(room, self.now) == []  # offline: hello asks
@@ -124,6 +145,8 @@ class World:
         self.outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self.direct_acked: list[tuple[str, int]] = []
         self.ack_results: dict[tuple[str, int], list[ErrorCode | None]] = defaultdict(list)
+        # How each acked send's Deferred (what the application holds) ended.
+        self.ack_outcomes: dict[tuple[str, int], list[ErrorCode | None]] = defaultdict(list)
         self.reconnects: list[Reconnect] = []
         self.closes: list[ErrorCode] = []
 
@@ -192,8 +215,9 @@ class World:
                 self.handle(action.session, action.envelope)
             elif isinstance(action, AckResult):
                 self.ack_results[(action.session, action.offset)].append(action.code)
+                self.outbox.ack_result(action)
             elif isinstance(action, Publish):
-                self.server_actions(self.server.perform(action, self.now))
+                self.outbox.perform(action)
 
     def handle(self, session: str, envelope: Envelope) -> None:
         """The server application: settles every message at once."""
@@ -218,8 +242,7 @@ class World:
 
     def publish(self, key: str) -> None:
         self.counter += 1
-        _, actions = self.server.publish(key, "news", {"n": self.counter}, self.now)
-        self.server_actions(actions)
+        self.outbox.publish(key, "news", {"n": self.counter}, None)
 
     def send_direct(self, ack: bool) -> None:
         session = self.client.session
@@ -227,15 +250,22 @@ class World:
             return  # the client knows no session yet: nobody to send to
         self.counter += 1
         try:
-            stored, actions = self.server.send_direct(
-                session, "note", {"n": self.counter}, self.now, ack=ack
-            )
+            sent = self.outbox.send(session, "note", {"n": self.counter}, ack=ack)
         except UnknownSessionError:
             return  # expired (lossy property only)
         if ack:
-            assert stored.offset is not None
-            self.direct_acked.append((session, stored.offset))
-        self.server_actions(actions)
+            # The memory backend appended it synchronously: its offset is the last one.
+            key = (session, self.store.appended[direct_key(session)][-1][1])
+            self.direct_acked.append(key)
+
+            def ended(result: Failure | None) -> None:
+                code = None
+                if isinstance(result, Failure):
+                    result.trap(AckTimeoutError)
+                    code = cast(AckTimeoutError, result.value).code
+                self.ack_outcomes[key].append(code)
+
+            sent.addBoth(ended)
 
     # ------------------------------------------------------------ the client side
 
@@ -287,9 +317,9 @@ class World:
     def run(self, step: Step) -> None:
         name, a, b = step
         if name == "room":
-            self.publish("room:" + ROOMS[a % len(ROOMS)])
+            self.publish(room_key(ROOMS[a % len(ROOMS)]))
         elif name == "broadcast":
-            self.publish("broadcast")
+            self.publish(BROADCAST)
         elif name == "direct":
             self.send_direct(ack=bool(a % 2))
         elif name == "send":
@@ -401,6 +431,7 @@ class World:
             else:
                 test.assertIsNone(results[0], f"direct {key} failed: {results[0]}")
         test.assertEqual(set(self.ack_results), set(self.direct_acked))
+        test.assertEqual(self.ack_outcomes, self.ack_results, "Deferreds disagree with AckResults")
 
 
 def check_segments(

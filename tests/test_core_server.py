@@ -8,6 +8,7 @@ from twisted.trial import unittest
 
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import SequentialIds
+from warpsocket.core.keys import direct_key
 from warpsocket.core.server import (
     AckResult,
     Action,
@@ -23,7 +24,6 @@ from warpsocket.core.server import (
     SessionExpired,
     SessionOpened,
     UnknownSessionError,
-    direct_key,
     hash_resume_token,
     new_resume_token,
 )
@@ -39,6 +39,59 @@ def can_join(session: Session, room: str) -> bool:
 
 def can_publish(session: Session, room: str, envelope: Envelope) -> bool:
     return room != "readonly"
+
+
+def publish(
+    server: ServerCore,
+    key: str,
+    event: str,
+    data: Any,
+    now_ms: int,
+    *,
+    ttl: int | None = None,
+    ack: bool = False,
+) -> tuple[Envelope, list[Action]]:
+    """What a backend does with a publish, for the core alone: append it to
+    the store, then deliver it (the hub's path is server/outbox.py)."""
+    template = Envelope(
+        type=MessageType.EVENT,
+        id=server.new_id(),
+        timestamp=now_ms,
+        event=event,
+        data=data,
+        ttl=ttl,
+        ack=ack,
+    )
+    stored = server.store.append(key, template, now_ms)
+    return stored, server.deliver(key, stored)
+
+
+def send_direct(
+    server: ServerCore,
+    session: str,
+    event: str,
+    data: Any,
+    now_ms: int,
+    *,
+    ack: bool = False,
+    ttl: int | None = None,
+    timeout_ms: int | None = None,
+) -> tuple[Envelope, list[Action]]:
+    """A direct send, for the core alone: checked, published, then tracked."""
+    server.check_send(session, ack)
+    stored, actions = publish(server, direct_key(session), event, data, now_ms, ttl=ttl, ack=ack)
+    if ack:
+        actions += server.track_ack(session, stored, now_ms, timeout_ms)
+    return stored, actions
+
+
+def perform(server: ServerCore, action: Publish, now_ms: int) -> list[Action]:
+    """A ``Publish`` action against the store: append, deliver, settle."""
+    stored = server.store.append(action.key, action.template, now_ms)
+    reply_to = action.reply_to
+    return server.deliver(action.key, stored) + server.settle(
+        reply_to.session, reply_to.envelope, now_ms
+    )
 
 
 # Every session of make_server's cores gets this resume token.
@@ -125,7 +178,7 @@ class Base(unittest.SynchronousTestCase):
 
 class HelloTests(Base):
     def test_welcome_contents(self) -> None:
-        self.server.publish("broadcast", "old", 1, T0 - 5)
+        publish(self.server, "broadcast", "old", 1, T0 - 5)
         self.server.open(1, T0)
         actions = self.server.receive(1, hello("h1", rooms=["chat", "secret", "chat"]), T0)
         welcome = welcome_of(actions)
@@ -225,7 +278,7 @@ class ResumeTests(Base):
         super().setUp()
         self.session, data, _ = self.connect(rooms=["chat"])
         self.streams = data["streams"]
-        self.server.publish("room:chat", "seen", 1, T0)
+        publish(self.server, "room:chat", "seen", 1, T0)
         self.server.close(1, T0 + 1)
 
     def resume(
@@ -239,9 +292,9 @@ class ResumeTests(Base):
         return welcome_of(actions).data, actions
 
     def test_resume_with_replay(self) -> None:
-        self.server.publish("room:chat", "a", 2, T0 + 2)
-        self.server.publish("broadcast", "b", 3, T0 + 3)
-        self.server.publish("room:chat", "c", 4, T0 + 4)
+        publish(self.server, "room:chat", "a", 2, T0 + 2)
+        publish(self.server, "broadcast", "b", 3, T0 + 3)
+        publish(self.server, "room:chat", "c", 4, T0 + 4)
         data, actions = self.resume(T0 + 5)
         self.assertTrue(data["resumed"])
         self.assertEqual(data["session"], self.session)
@@ -258,11 +311,11 @@ class ResumeTests(Base):
         )
         self.assertEqual(of_type(actions, SessionOpened), [SessionOpened(2, self.session, True)])
         # Live events now reach the new connection.
-        _, live = self.server.publish("room:chat", "d", 5, T0 + 6)
+        _, live = publish(self.server, "room:chat", "d", 5, T0 + 6)
         self.assertEqual(live, [Fanout((2,), sent(live)[0])])
 
     def test_not_recovered_on_epoch_change(self) -> None:
-        self.server.publish("room:chat", "a", 2, T0 + 2)
+        publish(self.server, "room:chat", "a", 2, T0 + 2)
         data, actions = self.resume(T0 + 3, {"room:chat": {"offset": 1, "epoch": "other"}})
         chat = data["streams"]["room:chat"]
         self.assertFalse(chat["recovered"])
@@ -279,10 +332,10 @@ class ResumeTests(Base):
         self.server = make_server(history=HistoryLimits(max_messages=2))
         self.session, data, _ = self.connect(rooms=["chat"])
         self.streams = data["streams"]
-        self.server.publish("room:chat", "seen", 1, T0)
+        publish(self.server, "room:chat", "seen", 1, T0)
         self.server.close(1, T0)
         for i in range(3):
-            self.server.publish("room:chat", "x", i, T0 + 1)
+            publish(self.server, "room:chat", "x", i, T0 + 1)
         data, actions = self.resume(T0 + 2)
         self.assertTrue(data["resumed"])
         self.assertFalse(data["streams"]["room:chat"]["recovered"])
@@ -290,12 +343,12 @@ class ResumeTests(Base):
         self.assertEqual(sent(actions, 2)[1:], [])
 
     def test_not_recovered_when_history_too_old(self) -> None:
-        self.server.publish("room:chat", "a", 2, T0 + 2)
+        publish(self.server, "room:chat", "a", 2, T0 + 2)
         data, _ = self.resume(T0 + 2 + 300_001)
         self.assertFalse(data["streams"]["room:chat"]["recovered"])
 
     def test_expired_session(self) -> None:
-        self.server.send_direct(self.session, "note", 1, T0 + 1)
+        send_direct(self.server, self.session, "note", 1, T0 + 1)
         actions = self.server.tick(T0 + 1 + 119_999)
         self.assertEqual(of_type(actions, SessionExpired), [])
         actions = self.server.tick(T0 + 1 + 120_000)
@@ -321,7 +374,7 @@ class ResumeTests(Base):
     def test_stream_not_presented_starts_where_the_session_did(self) -> None:
         """A room joined while away is replayed from the join (welcome = start)."""
         self.server.join(self.session, "news", T0 + 2)
-        self.server.publish("room:news", "n", 1, T0 + 3)
+        publish(self.server, "room:news", "n", 1, T0 + 3)
         data, actions = self.resume(T0 + 4)
         news = data["streams"]["room:news"]
         self.assertEqual((news["offset"], news["recovered"]), (0, True))
@@ -334,7 +387,7 @@ class ResumeTests(Base):
         actions = self.server.receive(3, hello("h3", self.session, {}, ["chat"]), T0 + 3)
         self.assertIn(Close(2, ErrorCode.SESSION_REPLACED), actions)
         self.assertTrue(welcome_of(actions).data["resumed"])
-        _, live = self.server.publish("room:chat", "x", 1, T0 + 4)
+        _, live = publish(self.server, "room:chat", "x", 1, T0 + 4)
         self.assertEqual(live[0], Fanout((3,), sent(live)[0]))
         # Closing the replaced connection does not detach the session.
         self.assertIsNone(self.server.close(2, T0 + 5))
@@ -417,15 +470,14 @@ class ClientMessageTests(Base):
         self.assertEqual(sent(self.server.receive(1, message, T0 + 500)), [ack])
 
     def test_room_publish_deferred_to_the_caller(self) -> None:
-        # With a backend (the hub), a client's room event comes back as a
-        # Publish action; ``perform`` carries it out against a sync store.
-        self.server.deferred_publish = True
+        # A client's room event comes back as a Publish action: the hub
+        # appends it through its backend (outbox.py), then settles it.
         message = event("m1", event="say", room="chat", data="hi", ack=True)
         [publish] = self.server.receive(1, message, T0)
         assert isinstance(publish, Publish)
         self.assertEqual((publish.key, publish.reply_to.envelope), ("room:chat", message))
         self.assertEqual(self.server.store.position("room:chat").offset, 0)
-        [fanout, ack] = self.server.perform(publish, T0)
+        [fanout, ack] = perform(self.server, publish, T0)
         assert isinstance(fanout, Fanout)
         self.assertEqual(fanout.envelope.offset, 1)
         self.assertEqual(sent([ack])[0].ref, "m1")
@@ -502,9 +554,9 @@ class ClientMessageTests(Base):
 
     def test_room_publish(self) -> None:
         message = event("m1", event="say", room="chat", data="hi", ack=True)
-        actions = self.server.receive(1, message, T0)
-        self.assertEqual(of_type(actions, Dispatch), [])
-        [fanout, ack] = actions
+        [publish_action] = self.server.receive(1, message, T0)
+        assert isinstance(publish_action, Publish)
+        [fanout, ack] = perform(self.server, publish_action, T0)
         assert isinstance(fanout, Fanout)
         self.assertEqual(fanout.conns, (1,))
         published = fanout.envelope
@@ -540,19 +592,19 @@ class RoomTests(Base):
         return self.server.receive(1, envelope, T0)
 
     def test_subscribe_allowed(self) -> None:
-        self.server.publish("room:chat", "old", 1, T0)
+        publish(self.server, "room:chat", "old", 1, T0)
         [ack] = sent(self.subscribe("s1", "chat"))
         self.assertEqual((ack.type, ack.ref), (MessageType.ACK, "s1"))
         epoch = self.server.store.position("room:chat").epoch
         self.assertEqual(
             ack.data, {"stream": "room:chat", "offset": 1, "epoch": epoch, "recovered": True}
         )
-        _, live = self.server.publish("room:chat", "new", 2, T0)
+        _, live = publish(self.server, "room:chat", "new", 2, T0)
         self.assertEqual(of_type(live, Fanout)[0].conns, (1,))
 
     def test_subscribe_with_position_replays(self) -> None:
         for i in range(3):
-            self.server.publish("room:chat", "m", i, T0)
+            publish(self.server, "room:chat", "m", i, T0)
         epoch = self.server.store.position("room:chat").epoch
         ack, *replay = sent(self.subscribe("s1", "chat", offset=1, epoch=epoch))
         self.assertEqual(ack.data["offset"], 3)  # current, as in a welcome
@@ -564,14 +616,14 @@ class RoomTests(Base):
     def test_subscribe_forbidden(self) -> None:
         [error] = sent(self.subscribe("s1", "secret"))
         self.assertEqual((error.type, error.code, error.ref), (MessageType.ERROR, 4102, "s1"))
-        self.assertEqual(self.server.publish("room:secret", "x", 1, T0)[1], [])
+        self.assertEqual(publish(self.server, "room:secret", "x", 1, T0)[1], [])
 
     def test_unsubscribe(self) -> None:
         self.subscribe("s1", "chat")
         unsubscribe = Envelope(type=MessageType.UNSUBSCRIBE, id="u1", timestamp=T0, room="chat")
         [ack] = sent(self.server.receive(1, unsubscribe, T0))
         self.assertEqual((ack.type, ack.ref), (MessageType.ACK, "u1"))
-        self.assertEqual(self.server.publish("room:chat", "x", 1, T0)[1], [])
+        self.assertEqual(publish(self.server, "room:chat", "x", 1, T0)[1], [])
         self.assertEqual(self.server.room_sessions, {})
 
     def test_server_join_and_leave_notices(self) -> None:
@@ -592,7 +644,7 @@ class DirectAckTests(Base):
         self.session, _, _ = self.connect()
 
     def direct(self, now: int = T0, **kwargs: Any) -> Envelope:
-        stored, actions = self.server.send_direct(self.session, "note", 1, now, ack=True, **kwargs)
+        stored, actions = send_direct(self.server, self.session, "note", 1, now, ack=True, **kwargs)
         self.assertEqual(sent(actions, 1), [stored])
         return stored
 
@@ -625,7 +677,7 @@ class DirectAckTests(Base):
     def test_cumulative_ack(self) -> None:
         for _ in range(3):
             self.direct()
-        self.server.send_direct(self.session, "plain", 0, T0)  # offset 4, no ack asked
+        send_direct(self.server, self.session, "plain", 0, T0)  # offset 4, no ack asked
         self.direct()  # offset 5
         self.assertEqual(self.client_ack(stream="broadcast", offset=9), [])
         self.assertEqual(
@@ -677,7 +729,7 @@ class DirectAckTests(Base):
                 SessionExpired(self.session),
             ],
         )
-        self.assertRaises(UnknownSessionError, self.server.send_direct, self.session, "x", 1, T0)
+        self.assertRaises(UnknownSessionError, send_direct, self.server, self.session, "x", 1, T0)
 
     def test_pending_limit(self) -> None:
         self.server = make_server(max_pending_acks=2)
@@ -685,9 +737,9 @@ class DirectAckTests(Base):
         self.direct()
         self.direct()
         self.assertRaises(
-            QueueFullError, self.server.send_direct, self.session, "x", 1, T0, ack=True
+            QueueFullError, send_direct, self.server, self.session, "x", 1, T0, ack=True
         )
-        self.server.send_direct(self.session, "x", 1, T0)  # without ack: fine
+        send_direct(self.server, self.session, "x", 1, T0)  # without ack: fine
 
 
 class HeartbeatTests(Base):

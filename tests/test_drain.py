@@ -159,8 +159,8 @@ class DrainTests(ServerTestCase):
     @async_test
     async def test_service_runs_the_connection_timers_only_while_running(self) -> None:
         self.start_server()
-        self.assertTrue(self.hub.timers.running)
+        self.assertTrue(self.hub.port.timers.running)
         self.assertNotEqual(self.clock.getDelayedCalls(), [])
         await self.service.stopService()
-        self.assertFalse(self.hub.timers.running)
+        self.assertFalse(self.hub.port.timers.running)
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -66,7 +66,7 @@ class DeliveryLatencyEndToEndTests(ServerTestCase):
         # A message accepted 0.3 s before this node writes it (a slow cluster hop).
         stored = hub.store.append("room:r", _template(hub), hub.now_ms())
         self.clock.advance(0.3)
-        hub._delivered("room:r", stored)
+        hub._outbox.delivered("room:r", stored)
         self.assertEqual(self.metric(f"{name}_bucket", {"stream": "room", "le": "0.25"}), 1.0)
         self.assertEqual(self.metric(f"{name}_bucket", {"stream": "room", "le": "0.5"}), 2.0)
         # With nobody to deliver to, nothing is observed.
@@ -75,7 +75,7 @@ class DeliveryLatencyEndToEndTests(ServerTestCase):
 
 
 def _template(hub: Hub) -> Envelope:
-    return hub._outbound("late", None, None)
+    return hub._outbox.outbound("late", None, None)
 
 
 class CoreCountTests(ServerTestCase):

@@ -429,7 +429,7 @@ class ResumeTests(ServerTestCase):
         self.assertIsNone(new.close_code)
         info = hub.session_info(session)
         assert info is not None and info.conn is not None
-        self.assertEqual(hub._protocols[info.conn].session, session)
+        self.assertEqual(hub.port.connections[info.conn].session, session)
         self.assertEqual(self.metric("warpsocket_messages_in_total", {"type": "hello"}), 2.0)
         self.assertEqual(old.queue, [])
         self.assertEqual(self.metric("warpsocket_resumes_total", {"outcome": "resumed"}), 1.0)

@@ -115,7 +115,7 @@ class ShutdownTests(ServerTestCase):
         self.assertEqual(refused.exception.status, 503)
         # A new WebSocket on an old HTTP connection would be refused too.
         self.assertRaises(
-            Reject, hub.check_handshake, Handshake("peer", "host", "/ws", {}, {}, None)
+            Reject, hub.port.check_handshake, Handshake("peer", "host", "/ws", {}, {}, None)
         )
         self.assertFalse(stopping.called)
         slow.thaw()

@@ -16,7 +16,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -518,9 +518,9 @@ class ServerTestCase(unittest.TestCase):
 
     def server_side(self, client: WsClient) -> WarpSocketServerProtocol:
         """The server's protocol instance for ``client``'s connection."""
-        for protocol in self.hub._protocols.values():
-            if protocol.session == client.session:
-                return protocol
+        for connection in self.hub.port.connections.values():
+            if connection.session == client.session:
+                return cast(WarpSocketServerProtocol, connection)
         raise AssertionError(f"no server connection for {client.session}")
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from warpsocket.core.history import Position
+from warpsocket.core.keys import room_key
 from warpsocket.core.messages import heartbeat_envelope
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope, MessageType
@@ -358,7 +359,7 @@ class ClientCore:
         self.rooms.add(room)
         if not self.open:
             return []  # the next hello asks for it
-        position = self.positions.get("room:" + room)
+        position = self.positions.get(room_key(room))
         envelope = Envelope(
             type=MessageType.SUBSCRIBE,
             id=self.new_id(),
@@ -372,7 +373,7 @@ class ClientCore:
 
     def unsubscribe(self, room: str, now_ms: int) -> list[ClientAction]:
         self.rooms.discard(room)
-        self.positions.pop("room:" + room, None)
+        self.positions.pop(room_key(room), None)
         if not self.open:
             return []
         envelope = Envelope(
@@ -411,14 +412,14 @@ class ClientCore:
                 return [Transmit(heartbeat_envelope(self.new_id(), now_ms, envelope.id))]
             return []
         if kind is MessageType.SUBSCRIBE and envelope.room is not None:
-            key = "room:" + envelope.room
+            key = room_key(envelope.room)
             if envelope.offset is not None and envelope.epoch is not None:
                 self.positions.setdefault(key, Position(envelope.offset, envelope.epoch))
             self.rooms.add(envelope.room)
             return [RoomChanged(envelope.room, True)]
         if kind is MessageType.UNSUBSCRIBE and envelope.room is not None:
             self.rooms.discard(envelope.room)
-            self.positions.pop("room:" + envelope.room, None)
+            self.positions.pop(room_key(envelope.room), None)
             return [RoomChanged(envelope.room, False)]
         return []
 
@@ -461,7 +462,7 @@ class ClientCore:
         joined = {r for r in rooms if isinstance(r, str)} if isinstance(rooms, list) else set()
         denied = data.get("denied")
         for room in self.rooms - joined:
-            self.positions.pop("room:" + room, None)
+            self.positions.pop(room_key(room), None)
             code = denied.get(room) if isinstance(denied, dict) else None
             code = code if type(code) is int else None
             actions.append(RoomChanged(room, False, code))
@@ -524,7 +525,7 @@ class ClientCore:
         return [Outcome(ref, Status.ACKED, answer.data, attempts=attempts)]
 
     def _subscribe_answer(self, room: str, answer: Envelope) -> list[ClientAction]:
-        key = "room:" + room
+        key = room_key(room)
         if answer.type is MessageType.ERROR:
             self.rooms.discard(room)
             self.positions.pop(key, None)

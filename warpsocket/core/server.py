@@ -12,7 +12,10 @@ and connection events and performs the actions it returns:
 - ``SessionOpened`` / ``SessionExpired``: lifecycle notifications;
 - ``Publish``: a client's room event to append (through the backend, which
   may be asynchronous) and then answer with ``ServerCore.settle``.
-  ``ServerCore.perform`` does both synchronously for a synchronous store.
+
+Application sends and publishes do not pass through the core: the hub
+appends them through its backend (``server/outbox.py``) and the core learns
+of them as deliveries (``deliver``) and acknowledged sends (``track_ack``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
 from warpsocket.core.history import HistoryLimits, Position
+from warpsocket.core.keys import BROADCAST, DIRECT, direct_key, room_key, wire_name
 from warpsocket.core.messages import (
     ack_envelope,
     error_envelope,
@@ -45,19 +49,9 @@ from warpsocket.protocol.envelope import (
 )
 
 ConnId = int
-BROADCAST = "broadcast"
-DIRECT = "direct"
 
 # Kinds of connection deadline (protocol.md section 9): hello, silence, idleness.
 _HELLO, _SILENT, _IDLE = 0, 1, 2
-
-
-def room_key(room: str) -> str:
-    return "room:" + room
-
-
-def direct_key(session_id: str) -> str:
-    return "direct:" + session_id
 
 
 def new_resume_token() -> str:
@@ -257,16 +251,11 @@ class ServerCore:
         can_join: JoinPolicy = deny_all,
         can_publish: PublishPolicy = deny_all,
         on_settle: Callable[[DedupKey, Envelope], None] | None = None,
-        deferred_publish: bool = False,
         new_resume_token: Callable[[], str] = new_resume_token,
     ) -> None:
         self.store = store
         # Told of every recorded dedup reply (a cluster shares them).
         self.on_settle = on_settle
-        # True: client room events come back as ``Publish`` actions for the
-        # caller to append (asynchronously, through a backend); False: the
-        # core appends them to its synchronous store itself.
-        self.deferred_publish = deferred_publish
         self.options = options
         self.new_id = new_id
         self.new_session_id = new_session_id
@@ -444,7 +433,7 @@ class ServerCore:
         streams: dict[str, dict[str, Any]] = {}
         replays: list[Send] = []
         for key in keys:
-            wire = "direct" if key.startswith("direct:") else key
+            wire = wire_name(key)
             own = presented.get(wire)
             start = own or session.starts.get(key)
             current = self.store.position(key)
@@ -595,17 +584,7 @@ class ServerCore:
             ttl=envelope.ttl,
         )
         conn_id = session.conn if session.conn is not None else -1
-        publish = Publish(room_key(room), template, Dispatch(conn_id, session.id, envelope))
-        if not self.deferred_publish:
-            return self.perform(publish, now_ms)
-        return [publish]
-
-    def perform(self, publish: Publish, now_ms: int) -> list[Action]:
-        """Carry out a ``Publish`` against a synchronous store: append, deliver, settle."""
-        stored = self.store.append(publish.key, publish.template, now_ms)
-        actions = self.deliver(publish.key, stored)
-        reply_to = publish.reply_to
-        return actions + self.settle(reply_to.session, reply_to.envelope, now_ms)
+        return [Publish(room_key(room), template, Dispatch(conn_id, session.id, envelope))]
 
     def _reject(
         self, conn: Connection, envelope: Envelope, now_ms: int, code: ErrorCode, message: str
@@ -733,29 +712,6 @@ class ServerCore:
 
     # ------------------------------------------------------------ server API
 
-    def publish(
-        self,
-        key: str,
-        event: str,
-        data: Any,
-        now_ms: int,
-        *,
-        ttl: int | None = None,
-        ack: bool = False,
-    ) -> tuple[Envelope, list[Action]]:
-        """Append to a stream and deliver to its local members, framed once."""
-        template = Envelope(
-            type=MessageType.EVENT,
-            id=self.new_id(),
-            timestamp=now_ms,
-            event=event,
-            data=data,
-            ttl=ttl,
-            ack=ack,
-        )
-        stored = self.store.append(key, template, now_ms)
-        return stored, self.deliver(key, stored)
-
     def deliver(self, key: str, stored: Envelope) -> list[Action]:
         """A stream message (from this node or the cluster) reached this node."""
         members = self.members.get(key)
@@ -763,31 +719,8 @@ class ServerCore:
             return []
         return [Fanout(tuple(members), stored)]
 
-    def send_direct(
-        self,
-        session_id: str,
-        event: str,
-        data: Any,
-        now_ms: int,
-        *,
-        ack: bool = False,
-        ttl: int | None = None,
-        timeout_ms: int | None = None,
-    ) -> tuple[Envelope, list[Action]]:
-        session = self.sessions.get(session_id)
-        if session is None:
-            raise UnknownSessionError(session_id)
-        if ack and len(session.pending) >= self.options.max_pending_acks:
-            raise QueueFullError(f"session {session_id} has {len(session.pending)} pending acks")
-        stored, actions = self.publish(
-            direct_key(session_id), event, data, now_ms, ttl=ttl, ack=ack
-        )
-        if ack:
-            actions += self.track_ack(session_id, stored, now_ms, timeout_ms)
-        return stored, actions
-
     def check_send(self, session_id: str, ack: bool) -> None:
-        """Raise as ``send_direct`` would, before an asynchronous append."""
+        """Raise if a direct send to this session cannot be taken (before its append)."""
         session = self.sessions.get(session_id)
         if session is None:
             raise UnknownSessionError(session_id)
@@ -837,6 +770,25 @@ class ServerCore:
         if not session.pending:
             session.acked_through = 0
             self._with_pending.discard(session.id)
+
+    def set_identity(self, conn_id: ConnId, user: str | None, claims: Mapping[str, Any]) -> bool:
+        """The principal a connection authenticated as (a token in its hello),
+        before the hello opens or resumes a session. False if it is gone."""
+        conn = self.connections.get(conn_id)
+        if conn is None:
+            return False
+        conn.user = user
+        conn.claims = dict(claims)
+        return True
+
+    def set_claims(self, session_id: str, user: str | None, claims: Mapping[str, Any]) -> bool:
+        """A session takes the claims of a newer token of its own user (a
+        refresh, a resume). False, and nothing changes, for another user."""
+        session = self.sessions.get(session_id)
+        if session is None or session.user != user:
+            return False
+        session.claims = dict(claims)
+        return True
 
     def adopt_session(
         self,

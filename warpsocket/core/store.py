@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from warpsocket.core.history import HistoryLimits, NodeBudget, Position, StreamHistory
+from warpsocket.core.keys import wire_name
 from warpsocket.protocol.envelope import Envelope
 
 
@@ -27,9 +28,15 @@ class StreamStore(Protocol):
     def drop(self, key: str) -> None: ...
 
 
-def wire_name(key: str) -> str:
-    """The stream name a client sees for an internal key."""
-    return "direct" if key.startswith("direct:") else key
+@runtime_checkable
+class LocalStreamStore(Protocol):
+    """A store whose histories live in this process: it knows their size and
+    can forget the streams nobody uses any more."""
+
+    @property
+    def bytes(self) -> int: ...
+
+    def collect(self, in_use: Callable[[str], bool], now_ms: int) -> int: ...
 
 
 class MemoryStreamStore:

@@ -188,7 +188,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             handshake.claims = dict(identity.claims)
             self.identity = identity
         try:
-            self.factory.hub.check_handshake(handshake)
+            self.factory.port.check_handshake(handshake)
         except Reject as reject:
             self._deny(reject.code, reject.message)
         self.codec = codec
@@ -203,7 +203,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         options = gate.options
         self._bucket = TokenBucket(options.message_rate, options.message_bucket, gate.now())
         self._meter = OutboundMeter(self.transport)
-        self._batch = self.factory.hub.write_batch
+        self._batch = self.factory.port.write_batch
         # The guard is a pass-through for writes; below it, a plain socket
         # (not TLS) is written to directly when its buffer is empty.
         transport: Any = self.transport
@@ -217,7 +217,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             or self.logFrames
         )
         self._watch_outbound()
-        self.conn_id = self.factory.hub.attach(self, self.handshake)
+        self.conn_id = self.factory.port.attach(self, self.handshake)
         gate.protocols[self.conn_id] = self
         self._arm_expiry()
 
@@ -239,7 +239,17 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         # by other publishers: they are exempt from the hard outbound cap.
         previous, self._own_request = self._own_request, True
         try:
-            self.factory.hub.received(self.conn_id, payload, is_binary)
+            self.factory.port.received(self.conn_id, payload, is_binary)
+        finally:
+            self._own_request = previous
+
+    def _feed_decoded(self, envelope: Envelope, size: int) -> None:
+        """``_feed`` for a message decoded here already (the hello, before its welcome)."""
+        if self.conn_id is None:
+            return
+        previous, self._own_request = self._own_request, True
+        try:
+            self.factory.port.decoded(self.conn_id, envelope, size)
         finally:
             self._own_request = previous
 
@@ -274,7 +284,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self._feed(payload, is_binary)  # the hub answers the bad frame
             return
         if envelope.type is not MessageType.HELLO:
-            self._feed(payload, is_binary)  # 4003 hello_required
+            self._feed_decoded(envelope, len(payload))  # 4003 hello_required
             return
         if self._hello_pending:
             self._send_error(ErrorCode.BAD_STATE, "hello is being authenticated", envelope.id)
@@ -288,7 +298,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
                 self.gate.metrics.auth.labels("missing").inc()
                 self._close(ErrorCode.UNAUTHORIZED)
                 return
-            self._feed(payload, is_binary)
+            self._feed_decoded(envelope, len(payload))
             self._sync_claims()
             return
         if not isinstance(token, str):
@@ -299,22 +309,19 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         self._hello_pending = True
         verified = self.gate.authenticate(token)
         verified.addCallbacks(
-            lambda identity: self._hello_authenticated(identity, payload, is_binary),
+            lambda identity: self._hello_authenticated(identity, envelope, len(payload)),
             self._hello_refused,
         )
 
-    def _hello_authenticated(self, identity: Identity, payload: bytes, is_binary: bool) -> None:
+    def _hello_authenticated(self, identity: Identity, hello: Envelope, size: int) -> None:
         self._hello_pending = False
         if self.conn_id is None or not self.can_send:
             return
-        connection = self.factory.hub.core.connections.get(self.conn_id)
-        if connection is None:
+        # The core opens a session for the connection's principal.
+        if not self.factory.port.set_identity(self.conn_id, identity.user, identity.claims):
             return
         self.identity = identity
-        # The core opens a session for the connection's principal.
-        connection.user = identity.user
-        connection.claims = dict(identity.claims)
-        self._feed(payload, is_binary)
+        self._feed_decoded(hello, size)
         self._sync_claims()
         self._arm_expiry()
 
@@ -328,9 +335,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         identity = self.identity
         if self.session is None or identity is None:
             return
-        session = self.factory.hub.session_info(self.session)
-        if session is not None and session.user == identity.user:
-            session.claims = dict(identity.claims)
+        self.factory.port.set_claims(self.session, identity.user, identity.claims)
 
     # ------------------------------------------------------------ token expiry
 
@@ -441,7 +446,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         super().sendCloseFrame(code, reasonUtf8, isReply)
         if deciding and self.conn_id is not None:
             # Whatever closes it (a timer, a limit, the drain): counted now.
-            self.factory.hub.closing(self.conn_id, code)
+            self.factory.port.closing(self.conn_id, code)
 
     # ------------------------------------------------------------ inbound frames
 
@@ -452,7 +457,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             return
         if self.conn_id is not None:
             # Bytes of any frame, ping and pong included: the peer is alive.
-            self.factory.hub.heard(self.conn_id)
+            self.factory.port.heard(self.conn_id)
         # Everything these bytes cause is written in one write per connection
         # (batching.py), and what this connection is sent in answer to its own
         # frames is exempt from the hard outbound cap (see _check_outbound).
@@ -552,6 +557,29 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self.gate.metrics.slow_consumers.inc()
             self._close(ErrorCode.SLOW_CONSUMER)
 
+    # ------------------------------------------------------------ Connection (connection.py)
+
+    def send_payload(self, payload: bytes) -> None:
+        self.sendMessage(payload, isBinary=self.codec.binary)
+
+    def prepare(self, payload: bytes) -> object:
+        return self.factory.prepareMessage(payload, isBinary=self.codec.binary)
+
+    def send_prepared(self, prepared: Any) -> None:
+        # Once per recipient of a fan-out: ``plain`` inlined, one write.
+        if self._plain_config and not self.send_queue:
+            self.write_frame(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
+
+    def close(self, code: int, reason: str) -> None:
+        self.sendClose(code, reason)
+
+    def abort(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
     # ------------------------------------------------------------ helpers
 
     def _send_error(self, code: ErrorCode, message: str, ref: str | None) -> None:
@@ -588,7 +616,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
                 # We closed it (4204, 4400, 4500, 1009 ...): that code says why.
                 # ``code`` would be the peer's reply, usually a plain 1000.
                 code = self.localCloseCode
-            self.factory.hub.detach(self.conn_id, code)
+            self.factory.port.detach(self.conn_id, code)
             self.conn_id = None
 
 
@@ -621,6 +649,8 @@ class WarpSocketServerFactory(WebSocketServerFactory):
     def __init__(self, hub: Hub, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, protocols=hub.codecs.subprotocols, **kwargs)
         self.hub = hub
+        # The hub's plumbing (attach, receive, close...): not its public API.
+        self.port = hub.port
         self.gate = Gate(hub.options.security, hub)
         if self.gate.authenticator is not None and hub.authenticator is None:
             # In-band refresh (the ``auth`` envelope) with the same authenticator.

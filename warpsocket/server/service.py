@@ -54,7 +54,7 @@ class WarpSocketService(MultiService):
             self.listeners.append(listener)
         # Housekeeping (ack retries, session expiry, backend); the connection
         # timers run on their own, each when due (timers.py).
-        ticker = TimerService(hub.options.tick_interval, hub.tick)
+        ticker = TimerService(hub.options.tick_interval, hub.port.tick)
         ticker.clock = hub.clock
         ticker.setServiceParent(self)
 
@@ -72,10 +72,10 @@ class WarpSocketService(MultiService):
 
     def startService(self) -> None:
         self._stopping = None
-        self.hub.draining = False
+        self.hub.port.draining = False
         self.hub.backend.start()
         super().startService()
-        self.hub.timers.start()
+        self.hub.port.timers.start()
 
     def stopService(self) -> Deferred[None]:
         if self._stopping is None:
@@ -84,27 +84,27 @@ class WarpSocketService(MultiService):
 
     async def _drain(self) -> None:
         hub = self.hub
-        hub.draining = True
+        hub.port.draining = True
         if hub.options.drain_delay > 0:
             await deferLater(hub.clock, hub.options.drain_delay, lambda: None)
         await self._send_clients_away()
         await super().stopService()  # the ports close, the ticker stops
-        hub.timers.stop()
+        hub.port.timers.stop()
         await hub.backend.stop()
 
     def _send_clients_away(self) -> Deferred[None]:
         """4500 with the hint to everyone; fires when all are gone or given up on."""
         hub = self.hub
         hint = json.dumps({"retry_after_ms": hub.options.reconnect_hint_ms})
-        hub.close_all(ErrorCode.GOING_AWAY, hint)
-        hub.fail_pending_acks(ErrorCode.GOING_AWAY)
-        drained = hub.when_empty()
+        hub.port.close_all(ErrorCode.GOING_AWAY, hint)
+        hub.port.fail_pending_acks(ErrorCode.GOING_AWAY)
+        drained = hub.port.when_empty()
         timeout = hub.clock.callLater(hub.options.shutdown_timeout, drained.cancel)
 
         def finish(_: object) -> None:
             if timeout.active():
                 timeout.cancel()
-            hub.abort_all()
+            hub.port.abort_all()
 
         return drained.addBoth(finish)
 

@@ -22,7 +22,7 @@ from warpsocket.backends.redis.mirror import Mirror, decode_entry, encode_entry
 from warpsocket.backends.redis.scripts import PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, STREAM_META_TTL_MS
 from warpsocket.core.history import HistoryLimits, Position
 from warpsocket.core.ids import random_id
-from warpsocket.core.store import wire_name
+from warpsocket.core.keys import wire_name
 from warpsocket.protocol.envelope import Envelope
 
 

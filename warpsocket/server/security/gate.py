@@ -222,7 +222,7 @@ class Gate:
                 raise Reject(ErrorCode.FORBIDDEN, "authenticate in hello: sessions keep their user")
             if identity.user != session.user:
                 raise Reject(ErrorCode.FORBIDDEN, "a refreshed token must name the same user")
-            session.claims = dict(identity.claims)
+            self.hub.core.set_claims(session.id, identity.user, identity.claims)
             protocol = self.protocols.get(session.conn) if session.conn is not None else None
             if protocol is not None:
                 protocol.set_identity(identity)

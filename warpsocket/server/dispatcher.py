@@ -1,0 +1,193 @@
+"""The application's side: handlers, the ``auth`` authenticator and the hooks.
+
+``Dispatcher.dispatch`` runs the handler of a ``Dispatch`` action (an event,
+a call, an ``auth``) and reports its outcome to the core (``settle``); the
+open and close hooks run from here too. A handler's or hook's failure goes
+to the ``on_error`` hooks; handler latency is observed per event name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from warpsocket._deferreds import invoke
+from warpsocket.core.server import Action, ConnId, Dispatch, QueueFullError, ServerCore
+from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.datamodel import DataModelError, check_value
+from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.server.connection import Connection
+from warpsocket.server.context import Context
+from warpsocket.server.metrics import HubMetrics
+from warpsocket.server.middleware import Reject
+
+Handler = Callable[[Context, Any], Any]
+OpenHook = Callable[[Context, bool], Any]
+CloseHook = Callable[[Context, int | None], Any]
+ErrorHook = Callable[[Context | None, Failure], Any]
+
+# Handler-latency series by event name; past this, further names share "other".
+MAX_LATENCY_LABELS = 256
+_SCALARS = (type(None), bool, int, str)
+
+
+class Dispatcher:
+    """Runs handlers and hooks; builds the ``Context`` each of them gets."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        core: ServerCore,
+        metrics: HubMetrics,
+        clock: IReactorTime,
+        *,
+        run: Callable[[list[Action]], None],
+        now_ms: Callable[[], int],
+        connection: Callable[[ConnId], Connection | None],
+        hub: Any,
+    ) -> None:
+        self.core = core
+        self.metrics = metrics
+        self.clock = clock
+        self._run = run
+        self._now_ms = now_ms
+        self._connection = connection
+        # The facade handed to handlers as ``ctx.hub`` (typed loosely: this
+        # module sits below hub.py and does not import it).
+        self._hub = hub
+        self.handlers: dict[str, Handler] = {}
+        self.on_open_hooks: list[OpenHook] = []
+        self.on_close_hooks: list[CloseHook] = []
+        self.on_error_hooks: list[ErrorHook] = []
+        self.authenticator: Callable[[Context, str], Any] | None = None
+        self._latency: dict[str, Any] = {}
+        self._data_limits = core.options.data_limits
+
+    def dispatch(self, dispatch: Dispatch) -> None:
+        envelope = dispatch.envelope
+        ctx = self.context(dispatch.session, self._connection(dispatch.conn), envelope)
+        if envelope.type is MessageType.AUTH:
+            token = envelope.data.get("token") if isinstance(envelope.data, dict) else None
+            if self.authenticator is None:
+                self.settle(dispatch, error=(ErrorCode.UNAUTHORIZED, "no authenticator"))
+                return
+            self._run_handler(dispatch, ctx, self.authenticator, token)
+            return
+        name = envelope.event or "message"
+        handler = self.handlers.get(name)
+        if handler is None:
+            self.settle(dispatch, error=(ErrorCode.NO_HANDLER, f"no handler for {name!r}"))
+            return
+        self._run_handler(dispatch, ctx, handler, envelope.data)
+
+    def _run_handler(
+        self, dispatch: Dispatch, ctx: Context, handler: Callable[[Context, Any], Any], arg: Any
+    ) -> None:
+        started = self.clock.seconds()
+        name = dispatch.envelope.event or dispatch.envelope.type.value
+
+        def done(value: Any) -> None:
+            if dispatch.envelope.type is MessageType.CALL and not isinstance(value, _SCALARS):
+                try:
+                    check_value(value, self._data_limits)
+                except DataModelError:
+                    # Unencodable results would be recorded for dedup and then
+                    # fail to encode on every answer: answer 4300 instead.
+                    failed(Failure())
+                    return
+            self._observe_latency(name, started)
+            self.settle(dispatch, result=value)
+
+        def failed(failure: Failure) -> None:
+            self._observe_latency(name, started)
+            if failure.check(Reject):
+                reject = cast(Reject, failure.value)
+                self.settle(dispatch, error=(reject.code, reject.message))
+                return
+            if failure.check(QueueFullError):
+                # A join made for the client past its room limit (protocol.md 11).
+                self.settle(dispatch, error=(ErrorCode.QUEUE_FULL, failure.getErrorMessage()))
+                return
+            self.log.failure("handler {name} failed", failure, name=name)
+            self.report_error(ctx, failure)
+            self.settle(dispatch, error=(ErrorCode.HANDLER_ERROR, "handler failed"))
+
+        try:
+            value = handler(ctx, arg)
+        except Exception:
+            failed(Failure())
+            return
+        if isinstance(value, Deferred) or inspect.isawaitable(value):
+            invoke(lambda: value).addCallbacks(done, failed)
+        else:
+            done(value)  # the common case: no Deferred machinery per message
+
+    def _observe_latency(self, name: str, started: float) -> None:
+        child = self._latency.get(name)
+        if child is None:
+            if len(self._latency) >= MAX_LATENCY_LABELS:
+                name, child = "other", self.metrics.handler_latency.labels("other")
+            else:
+                child = self._latency[name] = self.metrics.handler_latency.labels(name)
+        child.observe(self.clock.seconds() - started)
+
+    def settle(
+        self,
+        dispatch: Dispatch,
+        *,
+        result: Any = None,
+        error: tuple[ErrorCode | int, str] | None = None,
+    ) -> None:
+        self._run(
+            self.core.settle(
+                dispatch.session, dispatch.envelope, self._now_ms(), result=result, error=error
+            )
+        )
+
+    # ------------------------------------------------------------ hooks
+
+    def opened(self, session: str, connection: Connection, resumed: bool) -> None:
+        ctx = self.context(session, connection)
+        for hook in self.on_open_hooks:
+            self._call_hook(ctx, hook, ctx, resumed)
+
+    def closed(self, session: str, connection: Connection, code: int | None) -> None:
+        ctx = self.context(session, connection)
+        for hook in self.on_close_hooks:
+            self._call_hook(ctx, hook, ctx, code)
+
+    def context(
+        self,
+        session: str,
+        connection: Connection | None,
+        envelope: Envelope | None = None,
+    ) -> Context:
+        info = self.core.sessions.get(session)
+        handshake = connection.handshake if connection is not None else None
+        return Context(
+            hub=self._hub,
+            session=session,
+            user=info.user if info is not None else None,
+            claims=info.claims if info is not None else {},
+            peer=handshake.peer if handshake is not None else "",
+            envelope=envelope,
+            annotations=handshake.annotations if handshake is not None else {},
+        )
+
+    def _call_hook(self, ctx: Context, hook: Callable[..., Any], *args: Any) -> None:
+        result = invoke(hook, *args)
+        result.addErrback(lambda failure: self.report_error(ctx, failure))
+
+    def report_error(self, ctx: Context | None, failure: Failure) -> None:
+        for hook in self.on_error_hooks:
+            try:
+                hook(ctx, failure)
+            except Exception:
+                self.log.failure("on_error hook failed")

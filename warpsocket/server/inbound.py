@@ -1,0 +1,334 @@
+"""The inbound pipeline: a client's frame, from payload to the core.
+
+Decode; run inbound middleware; announce acks to the cluster; then feed the
+core, after whatever the backend must do first: a ``hello`` or ``subscribe``
+waits for the streams it reads (and a resume may load its session from the
+cluster), a tracked event or call first claims its id in the cluster's dedup
+records. While that step is pending, the connection's later frames are held
+and fed strictly in order (acks and heartbeats excepted: they need no order).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from warpsocket.backends.base import Backend, Claim, SessionRecord
+from warpsocket.core.keys import BROADCAST, direct_key, room_key
+from warpsocket.core.server import (
+    Action,
+    ConnId,
+    ServerCore,
+    Session,
+    resume_token_matches,
+)
+from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.server.connection import Connection
+from warpsocket.server.context import Context
+from warpsocket.server.metrics import HubMetrics
+from warpsocket.server.middleware import Middleware, Reject
+
+# Frames of one connection held while the backend prepares its streams or
+# claims a dedup record (Redis): beyond this, each is refused with 4206.
+MAX_HELD_FRAMES = 256
+# A message id claimed by another node that has not answered yet: ask again
+# every CLAIM_POLL_SECONDS, for at most CLAIM_WAIT_SECONDS (claims live 10 s).
+CLAIM_POLL_SECONDS = 0.25
+CLAIM_WAIT_SECONDS = 12.0
+# Frames taken even while a connection's earlier frames wait for the backend.
+_UNORDERED = frozenset({MessageType.ACK, MessageType.HEARTBEAT})
+
+
+class Inbound:
+    """Turns a connection's frames into core input, in order."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        core: ServerCore,
+        backend: Backend,
+        metrics: HubMetrics,
+        clock: IReactorTime,
+        *,
+        connections: dict[ConnId, Connection],
+        middleware: Sequence[Middleware],
+        run: Callable[[list[Action]], None],
+        send: Callable[[ConnId, Envelope], None],
+        close: Callable[[ConnId, ErrorCode, str], None],
+        now_ms: Callable[[], int],
+        context: Callable[[str, Connection | None, Envelope | None], Context],
+        report_error: Callable[[Context | None, Failure], None],
+        announce_ack: Callable[[Session, Envelope], None],
+        session_changed: Callable[[str], None],
+        reconnect_hint_ms: int,
+    ) -> None:
+        self.core = core
+        self.backend = backend
+        self.metrics = metrics
+        self.clock = clock
+        # The registry's dict (read only here) and the hub's middleware list.
+        self._connections = connections
+        self._middleware = middleware
+        self._run = run
+        self._send = send
+        self._close = close
+        self._now_ms = now_ms
+        self._context = context
+        self._report_error = report_error
+        self._announce_ack = announce_ack
+        self._session_changed = session_changed
+        self._reconnect_hint_ms = reconnect_hint_ms
+        # (connection, message id) -> principal, for dedup claims in flight.
+        self._claims: dict[tuple[ConnId, str], str] = {}
+        # Connections waiting for the backend (prepare, dedup claim): their
+        # later frames queue here and are fed to the core strictly in order.
+        self._held: dict[ConnId, list[Envelope]] = {}
+
+    def forget(self, conn_id: ConnId) -> None:
+        """The connection is gone: its held frames with it."""
+        self._held.pop(conn_id, None)
+
+    def received(self, conn_id: ConnId, payload: bytes, is_binary: bool) -> None:
+        """A whole message arrived on a connection."""
+        connection = self._connections.get(conn_id)
+        if connection is None:
+            return
+        self.metrics.traffic.bytes_in += len(payload)
+        if not connection.can_send:
+            return  # closing: see ``decoded``
+        try:
+            envelope = connection.codec.decode(payload, is_binary)
+        except ProtocolError as error:
+            self.metrics.protocol_errors.labels(str(int(error.code))).inc()
+            self._run(self.core.protocol_error(conn_id, error, self._now_ms()))
+            return
+        self._take(conn_id, connection, envelope)
+
+    def decoded(self, conn_id: ConnId, envelope: Envelope, size: int) -> None:
+        """A message of ``size`` bytes the transport decoded already (a hello it
+        authenticated): the same path as ``received`` from there on."""
+        connection = self._connections.get(conn_id)
+        if connection is None:
+            return
+        self.metrics.traffic.bytes_in += size
+        if not connection.can_send:
+            # We are closing this connection (4204, 4400, 4500 ...): what it
+            # still sends is not acted on. Above all, a replaced connection
+            # (its session moved, so the core sees it as awaiting hello) must
+            # not say hello again and take the session back.
+            return
+        self._take(conn_id, connection, envelope)
+
+    def _take(self, conn_id: ConnId, connection: Connection, envelope: Envelope) -> None:
+        now = self._now_ms()
+        self.metrics.traffic.messages_in[envelope.type.value] += 1
+        conn = self.core.connections.get(conn_id)
+        if self._middleware and conn is not None and conn.session is not None:
+            ctx = self._context(conn.session.id, connection, envelope)
+            try:
+                for middleware in self._middleware:
+                    envelope = middleware.on_inbound(ctx, envelope)
+            except Reject as reject:
+                refusal = ProtocolError(reject.code, reject.message, envelope.id)
+                self.metrics.protocol_errors.labels(str(int(reject.code))).inc()
+                self._run(self.core.protocol_error(conn_id, refusal, now))
+                return
+            except Exception:
+                # A bug in middleware costs this one message (4501), not the
+                # connection (autobahn would drop it on an exception here).
+                failure = Failure()
+                self.log.failure("inbound middleware failed", failure)
+                self._report_error(ctx, failure)
+                fault = ProtocolError(ErrorCode.INTERNAL_ERROR, "internal error", envelope.id)
+                self.metrics.protocol_errors.labels(str(int(ErrorCode.INTERNAL_ERROR))).inc()
+                self._run(self.core.protocol_error(conn_id, fault, now))
+                return
+        if (
+            envelope.type is MessageType.ACK
+            and self.backend.clustered
+            and conn is not None
+            and conn.session is not None
+        ):
+            # The message may have been sent by another node: tell them all.
+            self._announce_ack(conn.session, envelope)
+        queued = self._held.get(conn_id)
+        if (
+            queued is not None
+            and envelope.type in _UNORDERED
+            and conn is not None
+            and conn.session is not None
+        ):
+            # Acks and heartbeats need no order with the held frames (they
+            # answer the server): taking them at once keeps a client that
+            # floods after a stall from filling the held queue with them.
+            self._run(self.core.receive(conn_id, envelope, now))
+            return
+        if queued is not None:
+            if len(queued) >= MAX_HELD_FRAMES:
+                # Bounded: a client may not pile frames up behind a slow backend.
+                full = ProtocolError(ErrorCode.QUEUE_FULL, "too many frames in flight", envelope.id)
+                self.metrics.protocol_errors.labels(str(int(ErrorCode.QUEUE_FULL))).inc()
+                self._run(self.core.protocol_error(conn_id, full, now))
+                return
+            queued.append(envelope)
+            return
+        self._feed(conn_id, envelope)
+
+    def _feed(self, conn_id: ConnId, envelope: Envelope) -> None:
+        """Feed the core, after whatever the backend must do first."""
+        step = self._before_core(conn_id, envelope)
+        if step is None:
+            self._run(self.core.receive(conn_id, envelope, self._now_ms()))
+            return
+        outcome: list[Any] = []
+
+        def capture(result: Any) -> None:
+            outcome.append(result)
+
+        step.addBoth(capture)
+        if outcome:  # already there (always, with the memory backend)
+            self._after_step(conn_id, envelope, outcome[0])
+            return
+        self._held[conn_id] = []
+
+        def resume(_: object) -> None:
+            self._after_step(conn_id, envelope, outcome[0])
+            waiting = self._held.pop(conn_id, [])
+            while waiting and conn_id in self._connections:
+                self._feed(conn_id, waiting.pop(0))
+                if conn_id in self._held:
+                    # That one waits for the backend too: the rest follow it.
+                    self._held[conn_id].extend(waiting)
+                    return
+
+        step.addCallback(resume)
+
+    def _before_core(self, conn_id: ConnId, envelope: Envelope) -> Deferred[Any] | None:
+        backend = self.backend
+        conn = self.core.connections.get(conn_id)
+        if conn is None:
+            return None
+        kind = envelope.type
+        if conn.session is None and kind is MessageType.HELLO:
+            return self._prepare_hello(conn.user, envelope)
+        if conn.session is None:
+            return None
+        if kind is MessageType.SUBSCRIBE and envelope.room:
+            return backend.prepare([room_key(envelope.room)])
+        if (
+            backend.clustered
+            and (kind is MessageType.CALL or (kind is MessageType.EVENT and envelope.ack))
+            and envelope.stream is None
+        ):
+            principal = conn.session.principal
+            if self.core.dedup.lookup((principal, envelope.id), self._now_ms()) is not None:
+                return None  # this node knows it: the core answers the retry
+            self._claims[(conn_id, envelope.id)] = principal
+            return self._claim_when_decided(principal, envelope.id)
+        return None
+
+    def _claim_when_decided(self, principal: str, message_id: str) -> Deferred[Any]:
+        """Claim a message id; while another node still holds it, ask again.
+
+        Answering nothing and moving on to the connection's next frames would
+        let them overtake this one; waiting (with the later frames held, in
+        order) keeps the sender's order. The other node either records its
+        answer, which is sent, or its claim expires and the message is handled
+        here.
+        """
+        deadline = self.clock.seconds() + CLAIM_WAIT_SECONDS
+
+        def decided(claim: Claim) -> Claim | Deferred[Any]:
+            if claim.first or claim.reply is not None or self.clock.seconds() >= deadline:
+                return claim
+            again = deferLater(self.clock, CLAIM_POLL_SECONDS, lambda: None)
+            return again.addCallback(lambda _: self.backend.claim(principal, message_id, 0))
+
+        def loop(claim: Claim) -> Claim | Deferred[Any]:
+            result = decided(claim)
+            return result.addCallback(loop) if isinstance(result, Deferred) else result
+
+        return self.backend.claim(principal, message_id, self._now_ms()).addCallback(loop)
+
+    def _prepare_hello(self, user: str | None, hello: Envelope) -> Deferred[Any]:
+        data = hello.data if isinstance(hello.data, dict) else {}
+        wanted = data.get("session")
+        token = data.get("resume_token")
+        token = token if isinstance(token, str) else None
+        rooms = data.get("rooms")
+        keys = [BROADCAST]
+        if isinstance(rooms, list):
+            keys += [room_key(r) for r in rooms if isinstance(r, str)]
+        if not isinstance(wanted, str) or not self.backend.clustered:
+            known = self.core.sessions.get(wanted) if isinstance(wanted, str) else None
+            if known is not None:
+                keys += [direct_key(known.id), *(room_key(r) for r in known.rooms)]
+            return self.backend.prepare(keys)
+        local = self.core.sessions.get(wanted)
+        if local is not None:
+            return self.backend.prepare(
+                [*keys, direct_key(wanted), *(room_key(r) for r in local.rooms)]
+            )
+
+        def adopt(record: SessionRecord | None) -> Deferred[None]:
+            extra = [direct_key(wanted)]
+            if (
+                record is not None
+                and record.user == user
+                and resume_token_matches(record.resume_hash, token)
+                and wanted not in self.core.sessions
+            ):
+                self.core.adopt_session(
+                    record.id,
+                    record.user,
+                    record.claims,
+                    record.rooms,
+                    record.starts,
+                    self._now_ms(),
+                    record.resume_hash,
+                )
+                extra += [room_key(r) for r in record.rooms]
+            return self.backend.prepare([*keys, *extra])
+
+        return self.backend.load_session(wanted).addCallback(adopt)
+
+    def _after_step(self, conn_id: ConnId, envelope: Envelope, result: Any) -> None:
+        principal = self._claims.pop((conn_id, envelope.id), None)
+        if conn_id not in self._connections:
+            if isinstance(result, Claim) and result.first and principal is not None:
+                # Claimed, but the connection went before it could be handled:
+                # free the id so that the client's retry is handled.
+                self.backend.unclaim(principal, envelope.id)
+            return
+        now = self._now_ms()
+        if isinstance(result, Failure):
+            reason = result.getErrorMessage()
+            self.log.warn("backend step failed: {reason}", reason=reason)
+            if envelope.type is MessageType.HELLO:
+                hint = json.dumps({"retry_after_ms": self._reconnect_hint_ms, "reason": reason})
+                self._close(conn_id, ErrorCode.GOING_AWAY, hint)
+                return
+            fault = ProtocolError(
+                ErrorCode.UNAVAILABLE, f"cluster unavailable: {reason}", envelope.id
+            )
+            self._run(self.core.protocol_error(conn_id, fault, now))
+            return
+        if isinstance(result, Claim) and not result.first:
+            # Another node handled (or is handling) this id: answer as it did.
+            if result.reply is not None:
+                self._send(conn_id, result.reply)
+            return
+        self._run(self.core.receive(conn_id, envelope, now))
+        if envelope.type in (MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE):
+            conn = self.core.connections.get(conn_id)
+            if conn is not None and conn.session is not None:
+                self._session_changed(conn.session.id)

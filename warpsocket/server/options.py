@@ -1,0 +1,32 @@
+"""The hub's options (``HubOptions``), apart so that every part of the hub can read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from warpsocket.core.server import CoreOptions
+from warpsocket.server.security.config import SecurityOptions
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Server behaviour around the core; defaults are the production values."""
+
+    core: CoreOptions = field(default_factory=CoreOptions)
+    tick_interval: float = 1.0
+    shutdown_timeout: float = 10.0
+    # Seconds of a drain during which /healthz says 503 before clients are
+    # told to go (a load balancer's pre-stop period; docs/deployment.md).
+    drain_delay: float = 0.0
+    reconnect_hint_ms: int = 2_000
+    debug: bool = False
+    # Standalone mode: clients may subscribe to and publish into any room.
+    open_rooms: bool = False
+    # Origins, tokens, address lists and limits (docs/security.md).
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+
+    def __post_init__(self) -> None:
+        if self.tick_interval <= 0 or self.shutdown_timeout <= 0:
+            raise ValueError("tick_interval and shutdown_timeout must be positive")
+        if self.reconnect_hint_ms < 0 or self.drain_delay < 0:
+            raise ValueError("reconnect_hint_ms and drain_delay must be >= 0")
