@@ -62,8 +62,12 @@ class FakeConnection:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.aborted = False
+        # The client went away (its close, or the network): nothing more arrives.
+        self.gone = False
         # Told when the hub closes or aborts the connection (the harness detaches it).
         self.on_close: Callable[[int | None], None] | None = None
+        # Told of every envelope the hub sends (the fake client answers heartbeats).
+        self.on_envelope: Callable[[Envelope], None] | None = None
 
     @property
     def handshake(self) -> Handshake | None:
@@ -71,10 +75,13 @@ class FakeConnection:
 
     @property
     def can_send(self) -> bool:
-        return self.close_code is None and not self.aborted
+        return self.close_code is None and not self.aborted and not self.gone
 
     def send_payload(self, payload: bytes) -> None:
-        self.sent.append(self.codec.decode(payload, self.codec.binary))
+        envelope = self.codec.decode(payload, self.codec.binary)
+        self.sent.append(envelope)
+        if self.on_envelope is not None:
+            self.on_envelope(envelope)
 
     def prepare(self, payload: bytes) -> object:
         return payload
@@ -105,8 +112,12 @@ class FakeClient:
     ``received`` holds every envelope the hub sent this connection, decoded,
     in order. ``session`` and ``resume_token`` come from the welcome, and
     ``positions`` are the last stream positions seen, so ``reconnect``
-    resumes the session as a real client would.
+    resumes the session as a real client would. Like a real client it
+    answers the hub's heartbeats (set ``answer_heartbeats = False`` to play
+    a silent one).
     """
+
+    answer_heartbeats = True
 
     def __init__(self, harness: HubHarness, connection: FakeConnection, conn_id: ConnId) -> None:
         self.harness = harness
@@ -118,6 +129,21 @@ class FakeClient:
         self.rooms: list[str] = []
         self.positions: dict[str, dict[str, Any]] = {}
         self._read = 0
+        connection.on_envelope = self._heard
+
+    def _heard(self, envelope: Envelope) -> None:
+        beat = envelope.type is MessageType.HEARTBEAT and envelope.ref is None
+        if beat and self.answer_heartbeats:
+            # After the hub's own step, as a peer's answer would arrive.
+            self.harness.clock.callLater(0, self._answer_heartbeat, envelope)
+
+    def _answer_heartbeat(self, beat: Envelope) -> None:
+        if not self.closed:
+            answer = self.envelope(MessageType.HEARTBEAT, ref=beat.id)
+            self.harness.hub.port.heard(self.conn_id)
+            self.harness.hub.port.received(
+                self.conn_id, self.connection.codec.encode(answer), self.connection.codec.binary
+            )
 
     # ------------------------------------------------------------ what came back
 
@@ -182,7 +208,7 @@ class FakeClient:
             data["resume_token"] = resume_token
         if streams:
             data["streams"] = {name: dict(position) for name, position in streams.items()}
-        hello = self._envelope(MessageType.HELLO, data=data)
+        hello = self.envelope(MessageType.HELLO, data=data)
         answer = self._answer(hello.id, self.feed(hello))
         if answer.type is MessageType.WELCOME:
             self.welcome = answer
@@ -207,7 +233,7 @@ class FakeClient:
     ) -> Envelope | None:
         """An ``event`` (to the application's handler, or into ``room``). With
         ``ack=True`` returns the hub's answer to it (``ack`` or ``error``)."""
-        envelope = self._envelope(
+        envelope = self.envelope(
             MessageType.EVENT, event=event, data=data, ack=ack, room=room, ttl=ttl
         )
         replies = self.feed(envelope)
@@ -215,28 +241,29 @@ class FakeClient:
 
     def call(self, method: str, data: Any = None) -> Envelope:
         """A ``call``; returns its answer (``result`` or ``error``)."""
-        envelope = self._envelope(MessageType.CALL, event=method, data=data)
+        envelope = self.envelope(MessageType.CALL, event=method, data=data)
         return self._answer(envelope.id, self.feed(envelope))
 
     def subscribe(self, room: str) -> Envelope:
         """Join a room; returns the answer (``ack`` with the position, or ``error``)."""
-        envelope = self._envelope(MessageType.SUBSCRIBE, room=room)
+        envelope = self.envelope(MessageType.SUBSCRIBE, room=room)
         return self._answer(envelope.id, self.feed(envelope))
 
     def unsubscribe(self, room: str) -> Envelope:
-        envelope = self._envelope(MessageType.UNSUBSCRIBE, room=room)
+        envelope = self.envelope(MessageType.UNSUBSCRIBE, room=room)
         return self._answer(envelope.id, self.feed(envelope))
 
     def ack(self, event: Envelope) -> None:
         """Acknowledge a received ``direct`` event (cumulatively, by offset)."""
-        self.feed(self._envelope(MessageType.ACK, stream=DIRECT, offset=event.offset))
+        self.feed(self.envelope(MessageType.ACK, stream=DIRECT, offset=event.offset))
 
     def heartbeat(self) -> Envelope:
-        envelope = self._envelope(MessageType.HEARTBEAT)
+        envelope = self.envelope(MessageType.HEARTBEAT)
         return self._answer(envelope.id, self.feed(envelope))
 
     def disconnect(self, code: int | None = 1000) -> None:
         """The client goes away (its close frame, or ``None``: the network failed)."""
+        self.connection.gone = True
         self.harness.detach(self, code)
 
     def reconnect(self, *, resume: bool = True) -> FakeClient:
@@ -259,10 +286,18 @@ class FakeClient:
 
     # ------------------------------------------------------------ helpers
 
-    def _envelope(self, kind: MessageType, **fields: Any) -> Envelope:
-        return Envelope(
-            type=kind, id=self.harness.new_id(), timestamp=self.harness.hub.now_ms(), **fields
-        )
+    def request(self, kind: MessageType | str, **fields: Any) -> Envelope:
+        """Send any envelope (``id`` and ``timestamp`` filled in unless given);
+        returns the hub's answer to it (the envelope whose ``ref`` is its id)."""
+        envelope = self.envelope(MessageType(kind), **fields)
+        return self._answer(envelope.id, self.feed(envelope))
+
+    def envelope(self, kind: MessageType, **fields: Any) -> Envelope:
+        """An envelope from this client (``id`` and ``timestamp`` filled in
+        unless given), not sent: ``feed`` sends it."""
+        fields.setdefault("id", self.harness.new_id())
+        fields.setdefault("timestamp", self.harness.hub.now_ms())
+        return Envelope(type=kind, **fields)
 
     def _track(self, envelope: Envelope) -> None:
         if envelope.stream is not None and envelope.offset is not None:
@@ -366,8 +401,14 @@ class HubHarness:
         return client
 
     def advance(self, seconds: float) -> None:
-        """Move the clock on, firing every timer that falls due on the way."""
-        self.clock.advance(seconds)
+        """Move the clock on, firing every timer that falls due on the way (in
+        steps of at most the tick interval, so that every tick runs)."""
+        step = self.hub.options.tick_interval
+        while seconds > 0:
+            delta = min(step, seconds)
+            self.clock.advance(delta)
+            seconds -= delta
+        self.turn()
 
     def turn(self) -> None:
         """Run what is due now (connections the hub closed are detached)."""
