@@ -26,8 +26,10 @@ from warpsocket.server.hub import STREAM_COLLECT_TICKS, AckTimeoutError, Hub, Hu
 from warpsocket.server.middleware import Handshake, Middleware, Reject
 from warpsocket.testing import FakeClient, FakeConnection, HubHarness
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "testing.md"
 EXAMPLE = re.compile(r"<!-- example -->\n```python\n(?P<code>.*?)```", re.S)
+README_EXAMPLE = re.compile(r"## Testing your application\n.*?```python\n(?P<code>.*?)```", re.S)
 
 
 class UserFromQuery(Middleware):
@@ -69,6 +71,14 @@ class DocsExampleTests(unittest.TestCase):
         self.assertEqual(result.testsRun, 4)
         problems = [str(f) for _, f in result.errors + result.failures]
         self.assertTrue(result.wasSuccessful(), problems)
+
+    def test_the_example_in_the_readme_runs(self) -> None:
+        found = README_EXAMPLE.search((ROOT / "README.md").read_text("utf-8"))
+        assert found is not None
+        namespace: dict[str, Any] = {}
+        exec(compile(found["code"], "README.md", "exec"), namespace)
+        namespace["harness"].stop()
+        self.assertEqual(len(namespace["bob"].events("room:lobby")), 1)
 
 
 class HarnessTests(Base):
