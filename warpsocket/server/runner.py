@@ -101,13 +101,13 @@ class ActionRunner:
             # Closing (our close frame or the peer's is out): nothing more may be sent.
             return
         codec = connection.codec
+        payload: bytes | None
         try:
             payload = codec.encode(envelope)
         except Exception:
-            substitute = self._unencodable(codec, envelope, Failure())
-            if substitute is None:
-                return
-            payload = substitute
+            payload = self._unencodable(codec, envelope, Failure())
+        if payload is None:
+            return
         traffic = self.metrics.traffic
         traffic.encodes += 1
         traffic.messages_out[envelope.type.value] += 1
@@ -133,13 +133,14 @@ class ActionRunner:
                 last_codec = codec
                 message = prepared.get(codec.subprotocol)
                 if message is None:
+                    payload: bytes | None
                     try:
                         payload = codec.encode(envelope)
                     except Exception:
-                        substitute = self._unencodable(codec, envelope, Failure())
-                        if substitute is None:
-                            continue
-                        payload = substitute
+                        payload = self._unencodable(codec, envelope, Failure())
+                    if payload is None:
+                        last_codec = None  # never a frame of None for the next one
+                        continue
                     self.metrics.traffic.encodes += 1
                     size = len(payload)
                     message = connection.prepare(payload)
