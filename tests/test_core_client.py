@@ -527,25 +527,32 @@ class OptionsTests(unittest.SynchronousTestCase):
 class FinalOutcomeTests(Base):
     """An outcome, once given, stays true: the message is never sent again."""
 
-    def test_every_tracked_copy_carries_its_deadline_as_ttl(self) -> None:
+    def test_every_tracked_copy_carries_its_deadline(self) -> None:
+        """As ``deadline``, not ``ttl``: a room event it becomes keeps its own life."""
         self.connect()
         ident, actions = self.client.send("e", 1, T0, ack=True, deadline_ms=3_000)
         [first] = transmitted(actions)
-        self.assertEqual((first.id, first.timestamp, first.ttl), (ident, T0 - 1, 3_000))
+        self.assertEqual(
+            (first.id, first.timestamp, first.deadline, first.ttl), (ident, T0 - 1, 3_000, None)
+        )
 
     def test_retries_carry_what_is_left(self) -> None:
         self.connect()
         ident, _ = self.client.send("e", 1, T0, ack=True, deadline_ms=20_000)
         [retry] = transmitted(self.client.tick(T0 + 5_000))
-        self.assertEqual((retry.id, retry.timestamp, retry.ttl), (ident, T0 + 5_000 - 1, 15_000))
+        self.assertEqual(
+            (retry.id, retry.timestamp, retry.deadline), (ident, T0 + 5_000 - 1, 15_000)
+        )
 
     def test_own_ttl_shorter_than_the_deadline_wins(self) -> None:
         self.connect()
         _, actions = self.client.send("e", 1, T0, ack=True, ttl=500, deadline_ms=3_000)
         [copy] = transmitted(actions)
-        self.assertEqual(copy.ttl, 500)
+        self.assertEqual((copy.ttl, copy.deadline), (500, 500))
         _, actions = self.client.send("e", 1, T0, ttl=700)  # fire-and-forget too
-        self.assertEqual(transmitted(actions)[0].ttl, 700)
+        self.assertEqual(
+            (transmitted(actions)[0].ttl, transmitted(actions)[0].deadline), (700, 700)
+        )
         _, actions = self.client.send("e", 1, T0)
         self.assertIsNone(transmitted(actions)[0].ttl)
 
@@ -564,7 +571,7 @@ class FinalOutcomeTests(Base):
         _, actions = self.client.send("e", 1, T0 + 100, ack=True, deadline_ms=2_000)
         [copy] = transmitted(actions)
         # The server refuses it from its T0 - 10_000 + 2_099 on: 1 ms before our deadline.
-        self.assertEqual(copy.timestamp + copy.ttl, T0 + 100 - 10_001 + 2_000)
+        self.assertEqual(copy.timestamp + copy.deadline, T0 + 100 - 10_001 + 2_000)
         # A heartbeat stamped later tightens the bound.
         beat = Envelope(type=MessageType.HEARTBEAT, id="hb", timestamp=T0 - 9_000, ref=None)
         self.client.receive(beat, T0 + 1_000)

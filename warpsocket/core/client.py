@@ -129,8 +129,8 @@ class Outgoing:
     deadline_ms: int | None
     # When no copy may be handled any more (client clock): the earlier of the
     # deadline and the end of the application's ttl. Every copy carries it as
-    # its ``ttl``, so a copy held up in the network is refused by the server
-    # (4302) instead of being handled after the outcome was reported.
+    # its ``deadline``, so a copy held up in the network is refused by the
+    # server (4302) instead of being handled after the outcome was reported.
     expires_ms: int | None = None
     attempts: int = 0
     next_retry_ms: int | None = None
@@ -311,18 +311,26 @@ class ClientCore:
     def _copy(self, outgoing: Outgoing, now_ms: int) -> Envelope:
         """The envelope as sent now: stamped so that the server refuses it past its expiry.
 
-        The server tests ``timestamp + ttl`` against its own clock, so the
-        timestamp is this moment on a lower bound of the server's clock and
-        the ttl what is left: whatever the clocks' difference, no copy is
-        handled after the moment the client reports the message expired.
+        The server tests ``timestamp + deadline`` against its own clock, so
+        the timestamp is this moment on a lower bound of the server's clock
+        and the deadline what is left: whatever the clocks' difference, no
+        copy is handled after the moment the client reports the message
+        expired.
         """
         envelope = outgoing.envelope
         if outgoing.expires_ms is None:
             return envelope
         offset = self.clock_offset_ms if self.clock_offset_ms is not None else 0
-        return envelope.evolve(
-            timestamp=max(0, now_ms + offset), ttl=max(1, outgoing.expires_ms - now_ms)
-        )
+        # The expiry goes out as the deadline: it bounds handling only, never
+        # the life of a room event the message becomes (protocol.md 2). The
+        # application's own ttl keeps its end, measured from the new stamp.
+        changes: dict[str, int] = {
+            "timestamp": max(0, now_ms + offset),
+            "deadline": max(1, outgoing.expires_ms - now_ms),
+        }
+        if envelope.ttl is not None:
+            changes["ttl"] = max(1, envelope.timestamp + envelope.ttl - now_ms)
+        return envelope.evolve(**changes)
 
     def _retry_delay(self, attempts: int) -> int:
         delay = self.options.retry_initial_ms * 2 ** min(attempts - 1, 16)

@@ -567,8 +567,8 @@ class ServerCore:
                 # comes before the TTL check: a retry of a message handled
                 # in time must get its recorded reply, not 4302 (protocol.md 6).
                 return [] if record.reply is None else [Send(conn.id, record.reply)]
-        if envelope.expired(now_ms):
-            return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl elapsed")
+        if envelope.overdue(now_ms):
+            return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl or deadline passed")
         if tracked:
             self.dedup.begin(key, now_ms)
         if envelope.type is MessageType.EVENT and envelope.room is not None:

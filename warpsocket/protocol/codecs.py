@@ -151,6 +151,7 @@ def _is_reply_only(envelope: Envelope) -> bool:
         and not envelope.ack
         and envelope.ttl is None
         and envelope.code is None
+        and envelope.deadline is None
     )
 
 
