@@ -504,6 +504,7 @@ class ClientMessageTests(Base):
         message = event("m1", event="say", room="chat", data="hi", ack=True, deadline=5_000)
         [fanout, ack] = self.server.receive(1, message, T0 + 4_999)
         assert isinstance(fanout, Fanout)
+        self.assertEqual(sent([ack])[0].ref, "m1")
         self.assertEqual((fanout.envelope.ttl, fanout.envelope.deadline), (None, None))
         late = event("m2", event="say", room="chat", data="hi", ack=True, deadline=5_000)
         [refusal] = sent(self.server.receive(1, late, T0 + 5_000))
