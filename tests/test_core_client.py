@@ -23,6 +23,7 @@ from warpsocket.core.client import (
 from warpsocket.core.history import Position
 from warpsocket.core.ids import SequentialIds
 from warpsocket.protocol import Envelope, ErrorCode, MessageType
+from warpsocket.protocol.datamodel import DataModelError
 
 T0 = 1_764_300_000_000
 
@@ -656,3 +657,36 @@ class ResumeTokenTests(Base):
         self.assertEqual(
             (welcomed.session, self.client.positions, self.client.resume_token), ("s", {}, None)
         )
+
+
+class DataModelTests(Base):
+    """Values outside the data model are refused at send, never queued or sent."""
+
+    def test_outside_the_model_is_refused_locally(self) -> None:
+        self.connect()
+        for bad in (2**53, float("inf"), {"k": b"bytes"}, {1: "int key"}, _deep(70)):
+            with self.subTest(bad=repr(bad)[:30]):
+                self.assertRaises(DataModelError, self.client.send, "e", bad, T0, ack=True)
+                self.assertRaises(DataModelError, self.client.call, "m", bad, T0)
+        self.assertEqual(self.client.queue_length, 0)
+
+    def test_the_welcome_limits_apply(self) -> None:
+        hello = self.hello(T0)
+        welcome = Envelope(
+            type=MessageType.WELCOME,
+            id="w",
+            timestamp=T0,
+            ref=hello.id,
+            data={"session": "s", "streams": {}, "rooms": [],
+                  "limits": {"max_depth": 64, "max_values": 10}},
+        )  # fmt: skip
+        self.client.receive(welcome, T0)
+        self.client.send("e", list(range(9)), T0)
+        self.assertRaises(DataModelError, self.client.send, "e", list(range(10)), T0)
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value

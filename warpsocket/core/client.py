@@ -28,6 +28,7 @@ from typing import Any
 from warpsocket.core.history import Position
 from warpsocket.core.messages import heartbeat_envelope
 from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
 
 
@@ -145,6 +146,8 @@ class ClientCore:
         self.options = options
         self.new_id = new_id
         self.session: str | None = None
+        # The server's data model bounds (from the welcome; defaults until then).
+        self.data_limits = DEFAULT_LIMITS
         # The bearer secret that resumes ``session`` (protocol.md 4.3).
         self.resume_token: str | None = None
         self.positions: dict[str, Position] = {}
@@ -254,6 +257,10 @@ class ClientCore:
         deadline_ms: int | None,
         now_ms: int,
     ) -> list[ClientAction]:
+        if envelope.data is not None:
+            # Refused here, not by the server later (protocol.md 2.1): raises
+            # DataModelError naming the offending value.
+            check_value(envelope.data, self.data_limits)
         deadline = None
         if tracked:
             deadline = now_ms + (
@@ -454,6 +461,7 @@ class ClientCore:
         actions: list[ClientAction] = []
         lost: list[str] = []
         self.session = data["session"]
+        self.data_limits = _data_limits(data.get("limits"), self.data_limits)
         token = data.get("resume_token")
         self.resume_token = token if isinstance(token, str) else None
         streams: dict[str, Any] = data.get("streams", {})
@@ -636,6 +644,16 @@ def _expiry_of(envelope: Envelope, deadline_ms: int | None) -> int | None:
     if envelope.ttl is not None:
         ends.append(envelope.timestamp + envelope.ttl)
     return min(ends) if ends else None
+
+
+def _data_limits(limits: object, current: DataLimits) -> DataLimits:
+    """The bounds a welcome's ``limits`` announce (protocol.md 4.2), if valid."""
+    if not isinstance(limits, dict):
+        return current
+    depth, values = limits.get("max_depth"), limits.get("max_values")
+    if type(depth) is not int or type(values) is not int or depth < 2 or values < 1:
+        return current
+    return DataLimits(depth, values)
 
 
 def _valid_position(info: object) -> bool:
