@@ -27,6 +27,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -125,6 +126,7 @@ def pinger(port: int, pid: int, seconds: float) -> dict[str, float]:
     peak = before
     start = time.monotonic()
     closed_after = -1.0
+    at_close = -1
     sent = 0
     while time.monotonic() - start < seconds:
         try:
@@ -132,6 +134,7 @@ def pinger(port: int, pid: int, seconds: float) -> dict[str, float]:
         except OSError as error:  # reset: the server aborted the connection
             assert error.errno in (errno.ECONNRESET, errno.EPIPE), error
             closed_after = time.monotonic() - start
+            at_close = rss_kib(pid)
             break
         except TimeoutError:
             continue
@@ -141,6 +144,7 @@ def pinger(port: int, pid: int, seconds: float) -> dict[str, float]:
     return {
         "rss_before_kib": before,
         "rss_peak_kib": peak,
+        "rss_at_close_kib": at_close,
         "closed_after_s": closed_after,
         "sent_bytes": sent,
     }
@@ -541,7 +545,6 @@ class MetricsEndpointTests(unittest.TestCase):
         self.assertIn(b"warpsocket_connections", body)
 
     def test_bad_metrics_endpoint_is_a_usage_error(self) -> None:
-        from twisted.python import usage
-
-        with self.assertRaises(usage.UsageError):
+        with self.assertRaises(usage.UsageError) as caught:
             Options().parseOptions(["--metrics-endpoint", "nonsense:1"])
+        self.assertIn("bad --metrics-endpoint", str(caught.exception))

@@ -82,6 +82,8 @@ _DENY_STATUS = HTTP_STATUS
 # The smallest a client frame can be besides its payload: 2 header bytes and
 # the 4-byte mask (RFC 6455 5.2). What a refused frame "paid" (Refusals).
 _FRAME_OVERHEAD = 6
+# The first byte of a ping and of a pong frame (FIN, opcode 9 / 10).
+_METERED_CONTROL = (b"\x89", b"\x8a")
 # Seconds a peer has to answer our close frame before its TCP connection is
 # aborted (Autobahn's default; docs/security.md "Closing").
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
@@ -510,10 +512,11 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if self._corked is not None:
             self.uncork(metered=False)
         super().sendData(data, sync, chopsize)
-        # Every write is metered (pongs included), except a close frame:
-        # autobahn changes its state only after writing it, so a close from
-        # the meter here would be a second close frame.
-        if self._congested and data[:1] != b"\x88":
+        # Pings and pongs are metered here; data frames by the caller
+        # (sendMessage, sendPreparedMessage) once the whole message is out.
+        # Never after a close frame: autobahn changes its state only after
+        # writing it, so a close from the meter would be a second one.
+        if self._congested and data[:1] in _METERED_CONTROL:
             self._check_outbound()
 
     # ------------------------------------------------------------ inbound frames

@@ -106,7 +106,7 @@ class GuardedSite(Site):
             find_guard(transport), transport, _header(request, b"x-forwarded-for")
         )
         if code is not None:
-            self.gate.metrics.rejected_handshakes.labels(code.wire_name).inc()
+            self.gate.metrics.refused_connections.labels(code.wire_name).inc()
             return RefusedResource(code)
         return resource
 
