@@ -131,13 +131,13 @@ def pinger(port: int, pid: int, seconds: float) -> dict[str, float]:
     while time.monotonic() - start < seconds:
         try:
             sock.sendall(burst)
+        except TimeoutError:
+            break  # the server stopped reading for 10 s: a failure (closed_after < 0)
         except OSError as error:  # reset: the server aborted the connection
             assert error.errno in (errno.ECONNRESET, errno.EPIPE), error
             closed_after = time.monotonic() - start
             at_close = rss_kib(pid)
             break
-        except TimeoutError:
-            continue
         sent += len(burst)
         peak = max(peak, rss_kib(pid))
     sock.close()
