@@ -226,9 +226,6 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self.guard.mark_upgraded()
         options = gate.options
         self._bucket = TokenBucket(options.message_rate, options.message_bucket, gate.now())
-        self._refusals = Refusals(
-            options.message_bucket, options.message_bucket / options.message_rate
-        )
         self._meter = OutboundMeter(self.transport)
         self._batch = self.factory.hub.write_batch
         # The guard is a pass-through for writes; below it, a plain socket
@@ -296,7 +293,9 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             return True
         self.gate.metrics.rate_limited.labels("message").inc()
         refusals = self._refusals
-        if refusals is not None and refusals.refused(now, size + _FRAME_OVERHEAD):
+        if refusals is None:  # (made at the first refusal: most connections never see one)
+            refusals = self._refusals = Refusals(bucket.burst, bucket.burst / bucket.rate)
+        if refusals.refused(now, size + _FRAME_OVERHEAD):
             # Another whole burst refused, without pausing: not slowing down.
             self._close(ErrorCode.RATE_LIMITED)
         return False
