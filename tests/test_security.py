@@ -1053,8 +1053,8 @@ class SlowConsumerTests(SecureTestCase):
         self.advance(1)
         self.assertFalse(server_side.can_send)
         self.assertEqual(self.metric("warpsocket_slow_consumers_total"), 1)
-        # It reads the close frame if it reads within the close handshake
-        # timeout (1 s; after it, the connection is aborted: test_attacks).
+        # It reads the close frame if it reads within the slow consumer's
+        # close timeout (after it, the connection is aborted: test_attacks).
         slow.thaw()
         code, reason = await slow.wait_closed()
         self.assertEqual((code, reason), (4201, "slow_consumer"))

@@ -87,6 +87,10 @@ _METERED_CONTROL = (b"\x89", b"\x8a")
 # Seconds a peer has to answer our close frame before its TCP connection is
 # aborted (Autobahn's default; docs/security.md "Closing").
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
+# The same for a slow consumer (4201), which has to read what is already on
+# its way (up to Twisted's 128 KiB send slice and the kernel's buffers)
+# before it reaches the close frame.
+SLOW_CONSUMER_CLOSE_TIMEOUT = 5.0
 
 
 def _reason(code: ErrorCode, message: str = "") -> str:
@@ -628,13 +632,15 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     def _slow_consumer(self) -> None:
         """Close with 4201. What the peer has not been sent yet is dropped (it
         resumes from history), so that the close frame goes out right behind
-        what is already on its way; a peer that does not answer it loses its
-        TCP connection after the close handshake timeout."""
+        what is already on its way; a peer that has not answered it within
+        SLOW_CONSUMER_CLOSE_TIMEOUT loses its TCP connection."""
         if self.can_send:
             self.gate.metrics.slow_consumers.inc()
             self._pong_pending = None
             self._corked = None
             drop_unsent(self.transport)
+            # (An instance attribute: autobahn reads it when the close frame goes.)
+            self.closeHandshakeTimeout = SLOW_CONSUMER_CLOSE_TIMEOUT
             self._close(ErrorCode.SLOW_CONSUMER)
 
     # ------------------------------------------------------------ helpers

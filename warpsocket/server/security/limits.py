@@ -87,10 +87,13 @@ def drop_unsent(transport: Any) -> int:
     buffer (none of their bytes has left); the number of bytes dropped.
 
     Every write of a WebSocket connection is one or more whole frames, and
-    Twisted keeps each write as its own chunk until the socket drains, so
-    dropping the chunks never cuts a frame: what follows (a close frame)
-    goes out right behind the bytes already on their way. Under TLS the
-    records are already encrypted in sequence: nothing is dropped.
+    Twisted keeps each write as its own chunk (``_tempDataBuffer``) until a
+    send moves them all into ``dataBuffer``, so dropping the chunks never
+    cuts a frame: what follows (a close frame) goes out right behind the
+    bytes already on their way. One exception: the rest of a write the
+    socket took only part of (eager.py) is the first chunk when nothing
+    else waits, and is kept. Under TLS the records are already encrypted
+    in sequence: nothing is dropped.
     """
     if behind_tls(transport):
         return 0
@@ -98,9 +101,12 @@ def drop_unsent(transport: Any) -> int:
     socket = chain[-1] if chain else None
     if not isinstance(socket, FileDescriptor):
         return 0
-    dropped = socket._tempDataLen
-    socket._tempDataBuffer = []
-    socket._tempDataLen = 0
+    chunks = socket._tempDataBuffer
+    keep = chunks[:1] if socket.offset >= len(socket.dataBuffer) else []
+    kept = sum(len(chunk) for chunk in keep)
+    dropped = socket._tempDataLen - kept
+    socket._tempDataBuffer = keep
+    socket._tempDataLen = kept
     return dropped
 
 
