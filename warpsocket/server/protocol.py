@@ -273,8 +273,10 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
 
     def _within_rate(self, payload: bytes, is_binary: bool) -> bool:
         """The message token bucket: refuse with 4200, close 4200 if it persists."""
-        if self._charge(len(payload)):
-            return True
+        bucket = self._bucket
+        if bucket is None or bucket.take(self.gate.now()):
+            return True  # (the common case, without a call more per message)
+        self._refused(len(payload))
         refusals = self._refusals
         if self.can_send and refusals is not None and refusals.may_reply():
             # (Decoded for its id only when answered: a flood costs no decode.)
@@ -290,19 +292,28 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         one (ping, pong, fragment). False if over the rate; a client that keeps
         exceeding it is closed with 4200 (Refusals)."""
         bucket = self._bucket
-        if bucket is None:
+        if bucket is None or bucket.take(self.gate.now()):
             return True
-        now = self.gate.now()
-        if bucket.take(now):
-            return True
+        self._refused(size)
+        return False
+
+    def _refused(self, size: int) -> None:
+        """Count a refusal of ``size`` payload bytes; close 4200 if they persist."""
+        bucket = self._bucket
+        assert bucket is not None
         self.gate.metrics.rate_limited.labels("message").inc()
         refusals = self._refusals
         if refusals is None:  # (made at the first refusal: most connections never see one)
             refusals = self._refusals = Refusals(bucket.burst, bucket.burst / bucket.rate)
-        if refusals.refused(now, size + _FRAME_OVERHEAD):
+        if refusals.refused(self.gate.now(), size + _FRAME_OVERHEAD) and self.can_send:
             # Another whole burst refused, without pausing: not slowing down.
             self._close(ErrorCode.RATE_LIMITED)
-        return False
+            # Nothing it sends from here on is read (its close reply neither):
+            # the flood costs no more CPU, and the close handshake timeout
+            # aborts the connection.
+            transport: Any = self.transport
+            if transport is not None:
+                transport.pauseProducing()
 
     # Frames that are not a whole message cost a token each too, or pings,
     # pongs and empty fragments would be a flood the rate never sees.

@@ -101,7 +101,7 @@ class GuardedSite(Site):
             return resource  # checked in onConnect, with the origin and the token
         # Every other path (/healthz, /metrics, ...) obeys the address rules
         # too, which behind trusted proxies only the request can tell.
-        transport = request.channel.transport if request.channel is not None else None
+        transport = getattr(request.channel, "transport", None)
         code, _ = self.gate.check_http(
             find_guard(transport), transport, _header(request, b"x-forwarded-for")
         )
