@@ -35,7 +35,7 @@ from tests.test_security import SECRET, SecureTestCase, frame, upgrade_request
 from tests.test_twistd import ServerProcess, free_port
 from tests.wsclient import async_test, http_get, sleep, wait_until
 from warpsocket.server.cli import Options, makeService
-from warpsocket.server.protocol import CLOSE_HANDSHAKE_TIMEOUT, SLOW_CONSUMER_CLOSE_TIMEOUT
+from warpsocket.server.protocol import BACKLOG_CLOSE_TIMEOUT, CLOSE_HANDSHAKE_TIMEOUT
 from warpsocket.server.security import JWTAuthenticator, SecurityOptions
 from warpsocket.server.security.limits import buffered_bytes
 from warpsocket.server.security.ratelimit import Refusals
@@ -272,7 +272,7 @@ class ProcessAttackTests(unittest.TestCase):
         # Closed (4201, then aborted as it never answers the close): the time
         # to fill the bound, the grace, and the slow consumer's close timeout.
         self.assertGreater(figures["closed_after_s"], 0, figures)
-        limit = grace + SLOW_CONSUMER_CLOSE_TIMEOUT + 5
+        limit = grace + BACKLOG_CLOSE_TIMEOUT + 5
         self.assertLess(figures["closed_after_s"], limit, figures)
         # What it cost the server: the bound, not what the pinger sent.
         growth = (figures["rss_peak_kib"] - figures["rss_before_kib"]) * 1024

@@ -87,10 +87,9 @@ _METERED_CONTROL = (b"\x89", b"\x8a")
 # Seconds a peer has to answer our close frame before its TCP connection is
 # aborted (Autobahn's default; docs/security.md "Closing").
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
-# The same for a slow consumer (4201), which has to read what is already on
-# its way (up to Twisted's 128 KiB send slice and the kernel's buffers)
-# before it reaches the close frame.
-SLOW_CONSUMER_CLOSE_TIMEOUT = 5.0
+# The same when the close frame waits behind unsent data, which the peer has
+# to read first (always after 4201: at least what is already on its way).
+BACKLOG_CLOSE_TIMEOUT = 5.0
 
 
 def _reason(code: ErrorCode, message: str = "") -> str:
@@ -518,6 +517,17 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if metered and self._congested:
             self._check_outbound()
 
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        # A peer only has to answer our close frame (1 s), unless the frame
+        # waits behind unsent data it has to read first. (An instance
+        # attribute: autobahn reads it as it sends the close frame.)
+        meter = self._meter
+        if not isReply and meter is not None and (self._corked or meter()):
+            self.closeHandshakeTimeout = BACKLOG_CLOSE_TIMEOUT
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own writes (control frames, the close handshake, the slow
         # path) go after any frames this connection has waiting in a batch.
@@ -644,14 +654,13 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         """Close with 4201. What the peer has not been sent yet is dropped (it
         resumes from history), so that the close frame goes out right behind
         what is already on its way; a peer that has not answered it within
-        SLOW_CONSUMER_CLOSE_TIMEOUT loses its TCP connection."""
+        BACKLOG_CLOSE_TIMEOUT loses its TCP connection."""
         if self.can_send:
             self.gate.metrics.slow_consumers.inc()
             self._pong_pending = None
             self._corked = None
             drop_unsent(self.transport)
-            # (An instance attribute: autobahn reads it when the close frame goes.)
-            self.closeHandshakeTimeout = SLOW_CONSUMER_CLOSE_TIMEOUT
+            self.closeHandshakeTimeout = BACKLOG_CLOSE_TIMEOUT  # (see sendCloseFrame)
             self._close(ErrorCode.SLOW_CONSUMER)
 
     # ------------------------------------------------------------ helpers
