@@ -517,16 +517,14 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if metered and self._congested:
             self._check_outbound()
 
-    def sendCloseFrame(
-        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
-    ) -> None:
+    def sendClose(self, code: int | None = None, reason: str | None = None) -> None:
         # A peer only has to answer our close frame (1 s), unless the frame
         # waits behind unsent data it has to read first. (An instance
         # attribute: autobahn reads it as it sends the close frame.)
         meter = self._meter
-        if not isReply and meter is not None and (self._corked or meter()):
+        if self.can_send and meter is not None and (self._corked or meter()):
             self.closeHandshakeTimeout = BACKLOG_CLOSE_TIMEOUT
-        super().sendCloseFrame(code, reasonUtf8, isReply)
+        super().sendClose(code, reason)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own writes (control frames, the close handshake, the slow
@@ -660,7 +658,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self._pong_pending = None
             self._corked = None
             drop_unsent(self.transport)
-            self.closeHandshakeTimeout = BACKLOG_CLOSE_TIMEOUT  # (see sendCloseFrame)
+            self.closeHandshakeTimeout = BACKLOG_CLOSE_TIMEOUT  # (see sendClose)
             self._close(ErrorCode.SLOW_CONSUMER)
 
     # ------------------------------------------------------------ helpers
