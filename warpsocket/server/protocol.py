@@ -84,6 +84,8 @@ _DENY_STATUS = HTTP_STATUS
 _FRAME_OVERHEAD = 6
 # The first byte of a ping and of a pong frame (FIN, opcode 9 / 10).
 _METERED_CONTROL = (b"\x89", b"\x8a")
+# The first byte of a close frame (FIN, opcode 8).
+_CLOSE_FRAME = b"\x88"
 # Seconds a peer has to answer our close frame before its TCP connection is
 # aborted (Autobahn's default; docs/security.md "Closing").
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
@@ -122,6 +124,9 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     # upgrade goes ahead, and the hello must then carry a valid token.
     _request_token_refused: ErrorCode | None = None
     _expiry_call: IDelayedCall | None = None
+    # Aborts the connection if the peer has not completed the close handshake.
+    _close_deadline: IDelayedCall | None = None
+    _backlog_close = False
     _grace_call: IDelayedCall | None = None
     _meter: OutboundMeter | None = None
     # True while the outbound buffer must be metered after every frame: from
@@ -307,12 +312,6 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if refusals.refused(self.gate.now(), size + _FRAME_OVERHEAD) and self.can_send:
             # Another whole burst refused, without pausing: not slowing down.
             self._close(ErrorCode.RATE_LIMITED)
-            # Nothing it sends from here on is read (its close reply neither):
-            # the flood costs no more CPU, and the close handshake timeout
-            # aborts the connection.
-            transport: Any = self.transport
-            if transport is not None:
-                transport.pauseProducing()
 
     # Frames that are not a whole message cost a token each too, or pings,
     # pongs and empty fragments would be a flood the rate never sees.
@@ -517,15 +516,6 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if metered and self._congested:
             self._check_outbound()
 
-    def sendClose(self, code: int | None = None, reason: str | None = None) -> None:
-        # A peer only has to answer our close frame (1 s), unless the frame
-        # waits behind unsent data it has to read first. (An instance
-        # attribute: autobahn reads it as it sends the close frame.)
-        meter = self._meter
-        if self.can_send and meter is not None and (self._corked or meter()):
-            self.closeHandshakeTimeout = BACKLOG_CLOSE_TIMEOUT
-        super().sendClose(code, reason)
-
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own writes (control frames, the close handshake, the slow
         # path) go after any frames this connection has waiting in a batch.
@@ -533,6 +523,8 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         # between, and this write would follow that close frame.
         if self._corked is not None:
             self.uncork(metered=False)
+        if data[:1] == _CLOSE_FRAME and self._meter is not None:
+            self._arm_close_deadline()
         super().sendData(data, sync, chopsize)
         # Pings and pongs are metered here; data frames by the caller
         # (sendMessage, sendPreparedMessage) once the whole message is out.
@@ -540,6 +532,31 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         # writing it, so a close from the meter would be a second one.
         if self._congested and data[:1] in _METERED_CONTROL:
             self._check_outbound()
+
+    def _arm_close_deadline(self) -> None:
+        """Our close frame (or our answer to the peer's) is being sent: the
+        peer has CLOSE_HANDSHAKE_TIMEOUT to complete the close, or
+        BACKLOG_CLOSE_TIMEOUT if the frame waits behind unsent data. On the
+        reactor, not autobahn's timer: txaio's batched timer rounds the
+        deadline down to a whole second (0 to 1 s for "1 s"). (Not on the
+        hub's clock either: the frame has to leave on the real network.)"""
+        if self._close_deadline is not None:
+            return
+        meter = self._meter
+        behind = self._backlog_close or (meter is not None and meter() > 0)
+        delay = BACKLOG_CLOSE_TIMEOUT if behind else CLOSE_HANDSHAKE_TIMEOUT
+        reactor: Any = self.factory.hub.reactor
+        self._close_deadline = reactor.callLater(delay, self._close_deadline_over)
+
+    def _close_deadline_over(self) -> None:
+        self._close_deadline = None
+        if self.state != WebSocketServerProtocol.STATE_CLOSED:
+            self.onCloseHandshakeTimeout()  # autobahn's bookkeeping, then abort
+        else:
+            # Closed on our side but never flushed (a peer that stopped reading).
+            transport: Any = self.transport
+            if transport is not None:
+                transport.abortConnection()
 
     # ------------------------------------------------------------ inbound frames
 
@@ -658,7 +675,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self._pong_pending = None
             self._corked = None
             drop_unsent(self.transport)
-            self.closeHandshakeTimeout = BACKLOG_CLOSE_TIMEOUT  # (see sendClose)
+            self._backlog_close = True  # (its close deadline: see _arm_close_deadline)
             self._close(ErrorCode.SLOW_CONSUMER)
 
     # ------------------------------------------------------------ helpers
@@ -695,6 +712,8 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         self._cancel(self._grace_call)
         self._expiry_call = self._grace_call = None
         self._pong_pending = None
+        self._cancel(self._close_deadline)
+        self._close_deadline = None
         if self.conn_id is not None:
             self.gate.protocols.pop(self.conn_id, None)
             if self.closedByMe and self.localCloseCode is not None:
@@ -752,10 +771,10 @@ class WarpSocketServerFactory(WebSocketServerFactory):
             # WebSocket is open, the core's for the hello, then heartbeats.
             # (Autobahn's opening-handshake timer would duplicate the first,
             # through txaio's batched timer, a tenth of the cost of accepting
-            # a connection.) Its close handshake timer still bounds a peer
-            # that never completes a close.
+            # a connection.) Its close handshake timer is replaced by ours
+            # (_arm_close_deadline), which keeps to the second.
             openHandshakeTimeout=0,
-            closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
+            closeHandshakeTimeout=0,
             # Close with a code (1009 for an oversized message, 1002 for a
             # protocol violation) instead of silently dropping the TCP connection,
             # so that the client learns why (protocol.md section 11).
