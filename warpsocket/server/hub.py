@@ -68,6 +68,7 @@ from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
 from warpsocket.server.remote_acks import RemoteAcks
 from warpsocket.server.security.config import SecurityOptions
+from warpsocket.server.session_info import SessionInfo
 from warpsocket.server.threads import threadsafe
 from warpsocket.server.timers import ConnectionTimers
 
@@ -506,8 +507,11 @@ class Hub:
     def sessions_of_user(self, user: str) -> set[str]:
         return self.core.sessions_of_user(user)
 
-    def session_info(self, session: str) -> Session | None:
-        return self.core.sessions.get(session)
+    @threadsafe
+    def session_info(self, session: str) -> SessionInfo | None:
+        """A read-only snapshot of a session held on this node, or None."""
+        found = self.core.sessions.get(session)
+        return SessionInfo.of(found) if found is not None else None
 
     @property
     def connection_count(self) -> int:
