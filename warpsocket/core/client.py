@@ -39,6 +39,21 @@ class QueuePolicy(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ClientCoreOptions:
+    """The client's reliability bounds (``ClientOptions.core``).
+
+    - ``max_queue`` and ``queue_policy``: how many messages wait for an
+      answer or for a connection (the offline queue), and what ``send`` does
+      past that (``QueuePolicy``).
+    - ``ack_deadline_ms``: a message with no final answer by then ends as
+      ``Status.EXPIRED``.
+    - ``retry_initial_ms`` / ``retry_max_ms``: an unanswered acknowledged
+      message is re-sent after ``retry_initial_ms``, then at doubling
+      intervals up to ``retry_max_ms`` (same id: the server deduplicates it).
+    - ``max_remembered_acks``: how many acknowledged server events are
+      remembered, so that one the server re-sends is acknowledged again
+      rather than delivered twice.
+    """
+
     max_queue: int = 10_000
     queue_policy: QueuePolicy = QueuePolicy.REJECT_NEW
     ack_deadline_ms: int = 60_000
@@ -54,6 +69,13 @@ class ClientCoreOptions:
 
 
 class Status(str, enum.Enum):
+    """The final outcome of a message the application sent (``Outcome.status``).
+
+    ``ACKED``: the server accepted an event; ``RESULT``: a call was answered;
+    ``REJECTED``: refused with an error code; ``EXPIRED``: its deadline or
+    ``ttl`` passed first.
+    """
+
     ACKED = "acked"
     RESULT = "result"
     REJECTED = "rejected"
@@ -75,6 +97,10 @@ class Deliver:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """How a sent message ended: its ``id``, ``status`` (``Status``), the
+    call's result or the ack's ``data``, and for a refusal the error ``code``
+    and ``message``. The client turns a refusal into a ``DeliveryError``."""
+
     id: str
     status: Status
     data: Any = None

@@ -79,7 +79,13 @@ AuthResult = Identity | Deferred[Identity] | Awaitable[Identity]
 
 @runtime_checkable
 class Authenticator(Protocol):
-    """Anything with ``authenticate(token, now)``: JWT, API keys, sessions..."""
+    """Anything with ``authenticate(token, now)``: JWT, API keys, sessions...
+
+    ``authenticate`` returns an ``Identity`` (or a Deferred or coroutine of
+    one) or raises ``AuthError``; ``now`` is the hub's clock in seconds. Give
+    one as ``SecurityOptions(authenticator=...)``: ``JWTAuthenticator`` and
+    ``StaticKeyAuthenticator`` are the two that ship.
+    """
 
     def authenticate(self, token: str, now: float) -> AuthResult: ...
 
