@@ -182,6 +182,8 @@ class Hub:
       authorisation for client joins and publishes (``ClaimsPolicy`` offers
       both); without them only ``HubOptions.open_rooms`` allows any.
     - ``middleware``: a list of ``Middleware``; ``codecs``: a ``CodecRegistry``.
+    - ``store``: the ``StreamStore`` of the default ``MemoryBackend`` (ignored
+      when a ``backend`` is given).
     - ``clock`` / ``reactor``: an ``IReactorTime`` for every timer (tests pass
       ``twisted.internet.task.Clock``) and the reactor (the global one).
     """
