@@ -153,6 +153,16 @@ class Outgoing:
 
 
 class ClientCore:
+    """The client's reliability state machine, sans-I/O (the module docstring
+    lists the actions it returns).
+
+    It owns what survives a reconnect: the session and its resume token, the
+    position on every stream, the rooms, the offline queue and the messages
+    awaiting an answer. ``WarpSocketClient`` feeds it connection events and
+    envelopes with ``now_ms`` and performs what it returns; a port of the
+    client to another language implements the same machine (protocol.md).
+    """
+
     def __init__(self, options: ClientCoreOptions, new_id: Callable[[], str]) -> None:
         self.options = options
         self.new_id = new_id

@@ -233,6 +233,13 @@ class PendingAck:
 
 @dataclass(eq=False, slots=True)
 class Session:
+    """The core's record of one session (mutable: only the core changes it).
+
+    The ``can_join`` and ``can_publish`` policies receive it (``id``,
+    ``user``, ``claims``, ``rooms``); applications read sessions through
+    ``Hub.session_info``, which returns a read-only ``SessionInfo``.
+    """
+
     id: str
     user: str | None
     claims: Mapping[str, Any]
@@ -281,6 +288,16 @@ def deny_all(*_: object) -> bool:
 
 
 class ServerCore:
+    """The server's reliability state machine for one node, sans-I/O.
+
+    It keeps connections, sessions, room membership, pending acknowledged
+    sends, the dedup window and the connection timers' deadlines, and reads
+    histories from a ``StreamStore``. Every method takes ``now_ms`` and
+    returns actions (the module docstring lists them) that the hub performs;
+    it never blocks, reads a clock or does I/O. Options are ``CoreOptions``;
+    ``can_join`` / ``can_publish`` are the application's authorisation.
+    """
+
     def __init__(
         self,
         store: StreamStore,

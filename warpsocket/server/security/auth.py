@@ -106,6 +106,10 @@ class JWTAuthenticator:
     - ``aud`` and ``iss`` are checked when configured; a token carrying an
       ``aud`` is refused when no audience is configured (PyJWT's rule).
     - the user is the ``user_claim`` (``sub``), which must be a string.
+
+    Use it as ``SecurityOptions(authenticator=JWTAuthenticator(public_key,
+    ["RS256"], audience="chat", leeway=30))``, or from the command line with
+    ``--jwt-public-key`` / ``--jwt-secret`` (docs/security.md).
     """
 
     def __init__(
