@@ -338,7 +338,7 @@ class SecureTestCase(ServerTestCase):
 
     def server_protocol(self, client: WsClient) -> WarpSocketServerProtocol:
         assert client.session is not None
-        info = self.hub.session_info(client.session)
+        info = self.hub.core.sessions.get(client.session)
         assert info is not None and info.conn is not None
         return self.gate.protocols[info.conn]
 

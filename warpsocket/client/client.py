@@ -126,6 +126,10 @@ class Opened:
 
 @dataclass
 class ClientStats:
+    """Counters of one client since it was made (``client.stats``): attempts,
+    connections, reconnects and resumes, messages in and out, reconnect times
+    and round-trip times (docs/client.md, "Statistics")."""
+
     attempts: int = 0
     connections: int = 0
     reconnects: int = 0
@@ -150,6 +154,18 @@ TokenProvider = Callable[[], "str | Deferred[str | None] | None"]
 
 
 class WarpSocketClient:
+    """The auto-reconnecting WarpSocket client, on the Twisted reactor.
+
+    ``WarpSocketClient(url, options=ClientOptions(...))``; ``await
+    client.connect()`` and it stays connected by itself (backoff with
+    jitter, resume of its session, rooms and streams, the offline queue
+    flushed on reconnect). ``send(event, data, ack=True)`` and ``call(method,
+    data)`` return Deferreds with exactly one outcome each; ``on(event,
+    handler)`` receives server events exactly once and in order per stream;
+    ``on_lost`` is told of streams that could not be recovered. The guide is
+    docs/client.md; ``BlockingClient`` and ``AsyncClient`` wrap this class.
+    """
+
     log = Logger()
 
     def __init__(

@@ -41,6 +41,21 @@ class QueuePolicy(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ClientCoreOptions:
+    """The client's reliability bounds (``ClientOptions.core``).
+
+    - ``max_queue`` and ``queue_policy``: how many messages wait for an
+      answer or for a connection (the offline queue), and what ``send`` does
+      past that (``QueuePolicy``).
+    - ``ack_deadline_ms``: a message with no final answer by then ends as
+      ``Status.EXPIRED``.
+    - ``retry_initial_ms`` / ``retry_max_ms``: an unanswered acknowledged
+      message is re-sent after ``retry_initial_ms``, then at doubling
+      intervals up to ``retry_max_ms`` (same id: the server deduplicates it).
+    - ``max_remembered_acks``: how many acknowledged server events are
+      remembered, so that one the server re-sends is acknowledged again
+      rather than delivered twice.
+    """
+
     max_queue: int = 10_000
     queue_policy: QueuePolicy = QueuePolicy.REJECT_NEW
     ack_deadline_ms: int = 60_000
@@ -56,6 +71,13 @@ class ClientCoreOptions:
 
 
 class Status(str, enum.Enum):
+    """The final outcome of a message the application sent (``Outcome.status``).
+
+    ``ACKED``: the server accepted an event; ``RESULT``: a call was answered;
+    ``REJECTED``: refused with an error code; ``EXPIRED``: its deadline or
+    ``ttl`` passed first.
+    """
+
     ACKED = "acked"
     RESULT = "result"
     REJECTED = "rejected"
@@ -78,6 +100,10 @@ class Deliver:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """How a sent message ended: its ``id``, ``status`` (``Status``), the
+    call's result or the ack's ``data``, and for a refusal the error ``code``
+    and ``message``. The client turns a refusal into a ``DeliveryError``."""
+
     id: str
     status: Status
     data: Any = None
@@ -142,6 +168,16 @@ class Outgoing:
 
 
 class ClientCore:
+    """The client's reliability state machine, sans-I/O (the module docstring
+    lists the actions it returns).
+
+    It owns what survives a reconnect: the session and its resume token, the
+    position on every stream, the rooms, the offline queue and the messages
+    awaiting an answer. ``WarpSocketClient`` feeds it connection events and
+    envelopes with ``now_ms`` and performs what it returns; a port of the
+    client to another language implements the same machine (protocol.md).
+    """
+
     def __init__(self, options: ClientCoreOptions, new_id: Callable[[], str]) -> None:
         self.options = options
         self.new_id = new_id

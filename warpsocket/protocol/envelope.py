@@ -29,6 +29,9 @@ MAX_EPOCH_LENGTH = 64
 
 
 class MessageType(str, enum.Enum):
+    """The ``type`` of an envelope (protocol.md section 3); the value is the
+    name on the wire."""
+
     HELLO = "hello"
     WELCOME = "welcome"
     EVENT = "event"
@@ -61,7 +64,14 @@ _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One protocol message. ``None`` means "field absent" for optionals."""
+    """One protocol message, immutable. ``None`` means "field absent" for
+    optionals.
+
+    ``Envelope.from_wire`` validates a decoded mapping (fields, types, the
+    data model) and raises ``ProtocolError``; ``to_wire`` gives the mapping a
+    codec encodes. Middleware and ``can_publish`` policies receive envelopes
+    and return or inspect them; ``dataclasses.replace`` makes a changed copy.
+    """
 
     type: MessageType
     id: str

@@ -68,6 +68,7 @@ from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
 from warpsocket.server.remote_acks import RemoteAcks
 from warpsocket.server.security.config import SecurityOptions
+from warpsocket.server.session_info import SessionInfo
 from warpsocket.server.threads import threadsafe
 from warpsocket.server.timers import ConnectionTimers
 
@@ -106,7 +107,12 @@ def _close_label(code: int | None) -> str:
 
 
 class AckTimeoutError(Exception):
-    """An acknowledged send was not acknowledged in time (or its session expired)."""
+    """An acknowledged send was not acknowledged in time (or its session expired).
+
+    The Deferred of ``Hub.send(..., ack=True)`` fails with it; ``session`` and
+    ``offset`` name the message, ``code`` says why (``TIMEOUT``, or e.g.
+    ``GOING_AWAY`` when the server shut down first).
+    """
 
     def __init__(self, session: str, offset: int, code: ErrorCode) -> None:
         super().__init__(f"session {session}: message {offset} not acknowledged ({code.wire_name})")
@@ -117,7 +123,22 @@ class AckTimeoutError(Exception):
 
 @dataclass(frozen=True)
 class HubOptions:
-    """Server behaviour around the core; defaults are the production values."""
+    """Everything a ``Hub`` is configured with; defaults are the production
+    values (``twistd warpsocket`` builds one from its command line).
+
+    - ``core``: the reliability settings (``CoreOptions``: sessions, timers,
+      acks, limits, histories).
+    - ``security``: origins, authentication, address lists and rate and size
+      limits (``SecurityOptions``, docs/security.md).
+    - ``open_rooms``: clients may join and publish into any room (standalone
+      mode); otherwise only what ``can_join``/``can_publish`` allow.
+    - ``tick_interval``: seconds between housekeeping runs (ack retries,
+      session expiry, the backend's upkeep).
+    - ``drain_delay`` / ``shutdown_timeout``: the drain sequence of
+      ``WarpSocketService.stopService`` (docs/deployment.md).
+    - ``reconnect_hint_ms``: the delay suggested to clients sent away by a drain.
+    - ``debug``: log every envelope in and out (``LoggingMiddleware``).
+    """
 
     core: CoreOptions = field(default_factory=CoreOptions)
     tick_interval: float = 1.0
@@ -140,6 +161,33 @@ class HubOptions:
 
 
 class Hub:
+    """The application's side of a WarpSocket server: handlers, sends and rooms.
+
+    One hub serves one node; ``WarpSocketService(hub, endpoints)`` puts it on
+    the network. Register handlers for events and RPC methods with ``on``
+    (``@hub.on("say")``), lifecycle hooks with ``on_open``/``on_close``/
+    ``on_error`` and middleware with ``use``. Send with ``send`` (one session,
+    optionally acknowledged), ``send_user``, ``send_group``, ``publish`` (a
+    room) and ``broadcast``; each returns a Deferred, and called from another
+    thread a ``concurrent.futures.Future`` of its result. Rooms: ``join``,
+    ``leave``, ``room_members``, ``presence``; sessions: ``session_info``,
+    ``sessions_of_user``, ``is_connected``.
+
+    Constructor arguments, all optional:
+
+    - ``options``: a ``HubOptions``.
+    - ``backend``: where streams, sessions, dedup records and presence live:
+      ``MemoryBackend`` (the default, one node) or ``RedisBackend`` (a cluster).
+    - ``can_join(session, room)`` / ``can_publish(session, room, envelope)``:
+      authorisation for client joins and publishes (``ClaimsPolicy`` offers
+      both); without them only ``HubOptions.open_rooms`` allows any.
+    - ``middleware``: a list of ``Middleware``; ``codecs``: a ``CodecRegistry``.
+    - ``store``: the ``StreamStore`` of the default ``MemoryBackend`` (ignored
+      when a ``backend`` is given).
+    - ``clock`` / ``reactor``: an ``IReactorTime`` for every timer (tests pass
+      ``twisted.internet.task.Clock``) and the reactor (the global one).
+    """
+
     log = Logger()
 
     def __init__(
@@ -506,8 +554,11 @@ class Hub:
     def sessions_of_user(self, user: str) -> set[str]:
         return self.core.sessions_of_user(user)
 
-    def session_info(self, session: str) -> Session | None:
-        return self.core.sessions.get(session)
+    @threadsafe
+    def session_info(self, session: str) -> SessionInfo | None:
+        """A read-only snapshot of a session held on this node, or None."""
+        found = self.core.sessions.get(session)
+        return SessionInfo.of(found) if found is not None else None
 
     @property
     def connection_count(self) -> int:

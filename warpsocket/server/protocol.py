@@ -421,7 +421,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         identity = self.identity
         if self.session is None or identity is None:
             return
-        session = self.factory.hub.session_info(self.session)
+        session = self.factory.hub.core.sessions.get(self.session)
         if session is not None and session.user == identity.user:
             session.claims = dict(identity.claims)
 

@@ -246,7 +246,7 @@ class Gate:
             return Failure(Reject(ErrorCode.UNAUTHORIZED, text))
 
         def accepted(identity: Identity) -> None:
-            session = self.hub.session_info(ctx.session)
+            session = self.hub.core.sessions.get(ctx.session)
             if session is None:
                 raise Reject(ErrorCode.UNAUTHORIZED, "no session")
             if session.user is None:
