@@ -23,6 +23,7 @@ from warpsocket.core.client import (
 from warpsocket.core.history import Position
 from warpsocket.core.ids import SequentialIds
 from warpsocket.protocol import Envelope, ErrorCode, MessageType
+from warpsocket.protocol.datamodel import DataModelError
 
 T0 = 1_764_300_000_000
 
@@ -527,25 +528,32 @@ class OptionsTests(unittest.SynchronousTestCase):
 class FinalOutcomeTests(Base):
     """An outcome, once given, stays true: the message is never sent again."""
 
-    def test_every_tracked_copy_carries_its_deadline_as_ttl(self) -> None:
+    def test_every_tracked_copy_carries_its_deadline(self) -> None:
+        """As ``deadline``, not ``ttl``: a room event it becomes keeps its own life."""
         self.connect()
         ident, actions = self.client.send("e", 1, T0, ack=True, deadline_ms=3_000)
         [first] = transmitted(actions)
-        self.assertEqual((first.id, first.timestamp, first.ttl), (ident, T0 - 1, 3_000))
+        self.assertEqual(
+            (first.id, first.timestamp, first.deadline, first.ttl), (ident, T0 - 1, 3_000, None)
+        )
 
     def test_retries_carry_what_is_left(self) -> None:
         self.connect()
         ident, _ = self.client.send("e", 1, T0, ack=True, deadline_ms=20_000)
         [retry] = transmitted(self.client.tick(T0 + 5_000))
-        self.assertEqual((retry.id, retry.timestamp, retry.ttl), (ident, T0 + 5_000 - 1, 15_000))
+        self.assertEqual(
+            (retry.id, retry.timestamp, retry.deadline), (ident, T0 + 5_000 - 1, 15_000)
+        )
 
     def test_own_ttl_shorter_than_the_deadline_wins(self) -> None:
         self.connect()
         _, actions = self.client.send("e", 1, T0, ack=True, ttl=500, deadline_ms=3_000)
         [copy] = transmitted(actions)
-        self.assertEqual(copy.ttl, 500)
+        self.assertEqual((copy.ttl, copy.deadline), (500, 500))
         _, actions = self.client.send("e", 1, T0, ttl=700)  # fire-and-forget too
-        self.assertEqual(transmitted(actions)[0].ttl, 700)
+        self.assertEqual(
+            (transmitted(actions)[0].ttl, transmitted(actions)[0].deadline), (700, 700)
+        )
         _, actions = self.client.send("e", 1, T0)
         self.assertIsNone(transmitted(actions)[0].ttl)
 
@@ -564,7 +572,7 @@ class FinalOutcomeTests(Base):
         _, actions = self.client.send("e", 1, T0 + 100, ack=True, deadline_ms=2_000)
         [copy] = transmitted(actions)
         # The server refuses it from its T0 - 10_000 + 2_099 on: 1 ms before our deadline.
-        self.assertEqual(copy.timestamp + copy.ttl, T0 + 100 - 10_001 + 2_000)
+        self.assertEqual(copy.timestamp + copy.deadline, T0 + 100 - 10_001 + 2_000)
         # A heartbeat stamped later tightens the bound.
         beat = Envelope(type=MessageType.HEARTBEAT, id="hb", timestamp=T0 - 9_000, ref=None)
         self.client.receive(beat, T0 + 1_000)
@@ -649,3 +657,36 @@ class ResumeTokenTests(Base):
         self.assertEqual(
             (welcomed.session, self.client.positions, self.client.resume_token), ("s", {}, None)
         )
+
+
+class DataModelTests(Base):
+    """Values outside the data model are refused at send, never queued or sent."""
+
+    def test_outside_the_model_is_refused_locally(self) -> None:
+        self.connect()
+        for bad in (2**53, float("inf"), {"k": b"bytes"}, {1: "int key"}, _deep(70)):
+            with self.subTest(bad=repr(bad)[:30]):
+                self.assertRaises(DataModelError, self.client.send, "e", bad, T0, ack=True)
+                self.assertRaises(DataModelError, self.client.call, "m", bad, T0)
+        self.assertEqual(self.client.queue_length, 0)
+
+    def test_the_welcome_limits_apply(self) -> None:
+        hello = self.hello(T0)
+        welcome = Envelope(
+            type=MessageType.WELCOME,
+            id="w",
+            timestamp=T0,
+            ref=hello.id,
+            data={"session": "s", "streams": {}, "rooms": [],
+                  "limits": {"max_depth": 64, "max_values": 10}},
+        )  # fmt: skip
+        self.client.receive(welcome, T0)
+        self.client.send("e", list(range(9)), T0)
+        self.assertRaises(DataModelError, self.client.send, "e", list(range(10)), T0)
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value

@@ -552,6 +552,18 @@ class ClientMessageTests(Base):
         [error] = sent(self.server.receive(1, message, T0))
         self.assertEqual((error.code, error.ref), (4001, "m1"))
 
+    def test_deadline_bounds_handling_but_not_the_room_event(self) -> None:
+        message = event("m1", event="say", room="chat", data="hi", ack=True, deadline=5_000)
+        [publish_action] = self.server.receive(1, message, T0 + 4_999)
+        assert isinstance(publish_action, Publish)
+        [fanout, ack] = perform(self.server, publish_action, T0 + 4_999)
+        assert isinstance(fanout, Fanout)
+        self.assertEqual(sent([ack])[0].ref, "m1")
+        self.assertEqual((fanout.envelope.ttl, fanout.envelope.deadline), (None, None))
+        late = event("m2", event="say", room="chat", data="hi", ack=True, deadline=5_000)
+        [refusal] = sent(self.server.receive(1, late, T0 + 5_000))
+        self.assertEqual((refusal.code, refusal.ref), (4302, "m2"))
+
     def test_room_publish(self) -> None:
         message = event("m1", event="say", room="chat", data="hi", ack=True)
         [publish_action] = self.server.receive(1, message, T0)

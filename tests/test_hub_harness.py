@@ -409,7 +409,7 @@ class SendTests(Base):
         client.ack(client.events("direct")[-1])
         for each in waiters:
             self.successResultOf(each)
-        self.assertEqual(hub.session_info(client.session).pending, {})  # type: ignore[union-attr]
+        self.assertEqual(hub.core.sessions[client.session].pending, {})
 
     def test_acked_send_retries_then_times_out(self) -> None:
         hub = self.start(CoreOptions(ack_retry_ms=10_000))

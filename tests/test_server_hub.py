@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 import msgpack
@@ -416,7 +417,7 @@ class ResumeTests(ServerTestCase):
         self.assertEqual(code, 4400)
         await barrier(new)
         self.assertIsNone(new.close_code)
-        info = hub.session_info(session)
+        info = hub.core.sessions.get(session)
         assert info is not None and info.conn is not None
         self.assertEqual(hub.port.connections[info.conn].session, session)
         self.assertEqual(self.metric("warpsocket_messages_in_total", {"type": "hello"}), 2.0)
@@ -443,6 +444,49 @@ class ResumeTests(ServerTestCase):
         self.assertFalse(again.welcome["data"]["resumed"])
         self.assertNotEqual(again.session, session)
         self.assertFalse(again.welcome["data"]["streams"]["direct"]["recovered"])
+
+
+class UserAndClaimsFromQuery(Middleware):
+    def on_connect(self, handshake: Handshake) -> None:
+        handshake.user = handshake.params["user"][0]
+        handshake.claims = {"role": "member", "rooms": ["a", "b"]}
+
+
+class SessionInfoTests(ServerTestCase):
+    @async_test
+    async def test_session_info_is_a_read_only_snapshot(self) -> None:
+        hub = self.start_server(open_rooms=True, middleware=[UserAndClaimsFromQuery()])
+        client = await self.connect(path="/ws?user=alice", rooms=["a", "b"])
+        session = client.session
+        assert session is not None
+        info = hub.session_info(session)
+        assert info is not None
+        self.assertEqual(
+            (info.id, info.user, dict(info.claims), info.rooms, info.connected),
+            (session, "alice", {"role": "member", "rooms": ["a", "b"]}, {"a", "b"}, True),
+        )
+        self.assertIsInstance(info.rooms, frozenset)
+        with self.assertRaises(FrozenInstanceError):
+            info.user = "mallory"  # type: ignore[misc]
+        with self.assertRaises(TypeError):
+            info.claims["role"] = "admin"  # type: ignore[index]
+        info.claims["rooms"].append("admin-room")
+        # Nothing reaches the core's record through the view.
+        record = hub.core.sessions[session]
+        self.assertEqual(
+            (record.user, dict(record.claims)),
+            ("alice", {"role": "member", "rooms": ["a", "b"]}),
+        )
+
+        hub.leave(session, "a")
+        await client.drop()
+        await wait_until(lambda: not hub.is_connected(session), what="detach")
+        later = hub.session_info(session)
+        assert later is not None
+        self.assertEqual((later.rooms, later.connected), ({"b"}, False))
+        # A snapshot: the earlier view still says what was true when taken.
+        self.assertEqual((info.rooms, info.connected), ({"a", "b"}, True))
+        self.assertIsNone(hub.session_info("no-such-session"))
 
 
 # ---------------------------------------------------------------- encode once

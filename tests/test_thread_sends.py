@@ -117,6 +117,7 @@ class ThreadSendTests(ServerTestCase):
                 # Plain values stay plain values.
                 "members": hub.room_members("r"),
                 "connected": hub.is_connected(session),
+                "info": hub.session_info(session),
             }
 
         got = await deferToThread(work)
@@ -125,6 +126,7 @@ class ThreadSendTests(ServerTestCase):
             (got["stored"], got["users"], got["group"], got["members"], got["connected"]),
             (1, 0, None, {session}, True),
         )
+        self.assertEqual((got["info"].id, got["info"].connected), (session, True))
         for event in ("p", "b", "g"):
             await client.wait_for(lambda m, e=event: m.get("event") == e)  # type: ignore[misc]
 

@@ -3,51 +3,148 @@
 No message lost, duplicated or reordered as the application sees it, across
 disconnects and reconnects, within a configured retention window; and an
 explicit ``recovered: false`` where the window is exceeded.
+
+Everything an application imports is importable from here. The names are
+loaded on first use, so ``import warpsocket.protocol`` (sans-I/O) does not
+import Twisted, and ``import warpsocket`` costs nothing until a name is used.
 """
 
-from warpsocket.client.aio import AsyncClient
-from warpsocket.client.blocking import BlockingClient
-from warpsocket.client.client import (
-    ClientClosedError,
-    ClientStats,
-    ConnectTimeoutError,
-    DeliveryError,
-    Message,
-    Opened,
-    WarpSocketClient,
-)
-from warpsocket.client.options import ClientOptions, DisconnectCause, default_should_reconnect
-from warpsocket.client.state import ClientState
-from warpsocket.core.backoff import Backoff
-from warpsocket.core.client import ClientCoreOptions, Outcome, QueuePolicy, Status
-from warpsocket.core.dedup import DedupLimits
-from warpsocket.core.history import HistoryLimits
-from warpsocket.core.server import CoreOptions
-from warpsocket.protocol import (
-    JSON_SUBPROTOCOL,
-    MSGPACK_SUBPROTOCOL,
-    Codec,
-    CodecRegistry,
-    Envelope,
-    ErrorCode,
-    MessageType,
-    ProtocolError,
-    default_codecs,
-)
-from warpsocket.server.context import Context
-from warpsocket.server.hub import AckTimeoutError, Hub, HubOptions
-from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
-from warpsocket.server.service import WarpSocketService
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from warpsocket.backends.base import Backend, BackendUnavailableError
+    from warpsocket.backends.memory import MemoryBackend
+    from warpsocket.backends.redis.backend import RedisBackend
+    from warpsocket.backends.redis.options import RedisOptions
+    from warpsocket.client.aio import AsyncClient
+    from warpsocket.client.blocking import BlockingClient
+    from warpsocket.client.client import (
+        ClientClosedError,
+        ClientStats,
+        ConnectTimeoutError,
+        DeliveryError,
+        Message,
+        Opened,
+        WarpSocketClient,
+    )
+    from warpsocket.client.options import ClientOptions, DisconnectCause, default_should_reconnect
+    from warpsocket.client.state import ClientState
+    from warpsocket.core.backoff import Backoff
+    from warpsocket.core.client import ClientCoreOptions, Outcome, QueuePolicy, Status
+    from warpsocket.core.dedup import DedupLimits
+    from warpsocket.core.history import HistoryLimits
+    from warpsocket.core.server import CoreOptions, QueueFullError, UnknownSessionError
+    from warpsocket.protocol.codecs import (
+        JSON_SUBPROTOCOL,
+        MSGPACK_SUBPROTOCOL,
+        Codec,
+        CodecRegistry,
+        default_codecs,
+    )
+    from warpsocket.protocol.codes import ErrorCode, ProtocolError
+    from warpsocket.protocol.datamodel import DataLimits, DataModelError
+    from warpsocket.protocol.envelope import Envelope, MessageType
+    from warpsocket.server.context import Context
+    from warpsocket.server.hub import Hub
+    from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
+    from warpsocket.server.options import HubOptions
+    from warpsocket.server.outbox import AckTimeoutError
+    from warpsocket.server.security.auth import (
+        Authenticator,
+        AuthError,
+        ClaimsPolicy,
+        Identity,
+        JWTAuthenticator,
+        StaticKeyAuthenticator,
+    )
+    from warpsocket.server.security.config import SecurityOptions
+    from warpsocket.server.service import WarpSocketService
+    from warpsocket.server.session_info import SessionInfo
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it (read by __getattr__ below; the
+# TYPE_CHECKING imports above say the same for type checkers, and
+# tests/test_public_api.py holds the two to each other).
+_EXPORTS: dict[str, str] = {
+    # The server.
+    "Hub": "warpsocket.server.hub",
+    "HubOptions": "warpsocket.server.options",
+    "AckTimeoutError": "warpsocket.server.outbox",
+    "WarpSocketService": "warpsocket.server.service",
+    "Context": "warpsocket.server.context",
+    "SessionInfo": "warpsocket.server.session_info",
+    "Handshake": "warpsocket.server.middleware",
+    "Middleware": "warpsocket.server.middleware",
+    "LoggingMiddleware": "warpsocket.server.middleware",
+    "Reject": "warpsocket.server.middleware",
+    "CoreOptions": "warpsocket.core.server",
+    "UnknownSessionError": "warpsocket.core.server",
+    "QueueFullError": "warpsocket.core.server",
+    "HistoryLimits": "warpsocket.core.history",
+    "DedupLimits": "warpsocket.core.dedup",
+    # Security.
+    "SecurityOptions": "warpsocket.server.security.config",
+    "Authenticator": "warpsocket.server.security.auth",
+    "AuthError": "warpsocket.server.security.auth",
+    "Identity": "warpsocket.server.security.auth",
+    "JWTAuthenticator": "warpsocket.server.security.auth",
+    "StaticKeyAuthenticator": "warpsocket.server.security.auth",
+    "ClaimsPolicy": "warpsocket.server.security.auth",
+    # Backends.
+    "Backend": "warpsocket.backends.base",
+    "BackendUnavailableError": "warpsocket.backends.base",
+    "MemoryBackend": "warpsocket.backends.memory",
+    "RedisBackend": "warpsocket.backends.redis.backend",
+    "RedisOptions": "warpsocket.backends.redis.options",
+    # The client.
+    "WarpSocketClient": "warpsocket.client.client",
+    "AsyncClient": "warpsocket.client.aio",
+    "ConnectTimeoutError": "warpsocket.client.client",
+    "Opened": "warpsocket.client.client",
+    "DisconnectCause": "warpsocket.client.options",
+    "default_should_reconnect": "warpsocket.client.options",
+    "BlockingClient": "warpsocket.client.blocking",
+    "ClientOptions": "warpsocket.client.options",
+    "ClientState": "warpsocket.client.state",
+    "ClientStats": "warpsocket.client.client",
+    "ClientClosedError": "warpsocket.client.client",
+    "DeliveryError": "warpsocket.client.client",
+    "Message": "warpsocket.client.client",
+    "ClientCoreOptions": "warpsocket.core.client",
+    "Outcome": "warpsocket.core.client",
+    "QueuePolicy": "warpsocket.core.client",
+    "Status": "warpsocket.core.client",
+    "Backoff": "warpsocket.core.backoff",
+    # The wire.
+    "Envelope": "warpsocket.protocol.envelope",
+    "MessageType": "warpsocket.protocol.envelope",
+    "ErrorCode": "warpsocket.protocol.codes",
+    "ProtocolError": "warpsocket.protocol.codes",
+    "DataLimits": "warpsocket.protocol.datamodel",
+    "DataModelError": "warpsocket.protocol.datamodel",
+    "Codec": "warpsocket.protocol.codecs",
+    "CodecRegistry": "warpsocket.protocol.codecs",
+    "default_codecs": "warpsocket.protocol.codecs",
+    "JSON_SUBPROTOCOL": "warpsocket.protocol.codecs",
+    "MSGPACK_SUBPROTOCOL": "warpsocket.protocol.codecs",
+}
 
 __all__ = [
     "JSON_SUBPROTOCOL",
     "MSGPACK_SUBPROTOCOL",
     "AckTimeoutError",
     "AsyncClient",
+    "AuthError",
+    "Authenticator",
+    "Backend",
+    "BackendUnavailableError",
     "Backoff",
     "BlockingClient",
+    "ClaimsPolicy",
     "ClientClosedError",
     "ClientCoreOptions",
     "ClientOptions",
@@ -58,6 +155,8 @@ __all__ = [
     "ConnectTimeoutError",
     "Context",
     "CoreOptions",
+    "DataLimits",
+    "DataModelError",
     "DedupLimits",
     "DeliveryError",
     "DisconnectCause",
@@ -67,19 +166,42 @@ __all__ = [
     "HistoryLimits",
     "Hub",
     "HubOptions",
+    "Identity",
+    "JWTAuthenticator",
     "LoggingMiddleware",
+    "MemoryBackend",
     "Message",
     "MessageType",
     "Middleware",
     "Opened",
     "Outcome",
     "ProtocolError",
+    "QueueFullError",
     "QueuePolicy",
+    "RedisBackend",
+    "RedisOptions",
     "Reject",
+    "SecurityOptions",
+    "SessionInfo",
+    "StaticKeyAuthenticator",
     "Status",
+    "UnknownSessionError",
     "WarpSocketClient",
     "WarpSocketService",
     "__version__",
     "default_codecs",
     "default_should_reconnect",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -39,7 +39,11 @@ AckListener = Callable[[AckNotice], None]
 
 
 class BackendUnavailableError(Exception):
-    """The backend cannot take writes now (e.g. Redis is unreachable)."""
+    """The backend cannot take writes now (e.g. Redis is unreachable).
+
+    A send or publish fails with it and nothing is stored; clients whose
+    messages meet it get ``4304`` and retry them (docs/cluster.md).
+    """
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,15 @@ class Claim:
 
 
 class Backend(Protocol):
+    """Where a hub keeps streams, sessions, dedup records and presence.
+
+    ``MemoryBackend`` (one node, the default) and ``RedisBackend`` (a cluster
+    sharing one Redis) implement it, and the hub talks to nothing else; pass
+    one as ``Hub(backend=...)`` and the service starts and stops it.
+    ``BackendContract`` in tests/test_cluster.py is the shared test suite an
+    implementation must pass (docs/cluster.md describes the contract).
+    """
+
     store: StreamStore
     #: True when other nodes share the streams (sends to unknown sessions are
     #: published anyway: the session may live on another node).

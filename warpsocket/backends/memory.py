@@ -15,7 +15,14 @@ from warpsocket.protocol.envelope import Envelope
 
 
 class MemoryBackend:
-    """Streams in a ``MemoryStreamStore``; sessions, dedup and presence stay in the core."""
+    """The single-node backend, and the hub's default: no network, no service.
+
+    Streams live in a ``MemoryStreamStore`` bounded by ``limits``
+    (``HistoryLimits``); sessions, dedup records and presence stay in the
+    node's core. Everything is lost when the process ends: clients then
+    resume with ``recovered: false``. Use ``RedisBackend`` for several nodes
+    or to survive restarts.
+    """
 
     clustered = False
 

@@ -126,6 +126,10 @@ class Opened:
 
 @dataclass
 class ClientStats:
+    """Counters of one client since it was made (``client.stats``): attempts,
+    connections, reconnects and resumes, messages in and out, reconnect times
+    and round-trip times (docs/client.md, "Statistics")."""
+
     attempts: int = 0
     connections: int = 0
     reconnects: int = 0
@@ -150,6 +154,18 @@ TokenProvider = Callable[[], "str | Deferred[str | None] | None"]
 
 
 class WarpSocketClient:
+    """The auto-reconnecting WarpSocket client, on the Twisted reactor.
+
+    ``WarpSocketClient(url, options=ClientOptions(...))``; ``await
+    client.connect()`` and it stays connected by itself (backoff with
+    jitter, resume of its session, rooms and streams, the offline queue
+    flushed on reconnect). ``send(event, data, ack=True)`` and ``call(method,
+    data)`` return Deferreds with exactly one outcome each; ``on(event,
+    handler)`` receives server events exactly once and in order per stream;
+    ``on_lost`` is told of streams that could not be recovered. The guide is
+    docs/client.md; ``BlockingClient`` and ``AsyncClient`` wrap this class.
+    """
+
     log = Logger()
 
     def __init__(
@@ -186,7 +202,7 @@ class WarpSocketClient:
         self.codec: Codec = codec
         self.core = ClientCore(self.options.core, random_id)
         self.token_provider = token
-        self.factory = WarpSocketClientFactory(self, url, protocols=[codec.subprotocol])
+        self.factory = WarpSocketClientFactory(_Events(self), url, protocols=[codec.subprotocol])
         self.factory.clock = self.clock  # type: ignore[assignment]
         self.factory.maxRetries = None
         # The client bounds the whole attempt itself (see _start_attempt).
@@ -306,9 +322,7 @@ class WarpSocketClient:
             return
         self._hint_delay = 0.0
         if self.state is ClientState.RECONNECTING:
-            call = self.factory._callID
-            if call is not None and call.active():
-                call.reset(0)
+            self.factory.retry_now()
             return
         if self._protocol is not None:
             self._protocol.dropConnection(abort=True)
@@ -875,3 +889,37 @@ __all__ = [
     "Opened",
     "WarpSocketClient",
 ]
+
+
+class _Events:
+    """The client as its transport sees it (``TransportEvents``): the protocol
+    and factory call these, and only these, so they need not know the client."""
+
+    def __init__(self, client: WarpSocketClient) -> None:
+        self._client = client
+
+    def tcp_connected(self, protocol: WarpSocketClientProtocol) -> None:
+        self._client._tcp_connected(protocol)
+
+    def upgraded(self, protocol: WarpSocketClientProtocol, subprotocol: str | None) -> None:
+        self._client._transport_connected(protocol, subprotocol)
+
+    def opened(self, protocol: WarpSocketClientProtocol) -> None:
+        self._client._transport_open(protocol)
+
+    def frame(self, protocol: WarpSocketClientProtocol, payload: bytes, binary: bool) -> None:
+        self._client._frame_received(protocol, payload, binary)
+
+    def closed(
+        self, protocol: WarpSocketClientProtocol, code: int | None, reason: str | None
+    ) -> None:
+        self._client._transport_closed(protocol, code, reason)
+
+    def attempt_failed(self, reason: Failure) -> None:
+        self._client._attempt_failed(reason)
+
+    def next_delay(self, retries: int) -> float | None:
+        return self._client._next_delay(retries)
+
+    def attempting(self) -> None:
+        self._client._attempting()

@@ -58,6 +58,9 @@ def _two_arguments(predicate: Callable[..., bool]) -> ShouldReconnect:
 
 @dataclass(frozen=True)
 class ClientOptions:
+    """How a client connects, retries and queues; every default is documented
+    in docs/client.md ("Options"). Frozen: build a new one to change it."""
+
     subprotocol: str = JSON_SUBPROTOCOL
     backoff: Backoff = field(default_factory=Backoff)
     # Consecutive connection attempts without a welcome before giving up

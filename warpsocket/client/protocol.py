@@ -1,22 +1,45 @@
 """Autobahn glue for the client: one protocol per connection attempt.
 
-The factory is a ``ReconnectingClientFactory`` whose ``retry`` asks the
-client for the delay (``Backoff``: 1s, 2s, 4s ... capped, bounded jitter, or
-the server's going-away hint) and whether to retry at all.
+The factory is a ``ReconnectingClientFactory`` whose ``retry`` asks its
+``TransportEvents`` for the delay (``Backoff``: 1s, 2s, 4s ... capped,
+bounded jitter, or the server's going-away hint) and whether to retry at all.
+The protocol and the factory know the client only through that interface,
+so this module does not import the client.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionResponse
-from twisted.internet.interfaces import IConnector
+from twisted.internet.interfaces import IConnector, IDelayedCall
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.python.failure import Failure
 
-if TYPE_CHECKING:
-    from warpsocket.client.client import WarpSocketClient
+
+class TransportEvents(Protocol):
+    """What the client is told of its connection attempts and connections."""
+
+    def tcp_connected(self, protocol: WarpSocketClientProtocol) -> None: ...
+
+    def upgraded(self, protocol: WarpSocketClientProtocol, subprotocol: str | None) -> None: ...
+
+    def opened(self, protocol: WarpSocketClientProtocol) -> None: ...
+
+    def frame(self, protocol: WarpSocketClientProtocol, payload: bytes, binary: bool) -> None: ...
+
+    def closed(
+        self, protocol: WarpSocketClientProtocol, code: int | None, reason: str | None
+    ) -> None: ...
+
+    def attempt_failed(self, reason: Failure) -> None: ...
+
+    def next_delay(self, retries: int) -> float | None:
+        """Seconds until the next attempt, or None to stop trying."""
+
+    def attempting(self) -> None:
+        """The reconnect timer fired: a new attempt starts now."""
 
 
 class WarpSocketClientProtocol(WebSocketClientProtocol):
@@ -24,31 +47,33 @@ class WarpSocketClientProtocol(WebSocketClientProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.factory.client._tcp_connected(self)
+        self.factory.events.tcp_connected(self)
 
     def onConnect(self, response: ConnectionResponse) -> None:
-        self.factory.client._transport_connected(self, response.protocol)
+        self.factory.events.upgraded(self, response.protocol)
 
     def onOpen(self) -> None:
-        self.factory.client._transport_open(self)
+        self.factory.events.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.client._frame_received(self, payload, isBinary)
+        self.factory.events.frame(self, payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.client._transport_closed(self, code, reason)
+        self.factory.events.closed(self, code, reason)
 
 
 class WarpSocketClientFactory(WebSocketClientFactory, ReconnectingClientFactory):
     protocol = WarpSocketClientProtocol  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, client: WarpSocketClient, url: str, **kwargs: Any) -> None:
+    def __init__(self, events: TransportEvents, url: str, **kwargs: Any) -> None:
         WebSocketClientFactory.__init__(self, url, **kwargs)
-        self.client = client
+        self.events = events
+        # Our own reconnect timer (never ReconnectingClientFactory's private one).
+        self._pending: IDelayedCall | None = None
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        self.client._attempt_failed(reason)
+        self.events.attempt_failed(reason)
         ReconnectingClientFactory.clientConnectionFailed(self, connector, reason)
 
     def retry(self, connector: IConnector | None = None) -> None:
@@ -58,16 +83,30 @@ class WarpSocketClientFactory(WebSocketClientFactory, ReconnectingClientFactory)
         connector = connector or self.connector
         if connector is None:
             raise ValueError("no connector to retry")
-        delay = self.client._next_delay(self.retries)
+        delay = self.events.next_delay(self.retries)
         if delay is None:
             return  # the client stopped trying (and may have started anew since)
         self.retries += 1
         self.delay = delay
 
         def reconnect() -> None:
-            self._callID = None
-            self.client._attempting()
+            self._pending = None
+            self.events.attempting()
             connector.connect()
 
         clock: Any = self.clock
-        self._callID = clock.callLater(delay, reconnect)
+        self._pending = clock.callLater(delay, reconnect)
+
+    def retry_now(self) -> bool:
+        """Bring a waiting reconnect forward to now; False if none is waiting."""
+        call = self._pending
+        if call is None or not call.active():
+            return False
+        call.reset(0)
+        return True
+
+    def stopTrying(self) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+        ReconnectingClientFactory.stopTrying(self)

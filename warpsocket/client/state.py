@@ -6,6 +6,9 @@ import enum
 
 
 class ClientState(str, enum.Enum):
+    """The client's connection state; ``on_state`` listeners see every
+    transition (docs/client.md, "States")."""
+
     DISCONNECTED = "disconnected"  # not connected, no attempt scheduled (initial)
     CONNECTING = "connecting"  # a connection attempt is under way
     OPEN = "open"  # welcomed: sends go out at once

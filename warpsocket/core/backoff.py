@@ -14,6 +14,8 @@ class Backoff:
     ``jitter`` is the fraction of the delay that is randomised: 0.0 gives the
     exact 1s, 2s, 4s, 8s ... schedule; 0.5 (the default) spreads each delay
     over [0.5d, d] so that many clients dropped at once do not return at once.
+    The client's reconnect schedule is ``ClientOptions(backoff=Backoff(...))``;
+    ``random`` is injectable for tests.
     """
 
     initial: float = 1.0

@@ -29,6 +29,7 @@ from warpsocket.core.history import Position
 from warpsocket.core.keys import room_key
 from warpsocket.core.messages import heartbeat_envelope
 from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
 
 
@@ -41,6 +42,21 @@ class QueuePolicy(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ClientCoreOptions:
+    """The client's reliability bounds (``ClientOptions.core``).
+
+    - ``max_queue`` and ``queue_policy``: how many messages wait for an
+      answer or for a connection (the offline queue), and what ``send`` does
+      past that (``QueuePolicy``).
+    - ``ack_deadline_ms``: a message with no final answer by then ends as
+      ``Status.EXPIRED``.
+    - ``retry_initial_ms`` / ``retry_max_ms``: an unanswered acknowledged
+      message is re-sent after ``retry_initial_ms``, then at doubling
+      intervals up to ``retry_max_ms`` (same id: the server deduplicates it).
+    - ``max_remembered_acks``: how many acknowledged server events are
+      remembered, so that one the server re-sends is acknowledged again
+      rather than delivered twice.
+    """
+
     max_queue: int = 10_000
     queue_policy: QueuePolicy = QueuePolicy.REJECT_NEW
     ack_deadline_ms: int = 60_000
@@ -56,6 +72,13 @@ class ClientCoreOptions:
 
 
 class Status(str, enum.Enum):
+    """The final outcome of a message the application sent (``Outcome.status``).
+
+    ``ACKED``: the server accepted an event; ``RESULT``: a call was answered;
+    ``REJECTED``: refused with an error code; ``EXPIRED``: its deadline or
+    ``ttl`` passed first.
+    """
+
     ACKED = "acked"
     RESULT = "result"
     REJECTED = "rejected"
@@ -78,6 +101,10 @@ class Deliver:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """How a sent message ended: its ``id``, ``status`` (``Status``), the
+    call's result or the ack's ``data``, and for a refusal the error ``code``
+    and ``message``. The client turns a refusal into a ``DeliveryError``."""
+
     id: str
     status: Status
     data: Any = None
@@ -130,8 +157,8 @@ class Outgoing:
     deadline_ms: int | None
     # When no copy may be handled any more (client clock): the earlier of the
     # deadline and the end of the application's ttl. Every copy carries it as
-    # its ``ttl``, so a copy held up in the network is refused by the server
-    # (4302) instead of being handled after the outcome was reported.
+    # its ``deadline``, so a copy held up in the network is refused by the
+    # server (4302) instead of being handled after the outcome was reported.
     expires_ms: int | None = None
     attempts: int = 0
     next_retry_ms: int | None = None
@@ -142,10 +169,22 @@ class Outgoing:
 
 
 class ClientCore:
+    """The client's reliability state machine, sans-I/O (the module docstring
+    lists the actions it returns).
+
+    It owns what survives a reconnect: the session and its resume token, the
+    position on every stream, the rooms, the offline queue and the messages
+    awaiting an answer. ``WarpSocketClient`` feeds it connection events and
+    envelopes with ``now_ms`` and performs what it returns; a port of the
+    client to another language implements the same machine (protocol.md).
+    """
+
     def __init__(self, options: ClientCoreOptions, new_id: Callable[[], str]) -> None:
         self.options = options
         self.new_id = new_id
         self.session: str | None = None
+        # The server's data model bounds (from the welcome; defaults until then).
+        self.data_limits = DEFAULT_LIMITS
         # The bearer secret that resumes ``session`` (protocol.md 4.3).
         self.resume_token: str | None = None
         self.positions: dict[str, Position] = {}
@@ -255,6 +294,10 @@ class ClientCore:
         deadline_ms: int | None,
         now_ms: int,
     ) -> list[ClientAction]:
+        if envelope.data is not None:
+            # Refused here, not by the server later (protocol.md 2.1): raises
+            # DataModelError naming the offending value.
+            check_value(envelope.data, self.data_limits)
         deadline = None
         if tracked:
             deadline = now_ms + (
@@ -312,18 +355,26 @@ class ClientCore:
     def _copy(self, outgoing: Outgoing, now_ms: int) -> Envelope:
         """The envelope as sent now: stamped so that the server refuses it past its expiry.
 
-        The server tests ``timestamp + ttl`` against its own clock, so the
-        timestamp is this moment on a lower bound of the server's clock and
-        the ttl what is left: whatever the clocks' difference, no copy is
-        handled after the moment the client reports the message expired.
+        The server tests ``timestamp + deadline`` against its own clock, so
+        the timestamp is this moment on a lower bound of the server's clock
+        and the deadline what is left: whatever the clocks' difference, no
+        copy is handled after the moment the client reports the message
+        expired.
         """
         envelope = outgoing.envelope
         if outgoing.expires_ms is None:
             return envelope
         offset = self.clock_offset_ms if self.clock_offset_ms is not None else 0
-        return envelope.evolve(
-            timestamp=max(0, now_ms + offset), ttl=max(1, outgoing.expires_ms - now_ms)
-        )
+        # The expiry goes out as the deadline: it bounds handling only, never
+        # the life of a room event the message becomes (protocol.md 2). The
+        # application's own ttl keeps its end, measured from the new stamp.
+        changes: dict[str, int] = {
+            "timestamp": max(0, now_ms + offset),
+            "deadline": max(1, outgoing.expires_ms - now_ms),
+        }
+        if envelope.ttl is not None:
+            changes["ttl"] = max(1, envelope.timestamp + envelope.ttl - now_ms)
+        return envelope.evolve(**changes)
 
     def _retry_delay(self, attempts: int) -> int:
         delay = self.options.retry_initial_ms * 2 ** min(attempts - 1, 16)
@@ -447,6 +498,7 @@ class ClientCore:
         actions: list[ClientAction] = []
         lost: list[str] = []
         self.session = data["session"]
+        self.data_limits = _data_limits(data.get("limits"), self.data_limits)
         token = data.get("resume_token")
         self.resume_token = token if isinstance(token, str) else None
         streams: dict[str, Any] = data.get("streams", {})
@@ -629,6 +681,16 @@ def _expiry_of(envelope: Envelope, deadline_ms: int | None) -> int | None:
     if envelope.ttl is not None:
         ends.append(envelope.timestamp + envelope.ttl)
     return min(ends) if ends else None
+
+
+def _data_limits(limits: object, current: DataLimits) -> DataLimits:
+    """The bounds a welcome's ``limits`` announce (protocol.md 4.2), if valid."""
+    if not isinstance(limits, dict):
+        return current
+    depth, values = limits.get("max_depth"), limits.get("max_values")
+    if type(depth) is not int or type(values) is not int or depth < 2 or values < 1:
+        return current
+    return DataLimits(depth, values)
 
 
 def _valid_position(info: object) -> bool:

@@ -10,6 +10,13 @@ from warpsocket.protocol.envelope import Envelope
 
 @dataclass(frozen=True, slots=True)
 class DedupLimits:
+    """How long the server remembers acknowledged client message ids
+    (``CoreOptions.dedup``), so that a retry is answered, not handled again.
+
+    ``max_records`` ids per node at most and none older than ``max_age_ms``;
+    a retry that arrives later than that is handled as a new message.
+    """
+
     max_records: int = 100_000
     max_age_ms: int = 300_000
 

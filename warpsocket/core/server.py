@@ -71,7 +71,36 @@ def resume_token_matches(resume_hash: str, token: str | None) -> bool:
 
 @dataclass(frozen=True)
 class CoreOptions:
-    """Reliability settings of a node; every value is a documented default."""
+    """Reliability settings of a node (``HubOptions.core``); the defaults are
+    the production values, and every one is validated at construction.
+
+    Sessions and connections (times in milliseconds):
+
+    - ``node``: this node's name (in message ids and the welcome).
+    - ``session_ttl_ms``: how long a detached session waits to be resumed
+      before it expires (its pending acknowledged sends then fail).
+    - ``handshake_timeout_ms``: an open WebSocket that has not said ``hello``
+      by then is closed with ``4205``.
+    - ``heartbeat_interval_ms`` / ``heartbeat_timeout_ms``: the server's
+      heartbeat period, and the silence after which a connection is closed
+      with ``4204`` (must exceed the interval).
+    - ``idle_timeout_ms``: close with ``4203`` after this long without
+      application traffic; None (the default) never does.
+
+    Delivery:
+
+    - ``ack_retry_ms`` / ``ack_timeout_ms``: an acknowledged direct send is
+      re-sent every ``ack_retry_ms`` until the client acknowledges it, and
+      fails with ``AckTimeoutError`` after ``ack_timeout_ms``.
+    - ``max_pending_acks``: acknowledged sends waiting per session; one more
+      fails with ``QueueFullError``.
+    - ``max_rooms``: rooms per session (``4206``, or ``QueueFullError`` from
+      ``Hub.join``).
+    - ``max_message_size``: bytes per frame (larger ones close with ``1009``);
+      it also scales the data model's bounds (``data_limits``).
+    - ``history`` (``HistoryLimits``) and ``dedup`` (``DedupLimits``): what a
+      stream keeps for replay and how long client message ids are remembered.
+    """
 
     node: str = "node"
     session_ttl_ms: int = 120_000
@@ -175,11 +204,15 @@ Action = Send | Fanout | Close | Dispatch | AckResult | SessionOpened | SessionE
 
 
 class UnknownSessionError(KeyError):
-    pass
+    """No session with this id on this node (``Hub.join``; a send to an unknown
+    session on a single node). The argument is the session id."""
 
 
 class QueueFullError(Exception):
-    pass
+    """A per-session bound is reached: ``max_pending_acks`` acknowledged sends
+    waiting (``Hub.send(..., ack=True)``), or ``max_rooms`` rooms
+    (``Hub.join``). Nothing was stored or joined; the client side of the same
+    bound is ``4206 queue_full``."""
 
 
 # ---------------------------------------------------------------- state
@@ -194,6 +227,13 @@ class PendingAck:
 
 @dataclass(eq=False, slots=True)
 class Session:
+    """The core's record of one session (mutable: only the core changes it).
+
+    The ``can_join`` and ``can_publish`` policies receive it (``id``,
+    ``user``, ``claims``, ``rooms``); applications read sessions through
+    ``Hub.session_info``, which returns a read-only ``SessionInfo``.
+    """
+
     id: str
     user: str | None
     claims: Mapping[str, Any]
@@ -242,6 +282,16 @@ def deny_all(*_: object) -> bool:
 
 
 class ServerCore:
+    """The server's reliability state machine for one node, sans-I/O.
+
+    It keeps connections, sessions, room membership, pending acknowledged
+    sends, the dedup window and the connection timers' deadlines, and reads
+    histories from a ``StreamStore``. Every method takes ``now_ms`` and
+    returns actions (the module docstring lists them) that the hub performs;
+    it never blocks, reads a clock or does I/O. Options are ``CoreOptions``;
+    ``can_join`` / ``can_publish`` are the application's authorisation.
+    """
+
     def __init__(
         self,
         store: StreamStore,
@@ -556,8 +606,8 @@ class ServerCore:
                 # comes before the TTL check: a retry of a message handled
                 # in time must get its recorded reply, not 4302 (protocol.md 6).
                 return [] if record.reply is None else [Send(conn.id, record.reply)]
-        if envelope.expired(now_ms):
-            return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl elapsed")
+        if envelope.overdue(now_ms):
+            return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl or deadline passed")
         if tracked:
             self.dedup.begin(key, now_ms)
         if envelope.type is MessageType.EVENT and envelope.room is not None:

@@ -25,7 +25,9 @@ MSGPACK_SUBPROTOCOL = "warpsocket.v1.msgpack"
 
 
 class Codec(Protocol):
-    """What the server and client need from a codec."""
+    """What the server and client need from a codec: one per WebSocket
+    subprotocol (``JSON_SUBPROTOCOL``, ``MSGPACK_SUBPROTOCOL``). A custom codec
+    is registered in a ``CodecRegistry`` given to the hub."""
 
     @property
     def subprotocol(self) -> str: ...
@@ -151,6 +153,7 @@ def _is_reply_only(envelope: Envelope) -> bool:
         and not envelope.ack
         and envelope.ttl is None
         and envelope.code is None
+        and envelope.deadline is None
     )
 
 
@@ -186,7 +189,12 @@ class MsgpackCodec:
 
 
 class CodecRegistry:
-    """Subprotocol name -> codec; the first registered is the default."""
+    """Subprotocol name -> codec; the first registered is the default.
+
+    ``default_codecs()`` holds JSON (the default, also used when a client
+    offers no subprotocol) and MessagePack. Pass ``Hub(codecs=...)`` to add or
+    restrict codecs.
+    """
 
     def __init__(self, codecs: Iterable[Codec] = ()) -> None:
         self._codecs: dict[str, Codec] = {}

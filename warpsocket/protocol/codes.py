@@ -28,6 +28,13 @@ class CodeInfo:
 
 
 class ErrorCode(enum.IntEnum):
+    """The one registry of error codes (protocol.md section 10).
+
+    The same numbers are used in ``error`` envelopes and as WebSocket close
+    codes. ``code.wire_name`` is the short name (``forbidden``); applications
+    raise ``Reject(ErrorCode.FORBIDDEN, ...)`` to refuse with one.
+    """
+
     # 40xx: the frame or envelope itself
     BAD_FRAME = 4000
     BAD_ENVELOPE = 4001
@@ -159,7 +166,9 @@ CODE_INFO: dict[ErrorCode, CodeInfo] = {
 
 
 class ProtocolError(Exception):
-    """A peer broke the protocol; carries the code to report."""
+    """A peer broke the protocol: raised by decoding and validation with the
+    ``code`` to report, the ``message`` and the ``ref`` (the offending
+    envelope's id, when it could be read)."""
 
     def __init__(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
         super().__init__(f"{code.wire_name} ({int(code)}): {message}")

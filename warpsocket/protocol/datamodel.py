@@ -38,7 +38,13 @@ class DataModelError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DataLimits:
-    """How deep and how large one envelope's values may be."""
+    """How deep and how large one envelope's values may be (protocol.md 2.1).
+
+    ``max_depth`` counts levels with the envelope as level 1 (64 by default);
+    ``max_values`` counts every array, object and scalar once. A server
+    derives both from its message size limit (``CoreOptions.data_limits``,
+    ``for_message_size``); codecs take them to check every decoded frame.
+    """
 
     max_depth: int = DEFAULT_MAX_DEPTH
     max_values: int = DEFAULT_MAX_MESSAGE_SIZE // BYTES_PER_VALUE

@@ -29,6 +29,9 @@ MAX_EPOCH_LENGTH = 64
 
 
 class MessageType(str, enum.Enum):
+    """The ``type`` of an envelope (protocol.md section 3); the value is the
+    name on the wire."""
+
     HELLO = "hello"
     WELCOME = "welcome"
     EVENT = "event"
@@ -61,7 +64,14 @@ _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One protocol message. ``None`` means "field absent" for optionals."""
+    """One protocol message, immutable. ``None`` means "field absent" for
+    optionals.
+
+    ``Envelope.from_wire`` validates a decoded mapping (fields, types, the
+    data model) and raises ``ProtocolError``; ``to_wire`` gives the mapping a
+    codec encodes. Middleware and ``can_publish`` policies receive envelopes
+    and return or inspect them; ``dataclasses.replace`` makes a changed copy.
+    """
 
     type: MessageType
     id: str
@@ -76,12 +86,21 @@ class Envelope:
     ref: str | None = None
     ttl: int | None = None
     code: int | None = None
+    # Client to server only: ms after ``timestamp`` after which the server must
+    # not handle the message; unlike ``ttl`` it never reaches a stream event.
+    deadline: int | None = None
     # Unknown fields received from the peer, kept for middleware; never sent.
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False, repr=False)
 
     def expired(self, now_ms: int) -> bool:
         """True when the envelope carries a TTL that has elapsed at ``now_ms``."""
         return self.ttl is not None and now_ms >= self.timestamp + self.ttl
+
+    def overdue(self, now_ms: int) -> bool:
+        """True when it may no longer be handled: its TTL or its deadline passed."""
+        return self.expired(now_ms) or (
+            self.deadline is not None and now_ms >= self.timestamp + self.deadline
+        )
 
     def evolve(self, **changes: Any) -> Envelope:
         return replace(self, **changes)
@@ -118,6 +137,8 @@ class Envelope:
             wire["ttl"] = self.ttl
         if self.code is not None:
             wire["code"] = self.code
+        if self.deadline is not None:
+            wire["deadline"] = self.deadline
         return wire
 
     @classmethod
@@ -173,11 +194,14 @@ class Envelope:
                     ErrorCode.BAD_ENVELOPE, "`offset` must be a non-negative integer", ref
                 )
             values["offset"] = offset
-        ttl = raw.get("ttl")
-        if ttl is not None:
-            if not _valid_uint(ttl) or ttl == 0:
-                raise ProtocolError(ErrorCode.BAD_ENVELOPE, "`ttl` must be a positive integer", ref)
-            values["ttl"] = ttl
+        for name in ("ttl", "deadline"):
+            value = raw.get(name)
+            if value is not None:
+                if not _valid_uint(value) or value == 0:
+                    raise ProtocolError(
+                        ErrorCode.BAD_ENVELOPE, f"`{name}` must be a positive integer", ref
+                    )
+                values[name] = value
         code = raw.get("code")
         if code is not None:
             if not _valid_uint(code) or not 1000 <= code <= 4999:
@@ -209,7 +233,18 @@ class Envelope:
 
 
 _KNOWN_FIELDS = frozenset(
-    {"type", "id", "timestamp", "data", "ack", "offset", "ttl", "code", *_STRING_FIELDS}
+    {
+        "type",
+        "id",
+        "timestamp",
+        "data",
+        "ack",
+        "offset",
+        "ttl",
+        "code",
+        "deadline",
+        *_STRING_FIELDS,
+    }
 )
 
 

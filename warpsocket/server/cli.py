@@ -23,7 +23,8 @@ from warpsocket.core.server import CoreOptions
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.security.auth import JWTAuthenticator
 from warpsocket.server.security.config import SecurityOptions
-from warpsocket.server.service import WarpSocketService
+from warpsocket.server.service import EndpointListener, WarpSocketService
+from warpsocket.server.web import build_metrics_site, remove_metrics
 
 DEFAULT_ENDPOINT = "tcp:8080"
 
@@ -92,6 +93,13 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["path", None, "/ws", "URL path of the WebSocket endpoint."],
+        [
+            "metrics-endpoint",
+            None,
+            None,
+            "Serve /metrics only on this endpoint (e.g. tcp:9100:interface=127.0.0.1), "
+            "not on the public ones.",
+        ],
         ["node", None, "node", "Name of this node (in welcomes and ids)."],
         ["app", None, None, "module:callable called with the Hub to register handlers."],
         ["heartbeat-interval", None, 25.0, "Seconds between heartbeats.", _seconds],
@@ -221,6 +229,11 @@ class Options(usage.Options):
                 serverFromString(reactor, description)
             except Exception as exc:
                 raise usage.UsageError(f"bad --endpoint {description!r}: {exc}") from None
+        if self["metrics-endpoint"] is not None:
+            try:
+                serverFromString(reactor, self["metrics-endpoint"])
+            except Exception as exc:
+                raise usage.UsageError(f"bad --metrics-endpoint: {exc}") from None
         if not self["path"].startswith("/") or self["path"].strip("/") == "":
             raise usage.UsageError("--path must look like /ws")
         try:
@@ -365,6 +378,10 @@ def makeService(options: Options) -> IService:
     if app is not None:
         app(hub)
     service = WarpSocketService(hub, options["endpoints"], path=options["path"])
+    if options["metrics-endpoint"] is not None:
+        remove_metrics(service.site)
+        endpoint = serverFromString(service.reactor, options["metrics-endpoint"])
+        EndpointListener(endpoint, build_metrics_site(hub)).setServiceParent(service)
     if service.tls:
         ReloadOnHangup(service).setServiceParent(service)
     return service

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class Context:
+    """What a handler, hook or middleware knows about the client it serves.
+
+    Handlers receive it as their first argument (``handler(ctx, data)``):
+    ``session`` (the session id), ``user`` and ``claims`` (from
+    authentication), ``peer`` (the client's address), the ``envelope`` being
+    handled (``event`` is its name) and ``annotations``, a dict middleware
+    may fill for the handlers after it. ``send``, ``join`` and ``leave`` act
+    on this client's session.
+    """
+
     hub: Hub
     session: str
     user: str | None

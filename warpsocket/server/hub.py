@@ -55,17 +55,42 @@ from warpsocket.server.outbox import AckTimeoutError, Outbox
 from warpsocket.server.port import STREAM_COLLECT_TICKS, HubPort
 from warpsocket.server.remote_acks import RemoteAcks
 from warpsocket.server.runner import ActionRunner
+from warpsocket.server.session_info import SessionInfo
 from warpsocket.server.threads import threadsafe
 
 HandlerT = TypeVar("HandlerT", bound=Handler)
 
 
 class Hub:
-    """The server's application API: handlers, hooks, sends, publishes, rooms.
+    """The application's side of a WarpSocket server: handlers, sends and rooms.
+
+    One hub serves one node; ``WarpSocketService(hub, endpoints)`` puts it on
+    the network. Register handlers for events and RPC methods with ``on``
+    (``@hub.on("say")``), lifecycle hooks with ``on_open``/``on_close``/
+    ``on_error`` and middleware with ``use``. Send with ``send`` (one session,
+    optionally acknowledged), ``send_user``, ``send_group``, ``publish`` (a
+    room) and ``broadcast``; each returns a Deferred, and called from another
+    thread a ``concurrent.futures.Future`` of its result. Rooms: ``join``,
+    ``leave``, ``room_members``, ``presence``; sessions: ``session_info``,
+    ``sessions_of_user``, ``is_connected``.
+
+    Constructor arguments, all optional:
+
+    - ``options``: a ``HubOptions``.
+    - ``backend``: where streams, sessions, dedup records and presence live:
+      ``MemoryBackend`` (the default, one node) or ``RedisBackend`` (a cluster).
+    - ``can_join(session, room)`` / ``can_publish(session, room, envelope)``:
+      authorisation for client joins and publishes (``ClaimsPolicy`` offers
+      both); without them only ``HubOptions.open_rooms`` allows any.
+    - ``middleware``: a list of ``Middleware``; ``codecs``: a ``CodecRegistry``.
+    - ``store``: the ``StreamStore`` of the default ``MemoryBackend`` (ignored
+      when a ``backend`` is given).
+    - ``clock`` / ``reactor``: an ``IReactorTime`` for every timer (tests pass
+      ``twisted.internet.task.Clock``) and the reactor (the global one).
 
     ``hub.core`` (the sans-I/O ``ServerCore``), ``hub.backend``,
     ``hub.metrics`` and ``hub.options`` are there to read; ``hub.port`` is
-    the transport's and the service's door in.
+    the transport's and the service's door in (not application API).
     """
 
     log = Logger()
@@ -402,8 +427,11 @@ class Hub:
     def sessions_of_user(self, user: str) -> set[str]:
         return self.core.sessions_of_user(user)
 
-    def session_info(self, session: str) -> Session | None:
-        return self.core.sessions.get(session)
+    @threadsafe
+    def session_info(self, session: str) -> SessionInfo | None:
+        """A read-only snapshot of a session held on this node, or None."""
+        found = self.core.sessions.get(session)
+        return SessionInfo.of(found) if found is not None else None
 
     @property
     def connection_count(self) -> int:

@@ -23,7 +23,12 @@ if TYPE_CHECKING:
 
 
 class Reject(Exception):  # noqa: N818 - reads as "raise Reject(code)"
-    """Raised by middleware or handlers to refuse with a registry code."""
+    """Raised by middleware or handlers to refuse with a registry code.
+
+    ``raise Reject(ErrorCode.FORBIDDEN, "join first")`` answers the client's
+    event or call with an ``error`` envelope of that code (the connection
+    stays open); from ``Middleware.on_connect`` it refuses the handshake.
+    """
 
     def __init__(self, code: ErrorCode, message: str = "") -> None:
         super().__init__(message or code.wire_name)
@@ -33,7 +38,13 @@ class Reject(Exception):  # noqa: N818 - reads as "raise Reject(code)"
 
 @dataclass
 class Handshake:
-    """What a connect hook sees and may fill in (user and claims authenticate)."""
+    """What ``Middleware.on_connect`` sees of a WebSocket upgrade request.
+
+    ``peer``, ``host``, ``path``, ``headers`` (lower-case names), ``params``
+    (the query string) and ``origin`` describe the request. A hook that
+    authenticates sets ``user`` and ``claims``, which the session then keeps;
+    ``annotations`` carries anything else to the handlers' ``Context``.
+    """
 
     peer: str
     host: str
@@ -47,7 +58,17 @@ class Handshake:
 
 
 class Middleware:
-    """Base class: override the hooks you need; each default passes through."""
+    """Base class of middleware: override the hooks you need; each default
+    passes through. Add it with ``Hub(middleware=[...])`` or ``hub.use(...)``;
+    hooks run in that order.
+
+    - ``on_connect(handshake)``: before the WebSocket upgrade completes; raise
+      ``Reject`` to refuse, or set ``handshake.user``/``claims``.
+    - ``on_inbound(ctx, envelope)``: every envelope a client sends, before the
+      core sees it; return it (or a changed copy), or raise ``Reject``.
+    - ``on_outbound(ctx, envelope)``: every envelope the application sends,
+      before it is stored (``ctx`` is None for a publish to a room).
+    """
 
     def on_connect(self, handshake: Handshake) -> None:
         """Raise Reject to refuse the WebSocket handshake."""
@@ -61,7 +82,11 @@ class Middleware:
 
 
 class LoggingMiddleware(Middleware):
-    """Logs handshakes and every envelope in and out with twisted.logger."""
+    """Logs handshakes and every envelope in and out with twisted.logger.
+
+    ``HubOptions(debug=True)`` (``twistd warpsocket --debug``) puts it first;
+    envelopes are logged at debug level, handshakes at info.
+    """
 
     log = Logger()
 

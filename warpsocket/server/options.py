@@ -10,7 +10,22 @@ from warpsocket.server.security.config import SecurityOptions
 
 @dataclass(frozen=True)
 class HubOptions:
-    """Server behaviour around the core; defaults are the production values."""
+    """Everything a ``Hub`` is configured with; defaults are the production
+    values (``twistd warpsocket`` builds one from its command line).
+
+    - ``core``: the reliability settings (``CoreOptions``: sessions, timers,
+      acks, limits, histories).
+    - ``security``: origins, authentication, address lists and rate and size
+      limits (``SecurityOptions``, docs/security.md).
+    - ``open_rooms``: clients may join and publish into any room (standalone
+      mode); otherwise only what ``can_join``/``can_publish`` allow.
+    - ``tick_interval``: seconds between housekeeping runs (ack retries,
+      session expiry, the backend's upkeep).
+    - ``drain_delay`` / ``shutdown_timeout``: the drain sequence of
+      ``WarpSocketService.stopService`` (docs/deployment.md).
+    - ``reconnect_hint_ms``: the delay suggested to clients sent away by a drain.
+    - ``debug``: log every envelope in and out (``LoggingMiddleware``).
+    """
 
     core: CoreOptions = field(default_factory=CoreOptions)
     tick_interval: float = 1.0

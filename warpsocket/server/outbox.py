@@ -33,7 +33,12 @@ from warpsocket.server.remote_acks import RemoteAcks
 
 
 class AckTimeoutError(Exception):
-    """An acknowledged send was not acknowledged in time (or its session expired)."""
+    """An acknowledged send was not acknowledged in time (or its session expired).
+
+    The Deferred of ``Hub.send(..., ack=True)`` fails with it; ``session`` and
+    ``offset`` name the message, ``code`` says why (``TIMEOUT``, or e.g.
+    ``GOING_AWAY`` when the server shut down first).
+    """
 
     def __init__(self, session: str, offset: int, code: ErrorCode) -> None:
         super().__init__(f"session {session}: message {offset} not acknowledged ({code.wire_name})")

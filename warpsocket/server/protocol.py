@@ -33,8 +33,13 @@ from warpsocket.server.hub import Hub
 from warpsocket.server.middleware import Handshake, Reject
 from warpsocket.server.security.auth import AuthError, Identity
 from warpsocket.server.security.gate import Gate, GuardProtocol, find_guard
-from warpsocket.server.security.limits import HTTP_STATUS, OutboundMeter, transport_chain
-from warpsocket.server.security.ratelimit import TokenBucket
+from warpsocket.server.security.limits import (
+    HTTP_STATUS,
+    OutboundMeter,
+    drop_unsent,
+    transport_chain,
+)
+from warpsocket.server.security.ratelimit import Refusals, TokenBucket
 
 
 class _LazyPformat:
@@ -74,6 +79,20 @@ if getattr(_autobahn_protocol, "pformat", None) is pprint.pformat:
 # HTTP status for a refused handshake, by the reason's code.
 _DENY_STATUS = HTTP_STATUS
 
+# The smallest a client frame can be besides its payload: 2 header bytes and
+# the 4-byte mask (RFC 6455 5.2). What a refused frame "paid" (Refusals).
+_FRAME_OVERHEAD = 6
+# The first byte of a ping and of a pong frame (FIN, opcode 9 / 10).
+_METERED_CONTROL = (b"\x89", b"\x8a")
+# The first byte of a close frame (FIN, opcode 8).
+_CLOSE_FRAME = b"\x88"
+# Seconds a peer has to answer our close frame before its TCP connection is
+# aborted (Autobahn's default; docs/security.md "Closing").
+CLOSE_HANDSHAKE_TIMEOUT = 1.0
+# The same when the close frame waits behind unsent data, which the peer has
+# to read first (always after 4201: at least what is already on its way).
+BACKLOG_CLOSE_TIMEOUT = 5.0
+
 
 def _reason(code: ErrorCode, message: str = "") -> str:
     """The HTTP reason phrase of a refusal: ``<code> <name>[: message]``, one line."""
@@ -97,8 +116,17 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     _hello_pending = False
     _own_request = False
     _bucket: TokenBucket | None = None
-    _refused_in_row = 0
+    _refusals: Refusals | None = None
+    # The payload of the latest ping not answered yet because the outbound
+    # buffer is over its bound (RFC 6455 5.5.3 allows answering only the last).
+    _pong_pending: bytes | None = None
+    # Why a token in the Authorization header or query was refused: the
+    # upgrade goes ahead, and the hello must then carry a valid token.
+    _request_token_refused: ErrorCode | None = None
     _expiry_call: IDelayedCall | None = None
+    # Aborts the connection if the peer has not completed the close handshake.
+    _close_deadline: IDelayedCall | None = None
+    _backlog_close = False
     _grace_call: IDelayedCall | None = None
     _meter: OutboundMeter | None = None
     # True while the outbound buffer must be metered after every frame: from
@@ -163,9 +191,13 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if token is None or gate.authenticator is None:
             return self._accept(handshake, codec, request, None)
 
-        def refused(failure: Failure) -> NoReturn:
+        def refused(failure: Failure) -> str | None:
+            # Not refused here: a token in hello wins over the header's
+            # (docs/security.md "Where the token goes"); without one, the
+            # hello is closed with this code.
             failure.trap(AuthError)
-            self._deny(cast(AuthError, failure.value).code)
+            self._request_token_refused = cast(AuthError, failure.value).code
+            return self._accept(handshake, codec, request, None)
 
         verified = gate.authenticate(token)
         return verified.addCallbacks(
@@ -257,18 +289,73 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         """The message token bucket: refuse with 4200, close 4200 if it persists."""
         bucket = self._bucket
         if bucket is None or bucket.take(self.gate.now()):
-            self._refused_in_row = 0
-            return True
-        self._refused_in_row += 1
-        self.gate.metrics.rate_limited.labels("message").inc()
-        if self._refused_in_row > bucket.burst:
-            # Another whole burst after being told: the client is not slowing down.
-            self._close(ErrorCode.RATE_LIMITED)
-        else:
-            self._send_error(
-                ErrorCode.RATE_LIMITED, "too many messages", self._peek_id(payload, is_binary)
+            return True  # (the common case, without a call more per message)
+        self._refused(len(payload))
+        refusals = self._refusals
+        if self.can_send and refusals is not None and refusals.may_reply():
+            # (Decoded for its id only when answered: a flood costs no decode.)
+            refusals.replied(
+                self._send_error(
+                    ErrorCode.RATE_LIMITED, "too many messages", self._peek_id(payload, is_binary)
+                )
             )
         return False
+
+    def _charge(self, size: int) -> bool:
+        """One token of the message rate, for a message or a frame that is not
+        one (ping, pong, fragment). False if over the rate; a client that keeps
+        exceeding it is closed with 4200 (Refusals)."""
+        bucket = self._bucket
+        if bucket is None or bucket.take(self.gate.now()):
+            return True
+        self._refused(size)
+        return False
+
+    def _refused(self, size: int) -> None:
+        """Count a refusal of ``size`` payload bytes; close 4200 if they persist."""
+        bucket = self._bucket
+        assert bucket is not None
+        self.gate.metrics.rate_limited.labels("message").inc()
+        refusals = self._refusals
+        if refusals is None:  # (made at the first refusal: most connections never see one)
+            refusals = self._refusals = Refusals(bucket.burst, bucket.burst / bucket.rate)
+        if refusals.refused(self.gate.now(), size + _FRAME_OVERHEAD) and self.can_send:
+            # Another whole burst refused, without pausing: not slowing down.
+            self._close(ErrorCode.RATE_LIMITED)
+
+    # Frames that are not a whole message cost a token each too, or pings,
+    # pongs and empty fragments would be a flood the rate never sees.
+
+    def onFrameBegin(self) -> None:
+        frame = self.current_frame
+        if (
+            frame is not None
+            and not frame.fin
+            and frame.opcode <= 0x2  # a data frame that does not end its message
+            and self.state == WebSocketServerProtocol.STATE_OPEN
+        ):
+            self._charge(frame.length)
+        super().onFrameBegin()
+
+    def onPing(self, payload: bytes) -> None:
+        if self.state != WebSocketServerProtocol.STATE_OPEN or not self._charge(len(payload)):
+            return  # over the rate: no pong
+        meter = self._meter
+        if (
+            self._congested
+            and meter is not None
+            and meter() > self.gate.options.max_outbound_buffer
+        ):
+            # The peer is not reading: keep only the latest ping's answer
+            # (RFC 6455 5.5.3) until the buffer drains, or the grace ends.
+            self._pong_pending = payload
+            self._check_outbound()
+            return
+        self.sendPong(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self._charge(len(payload))
 
     def _peek_id(self, payload: bytes, is_binary: bool) -> str | None:
         try:
@@ -292,6 +379,11 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         data = envelope.data if isinstance(envelope.data, dict) else {}
         token = data.get("token")
         if token is None:
+            refused = self._request_token_refused
+            if refused is not None and self.identity is None:
+                # The header's (or query's) token was refused and hello brings none.
+                self._close(refused)
+                return
             if self.identity is None and (self.gate.auth_required or self._origin_missing):
                 # Authentication is required, or a non-browser client must
                 # authenticate because no Origin vouches for it.
@@ -321,6 +413,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         if not self.factory.port.set_identity(self.conn_id, identity.user, identity.claims):
             return
         self.identity = identity
+        self._request_token_refused = None
         self._feed_decoded(hello, size)
         self._sync_claims()
         self._arm_expiry()
@@ -431,13 +524,44 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own writes (control frames, the close handshake, the slow
         # path) go after any frames this connection has waiting in a batch.
-        # Unmetered: the meter could close the connection in between, and this
-        # write (often a close frame, whose state change autobahn makes only
-        # after writing it) would follow that close frame. The next data frame
-        # is metered as usual.
+        # The flush is unmetered: the meter could close the connection in
+        # between, and this write would follow that close frame.
         if self._corked is not None:
             self.uncork(metered=False)
+        if data[:1] == _CLOSE_FRAME and self._meter is not None:
+            self._arm_close_deadline()
         super().sendData(data, sync, chopsize)
+        # Pings and pongs are metered here; data frames by the caller
+        # (sendMessage, sendPreparedMessage) once the whole message is out.
+        # Never after a close frame: autobahn changes its state only after
+        # writing it, so a close from the meter would be a second one.
+        if self._congested and data[:1] in _METERED_CONTROL:
+            self._check_outbound()
+
+    def _arm_close_deadline(self) -> None:
+        """Our close frame (or our answer to the peer's) is being sent: the
+        peer has CLOSE_HANDSHAKE_TIMEOUT to complete the close, or
+        BACKLOG_CLOSE_TIMEOUT if the frame waits behind unsent data. On the
+        reactor, not autobahn's timer: txaio's batched timer rounds the
+        deadline down to a whole second (0 to 1 s for "1 s"). (Not on the
+        hub's clock either: the frame has to leave on the real network.)"""
+        if self._close_deadline is not None:
+            return
+        meter = self._meter
+        behind = self._backlog_close or (meter is not None and meter() > 0)
+        delay = BACKLOG_CLOSE_TIMEOUT if behind else CLOSE_HANDSHAKE_TIMEOUT
+        reactor: Any = self.factory.hub.reactor
+        self._close_deadline = reactor.callLater(delay, self._close_deadline_over)
+
+    def _close_deadline_over(self) -> None:
+        self._close_deadline = None
+        if self.state != WebSocketServerProtocol.STATE_CLOSED:
+            self.onCloseHandshakeTimeout()  # autobahn's bookkeeping, then abort
+        else:
+            # Closed on our side but never flushed (a peer that stopped reading).
+            transport: Any = self.transport
+            if transport is not None:
+                transport.abortConnection()
 
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
@@ -525,6 +649,9 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
 
     def resumeProducing(self) -> None:
         self._congested = False
+        pong, self._pong_pending = self._pong_pending, None
+        if pong is not None and self.can_send:
+            self.sendPong(pong)
 
     def stopProducing(self) -> None:
         pass
@@ -551,10 +678,21 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         self._grace_call = None
         if self._meter is not None and self._meter() > self.gate.options.max_outbound_buffer:
             self._slow_consumer()
+        elif self._pong_pending is not None and self.can_send:
+            pong, self._pong_pending = self._pong_pending, None
+            self.sendPong(pong)
 
     def _slow_consumer(self) -> None:
+        """Close with 4201. What the peer has not been sent yet is dropped (it
+        resumes from history), so that the close frame goes out right behind
+        what is already on its way; a peer that has not answered it within
+        BACKLOG_CLOSE_TIMEOUT loses its TCP connection."""
         if self.can_send:
             self.gate.metrics.slow_consumers.inc()
+            self._pong_pending = None
+            self._corked = None
+            drop_unsent(self.transport)
+            self._backlog_close = True  # (its close deadline: see _arm_close_deadline)
             self._close(ErrorCode.SLOW_CONSUMER)
 
     # ------------------------------------------------------------ Connection (connection.py)
@@ -582,13 +720,16 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
 
     # ------------------------------------------------------------ helpers
 
-    def _send_error(self, code: ErrorCode, message: str, ref: str | None) -> None:
+    def _send_error(self, code: ErrorCode, message: str, ref: str | None) -> int:
+        """Send an error envelope; the number of bytes it took (0: not sent)."""
         if not self.can_send:
-            return
+            return 0
         hub = self.factory.hub
         envelope: Envelope = error_envelope(hub.core.new_id(), hub.now_ms(), code, message, ref)
         hub.metrics.protocol_errors.labels(str(int(code))).inc()
-        self.sendMessage(self.codec.encode(envelope), isBinary=self.codec.binary)
+        payload = self.codec.encode(envelope)
+        self.sendMessage(payload, isBinary=self.codec.binary)
+        return len(payload) + 2
 
     def _close(self, code: ErrorCode) -> None:
         if self.can_send:
@@ -610,6 +751,9 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         self._cancel(self._expiry_call)
         self._cancel(self._grace_call)
         self._expiry_call = self._grace_call = None
+        self._pong_pending = None
+        self._cancel(self._close_deadline)
+        self._close_deadline = None
         if self.conn_id is not None:
             self.gate.protocols.pop(self.conn_id, None)
             if self.closedByMe and self.localCloseCode is not None:
@@ -669,10 +813,10 @@ class WarpSocketServerFactory(WebSocketServerFactory):
             # WebSocket is open, the core's for the hello, then heartbeats.
             # (Autobahn's opening-handshake timer would duplicate the first,
             # through txaio's batched timer, a tenth of the cost of accepting
-            # a connection.) Its close handshake timer still bounds a peer
-            # that never completes a close.
+            # a connection.) Its close handshake timer is replaced by ours
+            # (_arm_close_deadline), which keeps to the second.
             openHandshakeTimeout=0,
-            closeHandshakeTimeout=5,
+            closeHandshakeTimeout=0,
             # Close with a code (1009 for an oversized message, 1002 for a
             # protocol violation) instead of silently dropping the TCP connection,
             # so that the client learns why (protocol.md section 11).

@@ -11,9 +11,11 @@ from twisted.internet.interfaces import IAddress
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.hub import Hub
 from warpsocket.server.protocol import WarpSocketServerFactory
-from warpsocket.server.security.gate import Gate, GuardProtocol
+from warpsocket.server.security.gate import Gate, GuardProtocol, find_guard
+from warpsocket.server.security.limits import HTTP_STATUS
 
 
 class HealthResource(Resource):
@@ -82,6 +84,23 @@ class RootResource(Resource):
         return b"WarpSocket server. WebSocket endpoint, /healthz, /metrics.\n"
 
 
+class RefusedResource(Resource):
+    """An HTTP refusal carrying a registry code, as the guard's (limits.http_refusal)."""
+
+    isLeaf = True
+
+    def __init__(self, code: ErrorCode) -> None:
+        super().__init__()
+        self.code = code
+
+    def render(self, request: Request) -> bytes:
+        text = f"{int(self.code)} {self.code.wire_name}"
+        request.setResponseCode(HTTP_STATUS.get(self.code, 403), text.encode("ascii"))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return text.encode("ascii") + b"\n"
+
+
 class GuardedSite(Site):
     """A Site whose every connection is wrapped in a ``GuardProtocol``: the
     address rules, connection limits and the upgrade deadline apply before
@@ -97,12 +116,49 @@ class GuardedSite(Site):
             return None
         return GuardProtocol(self, channel, self.gate)
 
+    def getResourceFor(self, request: Request) -> Any:
+        resource = super().getResourceFor(request)
+        if isinstance(resource, WebSocketResource):
+            return resource  # checked in onConnect, with the origin and the token
+        # Every other path (/healthz, /metrics, ...) obeys the address rules
+        # too, which behind trusted proxies only the request can tell.
+        transport = getattr(request.channel, "transport", None)
+        code, _ = self.gate.check_http(
+            find_guard(transport), transport, _header(request, b"x-forwarded-for")
+        )
+        if code is not None:
+            self.gate.metrics.refused_connections.labels(code.wire_name).inc()
+            return RefusedResource(code)
+        return resource
+
     # What ProtocolWrapper expects of its factory (a WrappingFactory).
     def registerProtocol(self, protocol: GuardProtocol) -> None:
         pass
 
     def unregisterProtocol(self, protocol: GuardProtocol) -> None:
         pass
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def build_metrics_site(hub: Hub) -> Site:
+    """``/metrics`` (and ``/healthz``) alone, for ``--metrics-endpoint``: an
+    internal port, not behind the guard (bind it to an internal interface)."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(hub))
+    root.putChild(b"healthz", HealthResource(hub))
+    site = Site(root)
+    site.noisy = False
+    return site
+
+
+def remove_metrics(site: Site) -> None:
+    """Stop serving ``/metrics`` on a public site (served elsewhere instead)."""
+    root: Any = site.resource
+    root.children.pop(b"metrics", None)
 
 
 def build_site(hub: Hub, path: str = "/ws") -> Site:

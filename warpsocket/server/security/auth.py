@@ -79,7 +79,13 @@ AuthResult = Identity | Deferred[Identity] | Awaitable[Identity]
 
 @runtime_checkable
 class Authenticator(Protocol):
-    """Anything with ``authenticate(token, now)``: JWT, API keys, sessions..."""
+    """Anything with ``authenticate(token, now)``: JWT, API keys, sessions...
+
+    ``authenticate`` returns an ``Identity`` (or a Deferred or coroutine of
+    one) or raises ``AuthError``; ``now`` is the hub's clock in seconds. Give
+    one as ``SecurityOptions(authenticator=...)``: ``JWTAuthenticator`` and
+    ``StaticKeyAuthenticator`` are the two that ship.
+    """
 
     def authenticate(self, token: str, now: float) -> AuthResult: ...
 
@@ -100,6 +106,10 @@ class JWTAuthenticator:
     - ``aud`` and ``iss`` are checked when configured; a token carrying an
       ``aud`` is refused when no audience is configured (PyJWT's rule).
     - the user is the ``user_claim`` (``sub``), which must be a string.
+
+    Use it as ``SecurityOptions(authenticator=JWTAuthenticator(public_key,
+    ["RS256"], audience="chat", leeway=30))``, or from the command line with
+    ``--jwt-public-key`` / ``--jwt-secret`` (docs/security.md).
     """
 
     def __init__(

@@ -67,6 +67,23 @@ def peer_address(address: IAddress | None) -> IPAddress | None:
     return parse_address(host) if isinstance(host, str) else None
 
 
+def client_address(transport: Any) -> IPAddress | None:
+    """The client's IP: the peer as ``transport`` reports it (under a
+    ``haproxy:`` endpoint, the PROXY header's source), or, when that is not
+    an IP (a PROXY v2 ``AF_UNIX`` source), the socket's own peer: the proxy.
+    None only for a connection that arrived on a UNIX socket."""
+    if transport is None:
+        return None
+    address = peer_address(transport.getPeer())
+    if address is not None:
+        return address
+    chain = transport_chain(transport)
+    socket = chain[-1] if chain else None
+    if socket is None or socket is transport:
+        return None
+    return peer_address(socket.getPeer())
+
+
 class Gate:
     log = Logger()
 
@@ -127,29 +144,43 @@ class Gate:
         """Address (behind trusted proxies) and origin; raises Reject."""
         handshake = protocol.handshake_in_progress
         assert handshake is not None
-        guard = protocol.guard
-        transport: Any = protocol.transport
-        if self.options.trusted_proxies > 0:
-            forwarded = forwarded_client(
-                headers.get("x-forwarded-for"), self.options.trusted_proxies
-            )
-            address = forwarded or peer_address(transport.getPeer())
-            if address is not None:
-                if guard is not None:
-                    code = guard.admit(address)
-                else:
-                    code = None if self.addresses.permits(address) else ErrorCode.ADDRESS_REJECTED
-                if code is not None:
-                    raise Reject(code)
-                handshake.annotations["client_ip"] = str(address)
-        elif guard is None:
-            # Not behind our site (an embedder's own resource tree): at least the lists.
-            address = peer_address(transport.getPeer())
-            if address is not None and not self.addresses.permits(address):
-                raise Reject(ErrorCode.ADDRESS_REJECTED)
+        code, address = self.check_http(
+            protocol.guard, protocol.transport, headers.get("x-forwarded-for")
+        )
+        if code is not None:
+            raise Reject(code)
+        if address is not None:
+            handshake.annotations["client_ip"] = str(address)
         code = self.origins.check(handshake.origin, self.auth_required)
         if code is not None:
             raise Reject(code)
+
+    def check_http(
+        self, guard: GuardProtocol | None, transport: Any, forwarded_for: str | None
+    ) -> tuple[ErrorCode | None, IPAddress | None]:
+        """The address rules for one HTTP request (every path, not only the
+        WebSocket's): behind trusted proxies, the lists on the forwarded
+        address, and the per-address limits once per connection. Returns
+        (refusal, the client address when it came from ``X-Forwarded-For``
+        or the peer behind trusted proxies)."""
+        if self.options.trusted_proxies > 0:
+            forwarded = forwarded_client(forwarded_for, self.options.trusted_proxies)
+            address = forwarded or client_address(transport)
+            if address is None:
+                return None, None
+            if not self.addresses.permits(address):
+                return ErrorCode.ADDRESS_REJECTED, address
+            if guard is not None:
+                code = guard.admit(address)
+                if code is not None:
+                    return code, address
+            return None, address
+        if guard is None:
+            # Not behind our site (an embedder's own resource tree): at least the lists.
+            address = client_address(transport)
+            if address is not None and not self.addresses.permits(address):
+                return ErrorCode.ADDRESS_REJECTED, None
+        return None, None
 
     def request_token(
         self, headers: Mapping[str, str], params: Mapping[str, list[str]]
@@ -215,7 +246,7 @@ class Gate:
             return Failure(Reject(ErrorCode.UNAUTHORIZED, text))
 
         def accepted(identity: Identity) -> None:
-            session = self.hub.session_info(ctx.session)
+            session = self.hub.core.sessions.get(ctx.session)
             if session is None:
                 raise Reject(ErrorCode.UNAUTHORIZED, "no session")
             if session.user is None:
@@ -280,7 +311,7 @@ class GuardProtocol(ProtocolWrapper):
                 self._check_peer()
 
     def _check_peer(self) -> None:
-        address = peer_address(self.getPeer())
+        address = client_address(self)
         if address is None:
             return  # a UNIX socket: local by construction
         code = self.admit(address)

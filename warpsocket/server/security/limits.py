@@ -82,6 +82,34 @@ class OutboundMeter:
         return total
 
 
+def drop_unsent(transport: Any) -> int:
+    """Discard the whole writes still waiting in a plain socket's user-space
+    buffer (none of their bytes has left); the number of bytes dropped.
+
+    Every write of a WebSocket connection is one or more whole frames, and
+    Twisted keeps each write as its own chunk (``_tempDataBuffer``) until a
+    send moves them all into ``dataBuffer``, so dropping the chunks never
+    cuts a frame: what follows (a close frame) goes out right behind the
+    bytes already on their way. One exception: the rest of a write the
+    socket took only part of (eager.py) is the first chunk when nothing
+    else waits, and is kept. Under TLS the records are already encrypted
+    in sequence: nothing is dropped.
+    """
+    if behind_tls(transport):
+        return 0
+    chain = transport_chain(transport)
+    socket = chain[-1] if chain else None
+    if not isinstance(socket, FileDescriptor):
+        return 0
+    chunks = socket._tempDataBuffer
+    keep = chunks[:1] if socket.offset >= len(socket.dataBuffer) else []
+    kept = sum(len(chunk) for chunk in keep)
+    dropped = socket._tempDataLen - kept
+    socket._tempDataBuffer = keep
+    socket._tempDataLen = kept
+    return dropped
+
+
 def behind_tls(transport: Any) -> bool:
     return any(isinstance(level, TLSMemoryBIOProtocol) for level in transport_chain(transport))
 

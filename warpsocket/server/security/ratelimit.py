@@ -88,3 +88,47 @@ class KeyedBuckets(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class Refusals:
+    """What one connection's refused messages (over its token bucket) lead to.
+
+    Two rules (docs/security.md, "Messages per second"):
+
+    - **close**: more than ``burst`` refusals without a pause of ``quiet``
+      seconds (the time the bucket takes to refill) between two of them
+      means the client is not slowing down; accepted messages in between do
+      not forgive it, so a flood at any multiple of the rate is closed after
+      at most ``burst`` refusals.
+    - **replies**: a refusal is answered only while the bytes of the refused
+      frames pay for the answers (plus ``allowance`` bytes per episode, so
+      that the first refusal is always answered): a flood of tiny frames
+      cannot make the server write more than it reads.
+    """
+
+    __slots__ = ("_last", "allowance", "burst", "count", "credit", "quiet")
+
+    def __init__(self, burst: int, quiet: float, allowance: int = 512) -> None:
+        self.burst = burst
+        self.quiet = quiet
+        self.allowance = allowance
+        self.count = 0
+        self.credit = 0
+        self._last: float | None = None
+
+    def refused(self, now: float, size: int) -> bool:
+        """Count one refused frame of ``size`` bytes; True: close the connection."""
+        if self._last is None or now - self._last >= self.quiet:
+            self.count = 0
+            self.credit = self.allowance
+        self._last = now
+        self.count += 1
+        # Capped, so that large refused frames cannot bank replies for later.
+        self.credit = min(self.credit + size, self.allowance + size)
+        return self.count > self.burst
+
+    def may_reply(self) -> bool:
+        return self.credit > 0
+
+    def replied(self, size: int) -> None:
+        self.credit -= size
