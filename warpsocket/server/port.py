@@ -9,7 +9,7 @@ so none of it is on ``Hub``: it is here, as ``hub.port``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -89,6 +89,11 @@ class HubPort:
         # Connections we sent a close frame (their disconnect is counted).
         self._closing: set[ConnId] = set()
         self._ticks = 0
+        # A whole message arrived (the pipeline's own methods: no extra call
+        # per message); ``decoded``: one the transport decoded already (an
+        # authenticated hello), so that it is not decoded twice.
+        self.received: Callable[[ConnId, bytes, bool], None] = inbound.received
+        self.decoded: Callable[[ConnId, Envelope, int], None] = inbound.decoded
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -114,13 +119,6 @@ class HubPort:
         self.core.open(conn_id, self.now_ms(), handshake.user, handshake.claims)
         self.metrics.connections.set(len(self._connections))
         return conn_id
-
-    def received(self, conn_id: ConnId, payload: bytes, is_binary: bool) -> None:
-        self._inbound.received(conn_id, payload, is_binary)
-
-    def decoded(self, conn_id: ConnId, envelope: Envelope, size: int) -> None:
-        """A message the transport decoded already (so it is not decoded twice)."""
-        self._inbound.decoded(conn_id, envelope, size)
 
     def heard(self, conn_id: ConnId) -> None:
         """Bytes of a frame of any type arrived on the connection (protocol.md section 9)."""
