@@ -17,12 +17,19 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import reporter, runner, unittest
 
+from warpsocket.backends.memory import MemoryBackend
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.context import Context
-from warpsocket.server.hub import STREAM_COLLECT_TICKS, AckTimeoutError, Hub, HubOptions
+from warpsocket.server.hub import (
+    MAX_HELD_FRAMES,
+    STREAM_COLLECT_TICKS,
+    AckTimeoutError,
+    Hub,
+    HubOptions,
+)
 from warpsocket.server.middleware import Handshake, Middleware, Reject
 from warpsocket.testing import FakeClient, FakeConnection, HubHarness
 
@@ -660,3 +667,152 @@ class TimerTests(Base):
             (silent.close_code, silent.connection.close_reason), (4205, "handshake_timeout")
         )
         self.assertIsNone(polite.close_code)
+
+
+# ---------------------------------------------------------------- held frames
+
+
+class SlowBackend(MemoryBackend):
+    """The memory backend, but stream preparation waits for the test (as Redis may)."""
+
+    def __init__(self) -> None:
+        super().__init__(HistoryLimits())
+        self.gate: Deferred[None] = Deferred()
+
+    def prepare(self, keys: Any) -> Deferred[None]:
+        gate: Deferred[None] = Deferred()
+        self.gate.addCallback(lambda _: gate.callback(None))
+        return gate
+
+
+class HeldFramesTests(Base):
+    def test_frames_held_behind_the_backend_are_bounded(self) -> None:
+        backend = SlowBackend()
+        self.start(backend=backend)
+        client = self.connect(hello=False)
+        client.feed(client.envelope(MessageType.HELLO, data={}))
+        sent = [client.envelope(MessageType.EVENT, event="x") for _ in range(MAX_HELD_FRAMES + 5)]
+        refused = [reply for envelope in sent for reply in client.feed(envelope)]
+        self.assertEqual([(m.code, m.ref) for m in refused], [(4206, e.id) for e in sent[-5:]])
+        backend.gate.callback(None)
+        welcome, *answers = client.take()
+        self.assertEqual(welcome.type, MessageType.WELCOME)
+        self.assertEqual(
+            [(m.code, m.ref) for m in answers], [(4301, e.id) for e in sent[:MAX_HELD_FRAMES]]
+        )
+
+    def test_heartbeats_are_answered_while_frames_wait_for_the_backend(self) -> None:
+        backend = SlowBackend()
+        self.start(backend=backend, open_rooms=True)
+        backend.gate.callback(None)  # the hello goes through
+        client = self.connect()
+        backend.gate = Deferred()  # the subscribe waits, and the event behind it
+        subscribe = client.envelope(MessageType.SUBSCRIBE, room="r")
+        event = client.envelope(MessageType.EVENT, event="x", ack=True)
+        beat = client.envelope(MessageType.HEARTBEAT)
+        answers = client.feed(subscribe) + client.feed(event) + client.feed(beat)
+        self.assertEqual([(a.type, a.ref) for a in answers], [(MessageType.HEARTBEAT, beat.id)])
+        backend.gate.callback(None)
+        # The held frames then follow, in order.
+        self.assertEqual([m.ref for m in client.take()], [subscribe.id, event.id])
+
+
+# ---------------------------------------------------------------- resume
+
+
+class ResumeTests(Base):
+    def test_resume_replays_missed_messages_in_order(self) -> None:
+        hub = self.start(open_rooms=True)
+        first = self.connect(rooms=["chat"])
+        session = first.session
+        assert session is not None
+        for n in (1, 2):
+            hub.publish("chat", "say", {"n": n})
+        first.disconnect(None)
+        self.assertFalse(hub.is_connected(session))
+        for n in (3, 4, 5):
+            hub.publish("chat", "say", {"n": n})
+        hub.send(session, "dm", "while you were away")
+        hub.broadcast("news", "b1")
+
+        second = first.reconnect()
+        welcome = second.welcome
+        assert welcome is not None
+        self.assertTrue(welcome.data["resumed"])
+        self.assertEqual(welcome.data["session"], session)
+        # protocol.md 4.2: the welcome carries the current positions.
+        streams = welcome.data["streams"]
+        self.assertEqual(
+            (streams["room:chat"]["offset"], streams["room:chat"]["recovered"]), (5, True)
+        )
+        self.assertEqual((streams["direct"]["offset"], streams["direct"]["recovered"]), (1, True))
+        hub.publish("chat", "say", {"n": 6})
+        room = second.events("room:chat")
+        self.assertEqual([m.offset for m in room], [3, 4, 5, 6])
+        self.assertEqual([m.data["n"] for m in room], [3, 4, 5, 6])
+        self.assertEqual([m.data for m in second.events("direct")], ["while you were away"])
+        self.assertEqual([m.data for m in second.events("broadcast")], ["b1"])
+        self.assertEqual(self.metric("warpsocket_resumes_total", {"outcome": "resumed"}), 1.0)
+
+    def test_trimmed_history_is_not_recovered(self) -> None:
+        hub = self.start(CoreOptions(history=HistoryLimits(max_messages=2)), open_rooms=True)
+        first = self.connect(rooms=["chat"])
+        hub.publish("chat", "say", 1)
+        first.disconnect(None)
+        for n in (2, 3, 4, 5):
+            hub.publish("chat", "say", n)
+        second = first.reconnect()
+        assert second.welcome is not None
+        chat = second.welcome.data["streams"]["room:chat"]
+        self.assertEqual((chat["offset"], chat["recovered"]), (5, False))
+        self.assertTrue(second.welcome.data["streams"]["direct"]["recovered"])
+        hub.publish("chat", "say", 6)
+        [event] = second.events("room:chat")
+        self.assertEqual((event.offset, event.data), (6, 6))
+
+    def test_wrong_epoch_is_not_recovered(self) -> None:
+        hub = self.start(open_rooms=True)
+        hub.publish("chat", "say", 1)
+        client = self.connect(
+            rooms=["chat"], streams={"room:chat": {"offset": 0, "epoch": "other-epoch"}}
+        )
+        assert client.welcome is not None
+        chat = client.welcome.data["streams"]["room:chat"]
+        # Not recovered (the other epoch is gone), but this epoch is whole: replayed.
+        self.assertEqual((chat["offset"], chat["recovered"]), (0, False))
+        [event] = client.events("room:chat")
+        self.assertEqual((event.offset, event.data), (1, 1))
+
+    def test_session_replaced_closes_old_connection_4400(self) -> None:
+        hub = self.start()
+        closes: list[int | None] = []
+        hub.on_close(lambda ctx, code: closes.append(code))
+        old = self.connect()
+        new = self.connect(session=old.session, resume_token=old.resume_token)
+        assert new.welcome is not None and old.session is not None
+        self.assertTrue(new.welcome.data["resumed"])
+        self.assertEqual((old.close_code, old.connection.close_reason), (4400, "session_replaced"))
+        hub.send(old.session, "hi", 1)
+        [event] = new.events("direct")
+        self.assertEqual(event.data, 1)
+        self.assertEqual(old.events("direct"), [])
+        # The replaced connection does not end the session.
+        self.assertEqual(closes, [])
+        self.assertTrue(hub.is_connected(old.session))
+
+    def test_expired_session_starts_over_and_fails_pending_acks(self) -> None:
+        hub = self.start(CoreOptions(session_ttl_ms=30_000))
+        client = self.connect()
+        session = client.session
+        assert session is not None
+        waiter = hub.send(session, "job", 1, ack=True, timeout=600)
+        client.disconnect(None)
+        self.harness.advance(31)
+        failure = self.failureResultOf(waiter, AckTimeoutError)
+        self.assertEqual(failure.value.code, ErrorCode.TIMEOUT)
+        self.assertIsNone(hub.session_info(session))
+        again = client.reconnect()
+        assert again.welcome is not None
+        self.assertFalse(again.welcome.data["resumed"])
+        self.assertNotEqual(again.session, session)
+        self.assertFalse(again.welcome.data["streams"]["direct"]["recovered"])

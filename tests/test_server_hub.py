@@ -30,12 +30,10 @@ from tests.wsclient import (
     http_get,
     wait_until,
 )
-from warpsocket.backends.memory import MemoryBackend
-from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
-from warpsocket.server.hub import MAX_HELD_FRAMES, AckTimeoutError
+from warpsocket.server.hub import AckTimeoutError
 from warpsocket.server.middleware import Handshake, Middleware, Reject
 
 
@@ -250,154 +248,7 @@ class BadInputTests(ServerTestCase):
 # ---------------------------------------------------------------- sessions and resume
 
 
-class SlowBackend(MemoryBackend):
-    """The memory backend, but stream preparation waits for the test (as Redis may)."""
-
-    def __init__(self) -> None:
-        super().__init__(HistoryLimits())
-        self.gate: Deferred[None] = Deferred()
-
-    def prepare(self, keys: Any) -> Deferred[None]:
-        gate: Deferred[None] = Deferred()
-        self.gate.addCallback(lambda _: gate.callback(None))
-        return gate
-
-
-class HeldFramesTests(ServerTestCase):
-    @async_test
-    async def test_frames_held_behind_the_backend_are_bounded(self) -> None:
-        backend = SlowBackend()
-        self.start_server(backend=backend)
-        client = await self.connect(hello=False)
-        client.send({"type": "hello", "data": {}})
-        sent = [client.send({"type": "event", "event": "x"}) for _ in range(MAX_HELD_FRAMES + 5)]
-        refused = [await client.next_message() for _ in range(5)]
-        self.assertEqual(
-            [(m["code"], m["ref"]) for m in refused], [(4206, e["id"]) for e in sent[-5:]]
-        )
-        backend.gate.callback(None)
-        welcome = await client.next_message()
-        self.assertEqual(welcome["type"], "welcome")
-        answers = [await client.next_message() for _ in range(MAX_HELD_FRAMES)]
-        self.assertEqual(
-            [(m["code"], m["ref"]) for m in answers],
-            [(4301, e["id"]) for e in sent[:MAX_HELD_FRAMES]],
-        )
-
-    @async_test
-    async def test_heartbeats_are_answered_while_frames_wait_for_the_backend(self) -> None:
-        backend = SlowBackend()
-        self.start_server(backend=backend, open_rooms=True)
-        backend.gate.callback(None)  # the hello goes through
-        client = await self.connect()
-        backend.gate = Deferred()  # the subscribe waits, and the event behind it
-        subscribe = client.send({"type": "subscribe", "room": "r"})
-        event = client.send({"type": "event", "event": "x", "ack": True})
-        beat = client.send({"type": "heartbeat"})
-        answer = await client.next_message()
-        self.assertEqual((answer["type"], answer.get("ref")), ("heartbeat", beat["id"]))
-        backend.gate.callback(None)
-        later = [await client.next_message() for _ in range(2)]
-        # The held frames then follow, in order.
-        self.assertEqual([m["ref"] for m in later], [subscribe["id"], event["id"]])
-
-
 class ResumeTests(ServerTestCase):
-    @async_test
-    async def test_resume_replays_missed_messages_in_order(self) -> None:
-        hub = self.start_server(open_rooms=True)
-        first = await self.connect(rooms=["chat"])
-        session = first.session
-        assert session is not None
-        for n in (1, 2):
-            hub.publish("chat", "say", {"n": n})
-        await first.wait_for(lambda m: m.get("offset") == 2 and m.get("stream") == "room:chat")
-        await first.drop()
-        await wait_until(lambda: not hub.is_connected(session), what="detach")
-        for n in (3, 4, 5):
-            hub.publish("chat", "say", {"n": n})
-        hub.send(session, "dm", "while you were away")
-        hub.broadcast("news", "b1")
-
-        second = await self.connect(session=session, streams=first.positions, rooms=["chat"])
-        welcome = second.welcome
-        assert welcome is not None
-        self.assertTrue(welcome["data"]["resumed"])
-        self.assertEqual(welcome["data"]["session"], session)
-        # protocol.md 4.2: the welcome carries the current positions.
-        streams = welcome["data"]["streams"]
-        self.assertEqual(streams["room:chat"]["offset"], 5)
-        self.assertTrue(streams["room:chat"]["recovered"])
-        self.assertEqual(streams["direct"]["offset"], 1)
-        self.assertTrue(streams["direct"]["recovered"])
-        hub.publish("chat", "say", {"n": 6})
-        await second.wait_for(lambda m: m.get("offset") == 6 and m.get("stream") == "room:chat")
-        await barrier(second)
-        room = events_of(second, "room:chat")
-        self.assertEqual([m["offset"] for m in room], [3, 4, 5, 6])
-        self.assertEqual([m["data"]["n"] for m in room], [3, 4, 5, 6])
-        self.assertEqual([m["data"] for m in events_of(second, "direct")], ["while you were away"])
-        self.assertEqual([m["data"] for m in events_of(second, "broadcast")], ["b1"])
-        self.assertEqual(
-            self.metric("warpsocket_resumes_total", {"outcome": "resumed"}),
-            1.0,
-        )
-
-    @async_test
-    async def test_trimmed_history_is_not_recovered(self) -> None:
-        hub = self.start_server(CoreOptions(history=HistoryLimits(max_messages=2)), open_rooms=True)
-        first = await self.connect(rooms=["chat"])
-        session = first.session
-        assert session is not None
-        hub.publish("chat", "say", 1)
-        await first.wait_for(is_event("room:chat"))
-        await first.drop()
-        await wait_until(lambda: not hub.is_connected(session), what="detach")
-        for n in (2, 3, 4, 5):
-            hub.publish("chat", "say", n)
-        second = await self.connect(session=session, streams=first.positions, rooms=["chat"])
-        assert second.welcome is not None
-        chat = second.welcome["data"]["streams"]["room:chat"]
-        self.assertEqual((chat["offset"], chat["recovered"]), (5, False))
-        self.assertTrue(second.welcome["data"]["streams"]["direct"]["recovered"])
-        hub.publish("chat", "say", 6)
-        event = await second.wait_for(is_event("room:chat"))
-        self.assertEqual((event["offset"], event["data"]), (6, 6))
-        self.assertEqual(len(events_of(second, "room:chat")), 1)
-
-    @async_test
-    async def test_wrong_epoch_is_not_recovered(self) -> None:
-        hub = self.start_server(open_rooms=True)
-        hub.publish("chat", "say", 1)
-        client = await self.connect(
-            rooms=["chat"], streams={"room:chat": {"offset": 0, "epoch": "other-epoch"}}
-        )
-        assert client.welcome is not None
-        chat = client.welcome["data"]["streams"]["room:chat"]
-        # Not recovered (the other epoch is gone), but this epoch is whole: replayed.
-        self.assertEqual((chat["offset"], chat["recovered"]), (0, False))
-        event = await client.wait_for(is_event("room:chat"))
-        self.assertEqual((event["offset"], event["data"]), (1, 1))
-
-    @async_test
-    async def test_session_replaced_closes_old_connection_4400(self) -> None:
-        hub = self.start_server()
-        closes: list[int | None] = []
-        hub.on_close(lambda ctx, code: closes.append(code))
-        old = await self.connect()
-        new = await self.connect(session=old.session)
-        assert new.welcome is not None
-        self.assertTrue(new.welcome["data"]["resumed"])
-        code, reason = await old.wait_closed()
-        self.assertEqual((code, reason), (4400, "session_replaced"))
-        assert old.session is not None
-        hub.send(old.session, "hi", 1)
-        event = await new.wait_for(is_event("direct"))
-        self.assertEqual(event["data"], 1)
-        # The replaced connection does not end the session.
-        self.assertEqual(closes, [])
-        self.assertTrue(hub.is_connected(old.session))
-
     @async_test
     async def test_replaced_connection_cannot_take_the_session_back(self) -> None:
         hub = self.start_server()
@@ -423,27 +274,6 @@ class ResumeTests(ServerTestCase):
         self.assertEqual(self.metric("warpsocket_messages_in_total", {"type": "hello"}), 2.0)
         self.assertEqual(old.queue, [])
         self.assertEqual(self.metric("warpsocket_resumes_total", {"outcome": "resumed"}), 1.0)
-
-    @async_test
-    async def test_expired_session_starts_over_and_fails_pending_acks(self) -> None:
-        hub = self.start_server(CoreOptions(session_ttl_ms=30_000))
-        client = await self.connect()
-        session = client.session
-        assert session is not None
-        waiter = hub.send(session, "job", 1, ack=True, timeout=600)
-        assert waiter is not None
-        await client.wait_for(is_event("direct"))
-        await client.drop()
-        await wait_until(lambda: not hub.is_connected(session), what="detach")
-        self.advance(31)
-        failure = self.failureResultOf(waiter, AckTimeoutError)
-        self.assertEqual(failure.value.code, ErrorCode.TIMEOUT)
-        self.assertIsNone(hub.session_info(session))
-        again = await self.connect(session=session, streams=client.positions)
-        assert again.welcome is not None
-        self.assertFalse(again.welcome["data"]["resumed"])
-        self.assertNotEqual(again.session, session)
-        self.assertFalse(again.welcome["data"]["streams"]["direct"]["recovered"])
 
 
 class UserAndClaimsFromQuery(Middleware):
