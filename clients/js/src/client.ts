@@ -187,6 +187,7 @@ export class WarpSocketClient {
   private codec: Codec | null = null;
   private socket: WebSocketLike | null = null;
   private readonly handlers = new Map<string, Set<Handler>>();
+  private readonly roomHandlers = new Map<string, Set<Handler>>();
   private readonly listeners: Listeners = {
     state: new Set(),
     open: new Set(),
@@ -405,7 +406,11 @@ export class WarpSocketClient {
 
   /** Join `room` (now, or at the next connection); resolves when joined, rejects when refused. */
   subscribe(room: string, handler?: Handler): Promise<void> {
-    if (handler !== undefined) this.on("room:" + room, handler);
+    if (handler !== undefined) {
+      let set = this.roomHandlers.get(room);
+      if (set === undefined) this.roomHandlers.set(room, (set = new Set()));
+      set.add(handler);
+    }
     const joined = new Promise<void>((resolve, reject) => {
       const list = this.roomWaiters.get(room) ?? [];
       list.push({ resolve, reject });
@@ -417,7 +422,7 @@ export class WarpSocketClient {
 
   /** Leave `room` and forget its handlers and position. */
   unsubscribe(room: string): void {
-    this.handlers.delete("room:" + room);
+    this.roomHandlers.delete(room);
     this.run(this.core.unsubscribe(room, Date.now()));
   }
 
@@ -817,7 +822,7 @@ export class WarpSocketClient {
   private deliver(envelope: Envelope): void {
     const message = new Message(envelope, this);
     const handlers = [
-      ...(this.handlers.get(envelope.stream ?? "") ?? []),
+      ...(message.room !== null ? (this.roomHandlers.get(message.room) ?? []) : []),
       ...(this.handlers.get(message.event) ?? []),
       ...(this.handlers.get("*") ?? []),
     ];

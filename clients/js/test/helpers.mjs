@@ -163,14 +163,24 @@ export class CutProxy {
   }
 }
 
+const clients = new Set();
+
+/** Close every client the tests made (a failed test must not keep node alive). */
+export async function closeClients() {
+  await Promise.all([...clients].map((c) => c.close()));
+  clients.clear();
+}
+
 /** A client for the tests: Node's `ws`, fast reconnects unless told otherwise. */
 export function client(url, options = {}) {
-  return new WarpSocketClient(url, {
+  const made = new WarpSocketClient(url, {
     WebSocket,
     backoff: { initial: 20, max: 200, jitter: 0.5 },
     retryInitial: 500,
     ...options,
   });
+  clients.add(made);
+  return made;
 }
 
 /** An HS256 JWT (the server's --jwt-secret). */

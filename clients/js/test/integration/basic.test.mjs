@@ -3,13 +3,14 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import * as msgpack from "@msgpack/msgpack";
 import { DeliveryError, ErrorCode } from "../../dist/index.js";
-import { client, Server, waitFor } from "../helpers.mjs";
+import { client, closeClients, Server, waitFor } from "../helpers.mjs";
 
 let server;
 before(async () => {
   server = await Server.start();
 });
 after(async () => {
+  await closeClients();
   await server?.stop();
 });
 
