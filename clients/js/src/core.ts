@@ -89,6 +89,8 @@ export class ClientCore {
   readonly positions = new Map<string, Position>();
   rooms = new Set<string>();
   open = false;
+  /** Rooms the server confirmed (so a welcome reports only what changed). */
+  private confirmed = new Set<string>();
   limits: Limits = { ...DEFAULT_LIMITS, maxMessageSize: 1048576 };
 
   private seq = 0;
@@ -281,6 +283,7 @@ export class ClientCore {
 
   unsubscribe(room: string, nowMs: number): Action[] {
     this.rooms.delete(room);
+    this.confirmed.delete(room);
     this.positions.delete("room:" + room);
     if (!this.open) return [];
     return [{ kind: "transmit", envelope: { type: "unsubscribe", id: this.newId(), timestamp: nowMs, room } }];
@@ -377,11 +380,13 @@ export class ClientCore {
           this.positions.set(key, { offset: envelope.offset, epoch: envelope.epoch });
         }
         this.rooms.add(room);
+        this.confirmed.add(room);
         return [{ kind: "room", room, joined: true }];
       }
       case "unsubscribe": {
         const room = envelope.room as string;
         this.rooms.delete(room);
+        this.confirmed.delete(room);
         this.positions.delete("room:" + room);
         return [{ kind: "room", room, joined: false }];
       }
@@ -417,8 +422,9 @@ export class ClientCore {
       const code = denied[room];
       actions.push({ kind: "room", room, joined: false, ...(typeof code === "number" ? { code } : {}) });
     }
+    for (const room of joined) if (!this.confirmed.has(room)) actions.push({ kind: "room", room, joined: true });
     this.rooms = joined;
-    for (const room of joined) actions.push({ kind: "room", room, joined: true });
+    this.confirmed = new Set(joined);
     this.open = true;
     actions.push({ kind: "welcomed", session, resumed: data.resumed === true, data });
     actions.push(...this.flush(nowMs));
@@ -500,6 +506,7 @@ export class ClientCore {
     const key = "room:" + room;
     if (answer.type === "error") {
       this.rooms.delete(room);
+      this.confirmed.delete(room);
       this.positions.delete(key);
       return [{ kind: "room", room, joined: false, ...(answer.code !== undefined ? { code: answer.code } : {}) }];
     }
@@ -509,6 +516,7 @@ export class ClientCore {
       if (info.recovered === false) actions.push({ kind: "lost", stream: key, reason: "not recovered on subscribe" });
       this.adopt(key, info);
     }
+    this.confirmed.add(room);
     actions.push({ kind: "room", room, joined: true });
     return actions;
   }

@@ -223,3 +223,14 @@ test("server heartbeats are answered", () => {
   assert.deepEqual(sent(core.receive({ type: "heartbeat", id: "h", timestamp: 0 }, 0)).map((e) => e.ref), ["h"]);
   assert.deepEqual(core.receive({ type: "heartbeat", id: "h2", timestamp: 0, ref: "x" }, 0), []);
 });
+
+test("welcomes report room changes, not every room each time", () => {
+  const core = makeCore();
+  core.subscribe("a", 0);
+  const first = welcome(core, { rooms: ["a"] });
+  assert.deepEqual(of(first, "room"), [{ kind: "room", room: "a", joined: true }]);
+  core.disconnected(1);
+  const [hello] = sent(core.connected(2));
+  const again = core.receive({ type: "welcome", id: "w2", timestamp: 2, ref: hello.id, data: { session: "s1", resumed: true, rooms: ["a", "b"], denied: {} } }, 2);
+  assert.deepEqual(of(again, "room"), [{ kind: "room", room: "b", joined: true }]);
+});
