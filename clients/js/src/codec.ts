@@ -51,21 +51,28 @@ function bytes(payload: ArrayBuffer | ArrayBufferView): Uint8Array {
 }
 
 /**
- * Unsafe integers are turned into `UnsafeInteger` (refused by the data model
- * with the envelope's id) rather than rounded. `@msgpack/msgpack` returns
- * 64-bit integers as (possibly rounded) numbers; an integral number outside
- * +-(2^53-1) is therefore refused whatever its encoding.
+ * 64-bit MessagePack integers arrive as `bigint` (so that a float64 `1e300`,
+ * a number, is never mistaken for a rounded integer): safe ones become
+ * numbers, the others `UnsafeInteger`, which the data model refuses with the
+ * envelope's id.
  */
-function markUnsafe(value: unknown, depth: number): unknown {
-  if (typeof value === "number") {
-    return Number.isInteger(value) && !Number.isSafeInteger(value) ? new UnsafeInteger(String(value)) : value;
+function plainIntegers(value: unknown, depth: number): unknown {
+  if (typeof value === "bigint") {
+    const number = Number(value);
+    return Number.isSafeInteger(number) && BigInt(number) === value ? number : new UnsafeInteger(value.toString());
   }
   if (depth > 70 || typeof value !== "object" || value === null) return value;
   if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) value[i] = markUnsafe(value[i], depth + 1);
+    for (let i = 0; i < value.length; i++) {
+      const item: unknown = value[i];
+      if (typeof item === "object" || typeof item === "bigint") value[i] = plainIntegers(item, depth + 1);
+    }
   } else if (Object.getPrototypeOf(value) === Object.prototype) {
     const object = value as Record<string, unknown>;
-    for (const key of Object.keys(object)) object[key] = markUnsafe(object[key], depth + 1);
+    for (const key of Object.keys(object)) {
+      const item = object[key];
+      if (typeof item === "object" || typeof item === "bigint") object[key] = plainIntegers(item, depth + 1);
+    }
   }
   return value;
 }
@@ -77,7 +84,7 @@ function stringKey(key: unknown): string {
 }
 
 export function msgpackCodec(msgpack: MsgpackModule): Codec {
-  const decodeOptions = { mapKeyConverter: stringKey, useBigInt64: false };
+  const decodeOptions = { mapKeyConverter: stringKey, useBigInt64: true };
   return {
     subprotocol: MSGPACK_SUBPROTOCOL,
     binary: true,
@@ -95,7 +102,7 @@ export function msgpackCodec(msgpack: MsgpackModule): Codec {
         if (error instanceof ProtocolError) throw error;
         throw new ProtocolError(ErrorCode.BAD_FRAME, `not valid msgpack: ${String(error)}`);
       }
-      return fromWire(markUnsafe(raw, 0), limits);
+      return fromWire(plainIntegers(raw, 0), limits);
     },
   };
 }

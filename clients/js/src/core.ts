@@ -63,6 +63,13 @@ interface Outgoing {
   /** Expects an answer (ack requested, or a call). */
   tracked: boolean;
   deadlineMs: number | null;
+  /**
+   * When no copy may be handled any more (client clock): the earlier of the
+   * deadline and the end of the ttl. Every copy carries it as its `deadline`,
+   * so a copy held up in the network is refused by the server (4302) rather
+   * than handled after the outcome was reported (protocol.md 6).
+   */
+  expiresMs: number | null;
   attempts: number;
   nextRetryMs: number | null;
 }
@@ -98,6 +105,8 @@ export class ClientCore {
   private readonly inflight = new Map<string, Outgoing>();
   private readonly subscribing = new Map<string, string>(); // subscribe id -> room
   private helloId: string | null = null;
+  /** A lower bound of (server clock - client clock) in ms on this connection, from what it stamped. */
+  clockOffsetMs: number | null = null;
   // Acknowledgements of `ack: true` events on `direct` (protocol.md 5.5).
   private readonly unacked = new Map<number, string>(); // offset -> id, awaiting the app
   private readonly acked = new Map<number, string>(); // offset -> id, acked above the watermark
@@ -131,6 +140,7 @@ export class ClientCore {
   connected(nowMs: number, token?: string | null, client?: Record<string, unknown>): Action[] {
     this.open = false;
     this.helloId = this.newId();
+    this.clockOffsetMs = null; // maybe another node, another clock
     const streams: Record<string, Position> = {};
     for (const [name, p] of this.positions) streams[name] = { offset: p.offset, epoch: p.epoch };
     const data: Record<string, unknown> = {
@@ -196,12 +206,17 @@ export class ClientCore {
   }
 
   private submit(envelope: Envelope, tracked: boolean, options: SendOptions, nowMs: number): Action[] {
+    const deadlineMs = tracked ? nowMs + (options.timeoutMs ?? this.options.ackDeadlineMs) : null;
+    const ends = [deadlineMs, envelope.ttl !== undefined ? envelope.timestamp + envelope.ttl : null].filter(
+      (end): end is number => end !== null,
+    );
     const outgoing: Outgoing = {
       envelope,
       priority: options.priority ?? 0,
       seq: this.seq++,
       tracked,
-      deadlineMs: tracked ? nowMs + (options.timeoutMs ?? this.options.ackDeadlineMs) : null,
+      deadlineMs,
+      expiresMs: ends.length > 0 ? Math.min(...ends) : null,
       attempts: 0,
       nextRetryMs: null,
     };
@@ -246,7 +261,7 @@ export class ClientCore {
 
   private transmit(outgoing: Outgoing, nowMs: number): Action[] {
     outgoing.attempts++;
-    const actions: Action[] = [{ kind: "transmit", envelope: outgoing.envelope }];
+    const actions: Action[] = [{ kind: "transmit", envelope: this.copy(outgoing, nowMs) }];
     if (outgoing.tracked) {
       this.inflight.set(outgoing.envelope.id, outgoing);
       outgoing.nextRetryMs = nowMs + this.retryDelay(outgoing.attempts);
@@ -254,6 +269,31 @@ export class ClientCore {
       actions.push({ kind: "outcome", id: outgoing.envelope.id, status: "sent" });
     }
     return actions;
+  }
+
+  /**
+   * The envelope as sent now. The server tests `timestamp + deadline` on its
+   * own clock, so the timestamp is this moment on a lower bound of the
+   * server's clock and the deadline what is left: whatever the clocks'
+   * difference, no copy is handled after the client reported the message
+   * expired. The application's ttl keeps its end, measured from the new stamp.
+   */
+  private copy(outgoing: Outgoing, nowMs: number): Envelope {
+    const envelope = outgoing.envelope;
+    if (outgoing.expiresMs === null) return envelope;
+    const copy: Envelope = {
+      ...envelope,
+      timestamp: Math.max(0, nowMs + (this.clockOffsetMs ?? 0)),
+      deadline: Math.max(1, outgoing.expiresMs - nowMs),
+    };
+    if (envelope.ttl !== undefined) copy.ttl = Math.max(1, envelope.timestamp + envelope.ttl - nowMs);
+    return copy;
+  }
+
+  /** Tighten the lower bound of the server's clock from an envelope the connected node stamped. */
+  private observeClock(envelope: Envelope, nowMs: number): void {
+    const bound = envelope.timestamp - nowMs - 1; // both sides round down to ms
+    if (this.clockOffsetMs === null || bound > this.clockOffsetMs) this.clockOffsetMs = bound;
   }
 
   private retryDelay(attempts: number): number {
@@ -369,6 +409,7 @@ export class ClientCore {
       case "error":
         return this.answer(envelope);
       case "heartbeat":
+        this.observeClock(envelope, nowMs);
         if (envelope.ref === undefined) {
           return [{ kind: "transmit", envelope: { type: "heartbeat", id: this.newId(), timestamp: nowMs, ref: envelope.id } }];
         }
@@ -400,6 +441,7 @@ export class ClientCore {
     // A hello is answered once: a repeated (or stale) welcome must not reset
     // the positions that events have advanced since.
     this.helloId = null;
+    this.observeClock(welcome, nowMs);
     const data = welcome.data as Record<string, unknown>;
     const session = typeof data.session === "string" ? data.session : null;
     if (session === null) return [{ kind: "reconnect", code: ErrorCode.BAD_ENVELOPE, reason: "welcome without session" }];

@@ -43,6 +43,8 @@ export interface Envelope {
   ack?: boolean;
   ref?: string;
   ttl?: number;
+  /** Client to server: ms after `timestamp` after which the server must not handle it. */
+  deadline?: number;
   code?: number;
 }
 
@@ -62,6 +64,7 @@ const KNOWN = new Set([
   "ack",
   "offset",
   "ttl",
+  "deadline",
   "code",
   ...STRING_FIELDS.map(([name]) => name),
 ]);
@@ -136,6 +139,11 @@ export function fromWire(raw: unknown, limits: DataLimits = DEFAULT_LIMITS): Env
   if (ttl !== null && ttl !== undefined) {
     if (!validUint(ttl) || ttl === 0) bad("`ttl` must be a positive integer");
     envelope.ttl = ttl as number;
+  }
+  const deadline = get(wire, "deadline");
+  if (deadline !== null && deadline !== undefined) {
+    if (!validUint(deadline) || deadline === 0) bad("`deadline` must be a positive integer");
+    envelope.deadline = deadline as number;
   }
   const code = get(wire, "code");
   if (code !== null && code !== undefined) {
@@ -248,6 +256,7 @@ export function toWire(envelope: Envelope): Record<string, unknown> {
   if (envelope.ack === true) wire.ack = true;
   if (envelope.ref !== undefined) wire.ref = envelope.ref;
   if (envelope.ttl !== undefined) wire.ttl = envelope.ttl;
+  if (envelope.deadline !== undefined) wire.deadline = envelope.deadline;
   if (envelope.code !== undefined) wire.code = envelope.code;
   return wire;
 }

@@ -234,3 +234,21 @@ test("welcomes report room changes, not every room each time", () => {
   const again = core.receive({ type: "welcome", id: "w2", timestamp: 2, ref: hello.id, data: { session: "s1", resumed: true, rooms: ["a", "b"], denied: {} } }, 2);
   assert.deepEqual(of(again, "room"), [{ kind: "room", room: "b", joined: true }]);
 });
+
+test("copies carry a deadline and a timestamp on the server's clock (protocol.md 6)", () => {
+  const core = makeCore();
+  const [hello] = sent(core.connected(1000));
+  core.receive({ type: "welcome", id: "w", timestamp: 5000, ref: hello.id, data: { session: "s1", resumed: false } }, 1000);
+  assert.equal(core.clockOffsetMs, 3999);
+  const [, acked] = core.send("a", 1, 1000, { ack: true, timeoutMs: 100 });
+  assert.deepEqual([sent(acked)[0].timestamp, sent(acked)[0].deadline], [4999, 100]);
+  const [, timed] = core.send("b", 1, 1010, { ttl: 50 });
+  assert.deepEqual([sent(timed)[0].timestamp, sent(timed)[0].deadline, sent(timed)[0].ttl], [5009, 50, 50]);
+  const [, plain] = core.send("c", 1, 1020);
+  assert.deepEqual([sent(plain)[0].timestamp, sent(plain)[0].deadline], [1020, undefined]);
+  // A retry later: what is left of the deadline, on the same server-clock end.
+  const [id, first] = core.call("m", null, 1000, { timeoutMs: 10000 });
+  const [retry] = sent(core.tick(6000)).filter((e) => e.id === id);
+  assert.deepEqual([retry.timestamp, retry.deadline], [9999, 5000]);
+  assert.equal(sent(first)[0].timestamp + sent(first)[0].deadline, retry.timestamp + retry.deadline);
+});
