@@ -536,12 +536,31 @@ export class WarpSocketClient {
     socket.onmessage = (event) => this.frame(socket, event.data as Payload);
     socket.onclose = (event) => this.closed(socket, event.code, event.reason);
     socket.onerror = () => undefined; // a close event follows
+    this.watchRefusal(socket);
     this.lastRx = Date.now();
     const timeout = this.options.connectTimeout ?? 15000;
     this.connectTimer = setTimeout(() => {
       this.connectTimer = null;
       if (this.socket === socket && this.stateValue === "connecting") this.dropSocket(null, "connect timeout");
     }, timeout);
+  }
+
+  /**
+   * A draining server refuses the upgrade with 503 and `Retry-After`, to be
+   * treated like a 4500 hint (protocol.md 10). Browsers hide the response;
+   * `ws` shows it.
+   */
+  private watchRefusal(socket: WebSocketLike): void {
+    const emitter = socket as unknown as { on?: (event: string, listener: (...args: never[]) => void) => void };
+    if (typeof emitter.on !== "function" || typeof socket.terminate !== "function") return;
+    emitter.on("unexpected-response", (_request: unknown, response: { statusCode?: number; headers?: Record<string, unknown> }) => {
+      if (socket !== this.socket) return;
+      const seconds = Number(response.headers?.["retry-after"]);
+      if (response.statusCode === 503 && Number.isInteger(seconds) && seconds >= 0 && seconds <= 3600) {
+        this.hintDelay = seconds * 1000 * (1 + this.random());
+      }
+      socket.terminate?.(); // closes with 1006; the reconnect uses the hint
+    });
   }
 
   private opened(socket: WebSocketLike): void {

@@ -509,7 +509,14 @@ export class ClientCore {
       return actions;
     }
     this.positions.set(stream, { offset, epoch });
-    if (event.code === ErrorCode.EXPIRED && event.data === undefined) return actions; // a placeholder (5.2)
+    if (event.code !== undefined && event.data === undefined) {
+      // A placeholder (5.2): expired (4302) is the message's own fate; any
+      // other code (4501: not encodable for this connection) is a loss to report.
+      if (event.code !== ErrorCode.EXPIRED) {
+        actions.push({ kind: "lost", stream, reason: `message at offset ${offset} could not be delivered (${event.code})` });
+      }
+      return actions;
+    }
     if (event.ack === true && stream === "direct") this.unacked.set(offset, event.id);
     actions.push({ kind: "deliver", envelope: event });
     return actions;

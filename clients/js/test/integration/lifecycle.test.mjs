@@ -96,3 +96,25 @@ test("without a token the server refuses with 4100 and the client stops (no reco
   assert.equal(c.state, "closed");
   assert.deepEqual(closes, [4100]);
 });
+
+test("an upgrade refused with 503 and Retry-After (a draining node) waits S to 2S seconds", async () => {
+  const { createServer } = await import("node:http");
+  const refusals = [];
+  const http = createServer((request, response) => {
+    refusals.push(Date.now());
+    response.writeHead(503, { "retry-after": "1", "content-type": "text/plain" });
+    response.end("draining\n");
+  });
+  await new Promise((resolve) => http.listen(0, "127.0.0.1", resolve));
+  try {
+    const c = client(`ws://127.0.0.1:${http.address().port}/ws`);
+    c.connect().catch(() => undefined);
+    await waitFor(() => refusals.length >= 2, { timeout: 5000, what: "the second attempt" });
+    const waited = refusals[1] - refusals[0];
+    assert.ok(waited >= 1000 && waited < 2300, `waited ${waited} ms`);
+    await c.close();
+  } finally {
+    http.closeAllConnections();
+    await new Promise((resolve) => http.close(resolve));
+  }
+});

@@ -252,3 +252,11 @@ test("copies carry a deadline and a timestamp on the server's clock (protocol.md
   assert.deepEqual([retry.timestamp, retry.deadline], [9999, 5000]);
   assert.equal(sent(first)[0].timestamp + sent(first)[0].deadline, retry.timestamp + retry.deadline);
 });
+
+test("a placeholder with another code (4501: not encodable here) advances and reports a loss", () => {
+  const core = makeCore();
+  welcome(core, { streams: { "room:a": { offset: 0, epoch: "e1", recovered: true } } });
+  const actions = core.receive({ type: "event", id: "p", timestamp: 1, stream: "room:a", offset: 1, epoch: "e1", code: 4501 }, 0);
+  assert.deepEqual(actions.map((a) => a.kind), ["lost"]);
+  assert.equal(of(core.receive(event("room:a", 2), 0), "deliver").length, 1);
+});
