@@ -40,7 +40,7 @@ export interface ClientOptions {
   backoff?: BackoffOptions;
   /** Custom delay in ms before reconnect attempt `attempt` (0-based); null: give up. */
   retryStrategy?: (attempt: number, closeCode: number | null) => number | null;
-  /** Consecutive failed attempts before giving up (default: never). */
+  /** Give up (state `closed`) after exactly this many attempts without a welcome (default: never). */
   maxAttempts?: number | null;
   /** Whether to reconnect after a close with this code (default: not after 4100/4102/4103/4104/4400/4004). */
   shouldReconnect?: (closeCode: number | null) => boolean;
@@ -202,7 +202,8 @@ export class WarpSocketClient {
   private readonly authIds = new Set<string>();
   private readonly pings = new Map<string, number>();
   private readonly encoded = new WeakMap<Envelope, string | Uint8Array>();
-  private attempt = 0;
+  private attempt = 0; // reconnects scheduled since the last welcome (the backoff's index)
+  private dialsSinceOpen = 0; // for maxAttempts: exactly that many attempts
   private lastCloseCode: number | null = null;
   private hintDelay: number | null = null;
   private disconnectedAt: number | null = null;
@@ -318,6 +319,7 @@ export class WarpSocketClient {
     const opened = new Promise<void>((resolve, reject) => this.openWaiters.push({ resolve, reject }));
     if (this.stateValue === "disconnected" || this.stateValue === "closed") {
       this.attempt = 0;
+      this.dialsSinceOpen = 0;
       this.startTimers();
       this.dial();
     }
@@ -501,6 +503,7 @@ export class WarpSocketClient {
 
   private dial(): void {
     this.stats.attempts++;
+    this.dialsSinceOpen++;
     this.updateRate();
     this.setState("connecting");
     const ctor = resolveWebSocket(this.options.WebSocket);
@@ -667,8 +670,8 @@ export class WarpSocketClient {
       return;
     }
     const maxAttempts = this.options.maxAttempts;
-    if (maxAttempts !== undefined && maxAttempts !== null && this.attempt >= maxAttempts) {
-      this.giveUp(`gave up after ${this.attempt} attempts`);
+    if (maxAttempts !== undefined && maxAttempts !== null && this.dialsSinceOpen >= maxAttempts) {
+      this.giveUp(`gave up after ${this.dialsSinceOpen} attempts`);
       return;
     }
     let delay: number | null;
@@ -784,6 +787,7 @@ export class WarpSocketClient {
     if (typeof heartbeat?.timeout === "number" && heartbeat.timeout > 0) this.heartbeatTimeout = heartbeat.timeout;
     if (typeof heartbeat?.interval === "number" && heartbeat.interval > 0) this.heartbeatInterval = heartbeat.interval;
     this.attempt = 0;
+    this.dialsSinceOpen = 0;
     this.hintDelay = null;
     this.stats.connections++;
     this.updateRate();

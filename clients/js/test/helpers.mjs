@@ -69,7 +69,7 @@ export class Server {
       "--open-rooms", "--app", "server_app:setup",
       ...this.args,
     ];
-    const env = { ...process.env, PYTHONPATH: [HERE, REPO, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) };
+    const env = { ...process.env, PYTHONPATH: [HERE, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) };
     const cwd = mkdtempSync(path.join(os.tmpdir(), "warpsocket-node-"));
     this.proc = spawn(TWISTD, argv, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
     this.exited = new Promise((resolve) => this.proc.once("exit", (code, signal) => resolve({ code, signal })));

@@ -82,3 +82,22 @@ test("a refused room rejects subscribe; states report every transition on reconn
   assert.equal(c.stats.attempts, 2);
   await c.close();
 });
+
+test("maxAttempts: exactly that many attempts, then closed; a retry strategy decides the delays", async () => {
+  const { freePort } = await import("../helpers.mjs");
+  const port = await freePort(); // nothing listens there
+  const delays = [];
+  const c = client(`ws://127.0.0.1:${port}/ws`, {
+    maxAttempts: 3,
+    retryStrategy: (attempt, code) => {
+      delays.push([attempt, code]);
+      return 10;
+    },
+  });
+  const pending = c.send("x", 1, { ack: true });
+  await assert.rejects(c.connect(), /gave up after 3 attempts/);
+  await assert.rejects(pending, /gave up/);
+  assert.equal(c.stats.attempts, 3);
+  assert.equal(c.state, "closed");
+  assert.deepEqual(delays, [[0, 1006], [1, 1006]]);
+});
