@@ -316,7 +316,7 @@ export class WarpSocketClient {
   /** Start connecting (and reconnecting); resolves at the first welcome. */
   connect(): Promise<void> {
     if (this.stateValue === "open") return Promise.resolve();
-    const opened = new Promise<void>((resolve, reject) => this.openWaiters.push({ resolve, reject }));
+    const opened = handled(new Promise<void>((resolve, reject) => this.openWaiters.push({ resolve, reject })));
     if (this.stateValue === "disconnected" || this.stateValue === "closed") {
       this.attempt = 0;
       this.dialsSinceOpen = 0;
@@ -413,11 +413,13 @@ export class WarpSocketClient {
       if (set === undefined) this.roomHandlers.set(room, (set = new Set()));
       set.add(handler);
     }
-    const joined = new Promise<void>((resolve, reject) => {
-      const list = this.roomWaiters.get(room) ?? [];
-      list.push({ resolve, reject });
-      this.roomWaiters.set(room, list);
-    });
+    const joined = handled(
+      new Promise<void>((resolve, reject) => {
+        const list = this.roomWaiters.get(room) ?? [];
+        list.push({ resolve, reject });
+        this.roomWaiters.set(room, list);
+      }),
+    );
     this.run(this.core.subscribe(room, Date.now()));
     return joined;
   }
@@ -490,11 +492,13 @@ export class WarpSocketClient {
   }
 
   private submit<T>(call: boolean, start: (now: number) => [string, Action[]]): Promise<T> {
-    if (this.stateValue === "closed") return Promise.reject(new ClientClosedError("the client is closed"));
+    if (this.stateValue === "closed") return handled(Promise.reject(new ClientClosedError("the client is closed")));
     const [id, actions] = start(Date.now());
-    const promise = new Promise<T>((resolve, reject) => {
-      this.waiters.set(id, { resolve: resolve as (value: never) => void, reject, call });
-    });
+    const promise = handled(
+      new Promise<T>((resolve, reject) => {
+        this.waiters.set(id, { resolve: resolve as (value: never) => void, reject, call });
+      }),
+    );
     this.run(actions);
     return promise;
   }
@@ -938,6 +942,16 @@ export class WarpSocketClient {
       this.refreshToken().catch((error: unknown) => this.report(error));
     }, wait);
   }
+}
+
+/**
+ * Mark a promise as handled: awaiting it still throws, but one the
+ * application ignores (a subscribe, a send) does not crash Node with an
+ * unhandled rejection when the client closes.
+ */
+function handled<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
 }
 
 function retryHint(reason: string): number | null {
