@@ -40,6 +40,12 @@ export async function waitFor(predicate, { timeout = 20000, interval = 20, what 
   }
 }
 
+// Servers still running when node exits (a failed or killed run) go with it.
+const running = new Set();
+process.on("exit", () => {
+  for (const proc of running) proc.kill("SIGKILL");
+});
+
 /** A `twistd -n warpsocket` process; `stop()` sends SIGTERM (a graceful stop: 4500). */
 export class Server {
   constructor(port, args = [], proc = null) {
@@ -72,7 +78,14 @@ export class Server {
     const env = { ...process.env, PYTHONPATH: [HERE, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) };
     const cwd = mkdtempSync(path.join(os.tmpdir(), "warpsocket-node-"));
     this.proc = spawn(TWISTD, argv, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    this.exited = new Promise((resolve) => this.proc.once("exit", (code, signal) => resolve({ code, signal })));
+    const proc = this.proc;
+    running.add(proc);
+    this.exited = new Promise((resolve) =>
+      proc.once("exit", (code, signal) => {
+        running.delete(proc);
+        resolve({ code, signal });
+      }),
+    );
     const keep = (chunk) => {
       this.output = (this.output + chunk.toString()).slice(-20000);
     };
