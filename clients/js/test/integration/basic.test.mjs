@@ -101,3 +101,18 @@ test("maxAttempts: exactly that many attempts, then closed; a retry strategy dec
   assert.equal(c.state, "closed");
   assert.deepEqual(delays, [[0, 1006], [1, 1006]]);
 });
+
+test("manual acks, out of order: by ref ahead of a pending one, cumulative once it is done", async () => {
+  const c = client(server.url, { autoAck: false });
+  const messages = [];
+  c.on("direct", (message) => messages.push(message));
+  await c.connect();
+  await c.call("direct", { count: 5, interval: 0.001 });
+  await waitFor(() => messages.length === 5, { what: "five direct messages" });
+  assert.ok(messages.every((m) => m.needsAck));
+  for (const message of messages.slice(1)) message.ack();
+  await waitFor(async () => (await c.call("direct_status")).acked === 4, { what: "four acks by ref" });
+  messages[0].ack();
+  await waitFor(async () => (await c.call("direct_status")).acked === 5, { what: "the fifth ack" });
+  await c.close();
+});
