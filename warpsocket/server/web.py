@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from importlib import resources
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -51,57 +49,6 @@ class MetricsResource(Resource):
         return payload
 
 
-class BundleResource(Resource):
-    """The browser client (clients/js, built into warpsocket/static/), as
-    Socket.IO serves its own: ``import ... from "/warpsocket.js"``.
-
-    Revalidated on every use (the URL carries no version) with a strong ETag,
-    and readable cross-origin, since a page's module scripts are fetched in
-    CORS mode and the page is often served from another origin.
-    """
-
-    isLeaf = True
-
-    def __init__(self, body: bytes, content_type: bytes) -> None:
-        super().__init__()
-        self.body = body
-        self.content_type = content_type
-        self.etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode("ascii") + b'"'
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", self.content_type)
-        request.setHeader(b"cache-control", b"public, no-cache")
-        request.setHeader(b"etag", self.etag)
-        request.setHeader(b"access-control-allow-origin", b"*")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        if request.getHeader(b"if-none-match") == self.etag:
-            request.setResponseCode(304)
-            return b""
-        return self.body
-
-    def render_HEAD(self, request: Request) -> bytes:
-        return self.render_GET(request)
-
-
-BUNDLE_FILES = {
-    b"warpsocket.js": b"text/javascript; charset=utf-8",
-    b"warpsocket.js.map": b"application/json; charset=utf-8",
-}
-
-
-def _bundle_resources() -> dict[bytes, BundleResource]:
-    """The shipped bundle files; none when the package was built without them."""
-    found: dict[bytes, BundleResource] = {}
-    folder = resources.files("warpsocket") / "static"
-    for name, content_type in BUNDLE_FILES.items():
-        try:
-            body = (folder / name.decode("ascii")).read_bytes()
-        except OSError:
-            continue
-        found[name] = BundleResource(body, content_type)
-    return found
-
-
 class RootResource(Resource):
     def getChild(self, path: bytes, request: Request) -> Resource:
         # "/" traverses to the child b"": serve it here instead of a 404.
@@ -111,7 +58,7 @@ class RootResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"WarpSocket server. WebSocket endpoint, /healthz, /metrics, /warpsocket.js.\n"
+        return b"WarpSocket server. WebSocket endpoint, /healthz, /metrics.\n"
 
 
 class GuardedSite(Site):
@@ -152,8 +99,9 @@ def build_site(hub: Hub, path: str = "/ws") -> Site:
     parent.putChild(segments[-1].encode(), WebSocketResource(factory))
     root.putChild(b"healthz", HealthResource(hub))
     root.putChild(b"metrics", MetricsResource(hub))
-    for name, bundle in _bundle_resources().items():
-        root.putChild(name, bundle)
+    from warpsocket.server.bundle import add_bundle  # the browser client (clients/js)
+
+    add_bundle(root)
     site = GuardedSite(root, factory.gate)
     site.noisy = False
     if not hub.options.debug:
