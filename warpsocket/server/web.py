@@ -176,6 +176,9 @@ def build_site(hub: Hub, path: str = "/ws") -> Site:
     parent.putChild(segments[-1].encode(), UpgradeResource(factory))
     root.putChild(b"healthz", HealthResource(hub))
     root.putChild(b"metrics", MetricsResource(hub))
+    from warpsocket.server.bundle import add_bundle  # the browser client (clients/js)
+
+    add_bundle(root)
     site = GuardedSite(root, factory.gate)
     site.noisy = False
     if not hub.options.debug:

@@ -1,0 +1,995 @@
+/**
+ * `WarpSocketClient`: a WebSocket that comes back, and loses nothing on the way.
+ *
+ * Everything that must survive a reconnect lives in the sans-I/O `ClientCore`;
+ * this module connects it to a WebSocket, timers and the application.
+ */
+import { Backoff, type BackoffOptions } from "./backoff.js";
+import { ErrorCode, NO_RECONNECT_CODES, ProtocolError } from "./codes.js";
+import { jsonCodec, loadMsgpack, msgpackCodec, type Codec, type MsgpackModule, type Payload } from "./codec.js";
+import { ClientCore, type Action, type CoreOptions, type QueuePolicy } from "./core.js";
+import type { Envelope } from "./envelope.js";
+import { ClientClosedError, DeliveryError } from "./errors.js";
+import { randomId } from "./ids.js";
+import { tokenExpiry } from "./jwt.js";
+import { resolveWebSocket, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
+
+export type ClientState = "disconnected" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** Every transition the client makes (the Python client's state machine). */
+const ALLOWED: Record<ClientState, readonly ClientState[]> = {
+  disconnected: ["connecting", "reconnecting", "closed"],
+  connecting: ["open", "disconnected", "closed"],
+  open: ["disconnected", "closed"],
+  reconnecting: ["connecting", "closed"],
+  closed: ["connecting"],
+};
+
+export type TokenProvider = () => string | null | undefined | Promise<string | null | undefined>;
+
+export interface ClientOptions {
+  /** `"json"` (default) or `"msgpack"` (imports `@msgpack/msgpack`, or uses `msgpack`). */
+  codec?: "json" | "msgpack";
+  /** The `@msgpack/msgpack` module, for environments without a module resolver. */
+  msgpack?: MsgpackModule;
+  /** A token, or a function called on every connect and refresh. */
+  token?: string | TokenProvider;
+  /** Rooms to join on connect (same as calling `subscribe` for each). */
+  rooms?: readonly string[];
+  /** Reconnect delays (default 1 s doubling to 30 s, 50 % jitter). */
+  backoff?: BackoffOptions;
+  /** Custom delay in ms before reconnect attempt `attempt` (0-based); null: give up. */
+  retryStrategy?: (attempt: number, closeCode: number | null) => number | null;
+  /** Give up (state `closed`) after exactly this many attempts without a welcome (default: never). */
+  maxAttempts?: number | null;
+  /** Whether to reconnect after a close with this code (default: not after 4100/4102/4103/4104/4400/4004). */
+  shouldReconnect?: (closeCode: number | null) => boolean;
+  /** Acknowledge `ack: true` server events once every handler finished (default true). */
+  autoAck?: boolean;
+  /** Batch window of acknowledgements, ms (default 50). */
+  ackBatchMs?: number;
+  /** Offline queue bound (default 10000) and what happens when it is full. */
+  maxQueue?: number;
+  queuePolicy?: QueuePolicy;
+  /** Default deadline of acked sends, ms (default 60000). Keep it below the server's dedup age. */
+  ackTimeout?: number;
+  /** Default deadline of calls, ms (default 30000). */
+  callTimeout?: number;
+  /** First retry of an unanswered message on an open connection, ms (default 5000), and its cap (30000). */
+  retryInitial?: number;
+  retryMax?: number;
+  /** Refresh a JWT from the token provider this long before its `exp`, ms (default 30000). */
+  refreshBefore?: number;
+  /** Silence after which the server counts as dead, ms, until the welcome tells (default 60000). */
+  heartbeatTimeout?: number;
+  /** Time allowed from dialling to the welcome, ms (default 15000). */
+  connectTimeout?: number;
+  /** A WebSocket implementation (default: the global one, else the `ws` package). */
+  WebSocket?: WebSocketConstructor;
+  /** `hello.data.client`, informational. */
+  clientInfo?: { name: string; version: string };
+  /** Random source for jitter (tests). */
+  random?: () => number;
+}
+
+/** A stream event as the application sees it. */
+export class Message {
+  constructor(
+    readonly envelope: Envelope,
+    private readonly client: WarpSocketClient,
+  ) {}
+  get id(): string {
+    return this.envelope.id;
+  }
+  get event(): string {
+    return this.envelope.event ?? "message";
+  }
+  get data(): unknown {
+    return this.envelope.data ?? null;
+  }
+  get stream(): string {
+    return this.envelope.stream ?? "";
+  }
+  /** The room for `room:<name>` streams, else null. */
+  get room(): string | null {
+    return this.stream.startsWith("room:") ? this.stream.slice(5) : null;
+  }
+  get offset(): number {
+    return this.envelope.offset ?? 0;
+  }
+  get epoch(): string {
+    return this.envelope.epoch ?? "";
+  }
+  get timestamp(): number {
+    return this.envelope.timestamp;
+  }
+  /** The server asked for an acknowledgement. */
+  get needsAck(): boolean {
+    return this.envelope.ack === true;
+  }
+  /** Acknowledge (with `autoAck: false`); harmless when no ack was asked for. */
+  ack(): void {
+    this.client._acknowledge(this.envelope);
+  }
+}
+
+export type Handler = (message: Message) => unknown;
+
+export interface SendOptions {
+  /** Ask the server to confirm; the promise settles with its answer. */
+  ack?: boolean;
+  /** Publish into this room (protocol.md 8). */
+  room?: string;
+  /** Ms after which the message must not be delivered. */
+  ttl?: number;
+  /** Higher goes first when the offline queue is flushed (default 0). */
+  priority?: number;
+  /** Deadline for the server's answer, ms (acked sends and calls). */
+  timeout?: number;
+}
+
+export interface SendResult {
+  id: string;
+  /** `sent`: written to the socket (fire-and-forget); `acked`: the server confirmed. */
+  status: "sent" | "acked";
+  data?: unknown;
+}
+
+export interface ClientStats {
+  /** Connection attempts (each dial). */
+  attempts: number;
+  /** Attempts that reached the welcome. */
+  connections: number;
+  /** Welcomes after a lost connection. */
+  reconnects: number;
+  /** `connections / attempts`. */
+  successRate: number;
+  /** Ms from losing an open connection to the next welcome (last one, and the last 100). */
+  lastReconnectMs: number | null;
+  reconnectTimes: number[];
+  /** Round-trip time of the last client heartbeat, ms. */
+  rttMs: number | null;
+  messagesIn: number;
+  messagesOut: number;
+  streamsLost: number;
+}
+
+type Waiter = { resolve: (value: never) => void; reject: (error: Error) => void; call: boolean };
+
+interface Listeners {
+  state: Set<(state: ClientState, previous: ClientState) => void>;
+  open: Set<(info: { session: string; resumed: boolean; data: Record<string, unknown> }) => void>;
+  lost: Set<(stream: string, reason: string) => void>;
+  error: Set<(error: Error) => void>;
+  room: Set<(room: string, joined: boolean, code?: number) => void>;
+  close: Set<(code: number | null, reason: string) => void>;
+}
+
+export class WarpSocketClient {
+  readonly url: string;
+  readonly core: ClientCore;
+  readonly stats: ClientStats = {
+    attempts: 0,
+    connections: 0,
+    reconnects: 0,
+    successRate: 0,
+    lastReconnectMs: null,
+    reconnectTimes: [],
+    rttMs: null,
+    messagesIn: 0,
+    messagesOut: 0,
+    streamsLost: 0,
+  };
+  private stateValue: ClientState = "disconnected";
+  private readonly options: ClientOptions;
+  private readonly backoff: Backoff;
+  private readonly random: () => number;
+  private codec: Codec | null = null;
+  private socket: WebSocketLike | null = null;
+  private readonly handlers = new Map<string, Set<Handler>>();
+  private readonly roomHandlers = new Map<string, Set<Handler>>();
+  private readonly listeners: Listeners = {
+    state: new Set(),
+    open: new Set(),
+    lost: new Set(),
+    error: new Set(),
+    room: new Set(),
+    close: new Set(),
+  };
+  private readonly waiters = new Map<string, Waiter>();
+  private readonly roomWaiters = new Map<string, Array<{ resolve: () => void; reject: (e: Error) => void }>>();
+  private openWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  private readonly authIds = new Set<string>();
+  private readonly pings = new Map<string, number>();
+  private readonly encoded = new WeakMap<Envelope, string | Uint8Array>();
+  private attempt = 0; // reconnects scheduled since the last welcome (the backoff's index)
+  private dialsSinceOpen = 0; // for maxAttempts: exactly that many attempts
+  private lastCloseCode: number | null = null;
+  private hintDelay: number | null = null;
+  private disconnectedAt: number | null = null;
+  private lastRx = 0;
+  private heartbeatTimeout: number;
+  private heartbeatInterval = 25000;
+  private token: string | null = null;
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  private connectTimer: ReturnType<typeof setTimeout> | null = null;
+  private wakeTimer: ReturnType<typeof setTimeout> | null = null;
+  private wakeAt = Infinity;
+  private watchdog: ReturnType<typeof setInterval> | null = null;
+  private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  private lastPing = 0;
+  private removeOnline: (() => void) | null = null;
+
+  constructor(url: string, options: ClientOptions = {}) {
+    this.url = url;
+    this.options = options;
+    this.random = options.random ?? Math.random;
+    this.backoff = new Backoff(options.backoff, this.random);
+    this.heartbeatTimeout = options.heartbeatTimeout ?? 60000;
+    const core: Partial<CoreOptions> = {
+      encodedSize: (envelope) => this.size(envelope),
+    };
+    if (options.maxQueue !== undefined) core.maxQueue = options.maxQueue;
+    if (options.queuePolicy !== undefined) core.queuePolicy = options.queuePolicy;
+    if (options.ackTimeout !== undefined) core.ackDeadlineMs = options.ackTimeout;
+    if (options.retryInitial !== undefined) core.retryInitialMs = options.retryInitial;
+    if (options.retryMax !== undefined) core.retryMaxMs = options.retryMax;
+    if (options.ackBatchMs !== undefined) core.ackBatchMs = options.ackBatchMs;
+    this.core = new ClientCore(core, randomId);
+    if (options.codec === undefined || options.codec === "json") this.codec = jsonCodec;
+    else if (options.codec !== "msgpack") throw new TypeError(`unknown codec ${String(options.codec)}`);
+    else if (options.msgpack !== undefined) this.codec = msgpackCodec(options.msgpack);
+    for (const room of options.rooms ?? []) this.core.subscribe(room, Date.now());
+  }
+
+  // ------------------------------------------------------------ public API
+
+  get state(): ClientState {
+    return this.stateValue;
+  }
+
+  /** The session id (shown to users at will; the resume token never is). */
+  get session(): string | null {
+    return this.core.session;
+  }
+
+  get rooms(): string[] {
+    return [...this.core.rooms];
+  }
+
+  get queueLength(): number {
+    return this.core.queueLength;
+  }
+
+  /** Handle stream events named `event` (`"*"`: every event). Returns a function that removes it. */
+  on(event: string, handler: Handler): () => void {
+    let set = this.handlers.get(event);
+    if (set === undefined) this.handlers.set(event, (set = new Set()));
+    set.add(handler);
+    return () => this.off(event, handler);
+  }
+
+  /** Like `on`, for the next such event only. */
+  once(event: string, handler: Handler): () => void {
+    const off = this.on(event, (message) => {
+      off();
+      return handler(message);
+    });
+    return off;
+  }
+
+  off(event: string, handler?: Handler): void {
+    if (handler === undefined) this.handlers.delete(event);
+    else this.handlers.get(event)?.delete(handler);
+  }
+
+  /** `listener(state, previous)` on every state transition. */
+  onState(listener: (state: ClientState, previous: ClientState) => void): () => void {
+    return this.listen("state", listener);
+  }
+
+  /** After every welcome (the first connection and each reconnection). */
+  onOpen(listener: (info: { session: string; resumed: boolean; data: Record<string, unknown> }) => void): () => void {
+    return this.listen("open", listener);
+  }
+
+  /** A stream could not be recovered (`recovered: false`): re-sync the state it carries. */
+  onLost(listener: (stream: string, reason: string) => void): () => void {
+    return this.listen("lost", listener);
+  }
+
+  /** Every connection close, with its code (null when the socket was dropped without one). */
+  onClose(listener: (code: number | null, reason: string) => void): () => void {
+    return this.listen("close", listener);
+  }
+
+  /** A room was joined or left (by you or by the server), or a join was refused (`code`). */
+  onRoom(listener: (room: string, joined: boolean, code?: number) => void): () => void {
+    return this.listen("room", listener);
+  }
+
+  /** Problems nobody awaits: bad frames from the server, failed handlers, failed fire-and-forget sends. */
+  onError(listener: (error: Error) => void): () => void {
+    return this.listen("error", listener);
+  }
+
+  /** Start connecting (and reconnecting); resolves at the first welcome. */
+  connect(): Promise<void> {
+    if (this.stateValue === "open") return Promise.resolve();
+    const opened = handled(new Promise<void>((resolve, reject) => this.openWaiters.push({ resolve, reject })));
+    if (this.stateValue === "disconnected" || this.stateValue === "closed") {
+      this.attempt = 0;
+      this.dialsSinceOpen = 0;
+      this.startTimers();
+      this.dial();
+    }
+    return opened;
+  }
+
+  /** Drop the current connection (if any) and resume on a new one at once. */
+  reconnect(): void {
+    if (this.stateValue === "closed") {
+      void this.connect().catch(() => undefined);
+      return;
+    }
+    this.hintDelay = 0;
+    if (this.stateValue === "reconnecting") {
+      this.clearTimer("reconnectTimer");
+      this.dial();
+    } else if (this.socket !== null) {
+      this.dropSocket(null, "reconnect requested");
+    }
+  }
+
+  /** Close for good: no reconnect; what awaits an outcome fails with ClientClosedError. */
+  close(): Promise<void> {
+    if (this.stateValue === "closed") return Promise.resolve();
+    const socket = this.socket;
+    this.shutDown("client closed");
+    if (socket === null) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = setTimeout(resolve, 1000);
+      socket.onclose = () => {
+        clearTimeout(done);
+        resolve();
+      };
+      try {
+        socket.close(1000);
+      } catch {
+        resolve();
+      }
+    });
+  }
+
+  /**
+   * Send an event. Queued while offline and sent in order (priority first)
+   * on reconnect. Settles with exactly one outcome: `{status: "sent"}` when
+   * written (fire-and-forget), `{status: "acked"}` when the server confirmed
+   * (`ack: true`, retried with the same id until then), or a `DeliveryError`
+   * (refused with a code, or expired).
+   */
+  send(event: string, data?: unknown, options: SendOptions = {}): Promise<SendResult> {
+    return this.submit<SendResult>(false, (now) =>
+      this.core.send(event, data, now, {
+        ...(options.ack !== undefined ? { ack: options.ack } : {}),
+        ...(options.room !== undefined ? { room: options.room } : {}),
+        ...(options.ttl !== undefined ? { ttl: Math.max(1, Math.round(options.ttl)) } : {}),
+        ...(options.priority !== undefined ? { priority: options.priority } : {}),
+        ...(options.timeout !== undefined ? { timeoutMs: options.timeout } : {}),
+      }),
+    );
+  }
+
+  /** Fire and forget, Socket.IO style; failures go to `onError`. */
+  emit(event: string, data?: unknown, options: Omit<SendOptions, "ack"> = {}): void {
+    this.send(event, data, options).catch((error: unknown) => this.report(error));
+  }
+
+  /** `send` with `ack: true`, resolving with the server's ack data (Socket.IO's `emitWithAck`). */
+  async emitWithAck(event: string, data?: unknown, options: Omit<SendOptions, "ack"> = {}): Promise<unknown> {
+    const result = await this.send(event, data, { ...options, ack: true });
+    return result.data ?? null;
+  }
+
+  /** Publish into a room (the server's room policy decides). */
+  publish(room: string, event: string, data?: unknown, options: Omit<SendOptions, "room"> = {}): Promise<SendResult> {
+    return this.send(event, data, { ...options, room });
+  }
+
+  /** Remote procedure call: resolves with the result, rejects with a `DeliveryError`. Runs once, even when retried. */
+  call<T = unknown>(method: string, data?: unknown, options: { timeout?: number; priority?: number } = {}): Promise<T> {
+    return this.submit<T>(true, (now) =>
+      this.core.call(method, data, now, {
+        timeoutMs: options.timeout ?? this.options.callTimeout ?? 30000,
+        ...(options.priority !== undefined ? { priority: options.priority } : {}),
+      }),
+    );
+  }
+
+  /** Join `room` (now, or at the next connection); resolves when joined, rejects when refused. */
+  subscribe(room: string, handler?: Handler): Promise<void> {
+    if (handler !== undefined) {
+      let set = this.roomHandlers.get(room);
+      if (set === undefined) this.roomHandlers.set(room, (set = new Set()));
+      set.add(handler);
+    }
+    const joined = handled(
+      new Promise<void>((resolve, reject) => {
+        const list = this.roomWaiters.get(room) ?? [];
+        list.push({ resolve, reject });
+        this.roomWaiters.set(room, list);
+      }),
+    );
+    this.run(this.core.subscribe(room, Date.now()));
+    return joined;
+  }
+
+  /** Leave `room` and forget its handlers and position. */
+  unsubscribe(room: string): void {
+    this.roomHandlers.delete(room);
+    this.run(this.core.unsubscribe(room, Date.now()));
+  }
+
+  /** Send a heartbeat now; its answer updates `stats.rttMs`. */
+  ping(): void {
+    if (this.stateValue !== "open") return;
+    const envelope: Envelope = { type: "heartbeat", id: randomId(), timestamp: Date.now() };
+    this.pings.set(envelope.id, performanceNow());
+    this.lastPing = Date.now();
+    this.write(envelope);
+  }
+
+  /** Ask the token provider for a new token and send it in band (`auth`). */
+  async refreshToken(): Promise<void> {
+    const provider = this.options.token;
+    if (typeof provider !== "function") return;
+    const token = await provider();
+    if (typeof token !== "string" || this.stateValue !== "open") return;
+    this.token = token;
+    const envelope: Envelope = { type: "auth", id: randomId(), timestamp: Date.now(), data: { token } };
+    this.authIds.add(envelope.id);
+    this.write(envelope);
+    this.scheduleRefresh();
+  }
+
+  // ------------------------------------------------------------ plumbing for Message
+
+  /** @internal */
+  _acknowledge(envelope: Envelope): void {
+    this.run(this.core.acknowledge(envelope, Date.now()));
+  }
+
+  // ------------------------------------------------------------ state
+
+  private listen<K extends keyof Listeners>(kind: K, listener: Listeners[K] extends Set<infer L> ? L : never): () => void {
+    const set = this.listeners[kind] as Set<typeof listener>;
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+
+  private emitTo<K extends keyof Listeners>(kind: K, ...args: unknown[]): void {
+    for (const listener of [...this.listeners[kind]]) {
+      try {
+        (listener as (...a: unknown[]) => void)(...args);
+      } catch (error) {
+        if (kind !== "error") this.report(error);
+      }
+    }
+  }
+
+  private report(error: unknown): void {
+    const wrapped = error instanceof Error ? error : new Error(String(error));
+    if (this.listeners.error.size === 0) return;
+    this.emitTo("error", wrapped);
+  }
+
+  private setState(next: ClientState): void {
+    const previous = this.stateValue;
+    if (previous === next) return;
+    if (!ALLOWED[previous].includes(next)) throw new Error(`invalid transition ${previous} -> ${next}`);
+    this.stateValue = next;
+    this.emitTo("state", next, previous);
+  }
+
+  private submit<T>(call: boolean, start: (now: number) => [string, Action[]]): Promise<T> {
+    if (this.stateValue === "closed") return handled(Promise.reject(new ClientClosedError("the client is closed")));
+    const [id, actions] = start(Date.now());
+    const promise = handled(
+      new Promise<T>((resolve, reject) => {
+        this.waiters.set(id, { resolve: resolve as (value: never) => void, reject, call });
+      }),
+    );
+    this.run(actions);
+    return promise;
+  }
+
+  // ------------------------------------------------------------ connection
+
+  private dial(): void {
+    this.stats.attempts++;
+    this.dialsSinceOpen++;
+    this.updateRate();
+    this.setState("connecting");
+    const ctor = resolveWebSocket(this.options.WebSocket);
+    const codec = this.codec ?? loadMsgpack().then((module) => (this.codec = msgpackCodec(module)));
+    if (ctor instanceof Promise || codec instanceof Promise) {
+      Promise.all([ctor, codec]).then(
+        ([resolved]) => {
+          if (this.stateValue === "connecting" && this.socket === null) this.open(resolved);
+        },
+        (error: unknown) => {
+          this.report(error);
+          this.shutDown(`cannot connect: ${String(error)}`);
+        },
+      );
+    } else {
+      this.open(ctor);
+    }
+  }
+
+  private open(ctor: WebSocketConstructor): void {
+    const codec = this.codec as Codec;
+    let socket: WebSocketLike;
+    try {
+      socket = new ctor(this.url, [codec.subprotocol]);
+    } catch (error) {
+      this.report(error);
+      this.shutDown(`cannot connect: ${String(error)}`);
+      return;
+    }
+    this.socket = socket;
+    socket.binaryType = "arraybuffer";
+    socket.onopen = () => this.opened(socket);
+    socket.onmessage = (event) => this.frame(socket, event.data as Payload);
+    socket.onclose = (event) => this.closed(socket, event.code, event.reason);
+    socket.onerror = () => undefined; // a close event follows
+    this.watchRefusal(socket);
+    this.lastRx = Date.now();
+    const timeout = this.options.connectTimeout ?? 15000;
+    this.connectTimer = setTimeout(() => {
+      this.connectTimer = null;
+      if (this.socket === socket && this.stateValue === "connecting") this.dropSocket(null, "connect timeout");
+    }, timeout);
+  }
+
+  /**
+   * A draining server refuses the upgrade with 503 and `Retry-After`, to be
+   * treated like a 4500 hint (protocol.md 10). Browsers hide the response;
+   * `ws` shows it.
+   */
+  private watchRefusal(socket: WebSocketLike): void {
+    const emitter = socket as unknown as { on?: (event: string, listener: (...args: never[]) => void) => void };
+    if (typeof emitter.on !== "function" || typeof socket.terminate !== "function") return;
+    emitter.on("unexpected-response", (_request: unknown, response: { statusCode?: number; headers?: Record<string, unknown> }) => {
+      if (socket !== this.socket) return;
+      const seconds = Number(response.headers?.["retry-after"]);
+      if (response.statusCode === 503 && Number.isInteger(seconds) && seconds >= 0 && seconds <= 3600) {
+        this.hintDelay = seconds * 1000 * (1 + this.random());
+      }
+      socket.terminate?.(); // closes with 1006; the reconnect uses the hint
+    });
+  }
+
+  private opened(socket: WebSocketLike): void {
+    if (socket !== this.socket) return;
+    const codec = this.codec as Codec;
+    if (socket.protocol !== "" && socket.protocol !== codec.subprotocol) {
+      this.dropSocket(ErrorCode.UNSUPPORTED_CODEC, `server chose ${socket.protocol}`);
+      return;
+    }
+    this.lastRx = Date.now();
+    const provider = this.options.token;
+    const token = typeof provider === "function" ? provider : () => provider;
+    let pending: ReturnType<TokenProvider>;
+    try {
+      pending = token();
+    } catch (error) {
+      pending = Promise.reject(error);
+    }
+    Promise.resolve(pending).then(
+      (value) => {
+        if (socket !== this.socket) return;
+        this.token = typeof value === "string" ? value : null;
+        this.run(this.core.connected(Date.now(), this.token, this.options.clientInfo as Record<string, unknown> | undefined));
+      },
+      (error: unknown) => {
+        this.report(new Error(`token provider failed: ${String(error)}`));
+        if (socket === this.socket) this.dropSocket(null, "token provider failed");
+      },
+    );
+  }
+
+  private frame(socket: WebSocketLike, payload: Payload): void {
+    if (socket !== this.socket) return;
+    this.lastRx = Date.now();
+    this.stats.messagesIn++;
+    let envelope: Envelope;
+    try {
+      envelope = (this.codec as Codec).decode(payload, this.core.limits);
+    } catch (error) {
+      if (error instanceof ProtocolError) {
+        this.report(new ProtocolError(error.code, `bad frame from the server: ${error.message}`, error.ref));
+        return;
+      }
+      throw error;
+    }
+    if (envelope.ref !== undefined) {
+      if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
+        this.stats.rttMs = performanceNow() - (this.pings.get(envelope.ref) as number);
+        this.pings.delete(envelope.ref);
+        return;
+      }
+      if (this.authIds.delete(envelope.ref)) {
+        if (envelope.type === "error") {
+          this.report(new DeliveryError(envelope.ref, "rejected", envelope.code ?? 0, "token refresh refused", envelope.data));
+        }
+        return;
+      }
+    }
+    this.run(this.core.receive(envelope, Date.now()));
+  }
+
+  private closed(socket: WebSocketLike, code: number | null, reason: string): void {
+    if (socket !== this.socket) return;
+    detach(socket);
+    this.socket = null;
+    this.clearTimer("connectTimer");
+    this.clearTimer("refreshTimer");
+    this.pings.clear();
+    this.authIds.clear();
+    this.lastCloseCode = code;
+    if (code === ErrorCode.GOING_AWAY) {
+      const hint = retryHint(reason);
+      if (hint !== null) this.hintDelay = hint * (1 + this.random());
+    }
+    const wasOpen = this.stateValue === "open";
+    if (wasOpen) this.disconnectedAt = Date.now();
+    this.emitTo("close", code, reason);
+    this.run(this.core.disconnected(Date.now()));
+    if (this.stateValue === "closed") return;
+    this.setState("disconnected");
+    this.scheduleReconnect();
+  }
+
+  /** Abandon the socket at once (dead server, gap, reconnect): no closing handshake to wait for. */
+  private dropSocket(code: number | null, reason: string): void {
+    const socket = this.socket;
+    if (socket === null) return;
+    detach(socket);
+    try {
+      if (code !== null && code >= 4000 && socket.readyState === 1) socket.close(code, reason.slice(0, 100));
+      if (socket.terminate !== undefined) socket.terminate();
+      else if (code === null || code < 4000 || socket.readyState !== 1) socket.close();
+    } catch {
+      // already closing
+    }
+    this.closed(socket, code, reason);
+  }
+
+  private scheduleReconnect(): void {
+    const code = this.lastCloseCode;
+    const should = this.options.shouldReconnect ?? ((c: number | null) => c === null || !NO_RECONNECT_CODES.has(c));
+    if (!should(code)) {
+      this.giveUp(`not reconnecting after close code ${code}`);
+      return;
+    }
+    const maxAttempts = this.options.maxAttempts;
+    if (maxAttempts !== undefined && maxAttempts !== null && this.dialsSinceOpen >= maxAttempts) {
+      this.giveUp(`gave up after ${this.dialsSinceOpen} attempts`);
+      return;
+    }
+    let delay: number | null;
+    if (this.hintDelay !== null) {
+      delay = this.hintDelay;
+      this.hintDelay = null;
+    } else if (this.options.retryStrategy !== undefined) {
+      delay = this.options.retryStrategy(this.attempt, code);
+    } else {
+      delay = this.backoff.delay(this.attempt);
+    }
+    if (delay === null || !(delay >= 0)) {
+      this.giveUp("the retry strategy gave up");
+      return;
+    }
+    this.attempt++;
+    this.setState("reconnecting");
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.stateValue === "reconnecting") this.dial();
+    }, delay);
+  }
+
+  private giveUp(why: string): void {
+    this.shutDown(why);
+  }
+
+  private shutDown(why: string): void {
+    const socket = this.socket;
+    if (socket !== null) {
+      socket.onopen = null;
+      socket.onmessage = null;
+      socket.onerror = () => undefined;
+      this.socket = null;
+      try {
+        socket.close(1000);
+      } catch {
+        // closing anyway
+      }
+    }
+    this.stopTimers();
+    this.core.disconnected(Date.now());
+    if (this.stateValue !== "closed") this.setState("closed");
+    const error = new ClientClosedError(why);
+    this.run(this.core.abandon(0, why), error);
+    for (const [id, waiter] of this.waiters) {
+      this.waiters.delete(id);
+      waiter.reject(error);
+    }
+    for (const waiter of this.openWaiters.splice(0)) waiter.reject(error);
+    for (const [room, list] of this.roomWaiters) {
+      this.roomWaiters.delete(room);
+      for (const waiter of list) waiter.reject(error);
+    }
+  }
+
+  // ------------------------------------------------------------ actions
+
+  private run(actions: Action[], closing?: Error): void {
+    for (const action of actions) {
+      switch (action.kind) {
+        case "transmit":
+          this.write(action.envelope);
+          break;
+        case "deliver":
+          this.deliver(action.envelope);
+          break;
+        case "outcome":
+          this.outcome(action, closing);
+          break;
+        case "welcomed":
+          this.welcomed(action);
+          break;
+        case "lost":
+          this.stats.streamsLost++;
+          this.emitTo("lost", action.stream, action.reason);
+          break;
+        case "room":
+          this.roomChanged(action.room, action.joined, action.code);
+          break;
+        case "reconnect":
+          this.hintDelay = 0;
+          this.dropSocket(action.code, action.reason);
+          break;
+      }
+    }
+    this.armWake();
+  }
+
+  private size(envelope: Envelope): number {
+    const codec = this.codec;
+    if (codec === null) return 0;
+    const payload = codec.encode(envelope);
+    this.encoded.set(envelope, payload);
+    return typeof payload === "string" ? utf8Length(payload) : payload.byteLength;
+  }
+
+  private write(envelope: Envelope): void {
+    const socket = this.socket;
+    if (socket === null || socket.readyState !== 1 || this.codec === null) return; // requeued on disconnect
+    const payload = this.encoded.get(envelope) ?? this.codec.encode(envelope);
+    try {
+      socket.send(payload);
+      this.stats.messagesOut++;
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
+  private welcomed(action: Extract<Action, { kind: "welcomed" }>): void {
+    this.clearTimer("connectTimer");
+    const heartbeat = action.data.heartbeat as { interval?: unknown; timeout?: unknown } | undefined;
+    if (typeof heartbeat?.timeout === "number" && heartbeat.timeout > 0) this.heartbeatTimeout = heartbeat.timeout;
+    if (typeof heartbeat?.interval === "number" && heartbeat.interval > 0) this.heartbeatInterval = heartbeat.interval;
+    this.attempt = 0;
+    this.dialsSinceOpen = 0;
+    this.hintDelay = null;
+    this.stats.connections++;
+    this.updateRate();
+    if (this.disconnectedAt !== null) {
+      const elapsed = Date.now() - this.disconnectedAt;
+      this.stats.reconnects++;
+      this.stats.lastReconnectMs = elapsed;
+      this.stats.reconnectTimes = [...this.stats.reconnectTimes.slice(-99), elapsed];
+      this.disconnectedAt = null;
+    }
+    this.lastPing = Date.now();
+    this.setState("open");
+    this.scheduleRefresh();
+    this.emitTo("open", { session: action.session, resumed: action.resumed, data: action.data });
+    for (const waiter of this.openWaiters.splice(0)) waiter.resolve();
+  }
+
+  private updateRate(): void {
+    this.stats.successRate = this.stats.attempts > 0 ? this.stats.connections / this.stats.attempts : 0;
+  }
+
+  private roomChanged(room: string, joined: boolean, code?: number): void {
+    const list = this.roomWaiters.get(room);
+    if (list !== undefined) {
+      this.roomWaiters.delete(room);
+      for (const waiter of list) {
+        if (joined) waiter.resolve();
+        else waiter.reject(new DeliveryError(room, "rejected", code ?? ErrorCode.FORBIDDEN, `room ${room} refused`));
+      }
+    }
+    this.emitTo("room", room, joined, code);
+  }
+
+  private outcome(action: Extract<Action, { kind: "outcome" }>, closing?: Error): void {
+    const waiter = this.waiters.get(action.id);
+    const failed = action.status === "rejected" || action.status === "expired";
+    const error = failed
+      ? (closing ??
+        new DeliveryError(action.id, action.status as "rejected" | "expired", action.code ?? 0, action.message ?? "", action.data))
+      : null;
+    if (waiter === undefined) {
+      if (error !== null && closing === undefined) this.report(error);
+      return;
+    }
+    this.waiters.delete(action.id);
+    if (error !== null) waiter.reject(error);
+    else if (waiter.call) (waiter.resolve as (value: unknown) => void)(action.data ?? null);
+    else {
+      const result: SendResult = { id: action.id, status: action.status === "sent" ? "sent" : "acked" };
+      if (action.data !== undefined) result.data = action.data;
+      (waiter.resolve as (value: SendResult) => void)(result);
+    }
+  }
+
+  private deliver(envelope: Envelope): void {
+    const message = new Message(envelope, this);
+    const handlers = [
+      ...(message.room !== null ? (this.roomHandlers.get(message.room) ?? []) : []),
+      ...(this.handlers.get(message.event) ?? []),
+      ...(this.handlers.get("*") ?? []),
+    ];
+    const pending: Promise<unknown>[] = [];
+    let failed = false;
+    for (const handler of handlers) {
+      try {
+        const result = handler(message);
+        if (isThenable(result)) pending.push(Promise.resolve(result));
+      } catch (error) {
+        failed = true;
+        this.report(error);
+      }
+    }
+    if (envelope.ack !== true || this.options.autoAck === false || failed) return;
+    if (pending.length === 0) {
+      this._acknowledge(envelope);
+      return;
+    }
+    // Not acknowledged when a handler fails: the server application learns
+    // of it when its ack timeout passes.
+    Promise.all(pending).then(
+      () => this._acknowledge(envelope),
+      (error: unknown) => this.report(error),
+    );
+  }
+
+  // ------------------------------------------------------------ timers
+
+  private armWake(): void {
+    const next = this.core.nextWakeup();
+    if (next === null || next >= this.wakeAt) return;
+    this.clearTimer("wakeTimer");
+    this.wakeAt = next;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = null;
+      this.wakeAt = Infinity;
+      this.run(this.core.tick(Date.now()));
+    }, Math.max(0, next - Date.now()));
+  }
+
+  private startTimers(): void {
+    if (this.watchdog === null) this.watchdog = setInterval(() => this.check(), 1000);
+    const target = globalThis as { addEventListener?: (name: string, fn: () => void) => void; removeEventListener?: (name: string, fn: () => void) => void };
+    if (this.removeOnline === null && typeof target.addEventListener === "function" && typeof window !== "undefined") {
+      const online = (): void => {
+        if (this.stateValue === "reconnecting") this.reconnect();
+      };
+      target.addEventListener("online", online);
+      this.removeOnline = () => target.removeEventListener?.("online", online);
+    }
+  }
+
+  /** Dead-server detection and our own heartbeats, once a second. */
+  private check(): void {
+    const now = Date.now();
+    if (this.socket !== null && now - this.lastRx > this.heartbeatTimeout) {
+      this.dropSocket(ErrorCode.HEARTBEAT_TIMEOUT, "no frame from the server in time");
+      return;
+    }
+    if (this.stateValue === "open" && now - this.lastPing >= this.heartbeatInterval) this.ping();
+    this.run(this.core.tick(now));
+  }
+
+  private stopTimers(): void {
+    for (const name of ["reconnectTimer", "connectTimer", "wakeTimer", "refreshTimer"] as const) this.clearTimer(name);
+    this.wakeAt = Infinity;
+    if (this.watchdog !== null) clearInterval(this.watchdog);
+    this.watchdog = null;
+    this.removeOnline?.();
+    this.removeOnline = null;
+  }
+
+  private clearTimer(name: "reconnectTimer" | "connectTimer" | "wakeTimer" | "refreshTimer"): void {
+    const timer = this[name];
+    if (timer !== null) clearTimeout(timer);
+    this[name] = null;
+    if (name === "wakeTimer") this.wakeAt = Infinity;
+  }
+
+  private scheduleRefresh(): void {
+    this.clearTimer("refreshTimer");
+    const expires = tokenExpiry(this.token);
+    if (expires === null || typeof this.options.token !== "function") return;
+    const left = expires - Date.now();
+    // Before `refreshBefore`, or at half the lifetime for tokens shorter than that.
+    const wait = Math.max(left - (this.options.refreshBefore ?? 30000), left / 2, 0);
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = null;
+      this.refreshToken().catch((error: unknown) => this.report(error));
+    }, wait);
+  }
+}
+
+/**
+ * Mark a promise as handled: awaiting it still throws, but one the
+ * application ignores (a subscribe, a send) does not crash Node with an
+ * unhandled rejection when the client closes.
+ */
+function handled<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
+}
+
+function retryHint(reason: string): number | null {
+  try {
+    const hint: unknown = (JSON.parse(reason) as { retry_after_ms?: unknown }).retry_after_ms;
+    if (typeof hint === "number" && Number.isInteger(hint) && hint >= 0 && hint <= 3600000) return hint;
+  } catch {
+    // not a hint
+  }
+  return null;
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof value === "object" && value !== null && typeof (value as { then?: unknown }).then === "function";
+}
+
+function utf8Length(text: string): number {
+  let bytes = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (c < 0x800) bytes += 1;
+    else if (c >= 0xd800 && c <= 0xdbff) {
+      bytes += 2; // a pair: 2 UTF-16 units, 4 bytes
+      i++;
+    } else bytes += 2;
+  }
+  return bytes;
+}
+
+/** Stop listening to a socket we abandon (a noop error listener: `ws` throws without one). */
+function detach(socket: WebSocketLike): void {
+  socket.onopen = null;
+  socket.onmessage = null;
+  socket.onclose = null;
+  socket.onerror = () => undefined;
+}
+
+function performanceNow(): number {
+  return typeof performance !== "undefined" ? performance.now() : Date.now();
+}
