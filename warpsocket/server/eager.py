@@ -18,52 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from warpsocket import _compat
 
 Write = Callable[[bytes], None]
-_STATE = (
-    "_tempDataLen",
-    "offset",
-    "dataBuffer",
-    "disconnecting",
-    "_aborting",
-    "_writeDisconnected",
-    "connected",
-    "socket",
-)
 
 
 def eager_writer(transport: Any) -> Write | None:
     """A ``write`` for ``transport`` that tries the socket first, or None if
-    ``transport`` is not a plain TCP/UNIX connection."""
-    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
-        return None
-    # The transport's own state, read on every write: if this Twisted does not
-    # have these (private) attributes, it gets the plain write path.
-    if not all(hasattr(transport, name) for name in _STATE):
-        return None
-    send = transport.socket.send
-    buffered = transport.write
-
-    def write(data: bytes) -> None:
-        if (
-            transport._tempDataLen
-            or transport.offset != len(transport.dataBuffer)
-            or transport.disconnecting
-            or transport._aborting
-            or transport._writeDisconnected
-            or not transport.connected
-        ):
-            buffered(data)  # keep the order behind what is already waiting
-            return
-        try:
-            sent = send(data)
-        except OSError:
-            # EAGAIN, or the connection is failing: the transport's own write
-            # path queues it, or finds the error and reports connectionLost.
-            buffered(data)
-            return
-        if sent < len(data):
-            buffered(data[sent:])
-
-    return write
+    ``transport`` is not a plain TCP/UNIX connection (or this Twisted lacks
+    the state it reads: see ``_compat.eager_tcp_write``)."""
+    return _compat.eager_tcp_write(transport)

@@ -8,7 +8,6 @@ bound on the outbound buffer (slow consumers).
 
 from __future__ import annotations
 
-import pprint
 from typing import Any, NoReturn, cast
 
 import autobahn.websocket.protocol as _autobahn_protocol
@@ -21,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from warpsocket import _compat
 from warpsocket.core.messages import error_envelope
 from warpsocket.core.server import ConnId
 from warpsocket.protocol.codecs import Codec
@@ -41,40 +41,8 @@ from warpsocket.server.security.limits import (
 )
 from warpsocket.server.security.ratelimit import Refusals, TokenBucket
 
-
-class _LazyPformat:
-    """``pprint.pformat(value)``, computed only if a log event is ever rendered."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def __str__(self) -> str:
-        return pprint.pformat(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
-def _pformat(value: object, *args: Any, **kwargs: Any) -> Any:
-    # Only the list of ``WebSocketProtocol._connectionMade`` (its protocol
-    # options, for a debug log line) is deferred; any other caller in the
-    # module (``Timings.__str__`` must return a str) gets pprint's string.
-    if type(value) is list and not args and not kwargs:
-        return _LazyPformat(value)
-    return pprint.pformat(value, *args, **kwargs)
-
-
-# Autobahn's ``_connectionMade`` pretty-prints all its protocol options for a
-# debug log line on every connection, whether or not debug logging is on
-# (about 20% of the CPU of a connection). Until autobahn formats it lazily,
-# its module-level ``pformat`` is rebound to one that defers the formatting.
-if getattr(_autobahn_protocol, "pformat", None) is pprint.pformat:
-    setattr(_autobahn_protocol, "pformat", _pformat)  # noqa: B010
+# Autobahn's per-connection debug dump of its options, formatted only if logged.
+_compat.defer_option_dump(_autobahn_protocol)
 
 # HTTP status for a refused handshake, by the reason's code.
 _DENY_STATUS = HTTP_STATUS
@@ -139,6 +107,8 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
     # Data frames of an open connection: the socket first when nothing waits (eager.py).
     _write: Write
     _plain_config = False
+    # permessage-deflate was negotiated (set when the WebSocket opens).
+    _compressed = False
     # Autobahn's per-connection options (class attributes, see the factory).
     maxMessagePayloadSize: int
     autoFragmentSize: int
@@ -242,11 +212,9 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
         below = transport.transport if isinstance(transport, GuardProtocol) else transport
         self._write = eager_writer(below) or transport.write
         # Fixed from here on: the options are the class's, compression was negotiated.
+        self._compressed = _compat.compression_negotiated(self)
         self._plain_config = not (
-            self._perMessageCompress is not None
-            or self.autoFragmentSize
-            or self.logOctets
-            or self.logFrames
+            self._compressed or self.autoFragmentSize or self.logOctets or self.logFrames
         )
         self._watch_outbound()
         self.conn_id = self.factory.port.attach(self, self.handshake)
@@ -474,7 +442,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             self._check_outbound()
 
     def sendPreparedMessage(self, preparedMsg: Any) -> None:
-        if self._perMessageCompress is not None and not preparedMsg.doNotCompress:
+        if self._compressed and not preparedMsg.doNotCompress:
             self.sendMessage(preparedMsg.payload, preparedMsg.binary)  # compressed per connection
         elif self._plain_writes():
             self.write_frame(preparedMsg.payloadHybi)
@@ -608,7 +576,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
             super().dataReceived(data)
             return
         buffer = self.data + data if self.data else data
-        self.trafficStats.incomingOctetsWireLevel += len(data)
+        _compat.count_incoming_octets(self, len(data))
         limit = self.maxMessagePayloadSize
         position = 0
         while self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -617,7 +585,7 @@ class WarpSocketServerProtocol(WebSocketServerProtocol):
                 break
             position, is_binary, payload = taken
             if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
-                self._cancelAutoPingTimeoutCall()
+                _compat.cancel_auto_ping_timeout(self)
             self.onMessage(payload, is_binary)
         rest = buffer[position:] if position else buffer
         if not rest:
@@ -773,7 +741,7 @@ def _release_http_channel(transport: Any) -> None:
     chain = transport_chain(transport)
     producer = getattr(chain[-1], "producer", None) if chain else None
     # Under TLS the socket's producer is a membrane around the channel.
-    producer = getattr(producer, "_producer", producer)
+    producer = _compat.tls_membrane_producer(producer)
     if isinstance(producer, HTTPChannel):
         transport.unregisterProducer()
 
