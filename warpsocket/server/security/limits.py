@@ -92,7 +92,7 @@ def drop_unsent(transport: Any) -> int:
     send moves them all into ``dataBuffer``, so dropping the chunks never
     cuts a frame: what follows (a close frame) goes out right behind the
     bytes already on their way. One exception: the rest of a write the
-    socket took only part of (eager.py) is the first chunk when nothing
+    socket took only part of (eager writes) is the first chunk when nothing
     else waits, and is kept. Under TLS the records are already encrypted
     in sequence: nothing is dropped.
     """
