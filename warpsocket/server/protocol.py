@@ -379,7 +379,7 @@ class WarpSocketServerFactory(WebSocketServerFactory):
             # (Autobahn's opening-handshake timer would duplicate the first,
             # through txaio's batched timer, a tenth of the cost of accepting
             # a connection.) Its close handshake timer is replaced by ours
-            # (_arm_close_deadline), which keeps to the second.
+            # (OutboundGuard.closing, security/outbound.py), which keeps to the second.
             openHandshakeTimeout=0,
             closeHandshakeTimeout=0,
             # Close with a code (1009 for an oversized message, 1002 for a
