@@ -35,9 +35,9 @@ from tests.test_security import SECRET, SecureTestCase, frame, upgrade_request
 from tests.test_twistd import ServerProcess, free_port
 from tests.wsclient import async_test, http_get, sleep, wait_until
 from warpsocket.server.cli import Options, makeService
-from warpsocket.server.protocol import BACKLOG_CLOSE_TIMEOUT, CLOSE_HANDSHAKE_TIMEOUT
 from warpsocket.server.security import JWTAuthenticator, SecurityOptions
 from warpsocket.server.security.limits import buffered_bytes
+from warpsocket.server.security.outbound import BACKLOG_CLOSE_TIMEOUT, CLOSE_HANDSHAKE_TIMEOUT
 from warpsocket.server.security.ratelimit import Refusals
 from warpsocket.server.service import EndpointListener
 
@@ -502,7 +502,8 @@ class ClockAttackTests(SecureTestCase):
                 break
             await sleep(0.001)
         self.assertFalse(server_side.can_send)
-        deadline = server_side._close_deadline
+        assert server_side.outbound is not None
+        deadline = server_side.outbound.close_deadline
         assert deadline is not None
         self.assertGreater(deadline.getTime() - reactor.seconds(), 4.5)
         self.assertEqual(BACKLOG_CLOSE_TIMEOUT, 5.0)

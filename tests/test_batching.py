@@ -1,4 +1,4 @@
-"""Write coalescing (warpsocket/server/batching.py), over real sockets.
+"""Write coalescing (warpsocket/server/wire/batching.py), over real sockets.
 
 The frames one input event causes must reach every connection complete and
 in order, in one transport write per connection, and never after a frame
@@ -14,11 +14,11 @@ from twisted.internet.threads import deferToThread
 from tests.test_security import SecureTestCase
 from tests.wsclient import ServerTestCase, WsClient, async_test, sleep
 from warpsocket.protocol.codes import ErrorCode
-from warpsocket.server.batching import WriteBatch
 from warpsocket.server.context import Context
 from warpsocket.server.protocol import WarpSocketServerProtocol
 from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.security.limits import buffered_bytes
+from warpsocket.server.wire.batching import WriteBatch
 
 
 class WriteCounter:
@@ -229,7 +229,7 @@ class CongestedCloseTests(SecureTestCase):
             self.hub.publish("feed", "tick", {"n": n, "pad": "y" * 4_000})
             n += 1
             await sleep(0.005)
-        self.assertTrue(server_side.can_send and server_side._congested)
+        self.assertTrue(server_side.can_send and server_side.outbound.congested)
         counter = WriteCounter(server_side)
         with self.hub.batch():
             # Over the hard cap once released, then closed by the application.

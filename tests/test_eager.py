@@ -1,4 +1,4 @@
-"""Eager writes (warpsocket/server/eager.py), over real sockets.
+"""Eager writes (warpsocket/server/wire/fastpath.py), over real sockets.
 
 A data frame goes to the socket at once when the transport has nothing
 buffered; what the socket does not take is buffered by the transport, in

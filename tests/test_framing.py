@@ -1,6 +1,6 @@
 """The common WebSocket frame read and written without Autobahn's machinery.
 
-``warpsocket.server.framing`` is checked against Autobahn's own masker and
+``warpsocket.server.wire.framing`` is checked against Autobahn's own masker and
 against a small RFC 6455 parser written here (independent of the module);
 then the server's fast path (``WarpSocketServerProtocol.dataReceived`` and
 ``sendMessage``) is driven over real sockets with hand-made frames: batches in
@@ -26,8 +26,8 @@ from twisted.trial import unittest
 from tests.test_security import QUIET, RawPeer, SecureTestCase, frame, upgrade_request
 from tests.wsclient import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Message, async_test, wait_until
 from warpsocket.core.server import CoreOptions
-from warpsocket.server import framing
 from warpsocket.server.protocol import WarpSocketServerProtocol
+from warpsocket.server.wire import framing
 
 # ---------------------------------------------------------------- independent RFC 6455 helpers
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
+from warpsocket import _compat
 from warpsocket.client.client import ClientStats, Message, Opened, WarpSocketClient
 from warpsocket.client.options import ClientOptions
 from warpsocket.client.state import ClientState
@@ -44,7 +45,8 @@ def asyncio_reactor(loop: asyncio.AbstractEventLoop) -> Any:
             "create the AsyncClient before anything imports twisted.internet.reactor, "
             "or use WarpSocketClient (Twisted) or BlockingClient (threads)"
         )
-    if reactor._asyncioEventloop is not loop:
+    running = _compat.asyncio_reactor_loop(reactor)
+    if running is not None and running is not loop:
         raise RuntimeError("Twisted's asyncio reactor runs on another event loop")
     return reactor
 

@@ -43,7 +43,6 @@ from warpsocket.core.store import StreamStore
 from warpsocket.protocol.codecs import CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
-from warpsocket.server.batching import WriteBatch
 from warpsocket.server.cluster_sync import ClusterSync
 from warpsocket.server.context import Context
 from warpsocket.server.dispatcher import CloseHook, Dispatcher, ErrorHook, Handler, OpenHook
@@ -57,6 +56,7 @@ from warpsocket.server.remote_acks import RemoteAcks
 from warpsocket.server.runner import ActionRunner
 from warpsocket.server.session_info import SessionInfo
 from warpsocket.server.threads import threadsafe
+from warpsocket.server.wire.batching import WriteBatch
 
 HandlerT = TypeVar("HandlerT", bound=Handler)
 

@@ -23,7 +23,6 @@ from warpsocket.core.server import ConnId, ServerCore, SessionOpened
 from warpsocket.core.store import LocalStreamStore
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
-from warpsocket.server.batching import WriteBatch
 from warpsocket.server.cluster_sync import ClusterSync
 from warpsocket.server.connection import Connection
 from warpsocket.server.dispatcher import Dispatcher
@@ -33,6 +32,7 @@ from warpsocket.server.middleware import Handshake, Middleware, Reject
 from warpsocket.server.outbox import Outbox
 from warpsocket.server.runner import ActionRunner
 from warpsocket.server.timers import ConnectionTimers
+from warpsocket.server.wire.batching import WriteBatch
 
 # Ticks between sweeps of unused in-memory streams.
 STREAM_COLLECT_TICKS = 60

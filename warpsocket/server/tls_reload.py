@@ -21,10 +21,12 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEnd
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from warpsocket import _compat
+
 
 def _context_factory(endpoint: IStreamServerEndpoint) -> Any:
-    # SSL4ServerEndpoint keeps the parsed options here (no public accessor).
-    return getattr(endpoint, "_sslContextFactory", None)
+    # (Raises TLSReloadUnsupportedError if this Twisted keeps them elsewhere.)
+    return _compat.tls_context_factory(endpoint)
 
 
 @implementer(IOpenSSLContextFactory)
@@ -64,5 +66,5 @@ def reloadable_endpoint(
     if current is None:
         return endpoint, None
     tls = ReloadableTLS(reactor, description, current)
-    endpoint._sslContextFactory = tls
+    _compat.set_tls_context_factory(endpoint, tls)
     return endpoint, tls

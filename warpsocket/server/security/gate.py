@@ -35,9 +35,10 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from warpsocket.protocol.codes import ErrorCode
-from warpsocket.server.middleware import Reject
+from warpsocket.server.middleware import Handshake, Reject
 from warpsocket.server.security.auth import AuthError, Identity
 from warpsocket.server.security.config import SecurityOptions
+from warpsocket.server.security.guarded import TokenHolder
 from warpsocket.server.security.iplist import (
     IPAddress,
     address_key,
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
     from warpsocket.core.server import ConnId
     from warpsocket.server.context import Context
     from warpsocket.server.hub import Hub
-    from warpsocket.server.protocol import WarpSocketServerProtocol
 
 
 def peer_address(address: IAddress | None) -> IPAddress | None:
@@ -101,7 +101,8 @@ class Gate:
         )
         self.open_connections = 0
         self.per_address: dict[str, int] = {}
-        self.protocols: dict[ConnId, WarpSocketServerProtocol] = {}
+        # The open connections, for the token refresh (the ``auth`` envelope).
+        self.protocols: dict[ConnId, TokenHolder] = {}
 
     def now(self) -> float:
         return float(self.clock.seconds())
@@ -140,13 +141,15 @@ class Gate:
 
     # ------------------------------------------------------------ handshake
 
-    def check_request(self, protocol: WarpSocketServerProtocol, headers: Mapping[str, str]) -> None:
+    def check_request(
+        self,
+        handshake: Handshake,
+        guard: GuardProtocol | None,
+        transport: Any,
+        headers: Mapping[str, str],
+    ) -> None:
         """Address (behind trusted proxies) and origin; raises Reject."""
-        handshake = protocol.handshake_in_progress
-        assert handshake is not None
-        code, address = self.check_http(
-            protocol.guard, protocol.transport, headers.get("x-forwarded-for")
-        )
+        code, address = self.check_http(guard, transport, headers.get("x-forwarded-for"))
         if code is not None:
             raise Reject(code)
         if address is not None:

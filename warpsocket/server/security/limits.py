@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from warpsocket import _compat
 from warpsocket.protocol.codes import ErrorCode
 
 # HTTP status for a connection or handshake refused before the WebSocket opens.
@@ -47,9 +48,9 @@ def buffered_bytes(transport: Any) -> int:
     total = 0
     for level in transport_chain(transport):
         if isinstance(level, TLSMemoryBIOProtocol):
-            total += sum(len(chunk) for chunk in level._appSendBuffer)
+            total += _compat.tls_buffered(level)
         elif isinstance(level, FileDescriptor):
-            total += len(level.dataBuffer) - level.offset + level._tempDataLen
+            total += _compat.socket_buffered(level)
             break
     return total
 
@@ -63,22 +64,22 @@ class OutboundMeter:
 
     def __init__(self, transport: Any) -> None:
         self._tls: TLSMemoryBIOProtocol | None = None
-        self._socket: FileDescriptor | None = None
+        self._socket: Callable[[], int] | None = None
         for level in transport_chain(transport):
             if isinstance(level, TLSMemoryBIOProtocol) and self._tls is None:
                 self._tls = level
             elif isinstance(level, FileDescriptor):
-                self._socket = level
+                self._socket = _compat.socket_meter(level)
                 break
 
     def __call__(self) -> int:
         total = 0
         tls = self._tls
-        if tls is not None and tls._appSendBuffer:
-            total += sum(len(chunk) for chunk in tls._appSendBuffer)
-        fd = self._socket
-        if fd is not None:
-            total += len(fd.dataBuffer) - fd.offset + fd._tempDataLen
+        if tls is not None:
+            total += _compat.tls_buffered(tls)
+        socket = self._socket
+        if socket is not None:
+            total += socket()
         return total
 
 
@@ -91,7 +92,7 @@ def drop_unsent(transport: Any) -> int:
     send moves them all into ``dataBuffer``, so dropping the chunks never
     cuts a frame: what follows (a close frame) goes out right behind the
     bytes already on their way. One exception: the rest of a write the
-    socket took only part of (eager.py) is the first chunk when nothing
+    socket took only part of (eager writes) is the first chunk when nothing
     else waits, and is kept. Under TLS the records are already encrypted
     in sequence: nothing is dropped.
     """
@@ -101,13 +102,7 @@ def drop_unsent(transport: Any) -> int:
     socket = chain[-1] if chain else None
     if not isinstance(socket, FileDescriptor):
         return 0
-    chunks = socket._tempDataBuffer
-    keep = chunks[:1] if socket.offset >= len(socket.dataBuffer) else []
-    kept = sum(len(chunk) for chunk in keep)
-    dropped = socket._tempDataLen - kept
-    socket._tempDataBuffer = keep
-    socket._tempDataLen = kept
-    return dropped
+    return _compat.drop_unsent_writes(socket)
 
 
 def behind_tls(transport: Any) -> bool:
@@ -116,7 +111,7 @@ def behind_tls(transport: Any) -> bool:
 
 def behind_proxy_protocol(transport: Any) -> bool:
     """True under a ``haproxy:`` endpoint, whose peer is known only after its header."""
-    return any(isinstance(level, HAProxyProtocolWrapper) for level in transport_chain(transport))
+    return any(_compat.is_haproxy_wrapper(level) for level in transport_chain(transport))
 
 
 def http_refusal(code: ErrorCode) -> bytes:

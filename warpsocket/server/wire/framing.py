@@ -18,8 +18,7 @@ frame is bad; it only takes the fast path when a frame is plainly good.
 
 from __future__ import annotations
 
-# The C masker when autobahn was built with NVX, else its pure-Python one.
-from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined]
+from warpsocket import _compat
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
@@ -28,13 +27,14 @@ _FIN_TEXT = 0x80 | OPCODE_TEXT
 _FIN_BINARY = 0x80 | OPCODE_BINARY
 # Above this, Autobahn's C masker is faster than Python's big-integer XOR.
 _INT_UNMASK_MAX = 512
+_masker = _compat.xor_masker()
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
     """XOR ``payload`` with the repeated 4-byte ``mask`` (RFC 6455 5.3)."""
     size = len(payload)
     if size > _INT_UNMASK_MAX:
-        return bytes(create_xor_masker(mask, size).process(payload))
+        return _masker(payload, mask)
     key = (mask * ((size + 3) >> 2))[:size]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
         size, "little"

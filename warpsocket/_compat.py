@@ -1,0 +1,341 @@
+"""Every use of a private attribute of Twisted or Autobahn, in one place.
+
+WarpSocket reaches into a few internals of its two libraries, for speed (eager
+writes, the frame fast path) or for what no public API tells (the bytes still
+waiting in a transport's buffers, the parsed TLS options of an ``ssl:``
+endpoint). Each such use is a function here, documented with what it relies
+on, and each has a fallback for a release where the attribute is gone or
+renamed: the feature degrades (the fast path turns off, the meter counts what
+the public attributes show, TLS reload says it cannot), it never crashes.
+setup.cfg bounds both libraries to the majors the suite has run against;
+tests/test_compat.py runs every fallback. Nothing else in the package may
+touch a private name of either library (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import pprint
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
+from twisted.logger import Logger
+
+log = Logger()
+
+Write = Callable[[bytes], None]
+Masker = Callable[[bytes, bytes], bytes]
+
+# ------------------------------------------------------------------ Twisted
+
+# ``tcp.Connection``'s write state, read on every eager write: the chunks
+# written since the last send (``_tempDataLen``), and whether the connection
+# is being aborted or half-closed (``_aborting``, ``_writeDisconnected``).
+_TCP_WRITE_STATE = (
+    "_tempDataLen",
+    "offset",
+    "dataBuffer",
+    "disconnecting",
+    "_aborting",
+    "_writeDisconnected",
+    "connected",
+    "socket",
+)
+
+
+def eager_tcp_write(transport: Any) -> Write | None:
+    """A ``write`` for a plain TCP/UNIX ``tcp.Connection`` that sends on the
+    socket at once when the transport has nothing waiting (server/wire/eager.py).
+
+    Relies on ``tcp.Connection``'s private write state (``_TCP_WRITE_STATE``).
+    Fallback: None when any of it is missing (or for TLS and other
+    transports), and the caller uses the transport's own ``write``.
+    """
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return None
+    if not all(hasattr(transport, name) for name in _TCP_WRITE_STATE):
+        return None
+    send = transport.socket.send
+    buffered: Write = transport.write
+
+    def write(data: bytes) -> None:
+        if (
+            transport._tempDataLen
+            or transport.offset != len(transport.dataBuffer)
+            or transport.disconnecting
+            or transport._aborting
+            or transport._writeDisconnected
+            or not transport.connected
+        ):
+            buffered(data)  # keep the order behind what is already waiting
+            return
+        try:
+            sent = send(data)
+        except OSError:
+            # EAGAIN, or the connection is failing: the transport's own write
+            # path queues it, or finds the error and reports connectionLost.
+            buffered(data)
+            return
+        if sent < len(data):
+            buffered(data[sent:])
+
+    return write
+
+
+def socket_buffered(fd: FileDescriptor) -> int:
+    """Bytes written to ``fd`` and not yet handed to the kernel.
+
+    Relies on ``FileDescriptor._tempDataLen`` (the writes since the last send;
+    ``dataBuffer[offset:]`` is what that send left). Fallback: the public
+    ``dataBuffer`` and ``offset`` only, which miss the newest writes until
+    the reactor's next send, so a slow consumer is seen a little later.
+    """
+    pending = len(fd.dataBuffer) - fd.offset
+    return pending + getattr(fd, "_tempDataLen", 0)
+
+
+def socket_meter(fd: FileDescriptor) -> Callable[[], int]:
+    """``socket_buffered(fd)`` as a function of no argument, resolved once
+    (the outbound meter runs after every write of a congested connection)."""
+    if not hasattr(fd, "_tempDataLen"):
+        return lambda: len(fd.dataBuffer) - fd.offset
+
+    def buffered() -> int:
+        return len(fd.dataBuffer) - fd.offset + fd._tempDataLen
+
+    return buffered
+
+
+def tls_buffered(tls: Any) -> int:
+    """Cleartext queued in a ``TLSMemoryBIOProtocol`` before its handshake finished.
+
+    Relies on ``TLSMemoryBIOProtocol._appSendBuffer`` (a list of byte chunks).
+    Fallback: 0 (the public API does not say; the socket below is still metered).
+    """
+    chunks = getattr(tls, "_appSendBuffer", None)
+    if not chunks:
+        return 0
+    return sum(len(chunk) for chunk in chunks)
+
+
+def drop_unsent_writes(fd: FileDescriptor) -> int:
+    """Discard the whole writes still waiting in ``fd`` (none of their bytes has
+    left); the number of bytes dropped. The first chunk is kept when no send is
+    under way, as it may be the rest of a write the socket took part of.
+
+    Relies on ``FileDescriptor._tempDataBuffer`` and ``_tempDataLen`` (each
+    write kept as its own chunk until a send joins them into ``dataBuffer``).
+    Fallback: nothing is dropped (0), so a slow consumer's close frame waits
+    behind its backlog, which the close deadline bounds.
+    """
+    chunks = getattr(fd, "_tempDataBuffer", None)
+    if not isinstance(chunks, list) or not hasattr(fd, "_tempDataLen"):
+        return 0
+    keep = chunks[:1] if fd.offset >= len(fd.dataBuffer) else []
+    kept = sum(len(chunk) for chunk in keep)
+    dropped = int(fd._tempDataLen) - kept
+    fd._tempDataBuffer = keep
+    fd._tempDataLen = kept
+    return dropped
+
+
+def tls_membrane_producer(producer: Any) -> Any:
+    """The producer a TLS transport wraps in its producer membrane, else ``producer``.
+
+    Relies on ``twisted.protocols.tls._ProducerMembrane._producer``. Fallback:
+    ``producer`` itself (under TLS the abandoned ``HTTPChannel`` is then not
+    found and stays registered: it only costs memory, as before the release).
+    """
+    return getattr(producer, "_producer", producer)
+
+
+def _haproxy_wrapper() -> type | None:
+    try:
+        from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+    except ImportError:
+        return None
+    return HAProxyProtocolWrapper
+
+
+_HAPROXY_WRAPPER = _haproxy_wrapper()
+
+
+def is_haproxy_wrapper(level: object) -> bool:
+    """Whether ``level`` is the wrapper of a ``haproxy:`` endpoint's connections.
+
+    Relies on ``twisted.protocols.haproxy._wrapper.HAProxyProtocolWrapper``
+    (only ``proxyEndpoint`` is public). Fallback: any class of that name in
+    ``level``'s type hierarchy.
+    """
+    wrapper = _HAPROXY_WRAPPER
+    if wrapper is not None:
+        return isinstance(level, wrapper)
+    return any(cls.__name__ == "HAProxyProtocolWrapper" for cls in type(level).__mro__)
+
+
+class TLSReloadUnsupportedError(RuntimeError):
+    """This Twisted's ``ssl:`` endpoint does not keep its options where we look."""
+
+
+_SSL_OPTIONS = "_sslContextFactory"
+
+
+def _is_ssl_endpoint(endpoint: object) -> bool:
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+
+    return isinstance(endpoint, SSL4ServerEndpoint)
+
+
+def tls_context_factory(endpoint: object) -> Any:
+    """The context factory of an ``ssl:`` server endpoint; None for other endpoints.
+
+    Relies on ``SSL4ServerEndpoint._sslContextFactory`` (no public accessor).
+    Fallback: ``TLSReloadUnsupportedError`` for an ``ssl:`` endpoint without it,
+    so that ``--tls-reload`` says why instead of serving without reloads.
+    """
+    factory = getattr(endpoint, _SSL_OPTIONS, None)
+    if factory is None and _is_ssl_endpoint(endpoint):
+        raise TLSReloadUnsupportedError(
+            "this Twisted's SSL4ServerEndpoint has no _sslContextFactory: "
+            "certificates cannot be reloaded (restart the server to change them)"
+        )
+    return factory
+
+
+def set_tls_context_factory(endpoint: object, factory: Any) -> None:
+    """Make ``endpoint`` (an ``ssl:`` endpoint) use ``factory`` for new connections.
+
+    Relies on ``SSL4ServerEndpoint._sslContextFactory``. Fallback: raises
+    ``TLSReloadUnsupportedError`` when the attribute is missing.
+    """
+    if not hasattr(endpoint, _SSL_OPTIONS):
+        raise TLSReloadUnsupportedError(
+            "this Twisted's SSL4ServerEndpoint has no _sslContextFactory"
+        )
+    setattr(endpoint, _SSL_OPTIONS, factory)
+
+
+def asyncio_reactor_loop(reactor: Any) -> Any:
+    """The asyncio event loop an ``AsyncioSelectorReactor`` runs on.
+
+    Relies on ``AsyncioSelectorReactor._asyncioEventloop``. Fallback: None
+    (the caller cannot check that the loops match, and trusts the user).
+    """
+    return getattr(reactor, "_asyncioEventloop", None)
+
+
+# ------------------------------------------------------------------ Autobahn
+
+
+def compression_negotiated(protocol: Any) -> bool:
+    """Whether permessage-deflate is in use on an open Autobahn connection.
+
+    Relies on ``WebSocketProtocol._perMessageCompress``. Fallback: True, which
+    sends every message through Autobahn's own (compressing) path, never the
+    fast path.
+    """
+    return getattr(protocol, "_perMessageCompress", True) is not None
+
+
+def count_incoming_octets(protocol: Any, size: int) -> None:
+    """Add ``size`` wire bytes to Autobahn's traffic statistics (frames the
+    fast path read without Autobahn).
+
+    Relies on ``WebSocketProtocol.trafficStats.incomingOctetsWireLevel``
+    (undocumented). Fallback: not counted.
+    """
+    stats = getattr(protocol, "trafficStats", None)
+    if stats is not None and hasattr(stats, "incomingOctetsWireLevel"):
+        stats.incomingOctetsWireLevel += size
+
+
+def cancel_auto_ping_timeout(protocol: Any) -> None:
+    """Incoming data answers an auto-ping, as Autobahn does for its own frames.
+
+    Relies on ``WebSocketProtocol._cancelAutoPingTimeoutCall``. Fallback: the
+    public part of it: cancel ``autoPingTimeoutCall`` and forget it.
+    """
+    cancel = getattr(protocol, "_cancelAutoPingTimeoutCall", None)
+    if cancel is not None:
+        cancel()
+        return
+    call = getattr(protocol, "autoPingTimeoutCall", None)
+    if call is not None:
+        protocol.autoPingTimeoutCall = None
+        if call.active():
+            call.cancel()
+
+
+class _LazyPformat:
+    """``pprint.pformat(value)``, computed only if a log event is ever rendered."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _pformat(value: object, *args: Any, **kwargs: Any) -> Any:
+    # Only the list of ``WebSocketProtocol._connectionMade`` (its protocol
+    # options, for a debug log line) is deferred; any other caller in the
+    # module (``Timings.__str__`` must return a str) gets pprint's string.
+    if type(value) is list and not args and not kwargs:
+        return _LazyPformat(value)
+    return pprint.pformat(value, *args, **kwargs)
+
+
+def defer_option_dump(module: Any) -> bool:
+    """Autobahn's ``_connectionMade`` pretty-prints all its protocol options for
+    a debug log line on every connection, logged or not (about 20% of the CPU
+    of a connection): rebind ``module``'s ``pformat`` (autobahn.websocket.protocol)
+    to one that formats only when the line is rendered. True if done.
+
+    Relies on that module importing ``pprint.pformat`` by name. Fallback: left
+    as it is (the cost comes back, nothing breaks).
+    """
+    if getattr(module, "pformat", None) is not pprint.pformat:
+        return False
+    setattr(module, "pformat", _pformat)  # noqa: B010
+    return True
+
+
+def _python_unmask(payload: bytes, mask: bytes) -> bytes:
+    size = len(payload)
+    key = (mask * ((size + 3) >> 2))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        size, "little"
+    )
+
+
+def _xor_masker() -> Masker:
+    try:
+        # The C masker when autobahn was built with NVX, else its pure-Python one.
+        from autobahn.websocket.xormasker import (  # type: ignore[attr-defined]
+            create_xor_masker,
+        )
+    except ImportError:
+        return _python_unmask
+
+    def unmask(payload: bytes, mask: bytes) -> bytes:
+        return bytes(create_xor_masker(mask, len(payload)).process(payload))
+
+    return unmask
+
+
+def xor_masker() -> Masker:
+    """``unmask(payload, mask)`` by Autobahn's masker (its C one when built with NVX).
+
+    Relies on ``autobahn.websocket.xormasker.create_xor_masker`` (not in its
+    ``__all__``). Fallback: Python's big-integer XOR, slower on large frames.
+    """
+    return _xor_masker()
