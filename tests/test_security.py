@@ -86,9 +86,6 @@ def rs256(key: Any = PRIVATE, **claims: Any) -> str:
     return jwt.encode(claims, key, algorithm="RS256")
 
 
-# ---------------------------------------------------------------- raw TCP peers
-
-
 def deflate_bomb(size: int) -> bytes:
     """``size`` bytes of text as one permessage-deflate payload (about size/1000)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -98,9 +95,6 @@ def deflate_bomb(size: int) -> bytes:
     data = b"".join(parts)
     assert data.endswith(b"\x00\x00\xff\xff")
     return data[:-4]
-
-
-# ---------------------------------------------------------------- fixture
 
 
 # ---------------------------------------------------------------- origins

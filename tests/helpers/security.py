@@ -50,6 +50,9 @@ def hs256(**claims: Any) -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
+# ---------------------------------------------------------------- raw TCP peers
+
+
 class RawPeer(Protocol):
     """Bytes in, bytes out; parses the server's frames once upgraded."""
 
@@ -145,6 +148,9 @@ def frame(
     else:
         header = bytes([first, 0x80 | 127]) + length.to_bytes(8, "big")
     return header + b"\x00\x00\x00\x00" + payload
+
+
+# ---------------------------------------------------------------- fixture
 
 
 class SecureTestCase(ServerTestCase):
