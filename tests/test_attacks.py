@@ -31,8 +31,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tests.test_security import SECRET, SecureTestCase, frame, upgrade_request
-from tests.test_twistd import ServerProcess, free_port
+from tests.helpers.processes import ServerProcess, free_port
+from tests.helpers.security import SECRET, SecureTestCase, frame, upgrade_request
 from tests.wsclient import async_test, http_get, sleep, wait_until
 from warpsocket.server.cli import Options, makeService
 from warpsocket.server.security import JWTAuthenticator, SecurityOptions

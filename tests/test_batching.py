@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.threads import deferToThread
 
-from tests.test_security import SecureTestCase
+from tests.helpers.security import SecureTestCase
 from tests.wsclient import ServerTestCase, WsClient, async_test, sleep
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.context import Context

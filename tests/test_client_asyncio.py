@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.test_client import ClientTestCase, ServerFixture, make_hub
+from tests.helpers.client import ClientTestCase, ServerFixture, make_hub
 from warpsocket.server.context import Context
 
 SCRIPT = """

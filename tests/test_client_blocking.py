@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-from tests.test_client import FAST, ClientTestCase, ServerFixture, make_hub, pause, reactor
+from tests.helpers.client import FAST, ClientTestCase, ServerFixture, make_hub, pause, reactor
 from warpsocket.client.blocking import BlockingClient
 from warpsocket.client.client import ClientClosedError, ConnectTimeoutError
 from warpsocket.client.options import ClientOptions

@@ -17,7 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.test_client import ServerFixture, make_hub
+from tests.helpers.client import ServerFixture, make_hub
 from warpsocket.examples.chat import setup
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "client.md"

@@ -14,7 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 
 from chaos.proxy import ChaosProxy
-from tests.test_client import (
+from tests.helpers.client import (
     ClientTestCase,
     ServerFixture,
     ignore_closed,
@@ -22,6 +22,7 @@ from tests.test_client import (
     pause,
     reactor,
     reconnect_call,
+    spy_inbound,
     wait_until,
 )
 from warpsocket.client.client import ClientClosedError, DeliveryError, WarpSocketClient
@@ -30,21 +31,7 @@ from warpsocket.client.state import ClientState
 from warpsocket.core.backoff import Backoff
 from warpsocket.core.client import Status
 from warpsocket.protocol.codes import ErrorCode
-from warpsocket.protocol.envelope import Envelope, MessageType
-from warpsocket.server.hub import Hub
-
-
-def spy_inbound(hub: Hub) -> list[Envelope]:
-    """Every envelope the server core receives, in order."""
-    seen: list[Envelope] = []
-    receive = hub.core.receive
-
-    def spy(conn: int, envelope: Envelope, now: int) -> Any:
-        seen.append(envelope)
-        return receive(conn, envelope, now)
-
-    hub.core.receive = spy  # type: ignore[method-assign]
-    return seen
+from warpsocket.protocol.envelope import MessageType
 
 
 class Proxy:

@@ -10,8 +10,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.test_client import FAST, ClientTestCase, ServerFixture, make_hub, wait_until
-from tests.test_client_outcomes import spy_inbound
+from tests.helpers.client import (
+    FAST,
+    ClientTestCase,
+    ServerFixture,
+    make_hub,
+    spy_inbound,
+    wait_until,
+)
 from warpsocket.client.client import WarpSocketClient
 from warpsocket.client.options import ClientOptions
 from warpsocket.client.state import ClientState

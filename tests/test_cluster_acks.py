@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.test_cluster import ClusterCase
+from tests.helpers.cluster import ClusterCase
 from tests.wsclient import WsClient, async_test, sleep, wait_until
 from warpsocket.backends.base import AckNotice
 from warpsocket.core.server import QueueFullError

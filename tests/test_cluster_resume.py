@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.test_cluster import ClusterCase, events, reactor
-from tests.test_security import SECRET, hs256
+from tests.helpers.cluster import ClusterCase, events, reactor
+from tests.helpers.security import SECRET, hs256
 from tests.wsclient import async_test, connect, sleep, wait_until
 from warpsocket.backends.base import SessionRecord
 from warpsocket.core.keys import direct_key

@@ -6,8 +6,8 @@ from typing import Any
 
 from twisted.trial import unittest
 
+from tests.helpers.core import T0, TOKEN, event, hello, make_server
 from warpsocket.core.history import HistoryLimits
-from warpsocket.core.ids import SequentialIds
 from warpsocket.core.keys import direct_key
 from warpsocket.core.server import (
     AckResult,
@@ -20,25 +20,13 @@ from warpsocket.core.server import (
     QueueFullError,
     Send,
     ServerCore,
-    Session,
     SessionExpired,
     SessionOpened,
     UnknownSessionError,
     hash_resume_token,
     new_resume_token,
 )
-from warpsocket.core.store import MemoryStreamStore
 from warpsocket.protocol import Envelope, ErrorCode, MessageType, ProtocolError
-
-T0 = 1_764_300_000_000
-
-
-def can_join(session: Session, room: str) -> bool:
-    return not room.startswith("secret")
-
-
-def can_publish(session: Session, room: str, envelope: Envelope) -> bool:
-    return room != "readonly"
 
 
 def publish(
@@ -92,41 +80,6 @@ def perform(server: ServerCore, action: Publish, now_ms: int) -> list[Action]:
     return server.deliver(action.key, stored) + server.settle(
         reply_to.session, reply_to.envelope, now_ms
     )
-
-
-# Every session of make_server's cores gets this resume token.
-TOKEN = "rt-secret"
-
-
-def make_server(**options: Any) -> ServerCore:
-    core_options = CoreOptions(node="n1", **options)
-    store = MemoryStreamStore(core_options.history, SequentialIds("ep"))
-    return ServerCore(
-        store,
-        core_options,
-        SequentialIds("n1"),
-        SequentialIds("sess"),
-        can_join=can_join,
-        can_publish=can_publish,
-        new_resume_token=lambda: TOKEN,
-    )
-
-
-def hello(
-    ident: str = "h1",
-    session: str | None = None,
-    streams: dict[str, dict[str, Any]] | None = None,
-    rooms: list[str] | None = None,
-    resume_token: str = "rt-secret",
-) -> Envelope:
-    data: dict[str, Any] = {"session": session, "streams": streams or {}, "rooms": rooms or []}
-    if session is not None:
-        data["resume_token"] = resume_token
-    return Envelope(type=MessageType.HELLO, id=ident, timestamp=T0, data=data)
-
-
-def event(ident: str, **fields: Any) -> Envelope:
-    return Envelope(type=MessageType.EVENT, id=ident, timestamp=T0, **fields)
 
 
 def call(ident: str, method: str = "add", data: Any = None) -> Envelope:

@@ -23,7 +23,7 @@ import msgpack
 from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined]
 from twisted.trial import unittest
 
-from tests.test_security import QUIET, RawPeer, SecureTestCase, frame, upgrade_request
+from tests.helpers.security import QUIET, RawPeer, SecureTestCase, frame, upgrade_request
 from tests.wsclient import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Message, async_test, wait_until
 from warpsocket.core.server import CoreOptions
 from warpsocket.server.protocol import WarpSocketServerProtocol

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.test_core_server import event, hello, make_server
+from tests.helpers.core import event, hello, make_server
 from tests.wsclient import ServerTestCase, WsClient, async_test, http_get, wait_until
 from warpsocket.core.server import Action, Close, CoreOptions, Fanout
 from warpsocket.protocol import Envelope, ErrorCode, MessageType

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,23 +15,15 @@ from twisted.application.service import IServiceMaker
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
 from tests import example_app
-from tests.wsclient import (
-    ConnectFailedError,
-    WsClient,
-    async_test,
-    connect,
-    http_get,
-    sleep,
-)
+from tests.helpers.processes import ServerProcess, free_port
+from tests.wsclient import ConnectFailedError, WsClient, async_test, connect, http_get, sleep
 from warpsocket.backends.memory import MemoryBackend
 from warpsocket.backends.redis import RedisBackend
 from warpsocket.server.cli import Options, makeService
@@ -355,32 +346,6 @@ class SecurityOptionsTests(unittest.TestCase):
 
 
 # ---------------------------------------------------------------- real processes
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class ServerProcess(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = bytearray()
-        # Fires with the exception of processEnded (ProcessDone or ProcessTerminated).
-        self.ended: Deferred[BaseException] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output.extend(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.output.extend(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason.value)
-
-    def log(self) -> str:
-        return self.output.decode("utf-8", "replace")[-16000:]
 
 
 class ProcessTests(unittest.TestCase):
