@@ -1,0 +1,122 @@
+"""The ``warpsocket`` console script, run through its installed entry point in
+a subprocess against a real server (docs/cli.md): what it prints and the
+exit code that says what happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.wsclient import ServerTestCase, async_test, reactor, wait_until
+from warpsocket.protocol.codes import ErrorCode
+from warpsocket.server.context import Context
+from warpsocket.server.middleware import Reject
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "warpsocket")
+
+
+class CommandTests(ServerTestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        # The entry point must be installed (pip install -e .): a missing one fails.
+        self.assertTrue(os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not installed")
+        hub = self.start_server(open_rooms=True)
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.said: list[Any] = []
+        hub.on("echo", lambda ctx, data: {"echo": data})
+        hub.on("say", lambda ctx, data: self.said.append(data))
+
+        def refuse(ctx: Context, data: Any) -> None:
+            raise Reject(ErrorCode.FORBIDDEN, "not you")
+
+        hub.on("refuse", refuse)
+
+    def warpsocket(self, *args: str) -> Deferred[tuple[bytes, bytes, int]]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        return getProcessOutputAndValue(SCRIPT, args, env=env, reactor=reactor)
+
+    @async_test
+    async def test_send_with_ack_exits_0_once_acknowledged(self) -> None:
+        out, err, code = await self.warpsocket("send", self.url, "say", '{"text": "hi"}', "--ack")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["status"], "acked")
+        self.assertEqual(self.said, [{"text": "hi"}])
+
+    @async_test
+    async def test_send_without_ack_is_delivered(self) -> None:
+        out, err, code = await self.warpsocket("send", self.url, "say", "[1, 2]")
+        self.assertEqual((code, out), (0, b""), err)
+        await wait_until(lambda: self.said == [[1, 2]], what="the event")
+
+    @async_test
+    async def test_refused_send_names_the_code(self) -> None:
+        out, err, code = await self.warpsocket("send", self.url, "refuse", "1", "--ack")
+        self.assertEqual(code, 1, err)
+        self.assertEqual(out, b"")
+        self.assertTrue(err.startswith(b"forbidden (4102): not you"), err)
+
+    @async_test
+    async def test_call_prints_the_result(self) -> None:
+        out, err, code = await self.warpsocket("call", self.url, "echo", '{"n": 5}')
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), {"echo": {"n": 5}})
+        out, err, code = await self.warpsocket("call", self.url, "missing", "null")
+        self.assertEqual(code, 1, err)
+        self.assertTrue(err.startswith(b"no_handler (4301)"), err)
+
+    @async_test
+    async def test_call_over_msgpack(self) -> None:
+        out, err, code = await self.warpsocket(
+            "call", self.url, "echo", '"x"', "--codec", "msgpack"
+        )
+        self.assertEqual((code, json.loads(out)), (0, {"echo": "x"}), err)
+
+    @async_test
+    async def test_listen_prints_json_lines(self) -> None:
+        listening = self.warpsocket("listen", self.url, "news", "alerts", "--count", "3")
+        await wait_until(
+            lambda: self.hub.room_members("news") and self.hub.room_members("alerts"),
+            timeout=20,
+            what="the listener to join",
+        )
+        await self.hub.publish("news", "story", {"n": 1})
+        await self.hub.publish("alerts", "fire", "now")
+        await self.hub.publish("news", "story", {"n": 2})
+        out, err, code = await listening
+        self.assertEqual(code, 0, err)
+        lines = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(
+            [(m["stream"], m["offset"], m["event"], m["data"]) for m in lines],
+            [
+                ("room:news", 1, "story", {"n": 1}),
+                ("room:alerts", 1, "fire", "now"),
+                ("room:news", 2, "story", {"n": 2}),
+            ],
+        )
+        self.assertTrue(all(isinstance(m["epoch"], str) for m in lines))
+
+    @async_test
+    async def test_unreachable_and_bad_arguments(self) -> None:
+        self.service.ports[0].stopListening()
+        out, err, code = await self.warpsocket(
+            "send", self.url, "say", "1", "--connect-timeout", "0.5"
+        )
+        self.assertEqual(code, 3, err)
+        self.assertTrue(err.startswith(b"unreachable"), err)
+        for args in (
+            ("send", self.url, "say", "{not json"),
+            ("call", self.url),
+            ("listen", self.url),
+            ("listen", self.url, "room", "--count", "0"),
+            ("send", "http://x", "say", "1"),
+            ("bogus",),
+        ):
+            out, err, code = await self.warpsocket(*args)
+            self.assertEqual(code, 2, (args, err))
+            self.assertEqual(out, b"")
