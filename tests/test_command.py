@@ -36,6 +36,7 @@ class CommandTests(ServerTestCase):
             raise Reject(ErrorCode.FORBIDDEN, "not you")
 
         hub.on("refuse", refuse)
+        hub.on("never", lambda ctx, data: Deferred())  # answers nothing
 
     def warpsocket(self, *args: str) -> Deferred[tuple[bytes, bytes, int]]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -69,6 +70,12 @@ class CommandTests(ServerTestCase):
         out, err, code = await self.warpsocket("call", self.url, "missing", "null")
         self.assertEqual(code, 1, err)
         self.assertTrue(err.startswith(b"no_handler (4301)"), err)
+
+    @async_test
+    async def test_no_answer_in_time_exits_4(self) -> None:
+        out, err, code = await self.warpsocket("call", self.url, "never", "1", "--timeout", "0.5")
+        self.assertEqual((code, out), (4, b""), err)
+        self.assertTrue(err.startswith(b"expired: "), err)
 
     @async_test
     async def test_call_over_msgpack(self) -> None:
