@@ -168,6 +168,37 @@ class DeliveryTests(HttpApiTestCase):
         self.assertEqual((code, body), (200, {"sessions": 0}))
 
     @async_test
+    async def test_join_and_leave_a_session(self) -> None:
+        self.start_api()  # rooms closed to clients: only the server puts them in
+        client = await self.connect()
+        code, body, _ = await self.post("join", {"session": client.session, "room": "desk"})
+        self.assertEqual((code, body), (200, {"joined": "desk"}), body)
+        notice = await client.next_of("subscribe")
+        self.assertEqual(notice["room"], "desk")
+        code, _, _ = await self.post("publish", {"room": "desk", "event": "ticket", "data": 9})
+        self.assertEqual(code, 200)
+        event = await client.next_of("event")
+        self.assertEqual((event["stream"], event["data"]), ("room:desk", 9))
+        code, body, _ = await self.post("leave", {"session": client.session, "room": "desk"})
+        self.assertEqual((code, body), (200, {"left": "desk"}), body)
+        self.assertEqual((await client.next_of("unsubscribe"))["room"], "desk")
+        self.assertEqual(self.hub.room_members("desk"), set())
+        for path in ("join", "leave"):
+            reply = await self.post(path, {"session": "nobody", "room": "desk"})
+            self.assertRefused(reply, 404, "bad_state")
+            reply = await self.post(path, {"session": client.session})
+            self.assertRefused(reply, 400, "bad_envelope")
+
+    @async_test
+    async def test_join_beyond_max_rooms_is_429(self) -> None:
+        self.start_api(core=CoreOptions(max_rooms=1))
+        client = await self.connect()
+        code, _, _ = await self.post("join", {"session": client.session, "room": "one"})
+        self.assertEqual(code, 200)
+        reply = await self.post("join", {"session": client.session, "room": "two"})
+        self.assertRefused(reply, 429, "queue_full")
+
+    @async_test
     async def test_presence_and_info(self) -> None:
         self.start_api(open_rooms=True)
         first = await self.connect(rooms=["a/b c"])

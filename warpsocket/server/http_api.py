@@ -1,5 +1,5 @@
-"""The HTTP server API under ``/api/`` (docs/http-api.md): publish, broadcast
-and send from any backend, presence and node info, with a bearer key.
+"""The HTTP server API under ``/api/`` (docs/http-api.md): publish, broadcast,
+send, join and leave from any backend, presence and node info, with a bearer key.
 
 Off unless keys are configured (``--api-key-file``). Every request is hostile
 until validated: the key is compared in constant time, the body is bounded
@@ -116,10 +116,12 @@ class ApiResource(Resource):
         self.hub = hub
         self.keys = tuple(keys)
         self.max_body = max_body
-        self.posts: dict[bytes, Callable[[dict[str, Any]], Deferred[dict[str, Any]]]] = {
+        self.posts: dict[bytes, Callable[[dict[str, Any]], Any]] = {
             b"publish": self._publish,
             b"broadcast": self._broadcast,
             b"send": self._send,
+            b"join": self._join,
+            b"leave": self._leave,
         }
 
     # ------------------------------------------------------------ plumbing
@@ -270,6 +272,19 @@ class ApiResource(Resource):
         sent = self.hub.send(session, event, data, ack=ack, ttl=ttl, timeout=timeout)
         outcome = "acked" if ack else "stored"
         return sent.addCallback(lambda _: {"delivered": outcome})
+
+    def _join(self, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        fields = _fields(body, required=("session", "room"), optional=())
+        session, room = _text(fields["session"], "session"), _text(fields["room"], "room")
+        return self.hub.join(session, room).addCallback(lambda _: {"joined": room})
+
+    def _leave(self, body: dict[str, Any]) -> dict[str, Any]:
+        fields = _fields(body, required=("session", "room"), optional=())
+        session, room = _text(fields["session"], "session"), _text(fields["room"], "room")
+        if self.hub.session_info(session) is None:
+            raise UnknownSessionError(session)
+        self.hub.leave(session, room)
+        return {"left": room}
 
     def _presence(self, room: str) -> Deferred[dict[str, Any]]:
         def listed(sessions: set[str]) -> dict[str, Any]:
