@@ -56,6 +56,16 @@ class CommandTests(ServerTestCase):
         await wait_until(lambda: self.said == [[1, 2]], what="the event")
 
     @async_test
+    async def test_send_to_a_room_reaches_its_members(self) -> None:
+        member = await self.connect(rooms=["chat"])
+        out, err, code = await self.warpsocket(
+            "send", self.url, "said", '{"text": "yo"}', "--room", "chat", "--ack"
+        )
+        self.assertEqual((code, json.loads(out)["status"]), (0, "acked"), err)
+        event = await member.next_of("event")
+        self.assertEqual((event["stream"], event["data"]), ("room:chat", {"text": "yo"}))
+
+    @async_test
     async def test_refused_send_names_the_code(self) -> None:
         out, err, code = await self.warpsocket("send", self.url, "refuse", "1", "--ack")
         self.assertEqual(code, 1, err)
