@@ -4,15 +4,24 @@ exit code that says what happened."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
+import socket
 import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
 
-from tests.wsclient import ServerTestCase, async_test, reactor, wait_until
+from tests.wsclient import ServerTestCase, async_test, http_get, reactor, sleep, wait_until
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.context import Context
 from warpsocket.server.middleware import Reject
@@ -137,3 +146,113 @@ class CommandTests(ServerTestCase):
             out, err, code = await self.warpsocket(*args)
             self.assertEqual(code, 2, (args, err))
             self.assertEqual(out, b"")
+
+
+class ServerProcess(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[BaseException] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output.extend(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.output.extend(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)
+
+
+class ServeTests(unittest.TestCase):
+    """``warpsocket serve``: twistd in the foreground, same options."""
+
+    timeout = 60
+
+    def serve(self, *args: str) -> ServerProcess:
+        self.assertTrue(os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not installed")
+        process = ServerProcess()
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        reactor.spawnProcess(
+            process, SCRIPT, [SCRIPT, "serve", *args], env=dict(os.environ), path=cwd
+        )
+
+        async def stop() -> None:
+            if not process.ended.called:
+                process.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                await process.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        return process
+
+    async def until_serving(self, process: ServerProcess, port: int) -> None:
+        give_up = reactor.seconds() + 30
+        while True:
+            if process.ended.called:
+                self.fail(f"server exited early:\n{process.output.decode()}")
+            try:
+                code, _, _ = await http_get(port, "/healthz")
+            except (ConnectError, OSError):
+                code = 0
+            if code == 200:
+                return
+            if reactor.seconds() > give_up:
+                self.fail(f"server did not come up:\n{process.output.decode()}")
+            await sleep(0.1)
+
+    @async_test
+    async def test_serve_with_the_http_api_and_a_listener(self) -> None:
+        keys = os.path.abspath(self.mktemp())
+        with open(keys, "wb") as handle:
+            handle.write(b"a-key-of-enough-length\n")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = self.serve(
+            "--endpoint", f"tcp:{port}:interface=127.0.0.1", "--open-rooms", "--api-key-file", keys
+        )
+        await self.until_serving(process, port)
+        url = f"ws://127.0.0.1:{port}/ws"
+        listening = getProcessOutputAndValue(
+            SCRIPT, ("listen", url, "news", "--count", "1"), env=dict(os.environ), reactor=reactor
+        )
+        agent = Agent(reactor)
+        headers = Headers({b"authorization": [b"Bearer a-key-of-enough-length"]})
+
+        async def members() -> int:
+            response = await agent.request(
+                b"GET", f"http://127.0.0.1:{port}/api/presence/news".encode(), headers
+            )
+            count: int = json.loads(await readBody(response))["count"]
+            return count
+
+        give_up = reactor.seconds() + 20
+        while await members() == 0:
+            self.assertLess(reactor.seconds(), give_up, "the listener never joined")
+            await sleep(0.05)
+        body = FileBodyProducer(io.BytesIO(b'{"room": "news", "event": "story", "data": 7}'))
+        response = await agent.request(
+            b"POST", f"http://127.0.0.1:{port}/api/publish".encode(), headers, body
+        )
+        self.assertEqual(response.code, 200, await readBody(response))
+        out, err, code = await listening
+        self.assertEqual(code, 0, err)
+        heard = json.loads(out)
+        self.assertEqual(
+            (heard["stream"], heard["event"], heard["data"]), ("room:news", "story", 7)
+        )
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        ended = await process.ended
+        self.assertIsInstance(ended, ProcessTerminated)
+        assert isinstance(ended, ProcessTerminated)
+        self.assertEqual(ended.signal, signal.SIGTERM, process.output.decode())
+        self.assertNotIn(b"Traceback", process.output)
+
+    @async_test
+    async def test_serve_refuses_a_bad_option(self) -> None:
+        process = self.serve("--no-such-option")
+        ended = await process.ended
+        self.assertIsInstance(ended, ProcessTerminated)
+        assert isinstance(ended, ProcessTerminated)
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(b"--no-such-option", process.output)

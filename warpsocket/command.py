@@ -1,4 +1,5 @@
-"""The ``warpsocket`` command: one-shot ``send``, ``call`` and ``listen`` (docs/cli.md).
+"""The ``warpsocket`` command: one-shot ``send``, ``call`` and ``listen``, and
+``serve`` (``twistd -n warpsocket``) (docs/cli.md).
 
 Built on ``BlockingClient``: the reactor runs in a daemon thread and this
 module's code in the main thread, so a script gets an exit code that says
@@ -96,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
     call.add_argument("data", metavar="DATA", type=_json_argument, help="JSON value")
     call.add_argument("--timeout", type=_positive, default=30.0, help="seconds (default 30)")
 
+    commands.add_parser(
+        "serve",
+        help="run a server: twistd -n warpsocket with the same options (serve --help)",
+        add_help=False,
+    )
+
     listen = commands.add_parser("listen", help="join rooms and print their events as JSON lines")
     common(listen)
     listen.add_argument("rooms", metavar="ROOM", nargs="+")
@@ -105,10 +112,23 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: returns (and exits with) the exit code."""
-    args = parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        return serve(arguments[1:])
+    args = parser().parse_args(arguments)
     code = run(args, sys.stdout, sys.stderr)
     sys.stdout.flush()
     return code
+
+
+def serve(options: Sequence[str]) -> int:
+    """``twistd --nodaemon --pidfile= warpsocket OPTIONS``: in the foreground,
+    without a pid file; twistd exits itself on a usage error."""
+    from twisted.scripts.twistd import run as twistd
+
+    sys.argv = ["warpsocket serve", "--nodaemon", "--pidfile=", "warpsocket", *options]
+    twistd()
+    return OK
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
