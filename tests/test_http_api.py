@@ -324,6 +324,42 @@ class RefusalTests(HttpApiTestCase):
         self.assertRefused(await self.post("info", {}), 405, "unknown_type")
 
     @async_test
+    async def test_openapi_document_names_every_route(self) -> None:
+        self.start_api(open_rooms=True)
+        code, spec, _ = await self.call(b"GET", "/api/openapi.json", key=None)
+        self.assertEqual(code, 200)
+        self.assertEqual(spec["openapi"], "3.1.0")
+        routes = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
+        self.assertEqual(
+            routes,
+            {
+                ("/api/publish", "POST"),
+                ("/api/broadcast", "POST"),
+                ("/api/send", "POST"),
+                ("/api/join", "POST"),
+                ("/api/leave", "POST"),
+                ("/api/presence/{room}", "GET"),
+                ("/api/info", "GET"),
+            },
+        )
+        schemas = spec["components"]["schemas"]
+        for path, method in routes:
+            # Each documented route exists: with the key and no body it is
+            # refused as a bad request (POST) or answered (GET), never 404/405.
+            concrete = path.replace("{room}", "r")
+            code, body, _ = await self.call(method.encode(), concrete, raw=b"{}")
+            self.assertIn(code, (200, 400), (path, body))
+            operation = spec["paths"][path][method.lower()]
+            for status, answer in operation["responses"].items():
+                for media in answer.get("content", {}).values():
+                    self.assertIn(media["schema"]["$ref"].rsplit("/", 1)[1], schemas, status)
+        # The fields the API accepts are the documented ones.
+        publish = schemas["Publish"]["properties"]
+        self.assertEqual(set(publish), {"room", "event", "data", "ttl"})
+        reply = await self.post("publish", {"room": "r", "event": "e", "other": 1})
+        self.assertRefused(reply, 400, "bad_envelope")
+
+    @async_test
     async def test_off_unless_configured(self) -> None:
         self.start_server(open_rooms=True)
         code, _, _ = await self.post("publish", {"room": "chat", "event": "x"})

@@ -1,5 +1,6 @@
 """The HTTP server API under ``/api/`` (docs/http-api.md): publish, broadcast,
-send, join and leave from any backend, presence and node info, with a bearer key.
+send, join and leave from any backend, presence and node info, with a bearer
+key; its OpenAPI document (openapi.py) at ``/api/openapi.json``.
 
 Off unless keys are configured (``--api-key-file``). Every request is hostile
 until validated: the key is compared in constant time, the body is bounded
@@ -30,6 +31,7 @@ from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.datamodel import DataModelError, check_value
 from warpsocket.protocol.envelope import MAX_NAME_LENGTH, Envelope
 from warpsocket.server.hub import AckTimeoutError, Hub
+from warpsocket.server.openapi import openapi_document
 
 MIN_KEY_LENGTH = 16
 MAX_ACK_TIMEOUT = 300.0  # seconds a request may wait for an acknowledgement
@@ -123,12 +125,15 @@ class ApiResource(Resource):
             b"join": self._join,
             b"leave": self._leave,
         }
+        self.openapi = _dump(openapi_document())
 
     # ------------------------------------------------------------ plumbing
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        if request.postpath == [b"openapi.json"] and request.method == b"GET":
+            return self.openapi  # describes the API, grants nothing: no key needed
         try:
             self._authorize(request)
             answer = self._route(request)
