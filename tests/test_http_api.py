@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, readBody
@@ -23,6 +24,7 @@ from warpsocket.core.server import CoreOptions
 from warpsocket.server.cli import Options, makeService
 from warpsocket.server.http_api import load_api_keys
 from warpsocket.server.hub import Hub, HubOptions
+from warpsocket.server.idempotency import IdempotencyCache
 from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.service import WarpSocketService
 from warpsocket.server.web import add_http_api
@@ -55,6 +57,7 @@ class HttpApiTestCase(ServerTestCase):
         raw: bytes | None = None,
         key: bytes | None = KEY,
         authorization: bytes | None = None,
+        idempotency: bytes | None = None,
         chunked: bool = False,
         port: int | None = None,
     ) -> Reply:
@@ -63,6 +66,8 @@ class HttpApiTestCase(ServerTestCase):
             headers.addRawHeader(b"authorization", authorization)
         elif key is not None:
             headers.addRawHeader(b"authorization", b"Bearer " + key)
+        if idempotency is not None:
+            headers.addRawHeader(b"idempotency-key", idempotency)
         payload = raw if raw is not None else None if body is None else json.dumps(body).encode()
         producer: Any = None
         if payload is not None:
@@ -364,6 +369,90 @@ class RefusalTests(HttpApiTestCase):
         self.start_server(open_rooms=True)
         code, _, _ = await self.post("publish", {"room": "chat", "event": "x"})
         self.assertEqual(code, 404)
+
+
+class IdempotencyTests(HttpApiTestCase):
+    @async_test
+    async def test_a_retried_publish_publishes_once(self) -> None:
+        self.start_api(open_rooms=True)
+        client = await self.connect(rooms=["chat"])
+        publish = {"room": "chat", "event": "x", "data": 1}
+        first = await self.post("publish", publish, idempotency=b"order-17")
+        again = await self.post("publish", publish, idempotency=b"order-17")
+        self.assertEqual((first[0], again[0]), (200, 200))
+        self.assertEqual(again[1], first[1])
+        self.assertIsNone(first[2].getRawHeaders(b"idempotent-replayed"))
+        self.assertEqual(again[2].getRawHeaders(b"idempotent-replayed"), [b"true"])
+        # Another key, or none, publishes anew.
+        other = await self.post("publish", publish, idempotency=b"order-18")
+        self.assertEqual(other[1]["offset"], 2)
+        code, body, _ = await self.post("publish", {"room": "chat", "event": "end"})
+        self.assertEqual(body["offset"], 3)
+        offsets = [(await client.next_of("event"))["offset"] for _ in range(3)]
+        self.assertEqual(offsets, [1, 2, 3])
+        # The same key on another endpoint is another key.
+        code, _, headers = await self.post("broadcast", {"event": "b"}, idempotency=b"order-17")
+        self.assertEqual(code, 200)
+        self.assertIsNone(headers.getRawHeaders(b"idempotent-replayed"))
+
+    @async_test
+    async def test_another_body_or_a_running_first_is_409(self) -> None:
+        self.start_api(open_rooms=True)
+        client = await self.connect()
+        await self.post("publish", {"room": "r", "event": "x"}, idempotency=b"k1")
+        reply = await self.post("publish", {"room": "r", "event": "y"}, idempotency=b"k1")
+        self.assertIn("another body", self.assertRefused(reply, 409, "bad_state")["message"])
+        send = {"session": client.session, "event": "dm", "ack": True}
+        first = Deferred.fromCoroutine(self.post("send", send, idempotency=b"k2"))
+        event = await client.next_of("event")
+        reply = await self.post("send", send, idempotency=b"k2")
+        self.assertIn("still running", self.assertRefused(reply, 409, "bad_state")["message"])
+        client.ack(event["id"])
+        self.assertEqual((await first)[1], {"delivered": "acked"})
+        again = await self.post("send", send, idempotency=b"k2")
+        self.assertEqual((again[0], again[1]), (200, {"delivered": "acked"}))
+        self.assertEqual(client.drain(), [])  # sent once
+
+    @async_test
+    async def test_an_ack_timeout_is_remembered_a_refusal_is_not(self) -> None:
+        self.start_api(open_rooms=True)
+        client = await self.connect()
+        send = {"session": client.session, "event": "dm", "ack": True, "timeout": 2}
+        first = Deferred.fromCoroutine(self.post("send", send, idempotency=b"t1"))
+        await client.next_of("event")
+        self.advance(3)
+        self.assertRefused(await first, 504, "timeout")
+        reply = await self.post("send", send, idempotency=b"t1")
+        self.assertRefused(reply, 504, "timeout")
+        self.assertEqual(reply[2].getRawHeaders(b"idempotent-replayed"), [b"true"])
+        # Nothing stored after a refusal: the key is free for the corrected call.
+        bad = await self.post("publish", {"room": "r"}, idempotency=b"t2")
+        self.assertRefused(bad, 400, "bad_envelope")
+        code, _, _ = await self.post("publish", {"room": "r", "event": "e"}, idempotency=b"t2")
+        self.assertEqual(code, 200)
+
+    @async_test
+    async def test_keys_expire_and_must_be_well_formed(self) -> None:
+        self.start_api(open_rooms=True)
+        publish = {"room": "r", "event": "x"}
+        first = await self.post("publish", publish, idempotency=b"day")
+        self.clock.advance(86_401)
+        later = await self.post("publish", publish, idempotency=b"day")
+        self.assertEqual((first[1]["offset"], later[1]["offset"]), (1, 2))
+        for bad in (b"k" * 129, b"with space", b"\xff"):
+            reply = await self.post("publish", publish, idempotency=bad)
+            self.assertRefused(reply, 400, "bad_envelope")
+
+    def test_the_cache_is_bounded(self) -> None:
+        cache = IdempotencyCache(Clock(), max_entries=2)
+        for key in (b"a", b"b", b"c"):
+            self.assertIsNone(cache.begin(b"/api/publish", key, b"{}"))
+            cache.finish(b"/api/publish", key, 200, b"ok", True)
+        self.assertEqual(len(cache), 2)
+        self.assertIsNone(cache.begin(b"/api/publish", b"a", b"{}"))  # evicted: runs again
+        replay = cache.begin(b"/api/publish", b"c", b"{}")
+        assert replay is not None
+        self.assertEqual((replay.status, replay.body), (200, b"ok"))
 
 
 class AddressListTests(HttpApiTestCase):

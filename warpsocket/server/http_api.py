@@ -31,6 +31,7 @@ from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.datamodel import DataModelError, check_value
 from warpsocket.protocol.envelope import MAX_NAME_LENGTH, Envelope
 from warpsocket.server.hub import AckTimeoutError, Hub
+from warpsocket.server.idempotency import MAX_KEY_LENGTH, IdempotencyCache, IdempotencyError
 from warpsocket.server.openapi import openapi_document
 
 MIN_KEY_LENGTH = 16
@@ -41,8 +42,17 @@ MAX_TTL = 86_400.0 * 365
 class ApiError(Exception):
     """A refusal: HTTP ``status``, a registry ``code``, and what was wrong."""
 
-    def __init__(self, status: int, code: ErrorCode, message: str, path: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        path: str | None = None,
+        *,
+        stored: bool = False,
+    ) -> None:
         super().__init__(message)
+        self.stored = stored  # the message was stored all the same (an ack timeout)
         self.status = status
         self.code = code
         self.message = message
@@ -126,6 +136,7 @@ class ApiResource(Resource):
             b"leave": self._leave,
         }
         self.openapi = _dump(openapi_document())
+        self.idempotency = IdempotencyCache(hub.clock)
 
     # ------------------------------------------------------------ plumbing
 
@@ -134,22 +145,36 @@ class ApiResource(Resource):
         request.setHeader(b"cache-control", b"no-store")
         if request.postpath == [b"openapi.json"] and request.method == b"GET":
             return self.openapi  # describes the API, grants nothing: no key needed
+        ticket: tuple[bytes, bytes] | None = None
+
+        def settle(status: int, body: bytes, stored: bool) -> bytes:
+            if ticket is not None:
+                self.idempotency.finish(*ticket, status, body, stored)
+            return body
+
         try:
             self._authorize(request)
+            replay, ticket = self._idempotent(request)
+            if replay is not None:
+                return replay
             answer = self._route(request)
         except ApiError as error:
-            return self._refuse(request, error)
+            return settle(error.status, self._refuse(request, error), error.stored)
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
-        def reply(body: dict[str, Any]) -> None:
+        def reply(result: dict[str, Any]) -> None:
+            # Remembered even when the caller has gone: its retry gets it.
+            body = settle(200, _dump(result), True)
             if not gone:
-                request.write(_dump(body))
+                request.write(body)
                 request.finish()
 
         def fail(failure: Failure) -> None:
+            error = self._explain(failure)
+            body = settle(error.status, self._refuse(request, error), error.stored)
             if not gone:
-                request.write(self._refuse(request, self._explain(failure)))
+                request.write(body)
                 request.finish()
 
         answer.addCallbacks(reply, fail)
@@ -160,6 +185,34 @@ class ApiResource(Resource):
         if error.status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="warpsocket"')
         return _dump(error.body())
+
+    def _idempotent(self, request: Request) -> tuple[bytes | None, tuple[bytes, bytes] | None]:
+        """(the remembered answer to replay, or None; the ticket to settle)."""
+        key = request.getHeader(b"idempotency-key")
+        if key is None or request.method != b"POST":
+            return None, None
+        if not self.idempotency.valid_key(key):
+            raise ApiError(
+                400,
+                ErrorCode.BAD_ENVELOPE,
+                f"Idempotency-Key: 1-{MAX_KEY_LENGTH} printable ASCII characters",
+            )
+        route = request.path
+        content = request.content
+        raw = b""
+        if content is not None:
+            raw = content.read()
+            content.seek(0)
+        try:
+            found = self.idempotency.begin(route, key, raw)
+        except IdempotencyError as exc:
+            raise ApiError(409, ErrorCode.BAD_STATE, exc.why) from None
+        if found is None:
+            return None, (route, key)
+        assert found.status is not None
+        request.setResponseCode(found.status)
+        request.setHeader(b"idempotent-replayed", b"true")
+        return found.body, None
 
     def _authorize(self, request: Request) -> None:
         header = request.getHeader(b"authorization")
@@ -229,7 +282,8 @@ class ApiResource(Resource):
             return ApiError(429, ErrorCode.QUEUE_FULL, str(error))
         if isinstance(error, AckTimeoutError):
             status = 504 if error.code is ErrorCode.TIMEOUT else 503
-            return ApiError(status, error.code, f"stored at offset {error.offset}: {error}")
+            message = f"stored at offset {error.offset}: {error}"
+            return ApiError(status, error.code, message, stored=True)
         if isinstance(error, BackendUnavailableError):
             return ApiError(503, ErrorCode.UNAVAILABLE, str(error))
         self.log.failure("HTTP API call failed", failure)

@@ -13,6 +13,13 @@ from warpsocket.protocol.envelope import MAX_NAME_LENGTH
 _NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
 _SECONDS = {"type": "number", "exclusiveMinimum": 0}
 _DATA = {"description": "Any JSON value inside the data model (protocol.md 2.1)."}
+_IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A retry with the same key and body gets the first answer (docs/http-api.md).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -28,6 +35,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
     for status in statuses:
         answers[str(status)] = {"description": "See docs/http-api.md, Errors.", **error}
+    answers["409"] = {"description": "Idempotency-Key reused (`bad_state`).", **error}
     return answers
 
 
@@ -35,6 +43,7 @@ def _post(summary: str, body: str, answer: str, *statuses: int) -> dict[str, Any
     return {
         "post": {
             "summary": summary,
+            "parameters": [_IDEMPOTENCY],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref(body)}},
