@@ -20,11 +20,12 @@ from warpsocket.backends.redis import redis_backend_from_options
 from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
+from warpsocket.server.http_api import load_api_keys
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.security.auth import JWTAuthenticator
 from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.service import EndpointListener, WarpSocketService
-from warpsocket.server.web import build_metrics_site, remove_metrics
+from warpsocket.server.web import add_http_api, build_metrics_site, remove_metrics
 
 DEFAULT_ENDPOINT = "tcp:8080"
 
@@ -157,6 +158,12 @@ class Options(usage.Options):
         ],
         ["redis-service", None, "mymaster", "Sentinel service name (with --redis-sentinel)."],
         ["redis-prefix", None, "warpsocket:", "Key prefix, to share one Redis among apps."],
+        [
+            "api-key-file",
+            None,
+            None,
+            "FILE of keys (one a line) that enable the HTTP server API under /api/.",
+        ],
         ["jwt-secret", None, None, "FILE holding the HMAC secret for HS256/384/512 tokens."],
         ["jwt-public-key", None, None, "FILE holding the PEM public key (or certificate)."],
         ["jwt-audience", None, None, "Required 'aud' of tokens."],
@@ -254,6 +261,11 @@ class Options(usage.Options):
                 )
             except ValueError as exc:
                 raise usage.UsageError(f"bad Redis option: {exc}") from None
+        if self["api-key-file"] is not None:
+            try:
+                self["api_keys"] = load_api_keys(self["api-key-file"])
+            except ValueError as exc:
+                raise usage.UsageError(str(exc)) from None
         if self["app"] is not None:
             self["app_callable"] = load_app(self["app"])
 
@@ -378,6 +390,8 @@ def makeService(options: Options) -> IService:
     if app is not None:
         app(hub)
     service = WarpSocketService(hub, options["endpoints"], path=options["path"])
+    if options.get("api_keys"):
+        add_http_api(service.site, hub, options["api_keys"])
     if options["metrics-endpoint"] is not None:
         remove_metrics(service.site)
         endpoint = serverFromString(service.reactor, options["metrics-endpoint"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -12,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from warpsocket.protocol.codes import ErrorCode
+from warpsocket.server.http_api import ApiResource, limited_request
 from warpsocket.server.hub import Hub
 from warpsocket.server.protocol import WarpSocketServerFactory
 from warpsocket.server.security.gate import Gate, GuardProtocol, find_guard
@@ -159,6 +161,17 @@ def remove_metrics(site: Site) -> None:
     """Stop serving ``/metrics`` on a public site (served elsewhere instead)."""
     root: Any = site.resource
     root.children.pop(b"metrics", None)
+
+
+def add_http_api(site: Site, hub: Hub, keys: Sequence[bytes], max_body: int | None = None) -> None:
+    """Serve the HTTP server API under ``/api/`` on ``site`` (docs/http-api.md).
+
+    Bodies are bounded as they arrive (``max_body``, default the hub's
+    message size limit); the address rules apply as on every other path."""
+    limit = max_body if max_body is not None else hub.options.core.max_message_size
+    root: Any = site.resource
+    root.putChild(b"api", ApiResource(hub, keys, limit))
+    site.requestFactory = limited_request(limit)
 
 
 def build_site(hub: Hub, path: str = "/ws") -> Site:
