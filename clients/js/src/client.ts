@@ -13,6 +13,7 @@ import { ClientClosedError, DeliveryError } from "./errors.js";
 import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
 import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
+import type { StateStore } from "./store.js";
 import { resolveWebSocket, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
 
 export type ClientState = "disconnected" | "connecting" | "open" | "reconnecting" | "closed";
@@ -77,6 +78,14 @@ export interface ClientOptions {
    * `navigator`, none in Node.js); null to ignore them.
    */
   lifecycle?: Lifecycle | null;
+  /**
+   * Keep the session, stream positions, rooms and unconfirmed messages here
+   * (e.g. `indexedDbStore(url)`), so a page reload resumes with nothing lost.
+   * Loaded by the first `connect()`, saved after every change; `close()`
+   * forgets it. Messages restored from it settle without a promise: failures
+   * go to `onError`.
+   */
+  store?: StateStore;
   /** A WebSocket implementation (default: the global one, else the `ws` package). */
   WebSocket?: WebSocketConstructor;
   /** `hello.data.client`, informational. */
@@ -237,6 +246,10 @@ export class WarpSocketClient {
   private waitingForNetwork = false;
   private readonly lifecycle: Lifecycle | null;
   private removeLifecycle: (() => void) | null = null;
+  private storeState: "unloaded" | "loading" | "loaded" | "forgotten" = "unloaded";
+  private saving: Promise<void> | null = null;
+  private dirty = false;
+  private savedJson = "";
 
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
@@ -345,7 +358,8 @@ export class WarpSocketClient {
       this.attempt = 0;
       this.dialsSinceOpen = 0;
       this.startTimers();
-      this.dial();
+      if (this.options.store !== undefined && this.storeState === "unloaded") this.loadThenDial(this.options.store);
+      else if (this.storeState !== "loading") this.dial();
     }
     return opened;
   }
@@ -366,8 +380,20 @@ export class WarpSocketClient {
     }
   }
 
-  /** Close for good: no reconnect; what awaits an outcome fails with ClientClosedError. */
+  /** Resolves once the state so far is in the `store` (at once without one). */
+  persisted(): Promise<void> {
+    return this.saving ?? Promise.resolve();
+  }
+
+  /** Close for good: no reconnect; what awaits an outcome fails with ClientClosedError; the `store` is cleared. */
   close(): Promise<void> {
+    const store = this.options.store;
+    if (store !== undefined && this.storeState === "loaded") {
+      this.storeState = "forgotten";
+      void this.persisted()
+        .then(() => store.clear())
+        .catch((error: unknown) => this.report(error));
+    }
     if (this.stateValue === "closed") return Promise.resolve();
     const socket = this.socket;
     this.shutDown("client closed");
@@ -769,6 +795,49 @@ export class WarpSocketClient {
 
   // ------------------------------------------------------------ actions
 
+  private loadThenDial(store: StateStore): void {
+    this.storeState = "loading";
+    store
+      .load()
+      .then(
+        (state) => {
+          this.core.restore(state);
+        },
+        (error: unknown) => this.report(new Error(`cannot load the stored state: ${String(error)}`)),
+      )
+      .finally(() => {
+        if (this.storeState !== "loading") return;
+        this.storeState = "loaded";
+        this.persistSoon();
+        if (this.stateValue === "disconnected" && this.watchdog !== null) this.dial();
+      });
+  }
+
+  /** Save the state after this turn's changes (one save at a time, the latest state last). */
+  private persistSoon(): void {
+    const store = this.options.store;
+    if (store === undefined || this.storeState !== "loaded") return;
+    this.dirty = true;
+    if (this.saving !== null) return;
+    this.saving = (async () => {
+      while (this.dirty) {
+        this.dirty = false;
+        await Promise.resolve(); // one save for the actions of a turn
+        if (this.storeState !== "loaded") break;
+        const state = this.core.snapshot();
+        const json = JSON.stringify(state);
+        if (json === this.savedJson) continue; // the watchdog's ticks mostly change nothing
+        try {
+          await store.save(state);
+          this.savedJson = json;
+        } catch (error) {
+          this.report(new Error(`cannot save the state: ${String(error)}`));
+        }
+      }
+      this.saving = null;
+    })();
+  }
+
   private run(actions: Action[], closing?: Error): void {
     for (const action of actions) {
       switch (action.kind) {
@@ -798,6 +867,7 @@ export class WarpSocketClient {
       }
     }
     this.armWake();
+    this.persistSoon();
   }
 
   private size(envelope: Envelope): number {
