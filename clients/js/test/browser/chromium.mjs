@@ -47,13 +47,16 @@ export async function launch() {
  * Load a page of the server's origin and start a client in it, from the
  * bundle the server serves (/warpsocket.js). In the page: `window.client`,
  * `window.seen` (room "feed" payloads with offsets), `window.states`
- * ([Date.now(), state]) and `window.closes`.
+ * ([Date.now(), state]), `window.closes` and `window.resumed`. `durable`: an
+ * IndexedDB store; `reload`: reload the page first instead of loading it.
  */
-export async function startPageClient(page, origin, wsUrl, options = {}) {
-  await page.goto(`${origin}/healthz`);
+export async function startPageClient(page, origin, wsUrl, options = {}, { durable = false, reload = false } = {}) {
+  if (reload) await page.reload();
+  else await page.goto(`${origin}/healthz`);
   await page.evaluate(
-    async ({ wsUrl, options }) => {
-      const { WarpSocketClient } = await import("/warpsocket.js");
+    async ({ wsUrl, options, durable }) => {
+      const { WarpSocketClient, indexedDbStore } = await import("/warpsocket.js");
+      if (durable) options.store = indexedDbStore(wsUrl);
       const client = new WarpSocketClient(wsUrl, options);
       window.client = client;
       window.seen = [];
@@ -61,9 +64,12 @@ export async function startPageClient(page, origin, wsUrl, options = {}) {
       window.closes = [];
       client.onState((state) => window.states.push([Date.now(), state]));
       client.onClose((code) => window.closes.push([Date.now(), code]));
+      client.onOpen((info) => (window.resumed = info.resumed));
+      // The handler before the connection: a resumed session replays at once.
+      const joined = client.subscribe("feed", (message) => window.seen.push([message.offset, message.data.n]));
       await client.connect();
-      await client.subscribe("feed", (message) => window.seen.push([message.offset, message.data.n]));
+      await joined;
     },
-    { wsUrl, options },
+    { wsUrl, options, durable },
   );
 }
