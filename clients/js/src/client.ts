@@ -242,6 +242,7 @@ export class WarpSocketClient {
   private lastPing = 0;
   private lastCheck = 0; // when the watchdog last ran: a late run means throttled or frozen timers
   private probeSentAt: number | null = null;
+  private probeId: string | null = null;
   private probeTimer: ReturnType<typeof setTimeout> | null = null;
   private waitingForNetwork = false;
   private readonly lifecycle: Lifecycle | null;
@@ -483,11 +484,16 @@ export class WarpSocketClient {
 
   /** Send a heartbeat now; its answer updates `stats.rttMs`. */
   ping(): void {
-    if (this.stateValue !== "open") return;
+    this.sendPing();
+  }
+
+  private sendPing(): string | null {
+    if (this.stateValue !== "open") return null;
     const envelope: Envelope = { type: "heartbeat", id: randomId(), timestamp: Date.now() };
     this.pings.set(envelope.id, performanceNow());
     this.lastPing = Date.now();
     this.write(envelope);
+    return envelope.id;
   }
 
   /** Ask the token provider for a new token and send it in band (`auth`). */
@@ -655,7 +661,6 @@ export class WarpSocketClient {
     if (socket !== this.socket) return;
     this.lastRx = Date.now();
     this.stats.messagesIn++;
-    if (this.probeSentAt !== null) this.endProbe(); // any frame proves the connection alive
     let envelope: Envelope;
     try {
       envelope = (this.codec as Codec).decode(payload, this.core.limits);
@@ -668,6 +673,9 @@ export class WarpSocketClient {
     }
     if (envelope.ref !== undefined) {
       if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
+        // Only its answer settles a probe: frames queued before the connection
+        // died (delivered late by a frozen page) prove nothing.
+        if (envelope.ref === this.probeId) this.endProbe();
         this.stats.rttMs = performanceNow() - (this.pings.get(envelope.ref) as number);
         this.pings.delete(envelope.ref);
         return;
@@ -1032,14 +1040,14 @@ export class WarpSocketClient {
   }
 
   /**
-   * Check liveness now: a heartbeat the server answers at once. Any frame
+   * Check liveness now: a heartbeat the server answers at once. Its answer
    * before the deadline settles it; none, and the connection is replaced.
    */
   private probe(): void {
     if (this.stateValue !== "open" || this.probeSentAt !== null) return;
     const socket = this.socket;
     this.probeSentAt = Date.now();
-    this.ping();
+    this.probeId = this.sendPing();
     const deadline = this.options.livenessTimeout ?? 3000;
     this.probeTimer = setTimeout(() => {
       this.probeTimer = null;
@@ -1054,6 +1062,7 @@ export class WarpSocketClient {
 
   private endProbe(): void {
     this.probeSentAt = null;
+    this.probeId = null;
     if (this.probeTimer !== null) clearTimeout(this.probeTimer);
     this.probeTimer = null;
   }

@@ -205,10 +205,24 @@ test("frozen timers give no false dead-server verdict: they probe instead", asyn
   assert.equal(socket.closedWith, null);
   const probe = socket.ofType("heartbeat").at(-1);
   assert.equal(socket.ofType("heartbeat").length, count + 1, "it asked instead");
-  socket.receive({ type: "heartbeat" }); // the server's frames, queued behind the timer
+  socket.receive({ type: "heartbeat" }); // a frame queued before the freeze: no answer to the probe
+  socket.receive({ type: "heartbeat", ref: probe.id });
   advance(5000);
   assert.equal(client.state, "open");
-  assert.ok(probe);
+  await client.close();
+});
+
+test("only the probe's answer settles it: frames queued before the connection died do not", async () => {
+  const page = new FakeLifecycle();
+  const client = makeClient(page, { livenessTimeout: 2000 });
+  const opened = client.connect();
+  const socket = await welcome();
+  await opened;
+  page.fire("resume");
+  socket.receive({ type: "heartbeat" });
+  socket.receive({ type: "event", stream: "broadcast", offset: 1, epoch: "e", event: "x" });
+  advance(2100);
+  assert.equal(socket.closedWith, 4204);
   await client.close();
 });
 
