@@ -476,6 +476,11 @@ export class WarpSocketClient {
     return joined;
   }
 
+  /** Remove one handler given to `subscribe(room, handler)`, staying in the room. */
+  offRoom(room: string, handler: Handler): void {
+    this.roomHandlers.get(room)?.delete(handler);
+  }
+
   /** Leave `room` and forget its handlers and position. */
   unsubscribe(room: string): void {
     this.roomHandlers.delete(room);
