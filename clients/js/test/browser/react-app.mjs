@@ -1,5 +1,6 @@
 // The page of react.test.mjs (bundled by esbuild with React): components
 // using every hook, under StrictMode (effects run, clean up and run again).
+// (node --test also imports every file under test/: at import it does nothing.)
 import { createElement as h, StrictMode, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { useConnectionState, useEvent, useRoom, useWarpSocket, WarpSocketProvider } from "../../dist/react.js";
@@ -21,9 +22,9 @@ function Ticks() {
 
 function App({ url }) {
   const client = useWarpSocket(url, { backoff: { initial: 100, max: 200 } });
-  window.reactClient = client;
+  globalThis.reactClient = client;
   const [rooms, setRooms] = useState(2); // two components in room "feed"
-  window.setRooms = setRooms;
+  globalThis.setRooms = setRooms;
   return h(
     WarpSocketProvider,
     { client },
@@ -34,8 +35,8 @@ function App({ url }) {
   );
 }
 
-window.startApp = (url) => {
+globalThis.startApp = (url) => {
   const root = createRoot(document.body.appendChild(document.createElement("div")));
   root.render(h(StrictMode, null, h(App, { url })));
-  window.unmountApp = () => root.unmount();
+  globalThis.unmountApp = () => root.unmount();
 };
