@@ -12,6 +12,7 @@
 import { createContext, createElement, useCallback, useContext, useEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
 import type { ReactNode } from "react";
 import { WarpSocketClient, type ClientOptions, type ClientState, type Handler, type Message } from "./client.js";
+import { joinShared } from "./rooms.js";
 
 const ClientContext = createContext<WarpSocketClient | null>(null);
 
@@ -74,9 +75,6 @@ export interface RoomState {
   messages: Message[];
 }
 
-// Components sharing a room on one client: leave it when the last one unmounts.
-const members = new WeakMap<WarpSocketClient, Map<string, number>>();
-
 /** Be in room `name` while mounted; its messages (the last `limit`, default 100). */
 export function useRoom(name: string, options: { limit?: number } = {}, client?: WarpSocketClient): RoomState {
   const chosen = useWarpSocketClient(client);
@@ -85,26 +83,17 @@ export function useRoom(name: string, options: { limit?: number } = {}, client?:
   useEffect(() => {
     let active = true;
     setState({ joined: false, error: null, messages: [] });
-    const counts = members.get(chosen) ?? new Map<string, number>();
-    members.set(chosen, counts);
-    counts.set(name, (counts.get(name) ?? 0) + 1);
     const handler: Handler = (message) => {
       if (active) setState((s) => ({ ...s, messages: [...s.messages, message].slice(-limit) }));
     };
-    chosen.subscribe(name, handler).then(
+    const membership = joinShared(chosen, name, handler);
+    membership.joined.then(
       () => active && setState((s) => ({ ...s, joined: true, error: null })),
       (error: unknown) => active && setState((s) => ({ ...s, error: error instanceof Error ? error : new Error(String(error)) })),
     );
     return () => {
       active = false;
-      const left = (counts.get(name) ?? 1) - 1;
-      if (left > 0) {
-        counts.set(name, left);
-        chosen.offRoom(name, handler);
-      } else {
-        counts.delete(name);
-        if (chosen.state !== "closed") chosen.unsubscribe(name);
-      }
+      membership.leave();
     };
   }, [chosen, name, limit]);
   return state;
