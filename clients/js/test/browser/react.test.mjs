@@ -40,6 +40,7 @@ test("React hooks: connection state, a room shared by two components, events, cl
   const { page } = browser;
   await page.goto(`${origin}/healthz`);
   await page.addScriptTag({ type: "module", content: await bundleApp() });
+  await page.waitForFunction(() => typeof window.startApp === "function"); // an inline module runs deferred
   await page.evaluate((url) => window.startApp(url), server.url);
   const text = (selector) => page.locator(selector).first().textContent();
   await waitFor(async () => (await text("#state")) === "open", { what: "useConnectionState to show open" });
