@@ -12,6 +12,8 @@ import type { Envelope } from "./envelope.js";
 import { ClientClosedError, DeliveryError } from "./errors.js";
 import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
+import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
+import type { StateStore } from "./store.js";
 import { resolveWebSocket, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
 
 export type ClientState = "disconnected" | "connecting" | "open" | "reconnecting" | "closed";
@@ -64,6 +66,26 @@ export interface ClientOptions {
   heartbeatTimeout?: number;
   /** Time allowed from dialling to the welcome, ms (default 15000). */
   connectTimeout?: number;
+  /**
+   * Deadline of a liveness probe, ms (default 3000): a heartbeat sent when the
+   * page returns (visible, back/forward cache, resumed), the network changes,
+   * or the client's own timers ran late; unanswered in time, the connection
+   * is replaced.
+   */
+  livenessTimeout?: number;
+  /**
+   * Network and page events (default: the browser's `window`/`document`/
+   * `navigator`, none in Node.js); null to ignore them.
+   */
+  lifecycle?: Lifecycle | null;
+  /**
+   * Keep the session, stream positions, rooms and unconfirmed messages here
+   * (e.g. `indexedDbStore(url)`), so a page reload resumes with nothing lost.
+   * Loaded by the first `connect()`, saved after every change; `close()`
+   * forgets it. Messages restored from it settle without a promise: failures
+   * go to `onError`.
+   */
+  store?: StateStore;
   /** A WebSocket implementation (default: the global one, else the `ws` package). */
   WebSocket?: WebSocketConstructor;
   /** `hello.data.client`, informational. */
@@ -218,7 +240,17 @@ export class WarpSocketClient {
   private watchdog: ReturnType<typeof setInterval> | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
   private lastPing = 0;
-  private removeOnline: (() => void) | null = null;
+  private lastCheck = 0; // when the watchdog last ran: a late run means throttled or frozen timers
+  private probeSentAt: number | null = null;
+  private probeId: string | null = null;
+  private probeTimer: ReturnType<typeof setTimeout> | null = null;
+  private waitingForNetwork = false;
+  private readonly lifecycle: Lifecycle | null;
+  private removeLifecycle: (() => void) | null = null;
+  private storeState: "unloaded" | "loading" | "loaded" | "forgotten" = "unloaded";
+  private saving: Promise<void> | null = null;
+  private dirty = false;
+  private savedJson = "";
 
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
@@ -226,6 +258,7 @@ export class WarpSocketClient {
     this.random = options.random ?? Math.random;
     this.backoff = new Backoff(options.backoff, this.random);
     this.heartbeatTimeout = options.heartbeatTimeout ?? 60000;
+    this.lifecycle = options.lifecycle === undefined ? browserLifecycle() : options.lifecycle;
     const core: Partial<CoreOptions> = {
       encodedSize: (envelope) => this.size(envelope),
     };
@@ -259,6 +292,11 @@ export class WarpSocketClient {
 
   get queueLength(): number {
     return this.core.queueLength;
+  }
+
+  /** Reconnecting, but waiting for the network to come back (no attempts meanwhile). */
+  get offline(): boolean {
+    return this.waitingForNetwork;
   }
 
   /** Handle stream events named `event` (`"*"`: every event). Returns a function that removes it. */
@@ -321,7 +359,8 @@ export class WarpSocketClient {
       this.attempt = 0;
       this.dialsSinceOpen = 0;
       this.startTimers();
-      this.dial();
+      if (this.options.store !== undefined && this.storeState === "unloaded") this.loadThenDial(this.options.store);
+      else if (this.storeState !== "loading") this.dial();
     }
     return opened;
   }
@@ -335,14 +374,27 @@ export class WarpSocketClient {
     this.hintDelay = 0;
     if (this.stateValue === "reconnecting") {
       this.clearTimer("reconnectTimer");
+      this.waitingForNetwork = false;
       this.dial();
     } else if (this.socket !== null) {
       this.dropSocket(null, "reconnect requested");
     }
   }
 
-  /** Close for good: no reconnect; what awaits an outcome fails with ClientClosedError. */
+  /** Resolves once the state so far is in the `store` (at once without one). */
+  persisted(): Promise<void> {
+    return this.saving ?? Promise.resolve();
+  }
+
+  /** Close for good: no reconnect; what awaits an outcome fails with ClientClosedError; the `store` is cleared. */
   close(): Promise<void> {
+    const store = this.options.store;
+    if (store !== undefined && this.storeState === "loaded") {
+      this.storeState = "forgotten";
+      void this.persisted()
+        .then(() => store.clear())
+        .catch((error: unknown) => this.report(error));
+    }
     if (this.stateValue === "closed") return Promise.resolve();
     const socket = this.socket;
     this.shutDown("client closed");
@@ -424,6 +476,11 @@ export class WarpSocketClient {
     return joined;
   }
 
+  /** Remove one handler given to `subscribe(room, handler)`, staying in the room. */
+  offRoom(room: string, handler: Handler): void {
+    this.roomHandlers.get(room)?.delete(handler);
+  }
+
   /** Leave `room` and forget its handlers and position. */
   unsubscribe(room: string): void {
     this.roomHandlers.delete(room);
@@ -432,11 +489,16 @@ export class WarpSocketClient {
 
   /** Send a heartbeat now; its answer updates `stats.rttMs`. */
   ping(): void {
-    if (this.stateValue !== "open") return;
+    this.sendPing();
+  }
+
+  private sendPing(): string | null {
+    if (this.stateValue !== "open") return null;
     const envelope: Envelope = { type: "heartbeat", id: randomId(), timestamp: Date.now() };
     this.pings.set(envelope.id, performanceNow());
     this.lastPing = Date.now();
     this.write(envelope);
+    return envelope.id;
   }
 
   /** Ask the token provider for a new token and send it in band (`auth`). */
@@ -506,6 +568,7 @@ export class WarpSocketClient {
   // ------------------------------------------------------------ connection
 
   private dial(): void {
+    this.waitingForNetwork = false;
     this.stats.attempts++;
     this.dialsSinceOpen++;
     this.updateRate();
@@ -615,6 +678,9 @@ export class WarpSocketClient {
     }
     if (envelope.ref !== undefined) {
       if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
+        // Only its answer settles a probe: frames queued before the connection
+        // died (delivered late by a frozen page) prove nothing.
+        if (envelope.ref === this.probeId) this.endProbe();
         this.stats.rttMs = performanceNow() - (this.pings.get(envelope.ref) as number);
         this.pings.delete(envelope.ref);
         return;
@@ -635,6 +701,7 @@ export class WarpSocketClient {
     this.socket = null;
     this.clearTimer("connectTimer");
     this.clearTimer("refreshTimer");
+    this.endProbe();
     this.pings.clear();
     this.authIds.clear();
     this.lastCloseCode = code;
@@ -691,11 +758,18 @@ export class WarpSocketClient {
       this.giveUp("the retry strategy gave up");
       return;
     }
-    this.attempt++;
     this.setState("reconnecting");
+    if (this.lifecycle !== null && !this.lifecycle.isOnline()) {
+      // No futile attempts while offline: the `online` event dials at once.
+      this.waitingForNetwork = true;
+      return;
+    }
+    this.attempt++;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
-      if (this.stateValue === "reconnecting") this.dial();
+      if (this.stateValue !== "reconnecting") return;
+      if (this.lifecycle !== null && !this.lifecycle.isOnline()) this.waitingForNetwork = true;
+      else this.dial();
     }, delay);
   }
 
@@ -734,6 +808,49 @@ export class WarpSocketClient {
 
   // ------------------------------------------------------------ actions
 
+  private loadThenDial(store: StateStore): void {
+    this.storeState = "loading";
+    store
+      .load()
+      .then(
+        (state) => {
+          this.core.restore(state);
+        },
+        (error: unknown) => this.report(new Error(`cannot load the stored state: ${String(error)}`)),
+      )
+      .finally(() => {
+        if (this.storeState !== "loading") return;
+        this.storeState = "loaded";
+        this.persistSoon();
+        if (this.stateValue === "disconnected" && this.watchdog !== null) this.dial();
+      });
+  }
+
+  /** Save the state after this turn's changes (one save at a time, the latest state last). */
+  private persistSoon(): void {
+    const store = this.options.store;
+    if (store === undefined || this.storeState !== "loaded") return;
+    this.dirty = true;
+    if (this.saving !== null) return;
+    this.saving = (async () => {
+      while (this.dirty) {
+        this.dirty = false;
+        await Promise.resolve(); // one save for the actions of a turn
+        if (this.storeState !== "loaded") break;
+        const state = this.core.snapshot();
+        const json = JSON.stringify(state);
+        if (json === this.savedJson) continue; // the watchdog's ticks mostly change nothing
+        try {
+          await store.save(state);
+          this.savedJson = json;
+        } catch (error) {
+          this.report(new Error(`cannot save the state: ${String(error)}`));
+        }
+      }
+      this.saving = null;
+    })();
+  }
+
   private run(actions: Action[], closing?: Error): void {
     for (const action of actions) {
       switch (action.kind) {
@@ -763,6 +880,7 @@ export class WarpSocketClient {
       }
     }
     this.armWake();
+    this.persistSoon();
   }
 
   private size(envelope: Envelope): number {
@@ -892,21 +1010,79 @@ export class WarpSocketClient {
   }
 
   private startTimers(): void {
-    if (this.watchdog === null) this.watchdog = setInterval(() => this.check(), 1000);
-    const target = globalThis as { addEventListener?: (name: string, fn: () => void) => void; removeEventListener?: (name: string, fn: () => void) => void };
-    if (this.removeOnline === null && typeof target.addEventListener === "function" && typeof window !== "undefined") {
-      const online = (): void => {
-        if (this.stateValue === "reconnecting") this.reconnect();
-      };
-      target.addEventListener("online", online);
-      this.removeOnline = () => target.removeEventListener?.("online", online);
+    this.lastCheck = Date.now();
+    if (this.watchdog === null) this.watchdog = setInterval(() => this.check(), WATCHDOG_MS);
+    if (this.removeLifecycle === null && this.lifecycle !== null) {
+      this.removeLifecycle = this.lifecycle.listen((event) => this.lifecycleEvent(event));
     }
+  }
+
+  private lifecycleEvent(event: LifecycleEvent): void {
+    switch (event) {
+      case "hidden":
+        return;
+      case "offline":
+        // Browsers may keep a dead socket "open" for minutes: ask it.
+        if (this.stateValue === "open") this.probe();
+        else if (this.stateValue === "reconnecting") {
+          this.clearTimer("reconnectTimer");
+          this.waitingForNetwork = true;
+        }
+        return;
+      case "online":
+        // The network is back: no backoff step to wait out.
+        this.attempt = 0;
+        this.hintDelay = null;
+        break;
+      default:
+        break;
+    }
+    if (this.stateValue === "open") this.probe();
+    else if (this.stateValue === "reconnecting" && (this.lifecycle?.isOnline() ?? true)) {
+      this.clearTimer("reconnectTimer");
+      this.dial();
+    }
+  }
+
+  /**
+   * Check liveness now: a heartbeat the server answers at once. Its answer
+   * before the deadline settles it; none, and the connection is replaced.
+   */
+  private probe(): void {
+    if (this.stateValue !== "open" || this.probeSentAt !== null) return;
+    const socket = this.socket;
+    this.probeSentAt = Date.now();
+    this.probeId = this.sendPing();
+    const deadline = this.options.livenessTimeout ?? 3000;
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = null;
+      if (socket !== this.socket || this.probeSentAt === null) return;
+      // Fired far too late (the tab froze again): the verdict would be unfair; ask anew.
+      const late = Date.now() - this.probeSentAt > deadline + LATE_MS;
+      this.probeSentAt = null;
+      if (late) this.probe();
+      else this.dropSocket(ErrorCode.HEARTBEAT_TIMEOUT, "liveness probe unanswered");
+    }, deadline);
+  }
+
+  private endProbe(): void {
+    this.probeSentAt = null;
+    this.probeId = null;
+    if (this.probeTimer !== null) clearTimeout(this.probeTimer);
+    this.probeTimer = null;
   }
 
   /** Dead-server detection and our own heartbeats, once a second. */
   private check(): void {
     const now = Date.now();
-    if (this.socket !== null && now - this.lastRx > this.heartbeatTimeout) {
+    const late = now - this.lastCheck > WATCHDOG_MS + LATE_MS;
+    this.lastCheck = now;
+    if (late) {
+      // Our timers were throttled (hidden tab) or frozen: silence measured by the
+      // wall clock proves nothing, as the server's frames may still be queued
+      // behind this timer. Ask (a probe) instead of declaring the server dead.
+      if (this.stateValue === "open") this.probe();
+    } else if (this.socket !== null && this.probeSentAt === null && now - this.lastRx > this.heartbeatTimeout) {
       this.dropSocket(ErrorCode.HEARTBEAT_TIMEOUT, "no frame from the server in time");
       return;
     }
@@ -919,8 +1095,10 @@ export class WarpSocketClient {
     this.wakeAt = Infinity;
     if (this.watchdog !== null) clearInterval(this.watchdog);
     this.watchdog = null;
-    this.removeOnline?.();
-    this.removeOnline = null;
+    this.endProbe();
+    this.waitingForNetwork = false;
+    this.removeLifecycle?.();
+    this.removeLifecycle = null;
   }
 
   private clearTimer(name: "reconnectTimer" | "connectTimer" | "wakeTimer" | "refreshTimer"): void {
@@ -943,6 +1121,10 @@ export class WarpSocketClient {
     }, wait);
   }
 }
+
+/** The watchdog's period, and how late a timer may fire before we count it throttled or frozen. */
+const WATCHDOG_MS = 1000;
+const LATE_MS = 4000;
 
 /**
  * Mark a promise as handled: awaiting it still throws, but one the

@@ -10,7 +10,7 @@
  */
 import { ErrorCode } from "./codes.js";
 import { checkValue, DataModelError, DEFAULT_LIMITS, type DataLimits } from "./datamodel.js";
-import { expired, MAX_NAME_LENGTH, type Envelope } from "./envelope.js";
+import { expired, fromWire, MAX_NAME_LENGTH, toWire, type Envelope } from "./envelope.js";
 
 export interface Position {
   offset: number;
@@ -18,6 +18,29 @@ export interface Position {
 }
 
 export type QueuePolicy = "reject-new" | "drop-oldest";
+
+/**
+ * What a page reload must not lose (a durable store keeps it): the session
+ * and its resume token, the stream positions, the rooms, and every message
+ * not yet confirmed, with its priority and deadlines. Plain JSON values.
+ */
+export interface DurableState {
+  version: 1;
+  session: string | null;
+  resumeToken: string | null;
+  positions: Record<string, Position>;
+  rooms: string[];
+  outgoing: DurableMessage[];
+}
+
+export interface DurableMessage {
+  /** The envelope in its wire form (`toWire`), validated again on restore. */
+  envelope: Record<string, unknown>;
+  priority: number;
+  tracked: boolean;
+  deadlineMs: number | null;
+  expiresMs: number | null;
+}
 
 export interface CoreOptions {
   /** Messages the offline queue holds (default 10000). */
@@ -132,6 +155,75 @@ export class ClientCore {
 
   get inflightCount(): number {
     return this.inflight.size;
+  }
+
+  // ------------------------------------------------------------ durable state
+
+  /** The state a reload must keep (see `DurableState`). */
+  snapshot(): DurableState {
+    const positions: Record<string, Position> = {};
+    for (const [name, p] of this.positions) positions[name] = { offset: p.offset, epoch: p.epoch };
+    const outgoing = [...this.inflight.values(), ...this.queued.values()]
+      .sort((a, b) => a.seq - b.seq)
+      .map((o) => ({
+        envelope: toWire(o.envelope),
+        priority: o.priority,
+        tracked: o.tracked,
+        deadlineMs: o.deadlineMs,
+        expiresMs: o.expiresMs,
+      }));
+    return { version: 1, session: this.session, resumeToken: this.resumeToken, positions, rooms: [...this.rooms].sort(), outgoing };
+  }
+
+  /**
+   * Take over a snapshot before the first connection (after a reload).
+   * Storage is not trusted more than the network: anything malformed is
+   * skipped. Returns the ids of the messages restored to the queue, which the
+   * server deduplicates if a copy reached it before the reload.
+   */
+  restore(state: unknown): string[] {
+    if (!isRecord(state) || state.version !== 1) return [];
+    if (typeof state.session === "string" && state.session.length > 0 && state.session.length <= 128) {
+      this.session = state.session;
+      this.resumeToken = typeof state.resumeToken === "string" && state.resumeToken.length <= 1024 ? state.resumeToken : null;
+    }
+    if (isRecord(state.positions)) {
+      for (const [name, p] of Object.entries(state.positions)) {
+        if (name.length > 0 && name.length <= MAX_NAME_LENGTH + 5 && isPositionInfo(p) && !this.positions.has(name)) {
+          this.positions.set(name, { offset: p.offset, epoch: p.epoch });
+        }
+      }
+    }
+    if (Array.isArray(state.rooms)) {
+      for (const room of state.rooms) if (typeof room === "string" && room.length > 0 && room.length <= MAX_NAME_LENGTH) this.rooms.add(room);
+    }
+    const restored: string[] = [];
+    // Restored messages go before anything sent since this client was made.
+    let seq = -(Array.isArray(state.outgoing) ? state.outgoing.length : 0);
+    for (const item of Array.isArray(state.outgoing) ? state.outgoing : []) {
+      if (this.queued.size >= this.options.maxQueue) break;
+      if (!isRecord(item)) continue;
+      let envelope: Envelope;
+      try {
+        envelope = fromWire(item.envelope, this.limits);
+      } catch {
+        continue;
+      }
+      if ((envelope.type !== "event" && envelope.type !== "call") || this.queued.has(envelope.id) || this.inflight.has(envelope.id)) continue;
+      const time = (value: unknown): number | null => (typeof value === "number" && Number.isFinite(value) ? value : null);
+      this.queued.set(envelope.id, {
+        envelope,
+        priority: typeof item.priority === "number" && Number.isFinite(item.priority) ? item.priority : 0,
+        seq: seq++,
+        tracked: item.tracked === true || envelope.type === "call",
+        deadlineMs: time(item.deadlineMs),
+        expiresMs: time(item.expiresMs),
+        attempts: 0,
+        nextRetryMs: null,
+      });
+      restored.push(envelope.id);
+    }
+    return restored;
   }
 
   // ------------------------------------------------------------ connection

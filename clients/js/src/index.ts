@@ -10,7 +10,11 @@
 export { WarpSocketClient, Message } from "./client.js";
 export type { ClientOptions, ClientState, ClientStats, Handler, SendOptions, SendResult, TokenProvider } from "./client.js";
 export { ClientCore, DEFAULT_CORE_OPTIONS } from "./core.js";
-export type { Action, CoreOptions, Limits, Position, QueuePolicy, Status } from "./core.js";
+export type { Action, CoreOptions, DurableMessage, DurableState, Limits, Position, QueuePolicy, Status } from "./core.js";
+export { indexedDbStore, memoryStore } from "./store.js";
+export type { StateStore } from "./store.js";
+export { browserLifecycle } from "./lifecycle.js";
+export type { Lifecycle, LifecycleEvent } from "./lifecycle.js";
 export { Backoff } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export { ErrorCode, NO_RECONNECT_CODES, ProtocolError, codeName } from "./codes.js";
