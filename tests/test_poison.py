@@ -331,3 +331,33 @@ class EncodeFailureTests(ServerTestCase):
         self.assertEqual([e["data"] for e in others], ["one", "boom", "three"])
         self.assertEqual(self.metric("warpsocket_encode_failures_total"), 1)
         self.flushLoggedErrors(ValueError)
+
+
+class _BrokenCodec(_FlakyCodec):
+    """Cannot encode anything about offset 2, placeholders included."""
+
+    subprotocol = "test.broken"
+
+    def encode(self, envelope: Any) -> bytes:
+        if envelope.offset == 2:
+            raise ValueError("this codec cannot carry offset 2")
+        return super().encode(envelope)
+
+
+class UnsendableFanoutTests(ServerTestCase):
+    @async_test
+    async def test_a_codec_that_cannot_encode_fails_once_not_once_per_member(self) -> None:
+        from warpsocket.protocol.codecs import CodecRegistry, JsonCodec
+
+        self.start_server(open_rooms=True, codecs=CodecRegistry([JsonCodec(), _BrokenCodec()]))
+        members = [await self.connect(protocols=["test.broken"], rooms=[ROOM]) for _ in range(3)]
+        for data in ("one", "two", "three"):
+            await self.hub.publish(ROOM, "x", data)
+        for member in members:
+            first = await member.wait_for(lambda m: m.get("type") == "event")
+            last = await member.wait_for(lambda m: m.get("type") == "event")
+            self.assertEqual((first["data"], last["data"]), ("one", "three"))
+            self.assertFalse(member.closed.called)
+        # Tried, logged and counted once for the fan-out, not once per member.
+        self.assertEqual(self.metric("warpsocket_encode_failures_total"), 1)
+        self.flushLoggedErrors(ValueError)

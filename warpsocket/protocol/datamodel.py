@@ -115,7 +115,7 @@ def _scan(value: Any, depth: int, max_depth: int, allowed: int, strings_checked:
             return -1
         kind = type(item)
         if kind is str:
-            if not strings_checked and not _valid_text(item):
+            if not strings_checked and not valid_text(item):
                 return -1
         elif kind is int:
             if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
@@ -127,7 +127,7 @@ def _scan(value: Any, depth: int, max_depth: int, allowed: int, strings_checked:
             if level >= max_depth and item:
                 return -1
             for key, member in item.items():
-                if type(key) is not str or (not strings_checked and not _valid_text(key)):
+                if type(key) is not str or (not strings_checked and not valid_text(key)):
                     return -1
                 push((member, level + 1))
         elif kind is list:
@@ -167,7 +167,8 @@ def _plain(item: Any) -> Any:
     return _OUTSIDE
 
 
-def _valid_text(text: str) -> bool:
+def valid_text(text: str) -> bool:
+    """True unless ``text`` holds a lone surrogate (no UTF-8 peer can hold it)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -193,7 +194,7 @@ def _explain(
                 raise DataModelError(where, f"{type(item).__name__} is not in the data model")
             item = plain
         if isinstance(item, str):
-            if not strings_checked and not _valid_text(item):
+            if not strings_checked and not valid_text(item):
                 raise DataModelError(where, "string holds a lone surrogate")
         elif isinstance(item, bool) or item is None:
             return
@@ -209,7 +210,7 @@ def _explain(
             for key, member in item.items():
                 if not isinstance(key, str):
                     raise DataModelError(where, "object keys must be strings")
-                if not strings_checked and not _valid_text(key):
+                if not strings_checked and not valid_text(key):
                     raise DataModelError(where, "object key holds a lone surrogate")
                 visit(member, f"{where}.{_short(key)}", level + 1)
         elif isinstance(item, list):
@@ -231,4 +232,5 @@ __all__ = [
     "DataLimits",
     "DataModelError",
     "check_value",
+    "valid_text",
 ]

@@ -21,6 +21,7 @@ from warpsocket.protocol.datamodel import (
     DataLimits,
     DataModelError,
     check_value,
+    valid_text,
 )
 
 MAX_ID_LENGTH = 128
@@ -257,21 +258,13 @@ def _check_values(
         if data is not None:
             budget -= check_value(data, limits, strings_checked=strings_checked)
         for name, value in extra.items():
-            if not isinstance(name, str) or (not strings_checked and not _text_ok(name)):
+            if not isinstance(name, str) or (not strings_checked and not valid_text(name)):
                 raise DataModelError("envelope", "field names must be strings")
             budget -= check_value(
                 value, limits, path=name[:32], strings_checked=strings_checked, budget=budget
             )
     except DataModelError as error:
         raise ProtocolError(ErrorCode.BAD_ENVELOPE, str(error), ref) from None
-
-
-def _text_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _valid_string(value: object, limit: int) -> bool:

@@ -39,6 +39,10 @@ def _unrouted(*_: object) -> None:
     raise RuntimeError("ActionRunner.route was not called")
 
 
+# What ``fanout`` remembers for a codec that could not encode the envelope.
+_UNSENDABLE = object()
+
+
 class ActionRunner:
     """Open connections by id, and what to do with each kind of action."""
 
@@ -139,12 +143,14 @@ class ActionRunner:
                     except Exception:
                         payload = self._unencodable(codec, envelope, Failure())
                     if payload is None:
-                        last_codec = None  # never a frame of None for the next one
-                        continue
-                    self.metrics.traffic.encodes += 1
-                    size = len(payload)
-                    message = connection.prepare(payload)
+                        message = _UNSENDABLE  # tried (and logged) once per codec
+                    else:
+                        self.metrics.traffic.encodes += 1
+                        size = len(payload)
+                        message = connection.prepare(payload)
                     prepared[codec.subprotocol] = message
+            if message is _UNSENDABLE:
+                continue
             connection.send_prepared(message)
             sent += 1
         if sent:
