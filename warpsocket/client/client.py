@@ -418,6 +418,12 @@ class WarpSocketClient:
         return set(self.core.rooms)
 
     @property
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        """Extensions the last welcome granted, with the server's parameters
+        (protocol.md 4.4); ask for them with ``ClientCoreOptions.extensions``."""
+        return dict(self.core.extensions)
+
+    @property
     def queue_length(self) -> int:
         """Messages waiting to be sent (not those sent and awaiting an answer)."""
         return self.core.queue_length

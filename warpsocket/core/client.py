@@ -55,6 +55,9 @@ class ClientCoreOptions:
     - ``max_remembered_acks``: how many acknowledged server events are
       remembered, so that one the server re-sends is acknowledged again
       rather than delivered twice.
+    - ``extensions``: names of the optional protocol extensions to ask the
+      server for in every hello (protocol.md 4.4); ``ClientCore.extensions``
+      holds the ones the last welcome granted, with their parameters.
     """
 
     max_queue: int = 10_000
@@ -63,6 +66,7 @@ class ClientCoreOptions:
     retry_initial_ms: int = 5_000
     retry_max_ms: int = 30_000
     max_remembered_acks: int = 10_000
+    extensions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_queue < 1 or self.ack_deadline_ms <= 0 or self.retry_initial_ms <= 0:
@@ -202,6 +206,8 @@ class ClientCore:
         # connection, from envelopes this server stamped; None until welcomed.
         self.clock_offset_ms: int | None = None
         self.rtt_ms: int | None = None  # hello to welcome, the last handshake
+        # Extensions the last welcome granted: name -> the server's parameters.
+        self.extensions: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ introspection
 
@@ -232,6 +238,8 @@ class ClientCore:
             data["resume_token"] = self.resume_token
         if token is not None:
             data["token"] = token
+        if self.options.extensions:
+            data["extensions"] = list(self.options.extensions)
         hello = Envelope(type=MessageType.HELLO, id=self._hello_id, timestamp=now_ms, data=data)
         return [Transmit(hello)]
 
@@ -501,6 +509,7 @@ class ClientCore:
         self.data_limits = _data_limits(data.get("limits"), self.data_limits)
         token = data.get("resume_token")
         self.resume_token = token if isinstance(token, str) else None
+        self.extensions = _granted_extensions(data.get("extensions"), self.options.extensions)
         streams: dict[str, Any] = data.get("streams", {})
         streams = streams if isinstance(streams, dict) else {}  # hostile until checked
         for name, info in streams.items():
@@ -698,3 +707,13 @@ def _valid_position(info: object) -> bool:
         return False
     offset, epoch = info.get("offset"), info.get("epoch")
     return type(offset) is int and offset >= 0 and isinstance(epoch, str) and bool(epoch)
+
+
+def _granted_extensions(raw: Any, asked: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``welcome.data.extensions``, hostile until checked: only extensions this
+    client asked for, each with an object of parameters."""
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        name: params for name, params in raw.items() if name in asked and isinstance(params, dict)
+    }

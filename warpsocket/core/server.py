@@ -100,6 +100,12 @@ class CoreOptions:
       it also scales the data model's bounds (``data_limits``).
     - ``history`` (``HistoryLimits``) and ``dedup`` (``DedupLimits``): what a
       stream keeps for replay and how long client message ids are remembered.
+
+    Extensions (protocol.md 4.4):
+
+    - ``extensions``: name -> parameters (an object in the data model) of each
+      optional protocol extension this node offers. A connection uses the
+      ones its hello asked for and this node offers; its welcome lists them.
     """
 
     node: str = "node"
@@ -115,8 +121,12 @@ class CoreOptions:
     max_message_size: int = 1_048_576
     history: HistoryLimits = field(default_factory=HistoryLimits)
     dedup: DedupLimits = field(default_factory=DedupLimits)
+    extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in self.extensions:
+            if not valid_extension_name(name):
+                raise ValueError(f"bad extension name {name!r}")
         for name in (
             "session_ttl_ms",
             "handshake_timeout_ms",
@@ -268,6 +278,8 @@ class Connection:
     keys: set[str] = field(default_factory=set)
     # A timer closed it (4203, 4204, 4205): no further timer acts on it.
     timed_out: bool = False
+    # Extensions agreed in the handshake (protocol.md 4.4).
+    extensions: frozenset[str] = frozenset()
 
 
 JoinPolicy = Callable[[Session, str], bool]
@@ -443,8 +455,10 @@ class ServerCore:
     def _hello(self, conn: Connection, hello: Envelope, now_ms: int) -> list[Action]:
         try:
             wanted_session, token, presented, wanted_rooms = _parse_hello(hello.data, self.options)
+            offered = _parse_extensions(hello.data)
         except ProtocolError as exc:
             return [Send(conn.id, self._error(now_ms, exc.code, exc.message, hello.id))]
+        conn.extensions = frozenset(offered & self.options.extensions.keys())
         actions: list[Action] = []
         session = self.sessions.get(wanted_session) if wanted_session else None
         if session is not None and (
@@ -539,6 +553,9 @@ class ServerCore:
                     "max_values": data_limits.max_values,
                 },
                 "node": self.options.node,
+                "extensions": {
+                    name: dict(self.options.extensions[name]) for name in sorted(conn.extensions)
+                },
             },
         )
         actions.append(Send(conn.id, welcome))
@@ -1061,6 +1078,38 @@ class ServerCore:
 
     def _error(self, now_ms: int, code: ErrorCode | int, message: str, ref: str | None) -> Envelope:
         return error_envelope(self.new_id(), now_ms, code, message, ref)
+
+
+MAX_EXTENSIONS = 32
+MAX_EXTENSION_NAME = 64
+
+
+def valid_extension_name(name: object) -> bool:
+    """Extension names: 1-64 characters of ``a-z``, ``0-9``, ``-``, ``.``."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_EXTENSION_NAME
+        and all(c in _EXTENSION_CHARS for c in name)
+    )
+
+
+_EXTENSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+def _parse_extensions(data: Any) -> set[str]:
+    """``hello.data.extensions`` (protocol.md 4.4): a list of names, or absent."""
+    raw = data.get("extensions")
+    if raw is None:
+        return set()
+    if not isinstance(raw, list) or len(raw) > MAX_EXTENSIONS:
+        raise ProtocolError(
+            ErrorCode.BAD_ENVELOPE,
+            f"hello.data.extensions must be a list of at most {MAX_EXTENSIONS} names",
+        )
+    # Names this node does not know are ignored, but malformed ones are not.
+    if not all(valid_extension_name(name) for name in raw):
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, "bad extension name in hello.data.extensions")
+    return set(raw)
 
 
 def _parse_hello(

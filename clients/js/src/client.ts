@@ -50,6 +50,8 @@ export interface ClientOptions {
   autoAck?: boolean;
   /** Batch window of acknowledgements, ms (default 50). */
   ackBatchMs?: number;
+  /** Optional protocol extensions to ask for (protocol.md 4.4); `client.extensions` shows what was granted. */
+  extensions?: readonly string[];
   /** Offline queue bound (default 10000) and what happens when it is full. */
   maxQueue?: number;
   queuePolicy?: QueuePolicy;
@@ -268,6 +270,7 @@ export class WarpSocketClient {
     if (options.retryInitial !== undefined) core.retryInitialMs = options.retryInitial;
     if (options.retryMax !== undefined) core.retryMaxMs = options.retryMax;
     if (options.ackBatchMs !== undefined) core.ackBatchMs = options.ackBatchMs;
+    if (options.extensions !== undefined) core.extensions = options.extensions;
     this.core = new ClientCore(core, randomId);
     if (options.codec === undefined || options.codec === "json") this.codec = jsonCodec;
     else if (options.codec !== "msgpack") throw new TypeError(`unknown codec ${String(options.codec)}`);
@@ -288,6 +291,11 @@ export class WarpSocketClient {
 
   get rooms(): string[] {
     return [...this.core.rooms];
+  }
+
+  /** Extensions the last welcome granted: name -> the server's parameters (protocol.md 4.4). */
+  get extensions(): ReadonlyMap<string, Record<string, unknown>> {
+    return this.core.extensions;
   }
 
   get queueLength(): number {

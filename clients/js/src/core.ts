@@ -57,6 +57,8 @@ export interface CoreOptions {
   ackBatchMs: number;
   /** Bytes an envelope would take on the wire, to refuse oversized sends locally. */
   encodedSize?: ((envelope: Envelope) => number) | undefined;
+  /** Optional protocol extensions to ask the server for in every hello (protocol.md 4.4). */
+  extensions?: readonly string[] | undefined;
 }
 
 export const DEFAULT_CORE_OPTIONS: CoreOptions = {
@@ -116,6 +118,8 @@ export class ClientCore {
   session: string | null = null;
   /** The bearer secret that lets this client (and only it) resume `session`. */
   resumeToken: string | null = null;
+  /** Extensions the last welcome granted: name -> the server's parameters (protocol.md 4.4). */
+  extensions: Map<string, Record<string, unknown>> = new Map();
   readonly positions = new Map<string, Position>();
   rooms = new Set<string>();
   open = false;
@@ -243,6 +247,8 @@ export class ClientCore {
     if (this.session !== null && this.resumeToken !== null) data.resume_token = this.resumeToken;
     if (token !== undefined && token !== null) data.token = token;
     if (client !== undefined) data.client = client;
+    const asked = this.options.extensions ?? [];
+    if (asked.length > 0) data.extensions = [...asked];
     return [{ kind: "transmit", envelope: { type: "hello", id: this.helloId, timestamp: nowMs, data } }];
   }
 
@@ -542,6 +548,7 @@ export class ClientCore {
     this.session = session;
     if (typeof data.resume_token === "string" && data.resume_token.length > 0) this.resumeToken = data.resume_token;
     this.readLimits(data.limits);
+    this.readExtensions(data.extensions);
     const streams = isRecord(data.streams) ? data.streams : {};
     for (const [name, info] of Object.entries(streams)) {
       if (!isPositionInfo(info)) continue;
@@ -566,6 +573,16 @@ export class ClientCore {
       this.ackDue ??= nowMs + this.options.ackBatchMs;
     }
     return actions;
+  }
+
+  /** `welcome.data.extensions`, hostile until checked: only what this client asked for. */
+  private readExtensions(raw: unknown): void {
+    const asked = new Set(this.options.extensions ?? []);
+    this.extensions = new Map();
+    if (!isRecord(raw)) return;
+    for (const [name, params] of Object.entries(raw)) {
+      if (asked.has(name) && isRecord(params)) this.extensions.set(name, params);
+    }
   }
 
   private readLimits(limits: unknown): void {

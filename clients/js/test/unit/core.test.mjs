@@ -260,3 +260,20 @@ test("a placeholder with another code (4501: not encodable here) advances and re
   assert.deepEqual(actions.map((a) => a.kind), ["lost"]);
   assert.equal(of(core.receive(event("room:a", 2), 0), "deliver").length, 1);
 });
+
+test("extensions: asked for in every hello, only granted ones asked for are kept (protocol.md 4.4)", () => {
+  const core = makeCore({ extensions: ["sign", "chunks"] });
+  let [hello] = sent(core.connected(0));
+  assert.deepEqual(hello.data.extensions, ["sign", "chunks"]);
+  core.receive({ type: "welcome", id: "w", timestamp: 0, ref: hello.id, data: {
+    session: "s1", streams: {}, rooms: [], extensions: { sign: { alg: "hmac" }, other: {}, chunks: 5 },
+  } }, 0);
+  assert.deepEqual([...core.extensions], [["sign", { alg: "hmac" }]]);
+  core.disconnected(1);
+  [hello] = sent(core.connected(2));
+  core.receive({ type: "welcome", id: "w2", timestamp: 2, ref: hello.id, data: { session: "s1", streams: {}, rooms: [] } }, 2);
+  assert.equal(core.extensions.size, 0, "a welcome without extensions grants none");
+  const plain = makeCore();
+  [hello] = sent(plain.connected(0));
+  assert.equal("extensions" in hello.data, false);
+});
