@@ -18,7 +18,7 @@ _ZERO_TRACE = "0" * 32
 _ZERO_PARENT = "0" * 16
 MAX_TRACESTATE_LENGTH = 512
 # Printable ASCII: what a tracestate header may hold.
-_TRACESTATE = re.compile(r"[\x20-\x7e]{1,%d}" % MAX_TRACESTATE_LENGTH)
+_TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 
 
 @dataclass(frozen=True, slots=True)
