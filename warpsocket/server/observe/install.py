@@ -55,6 +55,8 @@ def install(
     if tracer is not None:
         port.received = tracer.wrap_received(port.received)
         inbound._middleware = tracer.middleware(inbound._middleware)
+        inbound._feed = tracer.continued(inbound._feed)
+        inbound._after_step = tracer.continued(inbound._after_step)
         outbox.backend = _Backend(outbox.backend, tracer.publish(outbox.backend.publish))
     if tracer is not None or tap is not None:
         take = inbound._take

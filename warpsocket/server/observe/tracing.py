@@ -126,6 +126,32 @@ class HubTracer:
 
         return traced
 
+    def continued(self, step: Callable[..., None]) -> Callable[..., None]:
+        """Wraps the inbound steps that may run later, once the backend has
+        answered (a Redis dedup claim, a prepared stream): run outside the
+        receive span, they get a ``warpsocket.handle <type>`` span of their
+        own in the sender's trace."""
+        tracer = self.tracer
+
+        def traced(conn_id: Any, envelope: Envelope, *rest: Any) -> None:
+            if envelope.type in UNTRACED or trace.get_current_span().get_span_context().is_valid:
+                step(conn_id, envelope, *rest)
+                return
+            span = tracer.start_span(
+                f"warpsocket.handle {envelope.type.value}",
+                context=extract(envelope.trace),
+                kind=SpanKind.SERVER,
+                attributes={"warpsocket.message.id": envelope.id},
+            )
+            token = otel_context.attach(trace.set_span_in_context(span))
+            try:
+                step(conn_id, envelope, *rest)
+            finally:
+                otel_context.detach(token)
+                span.end()
+
+        return traced
+
     def middleware(self, chain: Sequence[Middleware]) -> Sequence[Middleware]:
         """The inbound middleware chain, run as one ``warpsocket.middleware`` span."""
         return _TracedChain(chain, self.tracer)
