@@ -68,10 +68,14 @@ class SlowEvent:
 SlowHook = Callable[[SlowEvent], Any]
 
 
-class SlowWatch:
-    """Checks the thresholds and reports crossings."""
+# Module level: a Logger read through an instance takes the class's name instead.
+_log = Logger(namespace="warpsocket.slow")
 
-    log = Logger(namespace="warpsocket.slow")
+
+class SlowWatch:
+    """Checks the thresholds and reports crossings (logged as ``warpsocket.slow``)."""
+
+    log = _log
 
     def __init__(self, thresholds: SlowThresholds, clock: IReactorTime, counter: Any) -> None:
         self.thresholds = thresholds
@@ -84,7 +88,7 @@ class SlowWatch:
 
     def report(self, slow: SlowEvent) -> None:
         self.counter.labels(slow.kind).inc()
-        self.log.warn(
+        _log.warn(
             "slow {slow_kind}: {seconds:.3f}s over {threshold}s (message {message_id}, "
             "stream {stream}, offset {offset}, session {session})",
             slow_kind=slow.kind,
@@ -100,7 +104,7 @@ class SlowWatch:
             try:
                 hook(slow)
             except Exception:
-                self.log.failure("on_slow hook failed")
+                _log.failure("on_slow hook failed")
 
     # ------------------------------------------------------------ the kinds
 
