@@ -154,7 +154,7 @@ class LogTests(unittest.TestCase):
         log.info("hello {who}", who="world", token="s3cret", trace_id="ab" * 16)
         log.debug("not shown without debug")
         try:
-            1 / 0
+            _ = 1 / 0
         except ZeroDivisionError:
             log.failure("it broke")
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
