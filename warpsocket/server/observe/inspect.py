@@ -218,7 +218,7 @@ body{font:13px system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}
 table{border-collapse:collapse;width:100%}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}
 th{background:#f0f0f0}tr.chosen{background:#fff3c4}tr[data-id]{cursor:pointer}
-.ok{color:#0a0}.bad{color:#c00}pre{background:#f7f7f7;padding:6px;white-space:pre-wrap;margin:0}
+.ok{color:#0a0}.bad{color:#c00}pre{background:#f7f7f7;padding:6px;white-space:pre-wrap;overflow-wrap:anywhere;margin:0 0 4px}
 </style></head><body>
 <h1>WarpSocket inspector <small id="node"></small></h1>
 <p>Health: <b id="health"></b> &middot; backend <span id="backend"></span> &middot;
