@@ -72,10 +72,13 @@ def install(
             inbound._take = tracer.wrap_take(take)
     if tap is not None:
         runner.tap = tap.outbound
-    if slow is not None or tracer is not None:
-        _observe_handlers(dispatcher, clock, tracer, slow)
+    slow_handlers = slow is not None and slow.thresholds.handler is not None
+    slow_deliveries = slow is not None and slow.thresholds.delivery is not None
+    if tracer is not None or slow_handlers:
+        _observe_handlers(dispatcher, clock, tracer, slow if slow_handlers else None)
+    if tracer is not None or slow_deliveries:
         deliver = outbox.delivered
-        if slow is not None and slow.thresholds.delivery is not None:
+        if slow is not None and slow_deliveries:
             deliver = _slow_delivery(deliver, slow)
         if tracer is not None:
             deliver = tracer.deliver(deliver)
@@ -104,7 +107,7 @@ def _slow_delivery(deliver: Callable[[str, Envelope], None], slow: SlowWatch) ->
 
 def _observe_handlers(dispatcher: Any, clock: Any, tracer: Any, slow: SlowWatch | None) -> None:
     run_handler = dispatcher._run_handler
-    timed = slow is not None and slow.thresholds.handler is not None
+    timed = slow is not None
 
     def observed_run(dispatch: Any, ctx: Any, handler: Callable[..., Any], arg: Any) -> None:
         envelope = dispatch.envelope
