@@ -7,18 +7,22 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from tests.helpers.client import ServerFixture, wait_until
-from tests.wsclient import connect, reactor
+from tests.helpers.client import ServerFixture, pause, wait_until
+from tests.helpers.processes import ServerProcess, free_port
+from tests.wsclient import connect, http_get, reactor
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.cli import Options
 from warpsocket.server.hub import Hub, HubOptions
@@ -28,6 +32,7 @@ from warpsocket.server.observe.redact import REDACTED
 from warpsocket.server.web import add_inspector
 
 KEY = b"correct horse battery staple"
+REPO = Path(__file__).resolve().parent.parent
 
 
 class InspectorTests(unittest.TestCase):
@@ -240,3 +245,66 @@ class LogTests(unittest.TestCase):
         self.assertRaises(
             usage.UsageError, Options().parseOptions, ["--inspect-key-file", short.name]
         )
+
+
+class TwistdJsonLogTests(unittest.TestCase):
+    """``twistd warpsocket --log-format json --debug`` as a real process: every
+    line of its output is one JSON object, and no secret reaches it."""
+
+    timeout = 40
+
+    def test_json_lines_without_secrets(self) -> Deferred[None]:
+        port = free_port()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+        process = ServerProcess()
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        args = [
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "warpsocket",
+            "--endpoint",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--open-rooms",
+            "--log-format",
+            "json",
+            "--debug",
+        ]
+        reactor.spawnProcess(process, sys.executable, [sys.executable, *args], env=env, path=cwd)
+
+        async def run() -> None:
+            try:
+                code = 0
+                for _ in range(200):
+                    try:
+                        code, _, _ = await http_get(port, "/healthz?token=s3cret-query")
+                        break
+                    except (ConnectionRefusedError, OSError):
+                        await pause(0.1)
+                self.assertEqual(code, 200)
+                client = await connect(port)
+                await client.hello()
+                client.send(
+                    {"type": "auth", "id": "a-1", "timestamp": 1, "data": {"token": "s3cret-jwt"}}
+                )
+                await client.next_of("error")
+                client.drop()
+                await wait_until(lambda: b"a-1" in process.output, 10)
+            finally:
+                process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+                await process.ended
+            text = process.output.decode("utf-8")
+            lines = [line for line in text.splitlines() if line.strip()]
+            self.assertTrue(lines)
+            parsed = [json.loads(line) for line in lines]  # every line is JSON
+            self.assertTrue(
+                all({"time", "level", "namespace", "message"} <= set(p) for p in parsed)
+            )
+            self.assertNotIn("s3cret", text)
+            self.assertIn("/healthz", text)  # the access log, without its query string
+            self.assertIn(REDACTED, text)
+
+        return ensureDeferred(run())
