@@ -17,7 +17,8 @@ from tests.helpers.cluster import ClusterCase, reactor
 from tests.wsclient import WsClient
 from tests.wsclient import wait_until as ws_wait_until
 from warpsocket.backends.redis import RedisBackend, RedisOptions
-from warpsocket.client.client import Message
+from warpsocket.client.client import Message, WarpSocketClient
+from warpsocket.client.options import ClientOptions
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.tracecontext import TraceContext
@@ -204,6 +205,53 @@ class ClusterTraceTests(ClusterCase):
             self.assertEqual(trace["tracestate"], "k=v")
 
         return ensureDeferred(run()).addCallback(lambda _: self._check(spans_a, spans_b))
+
+    def test_client_send_to_handler_to_delivery_on_another_node(self) -> Deferred[None]:
+        """Python clients on both ends: the sender on node a, whose handler
+        publishes; the receiver on node b. One trace id from the send span to
+        the receiver's delivery span, through both nodes' spans."""
+        self.start_redis()
+        spans_a_provider, spans_a = provider()
+        spans_b_provider, spans_b = provider()
+        clients_provider, client_spans = provider()
+        hub_a, port_a = self.traced_node("a", spans_a_provider)
+        hub_b, port_b = self.traced_node("b", spans_b_provider)
+        hub_a.on("say", lambda ctx, data: ctx.hub.publish("chat", "said", data))
+        sender = WarpSocketClient(
+            f"ws://127.0.0.1:{port_a}/ws", ClientOptions(tracer_provider=clients_provider)
+        )
+        receiver = WarpSocketClient(
+            f"ws://127.0.0.1:{port_b}/ws", ClientOptions(tracer_provider=clients_provider)
+        )
+        self.addCleanup(sender.close)
+        self.addCleanup(receiver.close)
+        got: list[Message] = []
+        receiver.on("said", got.append)
+        receiver.subscribe("chat")
+
+        async def run() -> None:
+            await wait_until_healthy(hub_a, hub_b)
+            await sender.connect()
+            await receiver.connect()
+            await ws_wait_until(lambda: bool(hub_b.room_members("chat")), 10, "joined")
+            await sender.send("say", "hi", ack=True)
+            await ws_wait_until(lambda: bool(got), 10, "delivered on b")
+
+        def check(_: object) -> None:
+            finished = client_spans.get_finished_spans()
+            (send,) = by_name(finished, "warpsocket.send say")
+            (delivery,) = by_name(finished, "warpsocket.deliver said")
+            trace_id = send.context.trace_id
+            self.assertEqual(delivery.context.trace_id, trace_id)
+            on_a = {s.name for s in spans_a.get_finished_spans() if s.context.trace_id == trace_id}
+            on_b = {s.name for s in spans_b.get_finished_spans() if s.context.trace_id == trace_id}
+            self.assertIn("warpsocket.handler say", on_a)
+            self.assertIn("warpsocket.publish room", on_a)
+            self.assertIn("warpsocket.deliver room", on_b)
+            (deliver_b,) = by_name(spans_b.get_finished_spans(), "warpsocket.deliver room")
+            self.assertEqual(delivery.parent.span_id, deliver_b.parent.span_id)  # a's publish
+
+        return ensureDeferred(run()).addCallback(check)
 
     def _check(self, spans_a: InMemorySpanExporter, spans_b: InMemorySpanExporter) -> None:
         trace_id = int(TRACEPARENT[3:35], 16)
