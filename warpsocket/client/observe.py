@@ -36,8 +36,11 @@ class ClientTracer:
     """Spans of one client (imports OpenTelemetry: only made when tracing is on)."""
 
     def __init__(self, provider: Any = None) -> None:
-        from opentelemetry import trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        try:
+            from opentelemetry import trace
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        except ImportError as exc:
+            raise ImportError(f"tracing needs the otel extra (warpsocket[otel]): {exc}") from None
 
         provider = provider if provider is not None else trace.get_tracer_provider()
         self.tracer = provider.get_tracer("warpsocket.client")

@@ -237,7 +237,12 @@ class Hub:
         options = self.options
         tracer = None
         if options.tracing or tracer_provider is not None:
-            from warpsocket.server.observe.tracing import HubTracer  # the otel extra
+            try:
+                from warpsocket.server.observe.tracing import HubTracer
+            except ImportError as exc:
+                raise ImportError(
+                    f"tracing needs the otel extra (warpsocket[otel]): {exc}"
+                ) from None
 
             tracer = HubTracer(tracer_provider)
         slow = SlowWatch(options.slow, self.clock, self.metrics.slow) if options.slow.any else None
