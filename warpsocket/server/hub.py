@@ -94,7 +94,8 @@ class Hub:
       (implies tracing; ``HubOptions(tracing=True)`` uses the global one).
 
     ``hub.core`` (the sans-I/O ``ServerCore``), ``hub.backend``,
-    ``hub.metrics`` and ``hub.options`` are there to read; ``hub.port`` is
+    ``hub.metrics``, ``hub.options`` and ``hub.observe`` (what observability
+    is on, or None: docs/observability.md) are there to read; ``hub.port`` is
     the transport's and the service's door in (not application API).
     """
 
