@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         Opened,
         WarpSocketClient,
     )
+    from warpsocket.client.observe import SlowAck
     from warpsocket.client.options import ClientOptions, DisconnectCause, default_should_reconnect
     from warpsocket.client.state import ClientState
     from warpsocket.core.backoff import Backoff
@@ -47,9 +48,11 @@ if TYPE_CHECKING:
     from warpsocket.protocol.codes import ErrorCode, ProtocolError
     from warpsocket.protocol.datamodel import DataLimits, DataModelError
     from warpsocket.protocol.envelope import Envelope, MessageType
+    from warpsocket.protocol.tracecontext import TraceContext
     from warpsocket.server.context import Context
     from warpsocket.server.hub import Hub
     from warpsocket.server.middleware import Handshake, LoggingMiddleware, Middleware, Reject
+    from warpsocket.server.observe.slow import SlowEvent, SlowThresholds
     from warpsocket.server.options import HubOptions
     from warpsocket.server.outbox import AckTimeoutError
     from warpsocket.server.security.auth import (
@@ -73,6 +76,10 @@ _EXPORTS: dict[str, str] = {
     # The server.
     "Hub": "warpsocket.server.hub",
     "HubOptions": "warpsocket.server.options",
+    "SlowAck": "warpsocket.client.observe",
+    "SlowEvent": "warpsocket.server.observe.slow",
+    "SlowThresholds": "warpsocket.server.observe.slow",
+    "TraceContext": "warpsocket.protocol.tracecontext",
     "AckTimeoutError": "warpsocket.server.outbox",
     "WarpSocketService": "warpsocket.server.service",
     "Context": "warpsocket.server.context",
@@ -183,8 +190,12 @@ __all__ = [
     "Reject",
     "SecurityOptions",
     "SessionInfo",
+    "SlowAck",
+    "SlowEvent",
+    "SlowThresholds",
     "StaticKeyAuthenticator",
     "Status",
+    "TraceContext",
     "UnknownSessionError",
     "WarpSocketClient",
     "WarpSocketService",

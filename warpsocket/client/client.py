@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from warpsocket._deferreds import invoke
 from warpsocket.client.durable import DurableQueue
 from warpsocket.client.netwatch import NetworkWatcher
+from warpsocket.client.observe import ClientTracer, SlowAck, SlowListener
 from warpsocket.client.options import ClientOptions, DisconnectCause
 from warpsocket.client.protocol import WarpSocketClientFactory, WarpSocketClientProtocol
 from warpsocket.client.state import ClientState, check_transition
@@ -45,6 +46,7 @@ from warpsocket.core.messages import heartbeat_envelope
 from warpsocket.protocol.codecs import Codec, default_codecs
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.protocol.tracecontext import TraceContext
 
 
 class DeliveryError(Exception):
@@ -102,6 +104,11 @@ class Message:
     @property
     def offset(self) -> int:
         return self.envelope.offset or 0
+
+    @property
+    def trace(self) -> TraceContext | None:
+        """The event's W3C trace context (protocol.md "Trace context"), if any."""
+        return self.envelope.trace
 
     def ack(self) -> None:
         """Acknowledge (manual-ack mode); harmless when no ack was requested."""
@@ -245,6 +252,14 @@ class WarpSocketClient:
             else None
         )
         self._durable = DurableQueue(self.options.queue_path) if self.options.queue_path else None
+        # Observability (client/observe.py): spans, and slow-ack timers by message id.
+        self._tracer = (
+            ClientTracer(self.options.tracer_provider)
+            if self.options.tracing or self.options.tracer_provider is not None
+            else None
+        )
+        self._slow_listeners: list[SlowListener] = []
+        self._slow_calls: dict[str, Any] = {}
         if self._durable is not None:
             self._restore_durable()
 
@@ -277,6 +292,12 @@ class WarpSocketClient:
     def on_open(self, listener: OpenListener) -> OpenListener:
         """``listener(opened)`` after every welcome: resumed or not, streams lost."""
         self._open_listeners.append(listener)
+        return listener
+
+    def on_slow(self, listener: SlowListener) -> SlowListener:
+        """``listener(SlowAck)`` when an acked send or call is still unanswered
+        ``ClientOptions.slow_ack`` seconds after it was sent (once per message)."""
+        self._slow_listeners.append(listener)
         return listener
 
     def connect(self, timeout: float | None = None) -> Deferred[None]:
@@ -370,6 +391,7 @@ class WarpSocketClient:
         ``ClientClosedError``. Raises ``ClientClosedError`` once closed.
         """
         self._check_open_for_sends()
+        span, trace = self._tracer.start_send(event) if self._tracer is not None else (None, None)
         ident, actions = self.core.send(
             event,
             data,
@@ -379,25 +401,55 @@ class WarpSocketClient:
             ttl=None if ttl is None else max(1, int(ttl * 1000)),
             priority=priority,
             deadline_ms=None if timeout is None else int(timeout * 1000),
+            trace=trace,
         )
         waiter: Deferred[Any] | None = None
         if ack:
             waiter = Deferred()
             self._waiters[ident] = waiter
             self._persist(ident)
+            self._watch_slow(ident, event)
+        if span is not None:
+            assert self._tracer is not None
+            self._tracer.sent(span, ident, ack)
         self._run(actions)
         return waiter
 
     def call(self, method: str, data: Any = None, *, timeout: float = 30.0) -> Deferred[Any]:
         """Remote procedure call; fires with the result or fails with DeliveryError."""
         self._check_open_for_sends()
+        span, trace = self._tracer.start_send(method) if self._tracer is not None else (None, None)
         ident, actions = self.core.call(
-            method, data, self._now_ms(), timeout_ms=int(timeout * 1000)
+            method, data, self._now_ms(), timeout_ms=int(timeout * 1000), trace=trace
         )
         waiter: Deferred[Any] = Deferred()
         self._waiters[ident] = waiter
+        self._watch_slow(ident, method)
+        if span is not None:
+            assert self._tracer is not None
+            self._tracer.sent(span, ident, True)
         self._run(actions)
         return waiter
+
+    def _watch_slow(self, ident: str, event: str) -> None:
+        threshold = self.options.slow_ack
+        if threshold is None:
+            return
+        started = self.clock.seconds()
+
+        def overdue() -> None:
+            self._slow_calls.pop(ident, None)
+            slow = SlowAck(ident, event, self.clock.seconds() - started, threshold)
+            self.log.warn(
+                "slow ack: message {id} ({event}) unanswered after {seconds:.3f}s",
+                id=ident,
+                event=event,
+                seconds=slow.seconds,
+            )
+            for listener in list(self._slow_listeners):
+                invoke(listener, slow).addErrback(self._log_failure, "slow listener")
+
+        self._slow_calls[ident] = self.clock.callLater(threshold, overdue)
 
     def subscribe(self, room: str, handler: Handler | None = None) -> None:
         """Join ``room`` (now, or at the next connection) and optionally handle its events."""
@@ -700,7 +752,13 @@ class WarpSocketClient:
             *self._handlers.get(message.event, ()),
             *self._handlers.get("*", ()),
         ]
-        results = [invoke(handler, message) for handler in handlers]
+        if self._tracer is not None:
+            span = self._tracer.deliver(envelope)
+            with self._tracer.current(span):
+                results = [invoke(handler, message) for handler in handlers]
+            span.end()
+        else:
+            results = [invoke(handler, message) for handler in handlers]
         if not (envelope.ack and self.options.auto_ack):
             for result in results:
                 result.addErrback(self._log_failure, "handler")
@@ -723,6 +781,11 @@ class WarpSocketClient:
     def _outcome(self, outcome: Outcome) -> None:
         if self._durable is not None:
             self._durable.done(outcome.id)
+        slow = self._slow_calls.pop(outcome.id, None)
+        if slow is not None and slow.active():
+            slow.cancel()
+        if self._tracer is not None:
+            self._tracer.outcome(outcome.id, outcome.status.value)
         waiter = self._waiters.pop(outcome.id, None)
         if waiter is None:
             if outcome.status in (Status.REJECTED, Status.EXPIRED, Status.FAILED):

@@ -92,8 +92,17 @@ class ClientOptions:
     refresh_before: float = 30.0
     refresh_min_interval: float = 5.0
     refresh_max_interval: float = 60.0
+    # Observability (docs/observability.md). ``slow_ack``: seconds after which
+    # an acked send still unanswered raises the client's ``slow`` event.
+    # ``tracing``: OpenTelemetry spans and the ``trace`` field (the otel
+    # extra); ``tracer_provider`` (implies tracing) else the global provider.
+    slow_ack: float | None = None
+    tracing: bool = False
+    tracer_provider: Any = None
 
     def __post_init__(self) -> None:
+        if self.slow_ack is not None and not self.slow_ack > 0:
+            raise ValueError("slow_ack must be a positive number of seconds or None")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1 or None")
         if (

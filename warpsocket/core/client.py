@@ -31,6 +31,7 @@ from warpsocket.core.messages import heartbeat_envelope
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.protocol.tracecontext import TraceContext
 
 
 class QueuePolicy(str, enum.Enum):
@@ -267,6 +268,7 @@ class ClientCore:
         ttl: int | None = None,
         priority: int = 0,
         deadline_ms: int | None = None,
+        trace: TraceContext | None = None,
     ) -> tuple[str, list[ClientAction]]:
         envelope = Envelope(
             type=MessageType.EVENT,
@@ -277,6 +279,7 @@ class ClientCore:
             room=room,
             ttl=ttl,
             ack=ack,
+            trace=trace,
         )
         return envelope.id, self._submit(envelope, ack, priority, deadline_ms, now_ms)
 
@@ -288,9 +291,15 @@ class ClientCore:
         *,
         timeout_ms: int | None = None,
         priority: int = 0,
+        trace: TraceContext | None = None,
     ) -> tuple[str, list[ClientAction]]:
         envelope = Envelope(
-            type=MessageType.CALL, id=self.new_id(), timestamp=now_ms, event=method, data=data
+            type=MessageType.CALL,
+            id=self.new_id(),
+            timestamp=now_ms,
+            event=method,
+            data=data,
+            trace=trace,
         )
         return envelope.id, self._submit(envelope, True, priority, timeout_ms, now_ms)
 

@@ -649,6 +649,8 @@ class ServerCore:
             event=envelope.event or "message",
             data=envelope.data,
             ttl=envelope.ttl,
+            # The stream event continues the sender's trace (protocol.md "Trace context").
+            trace=envelope.trace,
         )
         conn_id = session.conn if session.conn is not None else -1
         return [Publish(room_key(room), template, Dispatch(conn_id, session.id, envelope))]

@@ -154,6 +154,7 @@ def _is_reply_only(envelope: Envelope) -> bool:
         and envelope.ttl is None
         and envelope.code is None
         and envelope.deadline is None
+        and envelope.trace is None
     )
 
 

@@ -23,6 +23,7 @@ from warpsocket.protocol.datamodel import (
     check_value,
     valid_text,
 )
+from warpsocket.protocol.tracecontext import TraceContext, parse_trace
 
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
@@ -90,6 +91,8 @@ class Envelope:
     # Client to server only: ms after ``timestamp`` after which the server must
     # not handle the message; unlike ``ttl`` it never reaches a stream event.
     deadline: int | None = None
+    # W3C trace context (protocol.md "Trace context"); an invalid one is ignored.
+    trace: TraceContext | None = None
     # Unknown fields received from the peer, kept for middleware; never sent.
     extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False, repr=False)
 
@@ -140,6 +143,8 @@ class Envelope:
             wire["code"] = self.code
         if self.deadline is not None:
             wire["deadline"] = self.deadline
+        if self.trace is not None:
+            wire["trace"] = self.trace.to_wire()
         return wire
 
     @classmethod
@@ -218,8 +223,15 @@ class Envelope:
         extra: Mapping[str, Any] = {
             k: v for k, v in raw.items() if k not in _KNOWN_FIELDS
         } or _NO_EXTRA
+        trace = raw.get("trace")
+        if trace is not None:
+            # Held to the data model like any field, then ignored if invalid.
+            extra_checked: Mapping[str, Any] = {**extra, "trace": trace}
+            values["trace"] = parse_trace(trace)
+        else:
+            extra_checked = extra
         if not values_checked:
-            _check_values(raw.get("data"), extra, limits, strings_checked, ref)
+            _check_values(raw.get("data"), extra_checked, limits, strings_checked, ref)
         envelope = cls(
             type=message_type,
             id=ref,
@@ -244,6 +256,7 @@ _KNOWN_FIELDS = frozenset(
         "ttl",
         "code",
         "deadline",
+        "trace",
         *_STRING_FIELDS,
     }
 )

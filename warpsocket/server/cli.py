@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +23,13 @@ from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
 from warpsocket.server.http_api import load_api_keys
 from warpsocket.server.hub import Hub, HubOptions
+from warpsocket.server.observe.inspect import load_inspect_key
+from warpsocket.server.observe.logs import LOG_FORMATS, log_observer, use_for_twistd
+from warpsocket.server.observe.slow import SlowThresholds
 from warpsocket.server.security.auth import JWTAuthenticator
 from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.service import EndpointListener, WarpSocketService
-from warpsocket.server.web import add_http_api, build_metrics_site, remove_metrics
+from warpsocket.server.web import add_http_api, add_inspector, build_metrics_site, remove_metrics
 
 DEFAULT_ENDPOINT = "tcp:8080"
 
@@ -91,6 +95,12 @@ class Options(usage.Options):
             "Also accept the token in the ?token= query parameter (it may end up in logs).",
         ],
         ["compression", None, "Accept permessage-deflate (size limits apply inflated)."],
+        # Observability (docs/observability.md).
+        [
+            "tracing",
+            None,
+            "OpenTelemetry spans, with the global tracer provider (needs the otel extra).",
+        ],
     ]
     optParameters = [
         ["path", None, "/ws", "URL path of the WebSocket endpoint."],
@@ -190,6 +200,30 @@ class Options(usage.Options):
             "Seconds a connection may stay over --max-outbound-buffer.",
             _seconds,
         ],
+        # Observability (docs/observability.md).
+        ["log-format", None, "text", "Log lines: text (readable) or json (one object a line)."],
+        [
+            "inspect-key-file",
+            None,
+            None,
+            "FILE holding the key of the live inspector at /inspect (off without it).",
+        ],
+        ["slow-handler", None, None, "Warn when a handler takes longer (seconds).", _seconds],
+        [
+            "slow-delivery",
+            None,
+            None,
+            "Warn when a message reaches this node's members later than this after publish.",
+            _seconds,
+        ],
+        ["slow-ack", None, None, "Warn when an acked send waits longer for its ack.", _seconds],
+        [
+            "slow-buffer",
+            None,
+            None,
+            "Warn when a connection's outbound buffer stays undrained this long.",
+            _seconds,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -268,6 +302,7 @@ class Options(usage.Options):
                 raise usage.UsageError(str(exc)) from None
         if self["app"] is not None:
             self["app_callable"] = load_app(self["app"])
+        observability_options(self)
 
 
 def _ms(seconds: float) -> int:
@@ -300,7 +335,34 @@ def hub_options_from(options: Options) -> HubOptions:
         debug=bool(options["debug"]),
         open_rooms=bool(options["open-rooms"]),
         security=security_options_from(options),
+        # Observability (docs/observability.md).
+        tracing=bool(options["tracing"]),
+        slow=SlowThresholds(
+            handler=options["slow-handler"],
+            delivery=options["slow-delivery"],
+            ack=options["slow-ack"],
+            buffer=options["slow-buffer"],
+        ),
+        inspect=options["inspect-key-file"] is not None,
     )
+
+
+def observability_options(options: Options) -> None:
+    """The log format and the inspector's key (docs/observability.md)."""
+    if options["log-format"] not in LOG_FORMATS:
+        raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+    if options["tracing"]:
+        try:
+            import opentelemetry.trace  # noqa: F401
+        except ImportError:
+            raise usage.UsageError(
+                "--tracing needs the otel extra (pip install warpsocket[otel])"
+            ) from None
+    if options["inspect-key-file"] is not None:
+        try:
+            options["inspect_key"] = load_inspect_key(options["inspect-key-file"])
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
 
 
 def _read_key(path: str, what: str) -> bytes:
@@ -398,6 +460,11 @@ def makeService(options: Options) -> IService:
         EndpointListener(endpoint, build_metrics_site(hub)).setServiceParent(service)
     if service.tls:
         ReloadOnHangup(service).setServiceParent(service)
+    # Observability (docs/observability.md).
+    if options.get("inspect_key") is not None:
+        add_inspector(service.site, hub, options["inspect_key"])
+    if options["log-format"] == "json":
+        use_for_twistd(service, log_observer("json", sys.stdout, bool(options["debug"])))
     return service
 
 

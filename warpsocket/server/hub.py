@@ -49,6 +49,9 @@ from warpsocket.server.dispatcher import CloseHook, Dispatcher, ErrorHook, Handl
 from warpsocket.server.inbound import MAX_HELD_FRAMES, Inbound
 from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.middleware import LoggingMiddleware, Middleware
+from warpsocket.server.observe.install import Observe, install
+from warpsocket.server.observe.slow import SlowHook, SlowWatch
+from warpsocket.server.observe.tap import EnvelopeTap
 from warpsocket.server.options import HubOptions
 from warpsocket.server.outbox import AckTimeoutError, Outbox
 from warpsocket.server.port import STREAM_COLLECT_TICKS, HubPort
@@ -87,9 +90,12 @@ class Hub:
       when a ``backend`` is given).
     - ``clock`` / ``reactor``: an ``IReactorTime`` for every timer (tests pass
       ``twisted.internet.task.Clock``) and the reactor (the global one).
+    - ``tracer_provider``: an OpenTelemetry ``TracerProvider`` to trace with
+      (implies tracing; ``HubOptions(tracing=True)`` uses the global one).
 
     ``hub.core`` (the sans-I/O ``ServerCore``), ``hub.backend``,
-    ``hub.metrics`` and ``hub.options`` are there to read; ``hub.port`` is
+    ``hub.metrics``, ``hub.options`` and ``hub.observe`` (what observability
+    is on, or None: docs/observability.md) are there to read; ``hub.port`` is
     the transport's and the service's door in (not application API).
     """
 
@@ -107,6 +113,7 @@ class Hub:
         middleware: Sequence[Middleware] = (),
         can_join: Callable[[Session, str], bool] | None = None,
         can_publish: Callable[[Session, str, Envelope], bool] | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -214,6 +221,36 @@ class Hub:
         )
         self._run = run
         self._connections = runner.connections
+        self.observe = self._observe(tracer_provider)
+        if self.observe is not None:
+            install(
+                self.observe,
+                clock=clock,
+                runner=runner,
+                inbound=inbound,
+                dispatcher=self._dispatcher,
+                outbox=self._outbox,
+                port=self.port,
+            )
+
+    def _observe(self, tracer_provider: Any) -> Observe | None:
+        """What observability is on (docs/observability.md); None: nothing."""
+        options = self.options
+        tracer = None
+        if options.tracing or tracer_provider is not None:
+            try:
+                from warpsocket.server.observe.tracing import HubTracer
+            except ImportError as exc:
+                raise ImportError(
+                    f"tracing needs the otel extra (warpsocket[otel]): {exc}"
+                ) from None
+
+            tracer = HubTracer(tracer_provider)
+        slow = SlowWatch(options.slow, self.clock, self.metrics.slow) if options.slow.any else None
+        tap = EnvelopeTap(self.clock.seconds) if options.inspect else None
+        if tracer is None and slow is None and tap is None:
+            return None
+        return Observe(tracer, slow, tap)
 
     def _expired(self, session: str) -> None:
         self._cluster.expired(session)
@@ -269,6 +306,14 @@ class Hub:
     def on_error(self, hook: ErrorHook) -> ErrorHook:
         """``hook(ctx_or_None, failure)`` when a handler or hook fails."""
         self._dispatcher.on_error_hooks.append(hook)
+        return hook
+
+    def on_slow(self, hook: SlowHook) -> SlowHook:
+        """``hook(SlowEvent)`` whenever a slow-message threshold is crossed
+        (``HubOptions.slow``; for paging). Needs at least one threshold set."""
+        if self.observe is None or self.observe.slow is None:
+            raise RuntimeError("on_slow needs HubOptions(slow=SlowThresholds(...))")
+        self.observe.slow.hooks.append(hook)
         return hook
 
     def use(self, middleware: Middleware) -> None:

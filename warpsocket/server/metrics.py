@@ -195,6 +195,13 @@ class HubMetrics:
             "Envelopes a connection's codec could not encode (each replaced or dropped)",
             registry=r,
         )
+        # Slow-message alerts (docs/observability.md): crossings by kind.
+        self.slow = Counter(
+            "warpsocket_slow",
+            "Slow-message threshold crossings, by kind (handler, delivery, ack, buffer)",
+            ["kind"],
+            registry=r,
+        )
         self.history_bytes = Gauge(
             "warpsocket_history_bytes",
             "Bytes held by this node's in-memory stream histories (bounded by history limits)",

@@ -85,7 +85,9 @@ class LoggingMiddleware(Middleware):
     """Logs handshakes and every envelope in and out with twisted.logger.
 
     ``HubOptions(debug=True)`` (``twistd warpsocket --debug``) puts it first;
-    envelopes are logged at debug level, handshakes at info.
+    envelopes are logged at debug level, handshakes at info. Secrets
+    (``token``, ``resume_token``, API keys) are masked and payloads cut to
+    200 characters (observe/redact.py).
     """
 
     log = Logger()
@@ -99,10 +101,17 @@ class LoggingMiddleware(Middleware):
         )
 
     def on_inbound(self, ctx: Context, envelope: Envelope) -> Envelope:
-        self.log.debug("in  {session} {envelope}", session=ctx.session, envelope=envelope.to_wire())
+        self.log.debug("in  {session} {envelope}", session=ctx.session, envelope=_safe(envelope))
         return envelope
 
     def on_outbound(self, ctx: Context | None, envelope: Envelope) -> Envelope:
         target = ctx.session if ctx is not None else "*"
-        self.log.debug("out {target} {envelope}", target=target, envelope=envelope.to_wire())
+        self.log.debug("out {target} {envelope}", target=target, envelope=_safe(envelope))
         return envelope
+
+
+def _safe(envelope: Envelope) -> dict[str, Any]:
+    # Tokens (auth, hello) masked and payloads cut: logs are not a secret store.
+    from warpsocket.server.observe.redact import safe_wire
+
+    return safe_wire(envelope)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from warpsocket.core.server import CoreOptions
+from warpsocket.server.observe.slow import SlowThresholds
 from warpsocket.server.security.config import SecurityOptions
 
 
@@ -24,7 +25,11 @@ class HubOptions:
     - ``drain_delay`` / ``shutdown_timeout``: the drain sequence of
       ``WarpSocketService.stopService`` (docs/deployment.md).
     - ``reconnect_hint_ms``: the delay suggested to clients sent away by a drain.
-    - ``debug``: log every envelope in and out (``LoggingMiddleware``).
+    - ``debug``: log every envelope in and out (``LoggingMiddleware``), with
+      payloads cut and secrets masked.
+    - ``tracing``: OpenTelemetry spans (the ``otel`` extra; docs/observability.md).
+    - ``slow``: slow-message alert thresholds (``SlowThresholds``; all off by default).
+    - ``inspect``: record the envelopes of connections the inspector looks at.
     """
 
     core: CoreOptions = field(default_factory=CoreOptions)
@@ -39,6 +44,10 @@ class HubOptions:
     open_rooms: bool = False
     # Origins, tokens, address lists and limits (docs/security.md).
     security: SecurityOptions = field(default_factory=SecurityOptions)
+    # Observability (docs/observability.md): each off by default, free when off.
+    tracing: bool = False
+    slow: SlowThresholds = field(default_factory=SlowThresholds)
+    inspect: bool = False
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0 or self.shutdown_timeout <= 0:

@@ -51,6 +51,8 @@ class Outbox:
     """Appends through the backend, delivers to local members, tracks acked sends."""
 
     log = Logger()
+    # Told of each stored acked send and its waiter (slow-ack alerts), when set.
+    ack_watch: Callable[[str, Envelope, Deferred[None]], None] | None = None
 
     def __init__(
         self,
@@ -142,6 +144,8 @@ class Outbox:
                     session, stored.offset, stored.epoch, stored.id, seconds
                 )
                 waiting.chainDeferred(waiter)
+                if self.ack_watch is not None:
+                    self.ack_watch(session, stored, waiter)
 
             appended.addCallbacks(wait_remote, waiter.errback)
             return waiter
@@ -151,6 +155,8 @@ class Outbox:
             self._ack_waiters[(session, stored.offset, stored.epoch)] = waiter
             self.metrics.acks_pending.set(len(self._ack_waiters))
             self._run(self.core.track_ack(session, stored, self._now_ms(), timeout_ms))
+            if self.ack_watch is not None:
+                self.ack_watch(session, stored, waiter)
 
         appended.addCallbacks(track, waiter.errback)
         return waiter

@@ -47,6 +47,8 @@ class ActionRunner:
     """Open connections by id, and what to do with each kind of action."""
 
     log = Logger()
+    # Told of every envelope written (the inspector's ring buffers), when set.
+    tap: Callable[[tuple[ConnId, ...], Envelope], None] | None = None
 
     def __init__(self, metrics: HubMetrics) -> None:
         self.metrics = metrics
@@ -112,6 +114,8 @@ class ActionRunner:
             payload = self._unencodable(codec, envelope, Failure())
         if payload is None:
             return
+        if self.tap is not None:
+            self.tap((conn_id,), envelope)
         traffic = self.metrics.traffic
         traffic.encodes += 1
         traffic.messages_out[envelope.type.value] += 1
@@ -121,6 +125,8 @@ class ActionRunner:
     def fanout(self, conn_ids: tuple[ConnId, ...], envelope: Envelope) -> None:
         """Encode and frame once per codec, then write the same frame to everyone:
         per recipient one dict lookup, one state check and one write."""
+        if self.tap is not None:
+            self.tap(conn_ids, envelope)
         prepared: dict[str, object] = {}
         connections = self.connections
         sent = 0

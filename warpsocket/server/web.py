@@ -174,6 +174,35 @@ def add_http_api(site: Site, hub: Hub, keys: Sequence[bytes], max_body: int | No
     site.requestFactory = limited_request(limit)
 
 
+def add_inspector(site: Site, hub: Hub, key: bytes) -> None:
+    """Serve the live inspector at ``/inspect`` behind ``key`` (docs/observability.md).
+    The hub needs ``HubOptions(inspect=True)`` for the envelope lists."""
+    from warpsocket.server.observe.inspect import InspectResource
+
+    root: Any = site.resource
+    root.putChild(b"inspect", InspectResource(hub, key))
+
+
+def _path_only(formatter: Any) -> Any:
+    """An access-log formatter that leaves the query string out (a token
+    given as ?token= must not reach the log)."""
+
+    def format_line(timestamp: str, request: Request) -> str:
+        line: str = formatter(timestamp, _WithoutQuery(request))
+        return line
+
+    return format_line
+
+
+class _WithoutQuery:
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.uri = request.uri.split(b"?", 1)[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
 def build_site(hub: Hub, path: str = "/ws") -> Site:
     """One Site serves the WebSocket path and the HTTP endpoints on the same port."""
     factory = WarpSocketServerFactory(hub)
@@ -197,4 +226,6 @@ def build_site(hub: Hub, path: str = "/ws") -> Site:
     if not hub.options.debug:
         # One access-log line per WebSocket upgrade costs more than the upgrade.
         site.log = lambda request: None  # type: ignore[method-assign]
+    else:
+        site._logFormatter = _path_only(site._logFormatter)
     return site

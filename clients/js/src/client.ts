@@ -8,7 +8,7 @@ import { Backoff, type BackoffOptions } from "./backoff.js";
 import { ErrorCode, NO_RECONNECT_CODES, ProtocolError } from "./codes.js";
 import { jsonCodec, loadMsgpack, msgpackCodec, type Codec, type MsgpackModule, type Payload } from "./codec.js";
 import { ClientCore, type Action, type CoreOptions, type QueuePolicy } from "./core.js";
-import type { Envelope } from "./envelope.js";
+import { parseTrace, type Envelope, type TraceContext } from "./envelope.js";
 import { ClientClosedError, DeliveryError } from "./errors.js";
 import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
@@ -94,6 +94,27 @@ export interface ClientOptions {
   clientInfo?: { name: string; version: string };
   /** Random source for jitter (tests). */
   random?: () => number;
+  /**
+   * Milliseconds after which an acked send or a call still unanswered fires
+   * the `onSlow` listeners (once per message). Default: never.
+   */
+  slowAckMs?: number;
+  /**
+   * Called on each send and call: the W3C trace context to send in the
+   * envelope's `trace` (protocol.md section 14), e.g. from OpenTelemetry's
+   * propagator; a `traceparent` string or `{traceparent, tracestate}`.
+   * An invalid value is not sent.
+   */
+  trace?: () => TraceContext | string | null | undefined;
+}
+
+/** What `onSlow` listeners get: an acked send or call still unanswered. */
+export interface SlowAck {
+  id: string;
+  event: string;
+  /** Milliseconds since it was submitted. */
+  ms: number;
+  thresholdMs: number;
 }
 
 /** A stream event as the application sees it. */
@@ -130,6 +151,10 @@ export class Message {
   /** The server asked for an acknowledgement. */
   get needsAck(): boolean {
     return this.envelope.ack === true;
+  }
+  /** The event's W3C trace context (protocol.md section 14), if it carries one. */
+  get trace(): TraceContext | undefined {
+    return this.envelope.trace;
   }
   /** Acknowledge (with `autoAck: false`); harmless when no ack was asked for. */
   ack(): void {
@@ -187,6 +212,7 @@ interface Listeners {
   error: Set<(error: Error) => void>;
   room: Set<(room: string, joined: boolean, code?: number) => void>;
   close: Set<(code: number | null, reason: string) => void>;
+  slow: Set<(slow: SlowAck) => void>;
 }
 
 export class WarpSocketClient {
@@ -219,7 +245,10 @@ export class WarpSocketClient {
     error: new Set(),
     room: new Set(),
     close: new Set(),
+    slow: new Set(),
   };
+  // Slow-ack timers of acked sends and calls, by message id (`slowAckMs`).
+  private readonly slowTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private readonly waiters = new Map<string, Waiter>();
   private readonly roomWaiters = new Map<string, Array<{ resolve: () => void; reject: (e: Error) => void }>>();
   private openWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
@@ -354,6 +383,11 @@ export class WarpSocketClient {
     return this.listen("room", listener);
   }
 
+  /** An acked send or call is still unanswered `slowAckMs` after it was submitted. */
+  onSlow(listener: (slow: SlowAck) => void): () => void {
+    return this.listen("slow", listener);
+  }
+
   /** Problems nobody awaits: bad frames from the server, failed handlers, failed fire-and-forget sends. */
   onError(listener: (error: Error) => void): () => void {
     return this.listen("error", listener);
@@ -429,15 +463,29 @@ export class WarpSocketClient {
    * (refused with a code, or expired).
    */
   send(event: string, data?: unknown, options: SendOptions = {}): Promise<SendResult> {
-    return this.submit<SendResult>(false, (now) =>
-      this.core.send(event, data, now, {
-        ...(options.ack !== undefined ? { ack: options.ack } : {}),
-        ...(options.room !== undefined ? { room: options.room } : {}),
-        ...(options.ttl !== undefined ? { ttl: Math.max(1, Math.round(options.ttl)) } : {}),
-        ...(options.priority !== undefined ? { priority: options.priority } : {}),
-        ...(options.timeout !== undefined ? { timeoutMs: options.timeout } : {}),
-      }),
+    const trace = this.traceContext();
+    return this.submit<SendResult>(
+      false,
+      (now) =>
+        this.core.send(event, data, now, {
+          ...(options.ack !== undefined ? { ack: options.ack } : {}),
+          ...(options.room !== undefined ? { room: options.room } : {}),
+          ...(options.ttl !== undefined ? { ttl: Math.max(1, Math.round(options.ttl)) } : {}),
+          ...(options.priority !== undefined ? { priority: options.priority } : {}),
+          ...(options.timeout !== undefined ? { timeoutMs: options.timeout } : {}),
+          ...(trace !== undefined ? { trace } : {}),
+        }),
+      options.ack === true ? event : null,
     );
+  }
+
+  /** The `trace` option's value for one send, validated (protocol.md section 14). */
+  private traceContext(): TraceContext | undefined {
+    const supply = this.options.trace;
+    if (supply === undefined) return undefined;
+    const value = supply();
+    if (value === null || value === undefined) return undefined;
+    return parseTrace(typeof value === "string" ? { traceparent: value } : value);
   }
 
   /** Fire and forget, Socket.IO style; failures go to `onError`. */
@@ -458,11 +506,16 @@ export class WarpSocketClient {
 
   /** Remote procedure call: resolves with the result, rejects with a `DeliveryError`. Runs once, even when retried. */
   call<T = unknown>(method: string, data?: unknown, options: { timeout?: number; priority?: number } = {}): Promise<T> {
-    return this.submit<T>(true, (now) =>
-      this.core.call(method, data, now, {
-        timeoutMs: options.timeout ?? this.options.callTimeout ?? 30000,
-        ...(options.priority !== undefined ? { priority: options.priority } : {}),
-      }),
+    const trace = this.traceContext();
+    return this.submit<T>(
+      true,
+      (now) =>
+        this.core.call(method, data, now, {
+          timeoutMs: options.timeout ?? this.options.callTimeout ?? 30000,
+          ...(options.priority !== undefined ? { priority: options.priority } : {}),
+          ...(trace !== undefined ? { trace } : {}),
+        }),
+      method,
     );
   }
 
@@ -561,14 +614,23 @@ export class WarpSocketClient {
     this.emitTo("state", next, previous);
   }
 
-  private submit<T>(call: boolean, start: (now: number) => [string, Action[]]): Promise<T> {
+  private submit<T>(call: boolean, start: (now: number) => [string, Action[]], tracked: string | null = null): Promise<T> {
     if (this.stateValue === "closed") return handled(Promise.reject(new ClientClosedError("the client is closed")));
-    const [id, actions] = start(Date.now());
+    const started = Date.now();
+    const [id, actions] = start(started);
     const promise = handled(
       new Promise<T>((resolve, reject) => {
         this.waiters.set(id, { resolve: resolve as (value: never) => void, reject, call });
       }),
     );
+    const threshold = this.options.slowAckMs;
+    if (tracked !== null && threshold !== undefined && threshold > 0) {
+      const timer = setTimeout(() => {
+        this.slowTimers.delete(id);
+        this.emitTo("slow", { id, event: tracked, ms: Date.now() - started, thresholdMs: threshold });
+      }, threshold);
+      this.slowTimers.set(id, timer);
+    }
     this.run(actions);
     return promise;
   }
@@ -952,6 +1014,11 @@ export class WarpSocketClient {
   }
 
   private outcome(action: Extract<Action, { kind: "outcome" }>, closing?: Error): void {
+    const slow = this.slowTimers.get(action.id);
+    if (slow !== undefined) {
+      clearTimeout(slow);
+      this.slowTimers.delete(action.id);
+    }
     const waiter = this.waiters.get(action.id);
     const failed = action.status === "rejected" || action.status === "expired";
     const error = failed

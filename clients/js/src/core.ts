@@ -10,7 +10,7 @@
  */
 import { ErrorCode } from "./codes.js";
 import { checkValue, DataModelError, DEFAULT_LIMITS, type DataLimits } from "./datamodel.js";
-import { expired, fromWire, MAX_NAME_LENGTH, toWire, type Envelope } from "./envelope.js";
+import { expired, fromWire, MAX_NAME_LENGTH, toWire, type Envelope, type TraceContext } from "./envelope.js";
 
 export interface Position {
   offset: number;
@@ -106,6 +106,8 @@ export interface SendOptions {
   priority?: number;
   /** Deadline for the answer, ms after submission (default `ackDeadlineMs`). */
   timeoutMs?: number;
+  /** W3C trace context sent in the envelope's `trace` (protocol.md section 14). */
+  trace?: TraceContext;
 }
 
 /** The connection's limits from `welcome.data.limits`. */
@@ -273,12 +275,14 @@ export class ClientCore {
     if (options.room !== undefined) envelope.room = options.room;
     if (options.ttl !== undefined) envelope.ttl = options.ttl;
     if (options.ack === true) envelope.ack = true;
+    if (options.trace !== undefined) envelope.trace = options.trace;
     return [envelope.id, this.submit(envelope, options.ack === true, options, nowMs)];
   }
 
   call(method: string, data: unknown, nowMs: number, options: SendOptions = {}): [string, Action[]] {
     const envelope: Envelope = { type: "call", id: this.newId(), timestamp: nowMs, event: method };
     if (data !== undefined && data !== null) envelope.data = data;
+    if (options.trace !== undefined) envelope.trace = options.trace;
     return [envelope.id, this.submit(envelope, true, options, nowMs)];
   }
 

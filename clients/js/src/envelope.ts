@@ -46,6 +46,37 @@ export interface Envelope {
   /** Client to server: ms after `timestamp` after which the server must not handle it. */
   deadline?: number;
   code?: number;
+  /** W3C trace context (protocol.md "Trace context"); an invalid one is dropped on decode. */
+  trace?: TraceContext;
+}
+
+/** The `trace` field: a W3C `traceparent` and optional `tracestate`. */
+export interface TraceContext {
+  traceparent: string;
+  tracestate?: string;
+}
+
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/;
+export const MAX_TRACESTATE_LENGTH = 512;
+const TRACESTATE = /^[\x20-\x7e]{1,512}$/;
+
+/** True for a version-00 `traceparent` whose trace and parent ids are not all zeros. */
+export function validTraceparent(value: unknown): value is string {
+  if (typeof value !== "string") return false;
+  const match = TRACEPARENT.exec(value);
+  return match !== null && !/^0+$/.test(match[1] as string) && !/^0+$/.test(match[2] as string);
+}
+
+/** The `trace` of a received envelope, or undefined when invalid (ignored, never an error). */
+export function parseTrace(raw: unknown): TraceContext | undefined {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return undefined;
+  const fields = raw as Record<string, unknown>;
+  const parent = plain(get(fields, "traceparent"));
+  if (!validTraceparent(parent)) return undefined;
+  const trace: TraceContext = { traceparent: parent };
+  const state = plain(get(fields, "tracestate"));
+  if (typeof state === "string" && TRACESTATE.test(state)) trace.tracestate = state;
+  return trace;
 }
 
 const STRING_FIELDS = [
@@ -156,7 +187,10 @@ export function fromWire(raw: unknown, limits: DataLimits = DEFAULT_LIMITS): Env
     if (ack) envelope.ack = true;
   }
   const data = plain(get(wire, "data"));
+  // `trace` is not in KNOWN: checkValues holds it to the data model first.
   checkValues(wire, data, limits, ref);
+  const trace = parseTrace(get(wire, "trace"));
+  if (trace !== undefined) envelope.trace = trace;
   if (data !== null && data !== undefined) envelope.data = data;
   checkTypeRules(envelope);
   return envelope;
@@ -258,6 +292,11 @@ export function toWire(envelope: Envelope): Record<string, unknown> {
   if (envelope.ttl !== undefined) wire.ttl = envelope.ttl;
   if (envelope.deadline !== undefined) wire.deadline = envelope.deadline;
   if (envelope.code !== undefined) wire.code = envelope.code;
+  if (envelope.trace !== undefined) {
+    const trace: Record<string, string> = { traceparent: envelope.trace.traceparent };
+    if (envelope.trace.tracestate !== undefined) trace.tracestate = envelope.trace.tracestate;
+    wire.trace = trace;
+  }
   return wire;
 }
 

@@ -8,7 +8,7 @@
  *     await client.send("say", { text: "hi" }, { ack: true });
  */
 export { WarpSocketClient, Message } from "./client.js";
-export type { ClientOptions, ClientState, ClientStats, Handler, SendOptions, SendResult, TokenProvider } from "./client.js";
+export type { ClientOptions, ClientState, ClientStats, Handler, SendOptions, SendResult, SlowAck, TokenProvider } from "./client.js";
 export { ClientCore, DEFAULT_CORE_OPTIONS } from "./core.js";
 export type { Action, CoreOptions, DurableMessage, DurableState, Limits, Position, QueuePolicy, Status } from "./core.js";
 export { indexedDbStore, memoryStore } from "./store.js";
@@ -21,8 +21,8 @@ export { ErrorCode, NO_RECONNECT_CODES, ProtocolError, codeName } from "./codes.
 export { DeliveryError, ClientClosedError } from "./errors.js";
 export { jsonCodec, msgpackCodec, loadMsgpack, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL } from "./codec.js";
 export type { Codec, MsgpackModule, Payload } from "./codec.js";
-export { fromWire, toWire, MESSAGE_TYPES } from "./envelope.js";
-export type { Envelope, MessageType } from "./envelope.js";
+export { fromWire, toWire, MESSAGE_TYPES, parseTrace, validTraceparent } from "./envelope.js";
+export type { Envelope, MessageType, TraceContext } from "./envelope.js";
 export { checkValue, DataModelError, DEFAULT_LIMITS, MAX_DEPTH, MAX_VALUES } from "./datamodel.js";
 export type { DataLimits } from "./datamodel.js";
 export { parseJson } from "./json.js";
