@@ -46,7 +46,9 @@ Message = dict[str, Any]
 Predicate = Callable[[Message], bool]
 
 reactor: Any = _reactor
-DEFAULT_TIMEOUT = 5.0
+# Only a failing wait ever lasts this long; generous, so a loaded machine
+# (CI shares its cores) is not mistaken for a lost message.
+DEFAULT_TIMEOUT = 20.0
 _ids = itertools.count(1)
 
 
