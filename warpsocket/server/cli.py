@@ -20,12 +20,13 @@ from warpsocket.backends.redis import redis_backend_from_options
 from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
+from warpsocket.server.demo import demo_origins
 from warpsocket.server.http_api import load_api_keys
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.security.auth import JWTAuthenticator
 from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.service import EndpointListener, WarpSocketService
-from warpsocket.server.web import add_http_api, build_metrics_site, remove_metrics
+from warpsocket.server.web import add_demo, add_http_api, build_metrics_site, remove_metrics
 
 DEFAULT_ENDPOINT = "tcp:8080"
 
@@ -91,6 +92,12 @@ class Options(usage.Options):
             "Also accept the token in the ?token= query parameter (it may end up in logs).",
         ],
         ["compression", None, "Accept permessage-deflate (size limits apply inflated)."],
+        # The live demo (docs/browser.md).
+        [
+            "demo",
+            None,
+            "Serve the live demo chat at /demo; implies --open-rooms (a demo server).",
+        ],
     ]
     optParameters = [
         ["path", None, "/ws", "URL path of the WebSocket endpoint."],
@@ -243,6 +250,11 @@ class Options(usage.Options):
                 raise usage.UsageError(f"bad --metrics-endpoint: {exc}") from None
         if not self["path"].startswith("/") or self["path"].strip("/") == "":
             raise usage.UsageError("--path must look like /ws")
+        # The live demo: open rooms, and the page's own loopback origins.
+        if self["demo"]:
+            self["open-rooms"] = 1
+            if not self["allowed_origins"]:
+                self["allowed_origins"].extend(demo_origins(self["endpoints"]))
         try:
             self["hub_options"] = hub_options_from(self)
         except ValueError as exc:
@@ -392,6 +404,8 @@ def makeService(options: Options) -> IService:
     service = WarpSocketService(hub, options["endpoints"], path=options["path"])
     if options.get("api_keys"):
         add_http_api(service.site, hub, options["api_keys"])
+    if options["demo"]:  # the live demo
+        add_demo(service.site)
     if options["metrics-endpoint"] is not None:
         remove_metrics(service.site)
         endpoint = serverFromString(service.reactor, options["metrics-endpoint"])

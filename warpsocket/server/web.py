@@ -174,6 +174,14 @@ def add_http_api(site: Site, hub: Hub, keys: Sequence[bytes], max_body: int | No
     site.requestFactory = limited_request(limit)
 
 
+def add_demo(site: Site) -> None:
+    """Serve the live demo page at ``/demo`` (``--demo``; warpsocket/server/demo.py)."""
+    from warpsocket.server.demo import demo_resource
+
+    root: Any = site.resource
+    root.putChild(b"demo", demo_resource())
+
+
 def build_site(hub: Hub, path: str = "/ws") -> Site:
     """One Site serves the WebSocket path and the HTTP endpoints on the same port."""
     factory = WarpSocketServerFactory(hub)

@@ -7,8 +7,9 @@
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { ErrorCode, NO_RECONNECT_CODES, ProtocolError } from "./codes.js";
 import { jsonCodec, loadMsgpack, msgpackCodec, type Codec, type MsgpackModule, type Payload } from "./codec.js";
-import { ClientCore, type Action, type CoreOptions, type QueuePolicy } from "./core.js";
-import type { Envelope } from "./envelope.js";
+import { ClientCore, type Action, type CoreOptions, type Outgoing, type QueuePolicy } from "./core.js";
+import { toWire, type Envelope } from "./envelope.js";
+import { DebugReporter, type DebugPending, type DebugStatus } from "./debug.js";
 import { ClientClosedError, DeliveryError } from "./errors.js";
 import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
@@ -92,6 +93,12 @@ export interface ClientOptions {
   clientInfo?: { name: string; version: string };
   /** Random source for jitter (tests). */
   random?: () => number;
+  /**
+   * Report to the DevTools hook (`globalThis.__WARPSOCKET_DEVTOOLS_HOOK__`,
+   * read by the WarpSocket DevTools extension): state changes, envelopes in
+   * and out (tokens redacted), streams and unconfirmed messages. Default false.
+   */
+  debug?: boolean;
 }
 
 /** A stream event as the application sees it. */
@@ -251,6 +258,8 @@ export class WarpSocketClient {
   private saving: Promise<void> | null = null;
   private dirty = false;
   private savedJson = "";
+  private nextAttempt: number | null = null;
+  private readonly debugger: DebugReporter | null;
 
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
@@ -273,6 +282,7 @@ export class WarpSocketClient {
     else if (options.codec !== "msgpack") throw new TypeError(`unknown codec ${String(options.codec)}`);
     else if (options.msgpack !== undefined) this.codec = msgpackCodec(options.msgpack);
     for (const room of options.rooms ?? []) this.core.subscribe(room, Date.now());
+    this.debugger = options.debug === true ? new DebugReporter(url, () => this.debugStatus()) : null;
   }
 
   // ------------------------------------------------------------ public API
@@ -297,6 +307,11 @@ export class WarpSocketClient {
   /** Reconnecting, but waiting for the network to come back (no attempts meanwhile). */
   get offline(): boolean {
     return this.waitingForNetwork;
+  }
+
+  /** When the next reconnect attempt is due (`Date.now()` ms) while `reconnecting`; null otherwise. */
+  get nextAttemptAt(): number | null {
+    return this.stateValue === "reconnecting" && !this.waitingForNetwork ? this.nextAttempt : null;
   }
 
   /** Handle stream events named `event` (`"*"`: every event). Returns a function that removes it. */
@@ -379,6 +394,16 @@ export class WarpSocketClient {
     } else if (this.socket !== null) {
       this.dropSocket(null, "reconnect requested");
     }
+  }
+
+  /**
+   * Abandon the connection abruptly, as a network failure would (no closing
+   * handshake waited for, close code 1006 to `onClose`), and recover as from
+   * one: backoff, resume, replay. For demos and tests of the recovery.
+   */
+  dropConnection(): void {
+    if (this.socket === null) return;
+    this.dropSocket(1006, "connection dropped (dropConnection)");
   }
 
   /** Resolves once the state so far is in the `store` (at once without one). */
@@ -550,6 +575,7 @@ export class WarpSocketClient {
     if (previous === next) return;
     if (!ALLOWED[previous].includes(next)) throw new Error(`invalid transition ${previous} -> ${next}`);
     this.stateValue = next;
+    this.debugger?.state(next, previous, this.debugDetail(next));
     this.emitTo("state", next, previous);
   }
 
@@ -676,6 +702,7 @@ export class WarpSocketClient {
       }
       throw error;
     }
+    this.debugger?.envelope("in", toWire(envelope));
     if (envelope.ref !== undefined) {
       if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
         // Only its answer settles a probe: frames queued before the connection
@@ -765,6 +792,8 @@ export class WarpSocketClient {
       return;
     }
     this.attempt++;
+    this.nextAttempt = Date.now() + delay;
+    this.debugger?.changed();
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       if (this.stateValue !== "reconnecting") return;
@@ -851,6 +880,38 @@ export class WarpSocketClient {
     })();
   }
 
+  private debugDetail(state: ClientState): string | null {
+    if (state === "disconnected") return `close ${this.lastCloseCode ?? "-"}`;
+    if (state === "connecting") return `attempt ${this.dialsSinceOpen}`;
+    return null;
+  }
+
+  private debugStatus(): DebugStatus {
+    const streams: Record<string, { offset: number; epoch: string }> = {};
+    for (const [name, p] of this.core.positions) streams[name] = { offset: p.offset, epoch: p.epoch };
+    const held = this.core.inspect();
+    const describe = (o: Outgoing): DebugPending => ({
+      id: o.envelope.id,
+      type: o.envelope.type,
+      event: o.envelope.event ?? null,
+      room: o.envelope.room ?? null,
+      attempts: o.attempts,
+      deadline: o.expiresMs,
+    });
+    return {
+      state: this.stateValue,
+      session: this.core.session,
+      rooms: this.rooms,
+      streams,
+      pending: held.pending.slice(0, 100).map(describe),
+      queued: held.queued.slice(0, 100).map(describe),
+      unackedIn: held.unackedIn,
+      nextAttemptAt: this.nextAttemptAt,
+      offline: this.offline,
+      stats: { ...this.stats, reconnectTimes: this.stats.reconnectTimes.slice(-10) },
+    };
+  }
+
   private run(actions: Action[], closing?: Error): void {
     for (const action of actions) {
       switch (action.kind) {
@@ -881,6 +942,7 @@ export class WarpSocketClient {
     }
     this.armWake();
     this.persistSoon();
+    if (actions.length > 0) this.debugger?.changed();
   }
 
   private size(envelope: Envelope): number {
@@ -898,6 +960,7 @@ export class WarpSocketClient {
     try {
       socket.send(payload);
       this.stats.messagesOut++;
+      this.debugger?.envelope("out", toWire(envelope));
     } catch (error) {
       this.report(error);
     }

@@ -13,6 +13,8 @@ export { ClientCore, DEFAULT_CORE_OPTIONS } from "./core.js";
 export type { Action, CoreOptions, DurableMessage, DurableState, Limits, Position, QueuePolicy, Status } from "./core.js";
 export { indexedDbStore, memoryStore } from "./store.js";
 export type { StateStore } from "./store.js";
+export { devtoolsHook, HOOK_NAME, MAX_ENVELOPES, MAX_STATES } from "./debug.js";
+export type { DebugEvent, DebugPending, DebugRecord, DebugStatus, DevtoolsHook } from "./debug.js";
 export { browserLifecycle } from "./lifecycle.js";
 export type { Lifecycle, LifecycleEvent } from "./lifecycle.js";
 export { Backoff } from "./backoff.js";
