@@ -70,6 +70,24 @@ function addLine(room, item) {
   }
 }
 
+/** Move a line to its place in the room's stream: by offset, before lines still pending. */
+function place(room, item, offset) {
+  const entry = rooms.get(room);
+  if (entry === undefined) return;
+  item.dataset.offset = String(offset);
+  item.querySelector(".status").textContent = `#${offset}`;
+  const at = entry.lines.indexOf(item);
+  if (at >= 0) entry.lines.splice(at, 1);
+  const next = entry.lines.findIndex((other) => other.classList.contains("pending") || Number(other.dataset.offset) > offset);
+  if (next < 0) {
+    entry.lines.push(item);
+    if (room === current) $("log").append(item);
+  } else {
+    if (room === current) entry.lines[next].before(item);
+    entry.lines.splice(next, 0, item);
+  }
+}
+
 function received(message) {
   const data = message.data;
   if (message.event !== "said" || typeof data !== "object" || data === null) return;
@@ -80,10 +98,12 @@ function received(message) {
   if (pending !== undefined) {
     mine.delete(nonce);
     pending.classList.remove("pending");
-    pending.querySelector(".status").textContent = `#${message.offset}`;
+    place(message.room, pending, message.offset);
     return;
   }
-  addLine(message.room, line("", [["from", from], ["text", text], ["status", `#${message.offset}`]]));
+  const item = line("", [["from", from], ["text", text], ["status", ""]]);
+  addLine(message.room, item);
+  place(message.room, item, message.offset);
 }
 
 async function join(room) {
@@ -200,6 +220,7 @@ client.onOpen((info) => {
     note(recovery.recovered ? "recovered" : "not recovered");
   }
   dropped = false;
+  client.ping(); // the round trip shown on the right
 });
 client.onState((state) => note(state));
 
