@@ -10,7 +10,7 @@ import { jsonCodec, loadMsgpack, msgpackCodec, type Codec, type MsgpackModule, t
 import { ClientCore, type Action, type CoreOptions, type Outgoing, type QueuePolicy } from "./core.js";
 import { toWire, type Envelope } from "./envelope.js";
 import { DebugReporter, type DebugPending, type DebugStatus } from "./debug.js";
-import { ClientClosedError, DeliveryError } from "./errors.js";
+import { ClientClosedError, ConnectError, DeliveryError } from "./errors.js";
 import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
 import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
@@ -259,6 +259,7 @@ export class WarpSocketClient {
   private dirty = false;
   private savedJson = "";
   private nextAttempt: number | null = null;
+  private transportOpen = false; // the current socket fired `open`
   private readonly debugger: DebugReporter | null;
 
   constructor(url: string, options: ClientOptions = {}) {
@@ -627,6 +628,7 @@ export class WarpSocketClient {
       return;
     }
     this.socket = socket;
+    this.transportOpen = false;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => this.opened(socket);
     socket.onmessage = (event) => this.frame(socket, event.data as Payload);
@@ -661,6 +663,7 @@ export class WarpSocketClient {
 
   private opened(socket: WebSocketLike): void {
     if (socket !== this.socket) return;
+    this.transportOpen = true;
     const codec = this.codec as Codec;
     if (socket.protocol !== "" && socket.protocol !== codec.subprotocol) {
       this.dropSocket(ErrorCode.UNSUPPORTED_CODEC, `server chose ${socket.protocol}`);
@@ -739,6 +742,7 @@ export class WarpSocketClient {
     const wasOpen = this.stateValue === "open";
     if (wasOpen) this.disconnectedAt = Date.now();
     this.emitTo("close", code, reason);
+    if (!this.transportOpen) this.report(new ConnectError(code, this.url, reason));
     this.run(this.core.disconnected(Date.now()));
     if (this.stateValue === "closed") return;
     this.setState("disconnected");

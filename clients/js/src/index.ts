@@ -20,7 +20,7 @@ export type { Lifecycle, LifecycleEvent } from "./lifecycle.js";
 export { Backoff } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export { ErrorCode, NO_RECONNECT_CODES, ProtocolError, codeName } from "./codes.js";
-export { DeliveryError, ClientClosedError } from "./errors.js";
+export { ConnectError, DeliveryError, ClientClosedError } from "./errors.js";
 export { jsonCodec, msgpackCodec, loadMsgpack, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL } from "./codec.js";
 export type { Codec, MsgpackModule, Payload } from "./codec.js";
 export { fromWire, toWire, MESSAGE_TYPES } from "./envelope.js";

@@ -64,11 +64,13 @@ export async function launch({ extension = null, bfcache = false } = {}) {
  * bundle the server serves (/warpsocket.js). In the page: `window.client`,
  * `window.seen` (room "feed" payloads with offsets), `window.states`
  * ([Date.now(), state]), `window.closes` and `window.resumed`. `durable`: an
- * IndexedDB store; `reload`: reload the page first instead of loading it.
+ * IndexedDB store; `reload`: reload the page first instead of loading it;
+ * `path`: the page to load (/healthz is `no-store`, which keeps a page with
+ * a WebSocket out of the back/forward cache).
  */
-export async function startPageClient(page, origin, wsUrl, options = {}, { durable = false, reload = false } = {}) {
+export async function startPageClient(page, origin, wsUrl, options = {}, { durable = false, reload = false, path = "/healthz" } = {}) {
   if (reload) await page.reload();
-  else await page.goto(`${origin}/healthz`);
+  else await page.goto(`${origin}${path}`);
   await page.evaluate(
     async ({ wsUrl, options, durable }) => {
       const { WarpSocketClient, indexedDbStore } = await import("/warpsocket.js");

@@ -105,8 +105,9 @@ test("the panel shows the page's client: states, streams with positions, queue a
   assert.equal(await panel.locator("#clients li").count(), 1);
   // Its own publish comes back on the room's stream, at offset 3.
   await waitFor(async () => (await panelClient(panel))?.status?.streams?.["room:feed"]?.offset === 3, { what: "offset 3" });
-  await sleep(100);
-  assert.equal(await panel.textContent('#streams tr[data-stream="room:feed"] td:nth-child(2)'), "3");
+  await waitFor(async () => (await panel.textContent('#streams tr[data-stream="room:feed"] td:nth-child(2)')) === "3", {
+    what: "the rendered position",
+  });
   assert.ok((await panel.locator("#envelopes tr[data-type=welcome]").count()) >= 2);
   assert.ok((await panel.locator("#states tbody tr").count()) >= 6);
   assert.deepEqual(browser.errors, []);
