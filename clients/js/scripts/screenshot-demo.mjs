@@ -2,8 +2,8 @@
 // Chromium, for the README (docs/img/demo.png). Two visitors chat, one cuts
 // its connection, keeps typing, and its page is captured once recovered.
 import path from "node:path";
-import { REPO, freePort, Server, sleep, waitFor } from "../helpers.mjs";
-import { launch } from "./chromium.mjs";
+import { REPO, freePort, Server, sleep, waitFor } from "../test/helpers.mjs";
+import { launch } from "../test/browser/chromium.mjs";
 
 const out = process.argv[2] ?? path.join(REPO, "docs/img/demo.png");
 const port = await freePort();
