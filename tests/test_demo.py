@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from importlib import resources
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.trial import unittest
 
+import tests.test_command as command_tests  # its ServeTests helpers (not its tests)
 from tests.wsclient import async_test, http_get
 from warpsocket.server.cli import Options, makeService
 from warpsocket.server.demo import demo_origins
@@ -59,6 +61,25 @@ class DemoServedTests(unittest.TestCase):
         # The page imports the bundle the same server serves.
         code, _, _ = await http_get(port, "/warpsocket.js")
         self.assertEqual(code, 200)
+
+
+class DemoServeTests(unittest.TestCase):
+    """``warpsocket serve --demo``: the same flag through the console script."""
+
+    timeout = 60
+    serve = command_tests.ServeTests.serve
+    until_serving = command_tests.ServeTests.until_serving
+
+    @async_test
+    async def test_serve_demo(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = self.serve("--endpoint", f"tcp:{port}:interface=127.0.0.1", "--demo")
+        await self.until_serving(process, port)
+        code, body, _ = await http_get(port, "/demo")
+        self.assertEqual(code, 200)
+        self.assertIn(b"/demo/demo.js", body)
 
 
 async def _stop(service: Any) -> None:
