@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from warpsocket.backends.redis import redis_backend_from_options
@@ -406,6 +407,10 @@ def makeService(options: Options) -> IService:
         add_http_api(service.site, hub, options["api_keys"])
     if options["demo"]:  # the live demo
         add_demo(service.site)
+        Logger().warn(
+            "--demo: live demo at /demo, rooms open to every client; allowed origins: {origins}",
+            origins=" ".join(options["allowed_origins"]) or "none",
+        )
     if options["metrics-endpoint"] is not None:
         remove_metrics(service.site)
         endpoint = serverFromString(service.reactor, options["metrics-endpoint"])
