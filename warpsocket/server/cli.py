@@ -15,12 +15,14 @@ from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from warpsocket.backends.redis import redis_backend_from_options
 from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
+from warpsocket.server.demo import demo_origins
 from warpsocket.server.http_api import load_api_keys
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.observe.inspect import load_inspect_key
@@ -29,7 +31,13 @@ from warpsocket.server.observe.slow import SlowThresholds
 from warpsocket.server.security.auth import JWTAuthenticator
 from warpsocket.server.security.config import SecurityOptions
 from warpsocket.server.service import EndpointListener, WarpSocketService
-from warpsocket.server.web import add_http_api, add_inspector, build_metrics_site, remove_metrics
+from warpsocket.server.web import (
+    add_demo,
+    add_http_api,
+    add_inspector,
+    build_metrics_site,
+    remove_metrics,
+)
 
 DEFAULT_ENDPOINT = "tcp:8080"
 
@@ -100,6 +108,12 @@ class Options(usage.Options):
             "tracing",
             None,
             "OpenTelemetry spans, with the global tracer provider (needs the otel extra).",
+        ],
+        # The live demo (docs/browser.md).
+        [
+            "demo",
+            None,
+            "Serve the live demo chat at /demo; implies --open-rooms (a demo server).",
         ],
     ]
     optParameters = [
@@ -277,6 +291,11 @@ class Options(usage.Options):
                 raise usage.UsageError(f"bad --metrics-endpoint: {exc}") from None
         if not self["path"].startswith("/") or self["path"].strip("/") == "":
             raise usage.UsageError("--path must look like /ws")
+        # The live demo: open rooms, and the page's own loopback origins.
+        if self["demo"]:
+            self["open-rooms"] = 1
+            if not self["allowed_origins"]:
+                self["allowed_origins"].extend(demo_origins(self["endpoints"]))
         try:
             self["hub_options"] = hub_options_from(self)
         except ValueError as exc:
@@ -454,6 +473,12 @@ def makeService(options: Options) -> IService:
     service = WarpSocketService(hub, options["endpoints"], path=options["path"])
     if options.get("api_keys"):
         add_http_api(service.site, hub, options["api_keys"])
+    if options["demo"]:  # the live demo
+        add_demo(service.site)
+        Logger().warn(
+            "--demo: live demo at /demo, rooms open to every client; allowed origins: {origins}",
+            origins=" ".join(options["allowed_origins"]) or "none",
+        )
     if options["metrics-endpoint"] is not None:
         remove_metrics(service.site)
         endpoint = serverFromString(service.reactor, options["metrics-endpoint"])

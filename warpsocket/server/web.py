@@ -203,6 +203,14 @@ class _WithoutQuery:
         return getattr(self._request, name)
 
 
+def add_demo(site: Site) -> None:
+    """Serve the live demo page at ``/demo`` (``--demo``; warpsocket/server/demo.py)."""
+    from warpsocket.server.demo import demo_resource
+
+    root: Any = site.resource
+    root.putChild(b"demo", demo_resource())
+
+
 def build_site(hub: Hub, path: str = "/ws") -> Site:
     """One Site serves the WebSocket path and the HTTP endpoints on the same port."""
     factory = WarpSocketServerFactory(hub)

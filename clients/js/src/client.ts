@@ -7,9 +7,10 @@
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { ErrorCode, NO_RECONNECT_CODES, ProtocolError } from "./codes.js";
 import { jsonCodec, loadMsgpack, msgpackCodec, type Codec, type MsgpackModule, type Payload } from "./codec.js";
-import { ClientCore, type Action, type CoreOptions, type QueuePolicy } from "./core.js";
-import { parseTrace, type Envelope, type TraceContext } from "./envelope.js";
-import { ClientClosedError, DeliveryError } from "./errors.js";
+import { ClientCore, type Action, type CoreOptions, type Outgoing, type QueuePolicy } from "./core.js";
+import { parseTrace, toWire, type Envelope, type TraceContext } from "./envelope.js";
+import { DebugReporter, type DebugPending, type DebugStatus } from "./debug.js";
+import { ClientClosedError, ConnectError, DeliveryError } from "./errors.js";
 import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
 import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
@@ -106,6 +107,12 @@ export interface ClientOptions {
    * An invalid value is not sent.
    */
   trace?: () => TraceContext | string | null | undefined;
+  /**
+   * Report to the DevTools hook (`globalThis.__WARPSOCKET_DEVTOOLS_HOOK__`,
+   * read by the WarpSocket DevTools extension): state changes, envelopes in
+   * and out (tokens redacted), streams and unconfirmed messages. Default false.
+   */
+  debug?: boolean;
 }
 
 /** What `onSlow` listeners get: an acked send or call still unanswered. */
@@ -282,6 +289,9 @@ export class WarpSocketClient {
   private saving: Promise<void> | null = null;
   private dirty = false;
   private savedJson = "";
+  private nextAttempt: number | null = null;
+  private transportOpen = false; // the current socket fired `open`
+  private readonly debugger: DebugReporter | null;
 
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
@@ -305,6 +315,7 @@ export class WarpSocketClient {
     else if (options.codec !== "msgpack") throw new TypeError(`unknown codec ${String(options.codec)}`);
     else if (options.msgpack !== undefined) this.codec = msgpackCodec(options.msgpack);
     for (const room of options.rooms ?? []) this.core.subscribe(room, Date.now());
+    this.debugger = options.debug === true ? new DebugReporter(url, () => this.debugStatus()) : null;
   }
 
   // ------------------------------------------------------------ public API
@@ -334,6 +345,11 @@ export class WarpSocketClient {
   /** Reconnecting, but waiting for the network to come back (no attempts meanwhile). */
   get offline(): boolean {
     return this.waitingForNetwork;
+  }
+
+  /** When the next reconnect attempt is due (`Date.now()` ms) while `reconnecting`; null otherwise. */
+  get nextAttemptAt(): number | null {
+    return this.stateValue === "reconnecting" && !this.waitingForNetwork ? this.nextAttempt : null;
   }
 
   /** Handle stream events named `event` (`"*"`: every event). Returns a function that removes it. */
@@ -421,6 +437,16 @@ export class WarpSocketClient {
     } else if (this.socket !== null) {
       this.dropSocket(null, "reconnect requested");
     }
+  }
+
+  /**
+   * Abandon the connection abruptly, as a network failure would (no closing
+   * handshake waited for, close code 1006 to `onClose`), and recover as from
+   * one: backoff, resume, replay. For demos and tests of the recovery.
+   */
+  dropConnection(): void {
+    if (this.socket === null) return;
+    this.dropSocket(1006, "connection dropped (dropConnection)");
   }
 
   /** Resolves once the state so far is in the `store` (at once without one). */
@@ -611,6 +637,7 @@ export class WarpSocketClient {
     if (previous === next) return;
     if (!ALLOWED[previous].includes(next)) throw new Error(`invalid transition ${previous} -> ${next}`);
     this.stateValue = next;
+    this.debugger?.state(next, previous, this.debugDetail(next));
     this.emitTo("state", next, previous);
   }
 
@@ -671,6 +698,7 @@ export class WarpSocketClient {
       return;
     }
     this.socket = socket;
+    this.transportOpen = false;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => this.opened(socket);
     socket.onmessage = (event) => this.frame(socket, event.data as Payload);
@@ -705,6 +733,7 @@ export class WarpSocketClient {
 
   private opened(socket: WebSocketLike): void {
     if (socket !== this.socket) return;
+    this.transportOpen = true;
     const codec = this.codec as Codec;
     if (socket.protocol !== "" && socket.protocol !== codec.subprotocol) {
       this.dropSocket(ErrorCode.UNSUPPORTED_CODEC, `server chose ${socket.protocol}`);
@@ -746,6 +775,7 @@ export class WarpSocketClient {
       }
       throw error;
     }
+    this.debugger?.envelope("in", toWire(envelope));
     if (envelope.ref !== undefined) {
       if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
         // Only its answer settles a probe: frames queued before the connection
@@ -782,6 +812,7 @@ export class WarpSocketClient {
     const wasOpen = this.stateValue === "open";
     if (wasOpen) this.disconnectedAt = Date.now();
     this.emitTo("close", code, reason);
+    if (!this.transportOpen) this.report(new ConnectError(code, this.url, reason));
     this.run(this.core.disconnected(Date.now()));
     if (this.stateValue === "closed") return;
     this.setState("disconnected");
@@ -835,6 +866,8 @@ export class WarpSocketClient {
       return;
     }
     this.attempt++;
+    this.nextAttempt = Date.now() + delay;
+    this.debugger?.changed();
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       if (this.stateValue !== "reconnecting") return;
@@ -921,6 +954,38 @@ export class WarpSocketClient {
     })();
   }
 
+  private debugDetail(state: ClientState): string | null {
+    if (state === "disconnected") return `close ${this.lastCloseCode ?? "-"}`;
+    if (state === "connecting") return `attempt ${this.dialsSinceOpen}`;
+    return null;
+  }
+
+  private debugStatus(): DebugStatus {
+    const streams: Record<string, { offset: number; epoch: string }> = {};
+    for (const [name, p] of this.core.positions) streams[name] = { offset: p.offset, epoch: p.epoch };
+    const held = this.core.inspect();
+    const describe = (o: Outgoing): DebugPending => ({
+      id: o.envelope.id,
+      type: o.envelope.type,
+      event: o.envelope.event ?? null,
+      room: o.envelope.room ?? null,
+      attempts: o.attempts,
+      deadline: o.expiresMs,
+    });
+    return {
+      state: this.stateValue,
+      session: this.core.session,
+      rooms: this.rooms,
+      streams,
+      pending: held.pending.slice(0, 100).map(describe),
+      queued: held.queued.slice(0, 100).map(describe),
+      unackedIn: held.unackedIn,
+      nextAttemptAt: this.nextAttemptAt,
+      offline: this.offline,
+      stats: { ...this.stats, reconnectTimes: this.stats.reconnectTimes.slice(-10) },
+    };
+  }
+
   private run(actions: Action[], closing?: Error): void {
     for (const action of actions) {
       switch (action.kind) {
@@ -951,6 +1016,7 @@ export class WarpSocketClient {
     }
     this.armWake();
     this.persistSoon();
+    if (actions.length > 0) this.debugger?.changed();
   }
 
   private size(envelope: Envelope): number {
@@ -968,6 +1034,7 @@ export class WarpSocketClient {
     try {
       socket.send(payload);
       this.stats.messagesOut++;
+      this.debugger?.envelope("out", toWire(envelope));
     } catch (error) {
       this.report(error);
     }

@@ -81,7 +81,7 @@ export type Action =
   | { kind: "room"; room: string; joined: boolean; code?: number }
   | { kind: "reconnect"; code: number; reason: string };
 
-interface Outgoing {
+export interface Outgoing {
   envelope: Envelope;
   priority: number;
   seq: number;
@@ -161,6 +161,16 @@ export class ClientCore {
 
   get inflightCount(): number {
     return this.inflight.size;
+  }
+
+  /** What awaits an answer and what waits for a connection (the DevTools panel). */
+  inspect(): { pending: Outgoing[]; queued: Outgoing[]; unackedIn: number } {
+    const bySeq = (a: Outgoing, b: Outgoing) => a.seq - b.seq;
+    return {
+      pending: [...this.inflight.values()].sort(bySeq),
+      queued: [...this.queued.values()].sort(bySeq),
+      unackedIn: this.unacked.size,
+    };
   }
 
   // ------------------------------------------------------------ durable state

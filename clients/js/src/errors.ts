@@ -24,3 +24,23 @@ export class DeliveryError extends Error {
 export class ClientClosedError extends Error {
   override readonly name = "ClientClosedError";
 }
+
+/**
+ * A connection attempt ended before the WebSocket opened (to `onError`, once
+ * per attempt; the client retries as after any `1006`). In a browser the
+ * cause is hidden from the page: an HTTP refusal of the upgrade (403 for a
+ * refused Origin or address, 429, 503 while draining), a TLS failure (an
+ * untrusted certificate), or no server at all all look the same, `1006`
+ * with no reason. The server's log and metrics say which.
+ */
+export class ConnectError extends Error {
+  override readonly name = "ConnectError";
+  constructor(
+    /** The close code the transport reported (1006 in browsers), null for the client's own connect timeout. */
+    readonly code: number | null,
+    readonly url: string,
+    reason: string,
+  ) {
+    super(`the WebSocket to ${url} did not open (${code ?? "timeout"}${reason ? ": " + reason : ""})`);
+  }
+}

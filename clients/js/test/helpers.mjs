@@ -48,9 +48,10 @@ process.on("exit", () => {
 
 /** A `twistd -n warpsocket` process; `stop()` sends SIGTERM (a graceful stop: 4500). */
 export class Server {
-  constructor(port, args = [], proc = null) {
+  constructor(port, args = [], proc = null, defaults = true) {
     this.port = port;
     this.args = args;
+    this.defaults = defaults;
     this.proc = proc;
     this.output = "";
   }
@@ -59,11 +60,12 @@ export class Server {
     return `ws://127.0.0.1:${this.port}/ws`;
   }
 
-  static async start(args = [], port = null) {
+  /** `defaults: false`: without the tests' `--open-rooms --app server_app:setup`. */
+  static async start(args = [], port = null, { defaults = true } = {}) {
     if (!existsSync(TWISTD)) {
       throw new Error(`${TWISTD} is missing: create the venv (pip install -e '.[test]') or set WARPSOCKET_VENV`);
     }
-    const server = new Server(port ?? (await freePort()), args);
+    const server = new Server(port ?? (await freePort()), args, null, defaults);
     await server.launch();
     return server;
   }
@@ -72,7 +74,7 @@ export class Server {
     const argv = [
       "-n", "--pidfile=", "warpsocket",
       "--endpoint", `tcp:${this.port}:interface=127.0.0.1`,
-      "--open-rooms", "--app", "server_app:setup",
+      ...(this.defaults ? ["--open-rooms", "--app", "server_app:setup"] : []),
       ...this.args,
     ];
     const env = { ...process.env, PYTHONPATH: [HERE, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter) };

@@ -3,6 +3,7 @@
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 export const CHROMIUM = process.env.WARPSOCKET_CHROMIUM ?? "/usr/bin/chromium";
@@ -18,16 +19,31 @@ export const ARGS = [
   "--disable-sync",
 ];
 
-/** A fresh browser (its own user-data-dir) and one page; `close()` removes both. */
-export async function launch() {
+/** The WarpSocket DevTools extension (clients/devtools), loaded unpacked. */
+export const DEVTOOLS_EXTENSION = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../devtools");
+
+/**
+ * A fresh browser (its own user-data-dir) and one page; `close()` removes both.
+ * `extension`: a directory loaded unpacked (Chromium's new headless mode runs
+ * extensions); `bfcache`: keep the back/forward cache (playwright disables it).
+ */
+export async function launch({ extension = null, bfcache = false } = {}) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (or set WARPSOCKET_CHROMIUM)`);
   }
   const userDataDir = mkdtempSync(path.join(os.tmpdir(), "warpsocket-chromium-"));
+  const args = [...ARGS];
+  const ignoreDefaultArgs = [];
+  if (extension !== null) {
+    args.push(`--disable-extensions-except=${extension}`, `--load-extension=${extension}`);
+    ignoreDefaultArgs.push("--disable-extensions");
+  }
+  if (bfcache) ignoreDefaultArgs.push("--disable-back-forward-cache");
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: ARGS,
+    args,
+    ignoreDefaultArgs,
   });
   const page = context.pages()[0] ?? (await context.newPage());
   const errors = [];
@@ -48,11 +64,13 @@ export async function launch() {
  * bundle the server serves (/warpsocket.js). In the page: `window.client`,
  * `window.seen` (room "feed" payloads with offsets), `window.states`
  * ([Date.now(), state]), `window.closes` and `window.resumed`. `durable`: an
- * IndexedDB store; `reload`: reload the page first instead of loading it.
+ * IndexedDB store; `reload`: reload the page first instead of loading it;
+ * `path`: the page to load (/healthz is `no-store`, which keeps a page with
+ * a WebSocket out of the back/forward cache).
  */
-export async function startPageClient(page, origin, wsUrl, options = {}, { durable = false, reload = false } = {}) {
+export async function startPageClient(page, origin, wsUrl, options = {}, { durable = false, reload = false, path = "/healthz" } = {}) {
   if (reload) await page.reload();
-  else await page.goto(`${origin}/healthz`);
+  else await page.goto(`${origin}${path}`);
   await page.evaluate(
     async ({ wsUrl, options, durable }) => {
       const { WarpSocketClient, indexedDbStore } = await import("/warpsocket.js");
