@@ -1,0 +1,233 @@
+"""``warpsocket connect`` in pipe mode, through its installed entry point in a
+subprocess against a real server (docs/cli.md, "connect"): JSON lines in,
+JSON lines out, a ``cut`` followed by a resume that loses nothing, and bad
+lines answered with an error line while the session goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from tests.wsclient import ServerTestCase, async_test, reactor, sleep
+from warpsocket.command_connect import MAX_LINE, BadCommandError, parse_json_line, parse_text_line
+from warpsocket.protocol.codes import ErrorCode
+from warpsocket.server.context import Context
+from warpsocket.server.middleware import Reject
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "warpsocket")
+
+
+class Session(ProcessProtocol):
+    """A running ``warpsocket connect``: its output as parsed JSON lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.buffer = b""
+        self.stderr = bytearray()
+        self.ended: Deferred[BaseException] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.buffer += data
+        *complete, self.buffer = self.buffer.split(b"\n")
+        for line in complete:
+            self.lines.append(json.loads(line))  # every line out is JSON: fails otherwise
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr.extend(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)
+
+    def write(self, **command: Any) -> None:
+        assert self.transport is not None
+        self.transport.write(json.dumps(command).encode() + b"\n")
+
+    def write_raw(self, line: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(line + b"\n")
+
+    async def line(
+        self, match: Callable[[dict[str, Any]], bool], after: int = 0, timeout: float = 20
+    ) -> dict[str, Any]:
+        """The first line from index ``after`` on that matches."""
+        give_up = reactor.seconds() + timeout
+        while True:
+            for line in self.lines[after:]:
+                if match(line):
+                    return line
+            if reactor.seconds() > give_up or self.ended.called:
+                raise AssertionError(f"no such line in {self.lines}; stderr {self.stderr!r}")
+            await sleep(0.02)
+
+
+class ConnectTests(ServerTestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.assertTrue(os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not installed")
+        hub = self.start_server(open_rooms=True)
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.said: list[Any] = []
+        hub.on("echo", lambda ctx, data: {"echo": data})
+        hub.on("say", lambda ctx, data: self.said.append(data))
+
+        def refuse(ctx: Context, data: Any) -> None:
+            raise Reject(ErrorCode.FORBIDDEN, "not you")
+
+        hub.on("refuse", refuse)
+
+    def connect_session(self, *args: str) -> Session:
+        session = Session()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        reactor.spawnProcess(session, SCRIPT, [SCRIPT, "connect", self.url, *args], env=env)
+
+        async def stop() -> None:
+            if not session.ended.called:
+                session.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                await session.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        return session
+
+    async def quit(self, session: Session) -> None:
+        session.write(cmd="quit")
+        await session.ended
+        self.assertNotIn(b"Traceback", bytes(session.stderr))
+
+    @async_test
+    async def test_commands_answer_with_json_lines(self) -> None:
+        session = self.connect_session("--room", "lobby")
+        welcome = await session.line(lambda m: m["type"] == "welcome")
+        self.assertEqual((welcome["resumed"], welcome["rooms"]), (False, ["lobby"]))
+        session.write(cmd="send", event="say", data={"text": "hi"}, ack=True, id=1)
+        acked = await session.line(lambda m: m.get("id") == 1)
+        self.assertEqual((acked["type"], acked["cmd"]), ("ack", "send"))
+        self.assertEqual(self.said, [{"text": "hi"}])
+        session.write(cmd="call", method="echo", data=[5], id=2)
+        result = await session.line(lambda m: m.get("id") == 2)
+        self.assertEqual((result["type"], result["data"]), ("result", {"echo": [5]}))
+        session.write(cmd="send", event="refuse", data=None, ack=True, id=3)
+        refused = await session.line(lambda m: m.get("id") == 3)
+        self.assertEqual(
+            (refused["type"], refused["code"], refused["name"], refused["message"]),
+            ("error", 4102, "forbidden", "not you"),
+        )
+        session.write(cmd="publish", room="lobby", event="said", data="yo", id=4)
+        event = await session.line(lambda m: m["type"] == "event")
+        self.assertEqual(
+            (event["stream"], event["offset"], event["event"], event["data"]),
+            ("room:lobby", 1, "said", "yo"),
+        )
+        self.assertIsInstance(event["epoch"], str)
+        self.assertEqual((await session.line(lambda m: m.get("id") == 4))["type"], "ack")
+        session.write(cmd="join", room="news")
+        await session.line(lambda m: m["type"] == "joined" and m["room"] == "news")
+        self.assertTrue(self.hub.room_members("news"))
+        session.write(cmd="leave", room="news", id=5)
+        self.assertEqual((await session.line(lambda m: m.get("id") == 5))["type"], "left")
+        session.write(cmd="stats", id=6)
+        stats = await session.line(lambda m: m.get("id") == 6)
+        self.assertEqual((stats["state"], stats["rooms"]), ("open", ["lobby"]))
+        self.assertEqual(stats["events"], {"room:lobby": 1})
+        await self.quit(session)
+
+    @async_test
+    async def test_cut_then_resume_loses_nothing(self) -> None:
+        session = self.connect_session("--room", "lobby")
+        first = await session.line(lambda m: m["type"] == "welcome")
+        await self.hub.publish("lobby", "n", 1)
+        await session.line(lambda m: m["type"] == "event" and m["data"] == 1)
+        mark = len(session.lines)
+        session.write(cmd="cut")
+        await session.line(lambda m: m["type"] == "state" and m["state"] != "open", after=mark)
+        # Published while the client is away (or coming back): the resume brings them.
+        for n in (2, 3, 4):
+            await self.hub.publish("lobby", "n", n)
+        await self.hub.send(first["session"], "direct", "to you")
+        resumed = await session.line(lambda m: m["type"] == "welcome", after=mark)
+        self.assertEqual(
+            (resumed["session"], resumed["resumed"], resumed["lost"], resumed["reconnect"]),
+            (first["session"], True, [], True),
+        )
+        await session.line(lambda m: m["type"] == "event" and m["data"] == 4)
+        await session.line(lambda m: m["type"] == "event" and m["stream"] == "direct")
+        events = [m for m in session.lines if m["type"] == "event" and m["stream"] != "direct"]
+        self.assertEqual([(m["offset"], m["data"]) for m in events], [(n, n) for n in (1, 2, 3, 4)])
+        session.write(cmd="stats", id="s")
+        stats = await session.line(lambda m: m.get("id") == "s")
+        self.assertEqual((stats["reconnects"], stats["resumes"]), (1, 1))
+        await self.quit(session)
+
+    @async_test
+    async def test_bad_lines_are_answered_and_the_session_goes_on(self) -> None:
+        session = self.connect_session()
+        await session.line(lambda m: m["type"] == "welcome")
+        bad = [
+            b"not json",
+            b"[1, 2]",
+            b'{"cmd": "fly"}',
+            b'{"cmd": "send", "data": 1}',
+            b'{"cmd": "send", "event": "say", "ack": "yes", "id": 9}',
+            b'{"cmd": "join", "room": "x", "colour": "red"}',
+            b"\xff\xfe",
+            b'{"cmd": "send", "event": "say", "data": "' + b"x" * (MAX_LINE + 10) + b'"}',
+        ]
+        mark = len(session.lines)
+        for line in bad:
+            session.write_raw(line)
+        session.write(cmd="call", method="echo", data="still here", id="ok")
+        result = await session.line(lambda m: m.get("id") == "ok")
+        self.assertEqual(result["data"], {"echo": "still here"})
+        errors = [m for m in session.lines[mark:] if m["type"] == "error"]
+        self.assertEqual([m["name"] for m in errors], ["bad_command"] * len(bad))
+        self.assertEqual(errors[4]["id"], 9)  # the id of a bad command is echoed
+        self.assertIn("'ack' must be true or false", errors[4]["message"])
+        self.assertIn("longer than", errors[-1]["message"])
+        self.assertEqual(self.said, [])
+        await self.quit(session)
+
+    @async_test
+    async def test_end_of_input_waits_for_answers_then_exits(self) -> None:
+        session = self.connect_session()
+        session.write(cmd="send", event="say", data=1)
+        session.write(cmd="call", method="echo", data=2, id="c")
+        assert session.transport is not None
+        session.transport.closeStdin()
+        ended = await session.ended
+        self.assertEqual(getattr(ended, "exitCode", 0), 0, session.stderr)
+        self.assertEqual(self.said, [1])
+        result = await session.line(lambda m: m.get("id") == "c")
+        self.assertEqual(result["data"], {"echo": 2})
+        self.assertEqual(session.lines[-1], {"type": "state", "state": "closed"})
+
+
+class ParseTests(unittest.TestCase):
+    """The two input forms give the same commands."""
+
+    def test_text_and_json_lines(self) -> None:
+        text = parse_text_line('send say {"text": "hi there"} --ack')
+        same = parse_json_line('{"cmd":"send","event":"say","data":{"text":"hi there"},"ack":true}')
+        self.assertEqual(text, same)
+        publish = parse_text_line("publish lobby said [1, 2]")
+        self.assertEqual((publish.room, publish.event, publish.data), ("lobby", "said", [1, 2]))
+        self.assertEqual(parse_text_line("cut").cmd, "cut")
+
+    def test_bad_text_lines(self) -> None:
+        for line, why in [
+            ("fly", "unknown command"),
+            ("send say", "usage: send EVENT DATA [--ack]"),
+            ("send say hi", "DATA is not JSON"),
+            ("join", "usage: join ROOM"),
+            ("stats now", "usage: stats"),
+        ]:
+            with self.assertRaises(BadCommandError) as caught:
+                parse_text_line(line)
+            self.assertIn(why, str(caught.exception))
