@@ -231,14 +231,15 @@ def _text(record: dict[str, Any]) -> str:
         return f"* {again} {record['session']}"
     if kind == "error":
         where = f" [{record['room']}]" if "room" in record else ""
-        return f"! {record['name']} ({record.get('code')}){where}: {record.get('message', '')}"
+        code = f" ({record['code']})" if record.get("code") is not None else ""
+        return f"! {record['name']}{code}{where}: {record.get('message', '')}"
     if kind == "ack":
         return f"ok {record['cmd']} {record.get('message_id')} {_dump(record.get('data'))}"
     if kind == "result":
         return f"= {_dump(record['data'])}"
     if kind == "state":
-        code = record.get("close_code")
-        return f"* {record['state']}" + (f" (close code {code})" if code else "")
+        closed = record.get("close_code")
+        return f"* {record['state']}" + (f" (close code {closed})" if closed else "")
     if kind == "lost":
         return f"! lost {record['stream']}: {record['reason']}"
     if kind in ("joined", "left"):
