@@ -93,14 +93,16 @@ def _event(envelope: Envelope) -> dict[str, Any]:
     }
     if envelope.code is not None:
         # A placeholder keeps the offset, not the payload (protocol.md 5.2).
-        code = ErrorCode(envelope.code)
-        event["placeholder"] = code.wire_name
-        event["code"] = int(code)
+        try:
+            event["placeholder"] = ErrorCode(envelope.code).wire_name
+        except ValueError:
+            event["placeholder"] = "unavailable"
+        event["code"] = envelope.code
         return event
     event["event"] = envelope.event
     event["data"] = plain(envelope.data)
     if envelope.ttl is not None:
-        event["ttl"] = envelope.ttl
+        event["ttl"] = envelope.ttl / 1000  # seconds, as /api/publish takes it
     if envelope.ack:
         event["ack"] = True
     return event
