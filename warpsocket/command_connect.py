@@ -244,6 +244,8 @@ def _text(record: dict[str, Any]) -> str:
         return f"! lost {record['stream']}: {record['reason']}"
     if kind in ("joined", "left"):
         return f"* {kind} {record['room']}"
+    if kind == "cut":
+        return "* cut: dropping the TCP connection"
     if kind == "sent":
         return f"> sent {record.get('message_id')}"
     if kind == "help":
