@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -207,6 +208,36 @@ class ConnectTests(ServerTestCase):
         result = await session.line(lambda m: m.get("id") == "c")
         self.assertEqual(result["data"], {"echo": 2})
         self.assertEqual(session.lines[-1], {"type": "state", "state": "closed"})
+
+
+class TextTests(ServerTestCase):
+    timeout = 60
+
+    @async_test
+    async def test_text_format_in_a_pipe(self) -> None:
+        self.assertTrue(os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not installed")
+        hub = self.start_server(open_rooms=True)
+        hub.on("echo", lambda ctx, data: {"echo": data})
+        url = f"ws://127.0.0.1:{self.port}/ws"
+        lines = b"\n".join(
+            [b'call echo {"n": 1}', b"publish lobby said 2", b"send x", b"stats", b"help", b""]
+        )
+        out, err, code = await getProcessOutputAndValue(
+            SCRIPT,
+            ("connect", url, "--room", "lobby", "--format", "text"),
+            env=dict(os.environ),
+            reactor=reactor,
+            stdinBytes=lines,
+        )
+        self.assertEqual(code, 0, err)
+        text = out.decode()
+        self.assertIn("* connected: session ", text)
+        self.assertIn('= {"echo": {"n": 1}}', text)
+        self.assertIn("< room:lobby #1 said 2", text)
+        self.assertIn("! bad_command: usage: send EVENT DATA [--ack]", text)
+        self.assertIn("  state: ", text)
+        self.assertIn("cut   ", text)  # the help
+        self.assertTrue(text.rstrip().endswith("* closed"), text)
 
 
 class ParseTests(unittest.TestCase):

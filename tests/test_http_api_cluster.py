@@ -41,7 +41,7 @@ class ClusterApiTests(ClusterCase):
         return response.code, json.loads(content), response.headers
 
     async def two_nodes(self) -> tuple[Node, Node]:
-        self.start_redis()
+        self.redis = self.start_redis()
         a, b = self.node("a"), self.node("b")
         for node in (a, b):
             add_http_api(node.service.site, node.hub, [KEY])
@@ -154,3 +154,14 @@ class ClusterApiTests(ClusterCase):
         await member.wait_for(lambda m: m.get("type") == "event" and m["data"] == {"n": 2})
         heard = [m["data"] for m in member.messages if m.get("type") == "event"]
         self.assertEqual(heard, [{"n": 1}, {"n": 2}])  # published once each
+
+    @async_test
+    async def test_without_redis_a_keyed_request_does_nothing(self) -> None:
+        a, _ = await self.two_nodes()
+        self.redis.kill()
+        await wait_until(lambda: a.backend.connections.cmd is None, what="redis to be gone")
+        publish = {"room": "news", "event": "story", "data": 1}
+        code, body, _ = await self.api(a, b"POST", "publish", publish, idempotency=b"k-9")
+        self.assertEqual((code, body["error"]["name"]), (503, "unavailable"), body)
+        code, body, _ = await self.api(a, b"GET", "info")
+        self.assertEqual(code, 200, body)  # the node still answers what it can
