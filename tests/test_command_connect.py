@@ -74,7 +74,10 @@ class ConnectTests(ServerTestCase):
 
     def setUp(self) -> None:
         self.assertTrue(os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not installed")
-        hub = self.start_server(open_rooms=True)
+        hub = self.start_server(
+            can_join=lambda session, room: room != "vault",
+            can_publish=lambda session, room, envelope: True,
+        )
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.said: list[Any] = []
         hub.on("echo", lambda ctx, data: {"echo": data})
@@ -132,6 +135,11 @@ class ConnectTests(ServerTestCase):
         session.write(cmd="join", room="news")
         await session.line(lambda m: m["type"] == "joined" and m["room"] == "news")
         self.assertTrue(self.hub.room_members("news"))
+        session.write(cmd="join", room="vault")
+        refused = await session.line(lambda m: m.get("room") == "vault")
+        self.assertEqual(
+            (refused["type"], refused["name"], refused["code"]), ("error", "forbidden", 4102)
+        )
         session.write(cmd="leave", room="news", id=5)
         self.assertEqual((await session.line(lambda m: m.get("id") == 5))["type"], "left")
         session.write(cmd="stats", id=6)
@@ -262,3 +270,53 @@ class ParseTests(unittest.TestCase):
             with self.assertRaises(BadCommandError) as caught:
                 parse_text_line(line)
             self.assertIn(why, str(caught.exception))
+
+
+class TerminalTests(ServerTestCase):
+    """On a terminal (a pty here): text, and input through readline."""
+
+    timeout = 60
+
+    @async_test
+    async def test_a_terminal_session(self) -> None:
+        self.assertTrue(os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not installed")
+        hub = self.start_server(open_rooms=True)
+        hub.on("echo", lambda ctx, data: {"echo": data})
+        terminal = Terminal()
+        url = f"ws://127.0.0.1:{self.port}/ws"
+        env = dict(os.environ, TERM="dumb")
+        reactor.spawnProcess(terminal, SCRIPT, [SCRIPT, "connect", url], env=env, usePTY=True)
+
+        async def stop() -> None:
+            if not terminal.ended.called:
+                terminal.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                await terminal.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        await terminal.seen(b"* connected: session ")
+        assert terminal.transport is not None
+        terminal.transport.write(b'call echo "hi"\r')
+        await terminal.seen(b'= {"echo": "hi"}')
+        terminal.transport.write(b"quit\r")
+        await terminal.ended
+        self.assertIn(b"* closed", terminal.output)
+        self.assertNotIn(b"Traceback", terminal.output)
+
+
+class Terminal(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[BaseException] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output.extend(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)
+
+    async def seen(self, text: bytes, timeout: float = 20) -> None:
+        give_up = reactor.seconds() + timeout
+        while text not in self.output:
+            if reactor.seconds() > give_up or self.ended.called:
+                raise AssertionError(f"{text!r} not in {bytes(self.output)!r}")
+            await sleep(0.02)

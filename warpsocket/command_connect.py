@@ -13,10 +13,12 @@ session goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -571,6 +573,23 @@ class CommandLines(Protocol):
         self.session.end_of_input()
 
 
+def _read_terminal(lines: CommandLines, reactor: Any) -> None:
+    """A terminal gets readline: line editing and the history of this
+    session (up arrow). ``input`` blocks, so it runs in its own thread and
+    hands each line to the reactor."""
+    # Importing readline gives input() editing and history; it is not on
+    # every platform, and plain input() still works without it.
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401
+    while True:
+        try:
+            line = input()
+        except (EOFError, KeyboardInterrupt):
+            break
+        reactor.callFromThread(lines.dataReceived, line.encode("utf-8", "replace") + b"\n")
+    reactor.callFromThread(lines.connectionLost)
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``connect`` command: returns the exit code once the session ends."""
     from twisted.internet import reactor
@@ -592,7 +611,11 @@ def run(args: argparse.Namespace) -> int:
     session = ConnectSession(client, output, list(args.rooms))
     if not json_lines:
         output.emit({"type": "help", "text": "type help for the commands"})
-    stdio.StandardIO(CommandLines(session, json_lines), reactor=reactor)
+    lines = CommandLines(session, json_lines)
+    if os.isatty(0) and not json_lines:
+        threading.Thread(target=_read_terminal, args=(lines, reactor), daemon=True).start()
+    else:
+        stdio.StandardIO(lines, reactor=reactor)
     client.connect().addErrback(lambda _: None)  # the state lines say what happens
     session.done.addBoth(lambda _: reactor.stop())
     reactor.run()
