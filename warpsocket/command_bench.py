@@ -34,6 +34,8 @@ from twisted.python.failure import Failure
 
 from warpsocket.client.client import Message, WarpSocketClient
 from warpsocket.client.options import ClientOptions
+from warpsocket.client.state import ClientState
+from warpsocket.command_connect import code_name
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 
 CODECS = {"json": JSON_SUBPROTOCOL, "msgpack": MSGPACK_SUBPROTOCOL}
@@ -139,7 +141,9 @@ class Bench:
         return gatherResults(opened, consumeErrors=True)
 
     def members_joined(self) -> bool:
-        return all(self.args.room in c.core.rooms and c.state.value == "open" for c in self.clients)
+        return all(
+            self.args.room in c.core.rooms and c.state is ClientState.OPEN for c in self.clients
+        )
 
     # ------------------------------------------------------------ sending
 
@@ -199,8 +203,6 @@ class Bench:
         outcome = getattr(error, "outcome", None)
         code = getattr(outcome, "code", None)
         if code is not None:
-            from warpsocket.command_connect import code_name
-
             self.tally.failed(code_name(code))
         else:
             self.tally.failed(type(error).__name__)

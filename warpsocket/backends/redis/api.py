@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -104,7 +104,7 @@ class NodeRequests:
             return
         handler = self.handler
         answered: Deferred[Any] = (
-            maybeDeferred(handler, body) if handler is not None else Deferred.fromCoroutine(_none())
+            maybeDeferred(handler, body) if handler is not None else succeed(None)
         )
 
         def send(answer: Any) -> None:
@@ -137,10 +137,6 @@ class NodeRequests:
         if answer is not None:
             waiting.answers.append(answer)
         self._check(ident)
-
-
-async def _none() -> None:
-    return None
 
 
 @dataclass
