@@ -35,10 +35,8 @@ from twisted.python.failure import Failure
 from warpsocket.client.client import Message, WarpSocketClient
 from warpsocket.client.options import ClientOptions
 from warpsocket.client.state import ClientState
-from warpsocket.command_connect import code_name
-from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from warpsocket.command_connect import CODECS, code_name
 
-CODECS = {"json": JSON_SUBPROTOCOL, "msgpack": MSGPACK_SUBPROTOCOL}
 TICK = 0.01  # seconds between send rounds: the rate is spread over them
 
 
