@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -21,7 +22,11 @@ from tests.wsclient import ServerTestCase, async_test, reactor, sleep
 from warpsocket.command_connect import MAX_LINE, BadCommandError, parse_json_line, parse_text_line
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.context import Context
+from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.middleware import Reject
+from warpsocket.server.security.auth import StaticKeyAuthenticator
+from warpsocket.server.security.config import SecurityOptions
+from warpsocket.server.service import WarpSocketService
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "warpsocket")
 
@@ -216,6 +221,41 @@ class ConnectTests(ServerTestCase):
         result = await session.line(lambda m: m.get("id") == "c")
         self.assertEqual(result["data"], {"echo": 2})
         self.assertEqual(session.lines[-1], {"type": "state", "state": "closed"})
+
+
+class RefusedTests(unittest.TestCase):
+    timeout = 60
+
+    @async_test
+    async def test_a_refused_token_ends_the_session_with_exit_1(self) -> None:
+        self.assertTrue(os.access(SCRIPT, os.X_OK), f"{SCRIPT} is not installed")
+        security = SecurityOptions(authenticator=StaticKeyAuthenticator({"good-key": "ann"}))
+        hub = Hub(HubOptions(security=security), clock=Clock())
+        service = WarpSocketService(hub, ["tcp:0:interface=127.0.0.1"])
+        service.startService()
+        self.addCleanup(service.stopService)
+        url = f"ws://127.0.0.1:{service.ports[0].getHost().port}/ws"
+        out, err, code = await getProcessOutputAndValue(
+            SCRIPT, ("connect", url, "--token", "bad-key"), env=dict(os.environ), reactor=reactor
+        )
+        self.assertEqual(code, 1, err)
+        lines = [json.loads(line) for line in out.splitlines()]
+        closed = [m for m in lines if m.get("close_code")]
+        self.assertEqual(
+            [(m["state"], m["close_code"], m["name"], m["reason"]) for m in closed],
+            [("disconnected", 4100, "unauthorized", "unauthorized")],
+        )
+        self.assertEqual(lines[-1], {"type": "state", "state": "closed"})
+        out, err, code = await getProcessOutputAndValue(
+            SCRIPT,
+            ("connect", url, "--token", "good-key"),
+            env=dict(os.environ),
+            reactor=reactor,
+            stdinBytes=b'{"cmd": "stats", "id": 1}\n',
+        )
+        self.assertEqual(code, 0, err)
+        welcome = [json.loads(line) for line in out.splitlines() if b'"welcome"' in line]
+        self.assertEqual(len(welcome), 1, out)
 
 
 class TextTests(ServerTestCase):

@@ -241,7 +241,10 @@ def _text(record: dict[str, Any]) -> str:
         return f"= {_dump(record['data'])}"
     if kind == "state":
         closed = record.get("close_code")
-        return f"* {record['state']}" + (f" (close code {closed})" if closed else "")
+        if not closed:
+            return f"* {record['state']}"
+        reason = f": {record['reason']}" if record.get("reason") else ""
+        return f"* {record['state']} (close code {closed} {record['name']}{reason})"
     if kind == "lost":
         return f"! lost {record['stream']}: {record['reason']}"
     if kind in ("joined", "left"):
@@ -279,6 +282,12 @@ class WatchedClient(WarpSocketClient):
 
         self.core.receive = receive_watched  # type: ignore[method-assign]
 
+    last_close_reason: str | None = None
+
+    def _transport_closed(self, protocol: Any, code: int | None, reason: str | None) -> None:
+        self.last_close_reason = reason  # the client keeps the code only
+        super()._transport_closed(protocol, code, reason)
+
     def _run(self, actions: list[ClientAction]) -> None:
         if self.watch is not None:
             self.watch(actions)
@@ -294,6 +303,7 @@ class ConnectSession:
         self.pending: set[Deferred[Any]] = set()
         self.counts: dict[str, int] = {}
         self.done: Deferred[None] = Deferred()
+        self.exit_code = 0  # 1 once the client gives up by itself (a refusal)
         self._closing = False
         client.watch = self._watch
         client.stray_error = self._stray_error
@@ -343,8 +353,11 @@ class ConnectSession:
         if new in (ClientState.DISCONNECTED, ClientState.RECONNECTING) and close_code:
             record["close_code"] = close_code
             record["name"] = code_name(close_code) if close_code >= 4000 else "close"
+            if self.client.last_close_reason:
+                record["reason"] = self.client.last_close_reason
         self.output.emit(record)
         if new is ClientState.CLOSED and not self._closing:
+            self.exit_code = 1
             self._finish()  # given up (e.g. a refused token): nothing more will come
 
     def _watch(self, actions: list[ClientAction]) -> None:
@@ -619,7 +632,7 @@ def run(args: argparse.Namespace) -> int:
     client.connect().addErrback(lambda _: None)  # the state lines say what happens
     session.done.addBoth(lambda _: reactor.stop())
     reactor.run()
-    return 0
+    return session.exit_code
 
 
 __all__ = ["Command", "ConnectSession", "add_parser", "run"]
