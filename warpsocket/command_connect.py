@@ -243,8 +243,9 @@ def _text(record: dict[str, Any]) -> str:
         closed = record.get("close_code")
         if not closed:
             return f"* {record['state']}"
+        name = f" {record['name']}" if record["name"] != "close" else ""
         reason = f": {record['reason']}" if record.get("reason") else ""
-        return f"* {record['state']} (close code {closed} {record['name']}{reason})"
+        return f"* {record['state']} (close code {closed}{name}{reason})"
     if kind == "lost":
         return f"! lost {record['stream']}: {record['reason']}"
     if kind in ("joined", "left"):
