@@ -155,6 +155,9 @@ class Bench:
 
         def stop_sending() -> None:
             sender.stop()
+            # A busy machine may run the last rounds late: the run still
+            # sends exactly rate x duration messages.
+            self._send_until(self.total())
             self.stopped_sending = self.reactor.seconds()
             self._wait_drained(done, progress)
 
@@ -163,9 +166,14 @@ class Bench:
         self.reactor.callLater(self.args.duration, stop_sending)
         return done
 
+    def total(self) -> int:
+        return math.ceil(self.args.duration * self.args.rate)
+
     def _send_due(self) -> None:
         elapsed = self.reactor.seconds() - self.started
-        due = min(int(elapsed * self.args.rate) + 1, math.ceil(self.args.duration * self.args.rate))
+        self._send_until(min(int(elapsed * self.args.rate) + 1, self.total()))
+
+    def _send_until(self, due: int) -> None:
         while self.tally.sent < due:
             self._send_one()
 
