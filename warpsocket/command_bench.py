@@ -167,7 +167,9 @@ class Bench:
         return done
 
     def total(self) -> int:
-        return math.ceil(self.args.duration * self.args.rate)
+        duration: float = self.args.duration
+        rate: float = self.args.rate
+        return math.ceil(duration * rate)
 
     def _send_due(self) -> None:
         elapsed = self.reactor.seconds() - self.started
