@@ -119,7 +119,10 @@ class ClusterApiTests(ClusterCase):
         for junk in ("not json", "[]", '{"id": 1}', '{"id": "x", "reply": "r", "body": {"op": 5}}'):
             await cmd.publish("t:api:requests", junk)
             await cmd.publish("t:api:replies:a", junk)
-        started = reactor.seconds()
+        # Every node says "not here": the answer must not wait for a timeout
+        # (made longer than this test's own, so waiting for it fails the test).
+        for node in (a, b):
+            node.service.site.resource.children[b"api"].sessions.timeout = 3600
         for path in ("join", "leave"):
             code, body, _ = await self.api(b, b"POST", path, {"session": "nobody", "room": "r"})
             self.assertEqual((code, body["error"]["name"]), (404, "bad_state"), body)
@@ -127,8 +130,6 @@ class ClusterApiTests(ClusterCase):
         self.assertEqual((code, body["error"]["name"]), (404, "bad_state"), body)
         code, body, _ = await self.api(b, b"POST", "send", {"session": "nobody", "event": "e"})
         self.assertEqual((code, body["error"]["name"]), (404, "bad_state"), body)
-        # Every node said "not here": answered without waiting for the timeout.
-        self.assertLess(reactor.seconds() - started, 4.0)
         code, body, _ = await self.api(b, b"POST", "join", {"session": client.session, "room": "r"})
         self.assertEqual(code, 200, body)
 
