@@ -344,6 +344,8 @@ class RefusalTests(HttpApiTestCase):
                 ("/api/join", "POST"),
                 ("/api/leave", "POST"),
                 ("/api/presence/{room}", "GET"),
+                ("/api/history/{stream}", "GET"),
+                ("/api/disconnect", "POST"),
                 ("/api/info", "GET"),
             },
         )
@@ -351,7 +353,7 @@ class RefusalTests(HttpApiTestCase):
         for path, method in routes:
             # Each documented route exists: with the key and no body it is
             # refused as a bad request (POST) or answered (GET), never 404/405.
-            concrete = path.replace("{room}", "r")
+            concrete = path.replace("{room}", "r").replace("{stream}", "room:r")
             code, body, _ = await self.call(method.encode(), concrete, raw=b"{}")
             self.assertIn(code, (200, 400), (path, body))
             operation = spec["paths"][path][method.lower()]

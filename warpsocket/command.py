@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from warpsocket import command_bench, command_connect
 from warpsocket.client.blocking import BlockingClient
 from warpsocket.client.client import ClientClosedError, ConnectTimeoutError, DeliveryError, Message
 from warpsocket.client.options import ClientOptions
@@ -30,6 +31,12 @@ UNREACHABLE = 3  # no welcome within --connect-timeout
 NO_ANSWER = 4  # the deadline passed (expired), or the client gave the message up
 
 CODECS = {"json": JSON_SUBPROTOCOL, "msgpack": MSGPACK_SUBPROTOCOL}
+
+# Commands in their own modules: ``add_parser(commands)`` and ``run(args) -> int``.
+_EXTRA: dict[str, Any] = {
+    "connect": command_connect,
+    "bench": command_bench,
+}
 
 
 class CommandError(Exception):
@@ -107,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     common(listen)
     listen.add_argument("rooms", metavar="ROOM", nargs="+")
     listen.add_argument("--count", type=_count, help="exit after this many events")
+    for extra in _EXTRA.values():
+        extra.add_parser(commands)
     return top
 
 
@@ -116,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["serve"]:
         return serve(arguments[1:])
     args = parser().parse_args(arguments)
+    if args.command in _EXTRA:
+        return int(_EXTRA[args.command].run(args))
     code = run(args, sys.stdout, sys.stderr)
     sys.stdout.flush()
     return code

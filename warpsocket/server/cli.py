@@ -70,6 +70,13 @@ def _rate(value: str) -> float:
     return number
 
 
+def _api_rate(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError("must be a number per second >= 0 (0: no limit)")
+    return number
+
+
 def _leeway(value: str) -> float:
     number = float(value)
     if not 0 <= number < float("inf"):
@@ -238,6 +245,9 @@ class Options(usage.Options):
             "Warn when a connection's outbound buffer stays undrained this long.",
             _seconds,
         ],
+        # HTTP API rate limits (issue 15): one token bucket per API key.
+        ["api-rate", None, 100.0, "HTTP API requests per second per key (0: no limit).", _api_rate],
+        ["api-burst", None, 200, "HTTP API requests a key may save up for a burst.", _count],
     ]
 
     def __init__(self) -> None:
@@ -472,7 +482,8 @@ def makeService(options: Options) -> IService:
         app(hub)
     service = WarpSocketService(hub, options["endpoints"], path=options["path"])
     if options.get("api_keys"):
-        add_http_api(service.site, hub, options["api_keys"])
+        rate = options["api-rate"] or None
+        add_http_api(service.site, hub, options["api_keys"], rate=rate, burst=options["api-burst"])
     if options["demo"]:  # the live demo
         add_demo(service.site)
         Logger().warn(

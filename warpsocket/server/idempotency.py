@@ -3,8 +3,11 @@
 The first request with a key runs; its answer is remembered when it means
 something was stored (the caller says so), and a retry with the same key and
 the same body within ``max_age`` seconds gets that answer back. A retry
-while the first is still running, or with another body, is refused. Kept by
-this node, bounded in count and age, on the hub's clock.
+while the first is still running, or with another body, is refused.
+``IdempotencyCache`` keeps them on this node, bounded in count and age, on
+the hub's clock; clustered over Redis, ``cluster_parts`` gives the shared
+store instead (backends/redis/api.py: ``SET NX`` with a TTL), so a retry
+that lands on another node is answered too.
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
 MAX_KEY_LENGTH = 128
+MAX_AGE = 86_400.0  # seconds an answer is remembered
+# Seconds a shared record of a request that never finished (its node died)
+# blocks its key: longer than any request may wait for an ack.
+RUNNING_TTL = 360.0
 
 
 @dataclass
@@ -36,7 +44,7 @@ class IdempotencyError(Exception):
 
 class IdempotencyCache:
     def __init__(
-        self, clock: IReactorTime, max_entries: int = 10_000, max_age: float = 86_400
+        self, clock: IReactorTime, max_entries: int = 10_000, max_age: float = MAX_AGE
     ) -> None:
         self.clock = clock
         self.max_entries = max_entries
@@ -86,3 +94,19 @@ class IdempotencyCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def cluster_parts(hub: Any) -> tuple[Any, Any]:
+    """(``NodeRequests``, ``SharedIdempotency``) when the hub's backend is
+    Redis (the HTTP API then reaches sessions on every node); else (None, None)."""
+    backend = hub.backend
+    listen = getattr(backend, "listen", None)
+    if not backend.clustered or listen is None:
+        return None, None
+    from warpsocket.backends.redis.api import NodeRequests, SharedIdempotency
+
+    requests = NodeRequests(backend.connections, backend.prefix, backend.node, hub.reactor)
+    listen(requests.channel, requests.on_request)
+    listen(requests.replies, requests.on_reply)
+    shared = SharedIdempotency(backend.connections, backend.prefix, MAX_AGE, RUNNING_TTL)
+    return requests, shared

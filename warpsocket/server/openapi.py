@@ -32,6 +32,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
         "400": {"description": "Bad JSON, fields or data (`bad_frame`, `bad_envelope`).", **error},
         "401": {"description": "No or a wrong key (`unauthorized`).", **error},
         "413": {"description": "Body too large (`message_too_large`).", **error},
+        "429": {
+            "description": "Over the key's rate limit (`rate_limited`, 4200; wait Retry-After "
+            "seconds), or a session's queue is full (`queue_full`).",
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+            **error,
+        },
     }
     for status in statuses:
         answers[str(status)] = {"description": "See docs/http-api.md, Errors.", **error}
@@ -59,7 +65,9 @@ def _post(summary: str, body: str, answer: str, *statuses: int) -> dict[str, Any
     }
 
 
-def _get(summary: str, answer: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+def _get(
+    summary: str, answer: str, parameters: list[dict[str, Any]], *statuses: int
+) -> dict[str, Any]:
     return {
         "get": {
             "summary": summary,
@@ -69,9 +77,19 @@ def _get(summary: str, answer: str, parameters: list[dict[str, Any]]) -> dict[st
                     "description": "Done.",
                     "content": {"application/json": {"schema": _ref(answer)}},
                 },
-                **_errors(),
+                **_errors(*statuses),
             },
         }
+    }
+
+
+def _query(name: str, description: str, **bounds: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", **bounds},
     }
 
 
@@ -91,8 +109,9 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "WarpSocket HTTP server API",
             "version": "1",
-            "description": "Publish, broadcast and send to WebSocket clients "
-            "(docs/http-api.md). Errors carry a code of the WarpSocket registry.",
+            "description": "Publish, broadcast and send to WebSocket clients, manage "
+            "their sessions, read stream history (docs/http-api.md). Errors carry a code "
+            "of the WarpSocket registry.",
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -112,6 +131,36 @@ def openapi_document() -> dict[str, Any]:
                 "Sessions in a room, on every node.",
                 "Presence",
                 [{"name": "room", "in": "path", "required": True, "schema": _NAME}],
+            ),
+            "/api/history/{stream}": _get(
+                "A stream's kept events after an offset (410 `stream_gap` when gone).",
+                "History",
+                [
+                    {
+                        "name": "stream",
+                        "in": "path",
+                        "required": True,
+                        "description": "room:<name>, broadcast or direct:<session>",
+                        "schema": {"type": "string"},
+                    },
+                    _query("after", "Events after this offset (default 0).", minimum=0),
+                    _query("limit", "At most this many (default 100).", minimum=1, maximum=1000),
+                    {
+                        "name": "epoch",
+                        "in": "query",
+                        "required": False,
+                        "description": "The epoch `after` belongs to: another one is 410.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                410,
+                503,
+            ),
+            "/api/disconnect": _post(
+                "Close a session's (or a user's) connections; `forget` ends resumption.",
+                "Disconnect",
+                "Disconnected",
+                404,
             ),
             "/api/info": _get("This node's health and counts.", "Info", []),
         },
@@ -145,6 +194,52 @@ def openapi_document() -> dict[str, Any]:
                         _object(["sessions"], sessions={"type": "integer", "minimum": 0}),
                     ]
                 },
+                "Disconnect": _object(
+                    [],
+                    session=_NAME,
+                    user=_NAME,
+                    code={
+                        "type": "integer",
+                        "description": "1000 or 3000-4999 (default 4500 going_away)",
+                    },
+                    reason={"type": "string", "description": "At most 123 bytes of UTF-8."},
+                    forget={"type": "boolean"},
+                ),
+                "Disconnected": {
+                    "oneOf": [
+                        _object(
+                            ["session", "connected", "forgotten"],
+                            session=_NAME,
+                            connected={"type": "boolean"},
+                            forgotten={"type": "boolean"},
+                        ),
+                        _object(["sessions"], sessions={"type": "integer", "minimum": 0}),
+                    ]
+                },
+                "History": _object(
+                    ["stream", "epoch", "last", "events", "more"],
+                    stream={"type": "string"},
+                    epoch={"type": "string"},
+                    last={"type": "integer", "minimum": 0},
+                    more={"type": "boolean"},
+                    events={"type": "array", "items": _ref("HistoryEvent")},
+                ),
+                "HistoryEvent": _object(
+                    ["offset", "id", "timestamp"],
+                    offset={"type": "integer", "minimum": 1},
+                    id={"type": "string"},
+                    timestamp={"type": "integer"},
+                    event=_NAME,
+                    data=_DATA,
+                    ttl=_SECONDS,
+                    ack={"type": "boolean"},
+                    placeholder={
+                        "type": "string",
+                        "description": "Instead of event and data: `expired` (or another "
+                        "code name) for a message kept as its offset only.",
+                    },
+                    code={"type": "integer"},
+                ),
                 "Joined": _object(["joined"], joined=_NAME),
                 "Left": _object(["left"], left=_NAME),
                 "Presence": _object(

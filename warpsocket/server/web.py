@@ -163,14 +163,23 @@ def remove_metrics(site: Site) -> None:
     root.children.pop(b"metrics", None)
 
 
-def add_http_api(site: Site, hub: Hub, keys: Sequence[bytes], max_body: int | None = None) -> None:
+def add_http_api(
+    site: Site,
+    hub: Hub,
+    keys: Sequence[bytes],
+    max_body: int | None = None,
+    *,
+    rate: float | None = None,
+    burst: int | None = None,
+) -> None:
     """Serve the HTTP server API under ``/api/`` on ``site`` (docs/http-api.md).
 
     Bodies are bounded as they arrive (``max_body``, default the hub's
-    message size limit); the address rules apply as on every other path."""
+    message size limit); the address rules apply as on every other path.
+    ``rate``/``burst``: each key's token bucket (None: no limit)."""
     limit = max_body if max_body is not None else hub.options.core.max_message_size
     root: Any = site.resource
-    root.putChild(b"api", ApiResource(hub, keys, limit))
+    root.putChild(b"api", ApiResource(hub, keys, limit, rate=rate, burst=burst))
     site.requestFactory = limited_request(limit)
 
 

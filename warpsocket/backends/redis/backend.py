@@ -90,6 +90,8 @@ class RedisBackend:
         self._canary_since: float | None = None
         self._canary_failed = False
         self._node_key_set = False
+        # Other channels this node hears (the HTTP API's requests: api.py).
+        self._listeners: dict[str, Callable[[str], None]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -144,6 +146,8 @@ class RedisBackend:
         subscribed: Deferred[Any] = conn.subscribe(self.canary_channel)
         subscribed.addCallbacks(lambda _: self._send_canary(), lambda _: None)
         conn.subscribe(self.acks_channel).addErrback(lambda _: None)
+        for channel in self._listeners:
+            conn.subscribe(channel).addErrback(lambda _: None)
         self.streams.subscribe_all()
 
     def _on_message(self, channel: Any, message: Any) -> None:
@@ -160,7 +164,19 @@ class RedisBackend:
         if channel == self.acks_channel:
             self.acks.on_message(message)
             return
+        listener = self._listeners.get(channel)
+        if listener is not None:
+            listener(message)
+            return
         self.streams.on_message(channel, message)
+
+    def listen(self, channel: str, listener: Callable[[str], None]) -> None:
+        """Hand every message on ``channel`` to ``listener`` (subscribed again
+        with every new subscriber connection)."""
+        self._listeners[channel] = listener
+        sub = self.connections.sub
+        if sub is not None:
+            sub.subscribe(channel).addErrback(lambda _: None)
 
     # ------------------------------------------------------------ the Backend API
 
