@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from warpsocket.mock.engine import ScenarioEngine, Values
 from warpsocket.mock.scenario import EventAction, FaultAction, RpcMethod, Scenario
@@ -46,7 +47,8 @@ class MockService(MultiService):
 
     ``hub`` is the current hub; ``generation`` counts restarts. ``app`` (the
     ``--app`` callable) is called with every new hub before the scenario is
-    installed on it, so a scenario can stand in for part of a real app.
+    installed on it, so a scenario can stand in for part of a real app;
+    ``setup_site(site, hub)`` likewise with every new site (the HTTP API).
     """
 
     log = Logger()
@@ -59,6 +61,7 @@ class MockService(MultiService):
         options: HubOptions | None = None,
         path: str = "/ws",
         app: Callable[[Hub], Any] | None = None,
+        setup_site: Callable[[Site, Hub], None] | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -80,6 +83,7 @@ class MockService(MultiService):
             self.options = dataclasses.replace(self.options, security=security)
         self.path = path
         self.app = app
+        self.setup_site = setup_site
         self.generation = 0
         self.engine = ScenarioEngine(scenario, self.clock, self)
         # refuse_tokens: refused until this time, or this many more hellos.
@@ -121,6 +125,8 @@ class MockService(MultiService):
             self.app(hub)
         self._install(hub)
         server = WarpSocketService(hub, [], path=self.path, reactor=self.reactor)
+        if self.setup_site is not None:
+            self.setup_site(server.site, hub)
         if self.scenario.control.enabled:
             from warpsocket.mock.control import mount_control
 

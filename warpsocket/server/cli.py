@@ -190,6 +190,8 @@ class Options(usage.Options):
             "Seconds a connection may stay over --max-outbound-buffer.",
             _seconds,
         ],
+        # Mock server (docs/mock.md): play a scenario file instead of serving an app alone.
+        ["mock", None, None, "Play the scenario FILE (JSON, or YAML with the mock extra)."],
     ]
 
     def __init__(self) -> None:
@@ -268,6 +270,11 @@ class Options(usage.Options):
                 raise usage.UsageError(str(exc)) from None
         if self["app"] is not None:
             self["app_callable"] = load_app(self["app"])
+        # Mock server (docs/mock.md): the scenario is checked whole before anything starts.
+        if self["mock"] is not None:
+            from warpsocket.mock.options import check_mock_options
+
+            self["mock_scenario"] = check_mock_options(self)
 
 
 def _ms(seconds: float) -> int:
@@ -385,6 +392,10 @@ def load_app(spec: str) -> Callable[[Hub], Any]:
 
 
 def makeService(options: Options) -> IService:
+    if options.get("mock_scenario") is not None:  # Mock server (docs/mock.md)
+        from warpsocket.mock.options import mock_service
+
+        return mock_service(options)
     hub = Hub(options["hub_options"], backend=options.get("backend"))
     app = options.get("app_callable")
     if app is not None:
