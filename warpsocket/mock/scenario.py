@@ -9,6 +9,7 @@ a scenario must not silently play a different one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -22,8 +23,8 @@ T = TypeVar("T")
 
 # Longest time a scenario may name: a day.
 MAX_SECONDS = 86_400.0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 FAULTS = ("cut", "close", "delay", "stall", "restart", "refuse_tokens", "go_away", "clear")
 # Parameters each fault takes, beyond ``fault`` itself.
@@ -166,13 +167,31 @@ def _parse_text(path: str, text: str) -> Any:
                 f"{path}: YAML needs PyYAML (pip install 'warpsocket[mock]'), or use JSON"
             ) from None
         try:
-            return yaml.safe_load(text)
+            return yaml.load(text, Loader=_yaml_loader(yaml))
         except yaml.YAMLError as exc:
             raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
     try:
         return json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise ScenarioError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _yaml_loader(yaml: Any) -> Any:
+    """PyYAML's SafeLoader with YAML 1.2 booleans: ``on:`` (a trigger) and
+    ``yes``/``no``/``off`` stay strings; only true and false are booleans."""
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc]
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    return Loader
 
 
 def _no_constant(name: str) -> Any:
@@ -224,7 +243,7 @@ def _at(where: str, key: str) -> str:
 
 
 def duration(value: Any, where: str, *, positive: bool = False) -> float:
-    """``1.5s``, ``500ms``, ``2m`` or a number of seconds."""
+    """``1.5s``, ``500ms``, ``2m``, ``1h`` or a number of seconds."""
     if isinstance(value, bool):
         raise ScenarioError(f"{where}: must be a duration like 1.5s, 500ms or 2m")
     if isinstance(value, (int, float)):
@@ -232,7 +251,7 @@ def duration(value: Any, where: str, *, positive: bool = False) -> float:
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     else:
-        raise ScenarioError(f"{where}: bad duration {value!r} (use 1.5s, 500ms or 2m)")
+        raise ScenarioError(f"{where}: bad duration {value!r} (use 1.5s, 500ms, 2m or 1h)")
     if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
         raise ScenarioError(f"{where}: {value!r} is out of range (0 to 24h)")
     if positive and seconds < 0.001:
@@ -281,7 +300,14 @@ def parse_scenario(document: Any) -> Scenario:
         for method, spec in _type(top.get("rpc", {}), dict, "rpc", "an object").items()
     }
     auth = _auth(top["auth"]) if "auth" in top else None
+    for rule in faults:
+        if isinstance(rule.action, FaultAction) and rule.action.fault == "refuse_tokens":
+            if auth is None:
+                raise ScenarioError(f"{rule.path}: refuse_tokens needs an auth section")
     control = _control(top.get("control", True))
+    if auth is None:
+        # Without an authenticator there is no token to refuse.
+        control = dataclasses.replace(control, faults=control.faults - {"refuse_tokens"})
     return Scenario(name, events, faults, rpc, auth, control)
 
 

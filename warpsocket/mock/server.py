@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -90,7 +90,9 @@ class MockService(MultiService):
         self.refuse_code = ErrorCode.UNAUTHORIZED
         self.refuse_until = 0.0
         self.refuse_count = 0
+        self.tokens_refused = 0
         self.draining_until = 0.0
+        self._timers: set[IDelayedCall] = set()
         self.current = self._new_server()
         self.current.setServiceParent(self)
         self.shaper = ShapingFactory(self.current.site, self.clock)
@@ -115,7 +117,24 @@ class MockService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         self.engine.stop()
+        for call in self._timers:
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        for transport in self.shaper.connections:
+            transport.reshape(delay=0.0, stall_until=0.0)  # the goodbyes go out now
         return cast("Deferred[None]", super().stopService())
+
+    def _later(self, delay: float, func: Callable[..., object], *args: Any) -> None:
+        """A timer of a fault, cancelled if the service stops first."""
+        holder: list[IDelayedCall] = []
+
+        def run() -> None:
+            self._timers.discard(holder[0])
+            func(*args)
+
+        holder.append(self.clock.callLater(delay, run))
+        self._timers.add(holder[0])
 
     # ------------------------------------------------------------ the hub
 
@@ -255,7 +274,7 @@ class MockService(MultiService):
             elif kind == "delay":
                 transport.reshape(delay=action.by or 0.0)
                 if action.duration is not None:
-                    self.clock.callLater(action.duration, _undelay, transport, action.by)
+                    self._later(action.duration, _undelay, transport, action.by)
 
     def connections(self, session: str | None) -> list[Any]:
         """The open WebSocket connections of a session (or all of them)."""
@@ -275,7 +294,7 @@ class MockService(MultiService):
         self.draining_until = self.clock.seconds() + retry_after
         hub.port.close_all(ErrorCode.GOING_AWAY, _hint(retry_after))
         hub.port.fail_pending_acks(ErrorCode.GOING_AWAY)
-        self.clock.callLater(retry_after, self._undrain)
+        self._later(retry_after, self._undrain)
         return count
 
     def _undrain(self) -> None:
@@ -296,10 +315,13 @@ class MockService(MultiService):
     # ------------------------------------------------------------ refuse_tokens
 
     def refusing(self) -> bool:
+        """Whether to refuse this token (counted in ``tokens_refused``)."""
         if self.clock.seconds() < self.refuse_until:
+            self.tokens_refused += 1
             return True
         if self.refuse_count > 0:
             self.refuse_count -= 1
+            self.tokens_refused += 1
             return True
         return False
 
@@ -327,6 +349,7 @@ class MockService(MultiService):
             "fired": dict(self.engine.fired),
             "draining": hub.port.draining,
             "refusing_tokens": now < self.refuse_until or self.refuse_count > 0,
+            "tokens_refused": self.tokens_refused,
             "control": {
                 "faults": sorted(self.scenario.control.faults),
                 "emit": self.scenario.control.emit,
