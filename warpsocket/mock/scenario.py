@@ -301,9 +301,9 @@ def parse_scenario(document: Any) -> Scenario:
     }
     auth = _auth(top["auth"]) if "auth" in top else None
     for rule in faults:
-        if isinstance(rule.action, FaultAction) and rule.action.fault == "refuse_tokens":
-            if auth is None:
-                raise ScenarioError(f"{rule.path}: refuse_tokens needs an auth section")
+        refuses = isinstance(rule.action, FaultAction) and rule.action.fault == "refuse_tokens"
+        if refuses and auth is None:
+            raise ScenarioError(f"{rule.path}: refuse_tokens needs an auth section")
     control = _control(top.get("control", True))
     if auth is None:
         # Without an authenticator there is no token to refuse.
