@@ -78,7 +78,12 @@ class Recorder:
                 self.rpc[method] = {"result": envelope.data}
             else:
                 data = envelope.data if isinstance(envelope.data, dict) else {}
-                error = {"code": data.get("code", 4300), "message": data.get("message", "")}
+                message = data.get("message")
+                error = {
+                    # A scenario's error codes are 4000-4999 (scenario.py).
+                    "code": envelope.code if 4000 <= (envelope.code or 0) <= 4999 else 4300,
+                    "message": message if isinstance(message, str) else "",
+                }
                 self.rpc[method] = {"error": error}
             self._soon()
 
