@@ -18,36 +18,41 @@ from warpsocket.mock.scenario import ScenarioError, load_scenario
 DEFAULT_ENDPOINT = "tcp:8080:interface=127.0.0.1"
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="warpsocket mock",
-        description="A WarpSocket server that plays a scenario file (docs/mock.md). "
-        "Other options are the server's (warpsocket serve --help).",
+USAGE = """usage: warpsocket mock SCENARIO [server options]
+       warpsocket mock --record OUT --upstream URL [--endpoint ENDPOINT]
+
+Play SCENARIO (a JSON or YAML file, docs/mock.md) as a WarpSocket server; the
+server options are those of `warpsocket serve --help` (default endpoint
+tcp:8080:interface=127.0.0.1, any page origin admitted). --record runs a proxy
+to URL that writes the first session it sees to OUT as a scenario.
+"""
+
+
+def record_parser() -> argparse.ArgumentParser:
+    sub = argparse.ArgumentParser(
+        prog="warpsocket mock --record",
+        description="A proxy to a real server that records a session as a scenario.",
     )
-    top.add_argument("scenario", metavar="SCENARIO", nargs="?", help="JSON or YAML file")
-    top.add_argument("--record", metavar="OUT", help="record a session as a scenario to OUT")
-    top.add_argument("--upstream", metavar="URL", help="with --record: the server to record")
-    return top
+    sub.add_argument("--record", metavar="OUT", required=True, help="the scenario to write")
+    sub.add_argument("--upstream", metavar="URL", required=True, help="ws:// or wss:// server")
+    sub.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="where clients connect")
+    return sub
 
 
 def main(arguments: Sequence[str]) -> int:
-    args, rest = parser().parse_known_args(list(arguments))
-    if args.record is not None:
-        if args.upstream is None or args.scenario is not None:
-            print(
-                "warpsocket mock: --record OUT needs --upstream URL (and no SCENARIO)",
-                file=sys.stderr,
-            )
-            return 2
-        return record(args.record, args.upstream, rest)
-    if args.scenario is None:
-        print(
-            "warpsocket mock: give a SCENARIO file (or --record OUT --upstream URL)",
-            file=sys.stderr,
-        )
+    arguments = list(arguments)
+    if any(a == "--record" or a.startswith("--record=") for a in arguments):
+        recording = record_parser().parse_args(arguments)
+        return record(recording.record, recording.upstream, recording.endpoint)
+    if not arguments or arguments[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if arguments else sys.stderr)
+        return 0 if arguments else 2
+    scenario, rest = arguments[0], arguments[1:]
+    if scenario.startswith("-"):
+        print(f"warpsocket mock: the SCENARIO file comes first\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        load_scenario(args.scenario)
+        load_scenario(scenario)
     except ScenarioError as exc:
         print(f"warpsocket mock: {exc}", file=sys.stderr)
         return 2
@@ -58,14 +63,11 @@ def main(arguments: Sequence[str]) -> int:
         options += ["--allow-origin", "*"]
     from warpsocket.command import serve
 
-    return serve([*options, "--mock", args.scenario])
+    return serve([*options, "--mock", scenario])
 
 
-def record(out: str, upstream: str, rest: Sequence[str]) -> int:
+def record(out: str, upstream: str, endpoint_description: str) -> int:
     """Proxy and record until interrupted (Ctrl-C writes the scenario)."""
-    sub = argparse.ArgumentParser(prog="warpsocket mock --record")
-    sub.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
-    args = sub.parse_args(list(rest))
     if not upstream.startswith(("ws://", "wss://")):
         print(
             f"warpsocket mock: --upstream must be a ws:// or wss:// URL, not {upstream!r}",
@@ -87,12 +89,12 @@ def record(out: str, upstream: str, rest: Sequence[str]) -> int:
 
     def listening(port: object) -> None:
         print(
-            f"recording {upstream} to {out}: connect to {args.endpoint}; Ctrl-C ends",
+            f"recording {upstream} to {out}: connect to {endpoint_description}; Ctrl-C ends",
             file=sys.stderr,
         )
 
     try:
-        endpoint = serverFromString(reactor, args.endpoint)
+        endpoint = serverFromString(reactor, endpoint_description)
     except Exception as exc:
         print(f"warpsocket mock: bad --endpoint: {exc}", file=sys.stderr)
         return 2
