@@ -220,3 +220,13 @@ class WireTests(unittest.TestCase):
         transport.abortConnection()
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(below.value(), b"x")
+
+
+class PruneTests(unittest.TestCase):
+    def test_rooms_of_expired_sessions_are_forgotten(self) -> None:
+        rules, seen, _clock = engine({"events": [{"on": "join r", "room": "r", "event": "e"}]})
+        for i in range(300):
+            seen.sessions.add(f"s{i}")
+            rules.connected(f"s{i}", None, frozenset({"r"}))
+            seen.sessions.discard(f"s{i}")  # expired at once
+        self.assertLess(len(rules._joined), 256)

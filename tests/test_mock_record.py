@@ -6,6 +6,7 @@ same RPC answers)."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -14,7 +15,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial import unittest
 
 from tests.helpers.client import FAST
-from tests.wsclient import async_test, sleep, wait_until
+from tests.wsclient import HandshakeRefusedError, async_test, connect, sleep, wait_until
 from warpsocket.client.client import DeliveryError, Message, WarpSocketClient
 from warpsocket.client.options import ClientOptions
 from warpsocket.mock import MockService, load_scenario
@@ -137,3 +138,17 @@ class RecordReplayTests(unittest.TestCase):
         )
         self.assertEqual(replayed, recorded)
         self.assertEqual((added_again, refused_again), (added, refused))
+
+    @async_test
+    async def test_an_unreachable_upstream_is_a_502(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]  # nothing listens there once closed
+        recorder = Recorder(self.mktemp(), reactor)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            RecordingProxyFactory(f"ws://127.0.0.1:{closed}/ws", recorder)
+        )
+        self.addCleanup(port.stopListening)
+        with self.assertRaises(HandshakeRefusedError) as refused:
+            await connect(port.getHost().port)
+        self.assertEqual(refused.exception.status, 502)

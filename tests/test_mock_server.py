@@ -222,7 +222,7 @@ class FaultTests(MockCase):
         status, body = await http(self.port, b"POST", "/mock/fault", fault)
         self.assertEqual((status, body["affected"]), (200, 1))
         await wait_until(lambda: len(closed_at) == 2, what="the second 4500")
-        code, text, headers = await http_get(self.port, "/healthz")
+        code, text, _ = await http_get(self.port, "/healthz")
         self.assertEqual((code, text), (503, b"draining\n"))
         opened = await self.reopened(client, 2)
         self.assertGreaterEqual(reactor.seconds() - closed_at[1], 0.49)

@@ -43,6 +43,7 @@ class ScenarioEngine:
         self._acted: dict[str, int] = {}  # rule path -> triggers acted on (``times``)
         self._calls: dict[IDelayedCall, str | None] = {}
         self._joined: dict[str, set[str]] = {}  # session -> rooms whose join fired
+        self._prune_at = 256
 
     # ------------------------------------------------------------ triggers
 
@@ -68,6 +69,11 @@ class ScenarioEngine:
 
     def connected(self, session: str, user: str | None, rooms: frozenset[str]) -> None:
         """A welcome into a session (new or resumed), which is in ``rooms``."""
+        if len(self._joined) >= self._prune_at:
+            # Sessions expire without telling: forget the rooms of the gone ones.
+            for gone in [s for s in self._joined if not self.performer.alive(s)]:
+                del self._joined[gone]
+            self._prune_at = max(256, 2 * len(self._joined))
         for rule in self.scenario.rules:
             if rule.trigger.kind == "connect":
                 self._trigger(rule, session, {"session": session, "user": user})

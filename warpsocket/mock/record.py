@@ -148,6 +148,10 @@ class _UpstreamFactory(WebSocketClientFactory):
     protocol = _Upstream  # type: ignore[assignment]
     downstream: _Downstream
 
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        # Unreachable: the client's upgrade is refused (502), not left waiting.
+        self.downstream.upstream_closed(None, None)
+
 
 class _Downstream(WebSocketServerProtocol):
     """One client: its frames go upstream, the upstream's come back (and are recorded)."""
