@@ -11,10 +11,13 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tests.wsclient import async_test
+from tests.test_command import ServerProcess
+from tests.wsclient import async_test, http_get, sleep
 from warpsocket.mock.scenario import (
     FaultAction,
     ScenarioError,
@@ -238,3 +241,57 @@ class CommandLineTests(unittest.TestCase):
         )
         self.assertEqual(code, 2)
         self.assertIn(b"--upstream", err)
+
+
+class MockCommandServesTests(unittest.TestCase):
+    """``warpsocket mock SCENARIO``: a server with the scenario and the control endpoint."""
+
+    timeout = 60
+
+    async def until_serving(self, process: ServerProcess, port: int) -> None:
+        give_up = reactor.seconds() + 30
+        while True:
+            if process.ended.called:
+                self.fail(f"exited early:\n{process.output.decode()}")
+            try:
+                code, _, _ = await http_get(port, "/healthz")
+            except (ConnectError, OSError):
+                code = 0
+            if code == 200:
+                return
+            if reactor.seconds() > give_up:
+                self.fail(f"did not come up:\n{process.output.decode()}")
+            await sleep(0.1)
+
+    @async_test
+    async def test_mock_serves_the_scenario(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        process = ServerProcess()
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        script = os.path.join(BIN, "warpsocket")
+        scenario = os.path.join(HERE, "every_fault.json")
+        reactor.spawnProcess(
+            process,
+            script,
+            [script, "mock", scenario, "--endpoint", f"tcp:{port}:interface=127.0.0.1"],
+            env=dict(os.environ),
+            path=cwd,
+        )
+
+        async def stop() -> None:
+            if not process.ended.called:
+                process.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                await process.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        await self.until_serving(process, port)
+        code, body, _ = await http_get(port, "/mock/state")
+        self.assertEqual(code, 200)
+        state = json.loads(body)
+        self.assertEqual(state["scenario"], "every fault (JSON)")
+        self.assertEqual(state["control"], {"faults": ["cut", "stall"], "emit": False})
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        await process.ended
