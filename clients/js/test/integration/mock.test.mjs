@@ -87,12 +87,12 @@ test("delay and stall hold the server's frames; nothing is lost", async () => {
   await sleep(50);
   started = Date.now();
   await c.call("add", { a: 2 });
-  assert.ok(Date.now() - started >= 290, `delayed only ${Date.now() - started} ms`);
+  assert.ok(Date.now() - started >= 490, `delayed only ${Date.now() - started} ms`);
   c.emit("clear");
-  await sleep(400);
+  await sleep(600);
   started = Date.now();
   await c.call("add", { a: 3 });
-  assert.ok(Date.now() - started < 250);
+  assert.ok(Date.now() - started < 400, `still slow: ${Date.now() - started} ms`);
   assert.equal(opens.length, 1);
   await c.close();
 });
