@@ -476,6 +476,8 @@ def _auth(value: Any) -> Auth:
         return Auth(None)
     tokens = _type(mapping["tokens"], dict, "auth.tokens", "an object (token: user)")
     for token, user in tokens.items():
+        if not isinstance(token, str) or not token:
+            raise ScenarioError(f"auth.tokens.{token}: a token is a non-empty string")
         _name(user, f"auth.tokens.{token}")
     return Auth(dict(tokens))
 
