@@ -14,10 +14,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
 from tests.test_command import ServerProcess
 from tests.wsclient import async_test, http_get, sleep
+from warpsocket.mock import MockService
 from warpsocket.mock.scenario import (
     FaultAction,
     ScenarioError,
@@ -26,6 +28,7 @@ from warpsocket.mock.scenario import (
     parse_scenario,
 )
 from warpsocket.mock.template import TemplateError, compile_template
+from warpsocket.server.cli import Options, makeService
 
 HERE = os.path.join(os.path.dirname(__file__), "mock_scenarios")
 BIN = os.path.dirname(sys.executable)
@@ -295,3 +298,35 @@ class MockCommandServesTests(unittest.TestCase):
         self.assertEqual(state["control"], {"faults": ["cut", "stall"], "emit": False})
         process.transport.signalProcess("TERM")  # type: ignore[union-attr]
         await process.ended
+
+
+class TwistdOptionsTests(unittest.TestCase):
+    def options(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(["--endpoint", "tcp:0:interface=127.0.0.1", *args])  # type: ignore[no-untyped-call]
+        return options
+
+    def test_mock_builds_a_mock_service_with_the_http_api(self) -> None:
+        keys = self.mktemp()
+        with open(keys, "w") as handle:
+            handle.write("a-key-of-enough-length\n")
+        scenario = os.path.join(HERE, "every_fault.yaml")
+        service = makeService(self.options("--mock", scenario, "--api-key-file", keys))
+        self.assertIsInstance(service, MockService)
+        assert isinstance(service, MockService)
+        self.assertEqual(service.scenario.name, "every fault")
+        self.assertTrue(service.options.open_rooms)
+        root: Any = service.current.site.resource
+        self.assertIn(b"mock", root.children)
+        self.assertIn(b"api", root.children)
+
+    def test_mock_refuses_what_a_restart_cannot_keep(self) -> None:
+        scenario = os.path.join(HERE, "every_fault.yaml")
+        with self.assertRaises(UsageError) as error:
+            self.options("--mock", scenario, "--redis", "redis://127.0.0.1:1/0")
+        self.assertIn("--mock serves in memory", str(error.exception))
+        with self.assertRaises(UsageError):
+            self.options("--mock", scenario, "--metrics-endpoint", "tcp:0")
+        with self.assertRaises(UsageError) as error:
+            self.options("--mock", os.path.join(HERE, "nothing.yaml"))
+        self.assertIn("cannot read", str(error.exception))

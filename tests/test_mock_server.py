@@ -350,5 +350,7 @@ class RestrictedControlTests(MockCase):
             self.port, b"POST", "/mock/fault", b'{"fault": "stall", "for": "1s"}'
         )
         self.assertEqual((status, body["affected"]), (200, 1))
+        status, body = await http(self.port, b"GET", "/mock/state")
+        self.assertEqual((body["stalled"], body["delayed"]), (1, 0))
         self.assertEqual(self.service.generation, 0)
         self.assertEqual(len(client.opens), 1)

@@ -348,6 +348,8 @@ class MockService(MultiService):
             "sessions": sessions,
             "fired": dict(self.engine.fired),
             "draining": hub.port.draining,
+            "delayed": sum(1 for t in self.shaper.connections if t.delay > 0),
+            "stalled": sum(1 for t in self.shaper.connections if t.stalled_until > now),
             "refusing_tokens": now < self.refuse_until or self.refuse_count > 0,
             "tokens_refused": self.tokens_refused,
             "control": {
