@@ -221,6 +221,17 @@ class WireTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(below.value(), b"x")
 
+    def test_too_much_held_aborts_the_connection(self) -> None:
+        transport, below, clock = self.shaped()
+        transport.factory.max_held = 10
+        transport.reshape(stall_until=100.0)
+        transport.write(b"12345")
+        transport.write(b"67890")
+        self.assertFalse(below.disconnected)
+        transport.write(b"x")
+        self.assertTrue(below.disconnected)
+        self.assertEqual((below.value(), clock.getDelayedCalls()), (b"", []))
+
 
 class PruneTests(unittest.TestCase):
     def test_rooms_of_expired_sessions_are_forgotten(self) -> None:

@@ -95,7 +95,9 @@ class MockService(MultiService):
         self._timers: set[IDelayedCall] = set()
         self.current = self._new_server()
         self.current.setServiceParent(self)
-        self.shaper = ShapingFactory(self.current.site, self.clock)
+        self.shaper = ShapingFactory(
+            self.current.site, self.clock, self.options.security.max_outbound_buffer
+        )
         self.listeners: list[EndpointListener] = []
         for description in endpoints:
             endpoint, _ = reloadable_endpoint(self.reactor, description)

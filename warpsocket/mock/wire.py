@@ -4,7 +4,9 @@
 connection's transport is a ``ShapedTransport`` whose writes can be held
 back (``delay``: each write leaves ``by`` seconds later, order kept) or
 stopped (``stall``: nothing leaves until the stall ends, then all of it at
-once), as a congested or frozen network would do. The server above sees an
+once), as a congested or frozen network would do. A connection with more
+than ``max_held`` bytes held is aborted, as the server drops a consumer
+that slow. The server above sees an
 ordinary transport; the site behind it can be swapped (a restart).
 """
 
@@ -29,6 +31,7 @@ class ShapedTransport(ProtocolWrapper):
         self.delay = 0.0
         self.stalled_until = 0.0
         self._held: deque[tuple[float, bytes]] = deque()
+        self.held_bytes = 0
         self._call: IDelayedCall | None = None
         self._closing = False
 
@@ -45,6 +48,12 @@ class ShapedTransport(ProtocolWrapper):
             below.write(data)
             return
         self._held.append((now + self.delay, data))
+        self.held_bytes += len(data)
+        if self.held_bytes > self.factory.max_held:
+            # Held past the server's own outbound bound: what the server does
+            # to a consumer that slow (and memory stays bounded).
+            self.abortConnection()
+            return
         self._schedule()
 
     def writeSequence(self, data: Any) -> None:
@@ -69,6 +78,7 @@ class ShapedTransport(ProtocolWrapper):
 
     def _drop(self) -> None:
         self._held.clear()
+        self.held_bytes = 0
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
@@ -102,6 +112,7 @@ class ShapedTransport(ProtocolWrapper):
         ready: list[bytes] = []
         while self._held and self._held[0][0] <= now:
             ready.append(self._held.popleft()[1])
+            self.held_bytes -= len(ready[-1])
         if ready:
             below.write(b"".join(ready))
         if self._held:
@@ -116,9 +127,11 @@ class ShapingFactory(WrappingFactory):
     protocol = ShapedTransport
     noisy = False
 
-    def __init__(self, site: Any, clock: IReactorTime) -> None:
+    def __init__(self, site: Any, clock: IReactorTime, max_held: int = 16 * 1024 * 1024) -> None:
         super().__init__(site)
         self.clock = clock
+        # Bytes a connection may have held back before it is dropped.
+        self.max_held = max_held
         self.connections: set[ShapedTransport] = set()
 
     def switch(self, site: Any) -> None:
