@@ -110,6 +110,10 @@ def parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    commands.add_parser(
+        "mock", help="play a scenario file as a server (mock --help, docs/mock.md)", add_help=False
+    )
+
     listen = commands.add_parser("listen", help="join rooms and print their events as JSON lines")
     common(listen)
     listen.add_argument("rooms", metavar="ROOM", nargs="+")
@@ -124,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:
         return serve(arguments[1:])
+    if arguments[:1] == ["mock"]:
+        from warpsocket.mock.command import main as mock
+
+        return mock(arguments[1:])
     args = parser().parse_args(arguments)
     if args.command in _EXTRA:
         return int(_EXTRA[args.command].run(args))

@@ -248,6 +248,8 @@ class Options(usage.Options):
         # HTTP API rate limits (issue 15): one token bucket per API key.
         ["api-rate", None, 100.0, "HTTP API requests per second per key (0: no limit).", _api_rate],
         ["api-burst", None, 200, "HTTP API requests a key may save up for a burst.", _count],
+        # Mock server (docs/mock.md): play a scenario file instead of serving an app alone.
+        ["mock", None, None, "Play the scenario FILE (JSON, or YAML with the mock extra)."],
     ]
 
     def __init__(self) -> None:
@@ -332,6 +334,11 @@ class Options(usage.Options):
         if self["app"] is not None:
             self["app_callable"] = load_app(self["app"])
         observability_options(self)
+        # Mock server (docs/mock.md): the scenario is checked whole before anything starts.
+        if self["mock"] is not None:
+            from warpsocket.mock.options import check_mock_options
+
+            self["mock_scenario"] = check_mock_options(self)
 
 
 def _ms(seconds: float) -> int:
@@ -476,6 +483,10 @@ def load_app(spec: str) -> Callable[[Hub], Any]:
 
 
 def makeService(options: Options) -> IService:
+    if options.get("mock_scenario") is not None:  # Mock server (docs/mock.md)
+        from warpsocket.mock.options import mock_service
+
+        return mock_service(options)
     hub = Hub(options["hub_options"], backend=options.get("backend"))
     app = options.get("app_callable")
     if app is not None:
