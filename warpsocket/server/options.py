@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from warpsocket.core.server import CoreOptions
+from warpsocket.crypto.hub import SigningOptions
 from warpsocket.server.security.config import SecurityOptions
 
 
@@ -25,6 +26,8 @@ class HubOptions:
       ``WarpSocketService.stopService`` (docs/deployment.md).
     - ``reconnect_hint_ms``: the delay suggested to clients sent away by a drain.
     - ``debug``: log every envelope in and out (``LoggingMiddleware``).
+    - ``signing``: verify clients' signatures and sign what the server sends
+      (``SigningOptions``; protocol.md "Extension: signatures"). None: off.
     """
 
     core: CoreOptions = field(default_factory=CoreOptions)
@@ -39,6 +42,8 @@ class HubOptions:
     open_rooms: bool = False
     # Origins, tokens, address lists and limits (docs/security.md).
     security: SecurityOptions = field(default_factory=SecurityOptions)
+    # Envelope signatures (protocol.md "Extension: signatures"); None: off.
+    signing: SigningOptions | None = None
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0 or self.shutdown_timeout <= 0:
