@@ -43,8 +43,11 @@ class SignatureError(Exception):
 class SignatureKey(Protocol):
     """A key that verifies, and signs when it holds the secret half."""
 
-    kid: str
-    alg: str
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def alg(self) -> str: ...
 
     @property
     def can_sign(self) -> bool: ...

@@ -20,6 +20,8 @@ from warpsocket.backends.redis import redis_backend_from_options
 from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
+from warpsocket.crypto.hub import SigningOptions
+from warpsocket.crypto.keyfile import load_signature_keys
 from warpsocket.server.http_api import load_api_keys
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.security.auth import JWTAuthenticator
@@ -91,6 +93,8 @@ class Options(usage.Options):
             "Also accept the token in the ?token= query parameter (it may end up in logs).",
         ],
         ["compression", None, "Accept permessage-deflate (size limits apply inflated)."],
+        # Envelope signatures (protocol.md "Extension: signatures", docs/cli.md).
+        ["sign-required", None, "Refuse unsigned envelopes from every client (4601)."],
     ]
     optParameters = [
         ["path", None, "/ws", "URL path of the WebSocket endpoint."],
@@ -190,6 +194,10 @@ class Options(usage.Options):
             "Seconds a connection may stay over --max-outbound-buffer.",
             _seconds,
         ],
+        # Envelope signatures (protocol.md "Extension: signatures", docs/cli.md).
+        ["sign-key-file", None, None, "JSON file of signature keys: verify clients, sign replies."],
+        ["sign-window", None, 300.0, "Replay window of signed envelopes, seconds.", _seconds],
+        ["sign-max-ids", None, 100_000, "Signed envelope ids remembered per node.", _count],
     ]
 
     def __init__(self) -> None:
@@ -300,6 +308,21 @@ def hub_options_from(options: Options) -> HubOptions:
         debug=bool(options["debug"]),
         open_rooms=bool(options["open-rooms"]),
         security=security_options_from(options),
+        signing=signing_options_from(options),
+    )
+
+
+def signing_options_from(options: Options) -> SigningOptions | None:
+    """``--sign-key-file`` and its companions (envelope signatures)."""
+    if options["sign-key-file"] is None:
+        if options["sign-required"]:
+            raise ValueError("--sign-required needs --sign-key-file")
+        return None
+    return SigningOptions(
+        load_signature_keys(options["sign-key-file"]),
+        window_ms=_ms(options["sign-window"]),
+        max_entries=options["sign-max-ids"],
+        required=bool(options["sign-required"]),
     )
 
 
