@@ -694,7 +694,8 @@ class WarpSocketClient:
             # Closing: a tracked message goes back to the queue on disconnect.
             return
         self.stats.messages_out += 1
-        payload = self._crypto.encode(self.codec, envelope)
+        offset = self.core.clock_offset_ms or 0
+        payload = self._crypto.encode(self.codec, envelope, self._now_ms() + offset)
         protocol.sendMessage(payload, isBinary=self.codec.binary)
 
     def _welcomed(self, welcome: Welcomed) -> None:

@@ -22,7 +22,7 @@ from warpsocket.crypto.signing import (
 from warpsocket.crypto.wire import encode_wire, wire_of
 from warpsocket.protocol.codecs import Codec
 from warpsocket.protocol.codes import ErrorCode
-from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits, check_value
+from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits
 from warpsocket.protocol.envelope import Envelope, MessageType
 
 
@@ -81,18 +81,20 @@ class ClientCrypto:
         """Outgoing event data, sealed when the provider has a key for its scope."""
         if self.provider is None:
             return data
-        found = self.provider.sending_key(e2e.scope_of(room=room))
-        if found is None:
-            return data
-        check_value(data, self.limits)  # the plaintext stays in the data model too
-        kid, key = found
-        return e2e.seal(data, kid, key, event, e2e.scope_of(room=room))
+        return e2e.Sealer(self.provider, self.limits).seal(data, event, e2e.scope_of(room=room))
 
-    def encode(self, codec: Codec, envelope: Envelope) -> bytes:
-        """The frame for ``envelope``: signed on a connection that agreed to ``sign``."""
+    def encode(self, codec: Codec, envelope: Envelope, server_now_ms: int) -> bytes:
+        """The frame for ``envelope``: signed on a connection that agreed to ``sign``.
+
+        A copy without ``ttl`` or ``deadline`` (whose ends count from the
+        stamp) is stamped now, on the server's clock as far as known: a
+        message queued offline for long is not refused as stale (4604).
+        """
         key = self.keys.signing_key if self.keys is not None else None
         if not self.signed or key is None:
             return codec.encode(envelope)
+        if envelope.ttl is None and envelope.deadline is None:
+            envelope = envelope.evolve(timestamp=max(0, server_now_ms))
         return encode_wire(codec, sign_wire(envelope.to_wire(), key))
 
     def disconnected(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
@@ -62,7 +62,7 @@ class HmacKey:
     """A shared secret (at least 32 bytes) under a key id: signs and verifies."""
 
     kid: str
-    secret: bytes
+    secret: bytes = field(repr=False)
     alg: str = HMAC_SHA256
 
     def __post_init__(self) -> None:
