@@ -634,7 +634,9 @@ class WarpSocketClient:
             self.log.warn("bad frame from server: {error}", error=error)
             return
         self._probe_deadline = None
-        checked, failure = self._crypto.receive(envelope, self._now_ms())
+        # The replay window is judged on the server's clock, as far as known.
+        server_now = self._now_ms() + (self.core.clock_offset_ms or 0)
+        checked, failure = self._crypto.receive(envelope, server_now)
         if failure is not None:
             self._crypto_failed(failure)
         if checked is None:

@@ -736,7 +736,8 @@ export class WarpSocketClient {
     const raw = secure.keys !== null && codec.decodeRaw !== undefined ? codec.decodeRaw(payload) : null;
     this.readChain = this.readChain
       .then(async () => {
-        const [checked, failure] = await secure.receive(envelope, raw, Date.now());
+        // The replay window is judged on the server's clock, as far as known.
+        const [checked, failure] = await secure.receive(envelope, raw, Date.now() + (this.core.clockOffsetMs ?? 0));
         if (socket !== this.socket) return;
         if (failure !== null) this.cryptoFailed(failure);
         if (checked !== null) this.take(checked);
