@@ -93,7 +93,7 @@ class Options(usage.Options):
             "Also accept the token in the ?token= query parameter (it may end up in logs).",
         ],
         ["compression", None, "Accept permessage-deflate (size limits apply inflated)."],
-        # Envelope signatures (protocol.md "Extension: signatures", docs/cli.md).
+        # Envelope signatures (protocol.md "Extension: signatures", docs/security.md).
         ["sign-required", None, "Refuse unsigned envelopes from every client (4601)."],
     ]
     optParameters = [
@@ -194,7 +194,7 @@ class Options(usage.Options):
             "Seconds a connection may stay over --max-outbound-buffer.",
             _seconds,
         ],
-        # Envelope signatures (protocol.md "Extension: signatures", docs/cli.md).
+        # Envelope signatures (protocol.md "Extension: signatures", docs/security.md).
         ["sign-key-file", None, None, "JSON file of signature keys: verify clients, sign replies."],
         ["sign-window", None, 300.0, "Replay window of signed envelopes, seconds.", _seconds],
         ["sign-max-ids", None, 100_000, "Signed envelope ids remembered per node.", _count],
