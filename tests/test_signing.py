@@ -113,3 +113,73 @@ class ReplayGuardTests(unittest.TestCase):
         self.assertIs(guard.check("k", "a", 1_000, 2_000), ErrorCode.STALE)
         self.assertIs(guard.check("k", "b", 1_001, 2_000), ErrorCode.REPLAYED)
         self.assertIsNone(guard.check("k", "e", 1_500, 2_000))
+
+
+class KeyFileTests(unittest.TestCase):
+    """``warpsocket serve --sign-key-file`` and its companions."""
+
+    def write(self, content: Any) -> str:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(content if isinstance(content, str) else json.dumps(content))
+        return path
+
+    def test_a_key_file_gives_the_servers_options(self) -> None:
+        from warpsocket.server.cli import Options
+
+        keys = VECTORS["keys"]
+        path = self.write(
+            {
+                "signer": "ed-1",
+                "keys": [
+                    {"kid": "h-1", "alg": "hmac-sha256", "secret": keys["hmac"]["secret"]},
+                    {"kid": "ed-1", "alg": "ed25519", "seed": keys["ed25519"]["seed"]},
+                    {"kid": "pub", "alg": "ed25519", "public": keys["ed25519"]["public"]},
+                ],
+            }
+        )
+        options = Options()
+        options.parseOptions(
+            [
+                "--sign-key-file",
+                path,
+                "--sign-window",
+                "60",
+                "--sign-max-ids",
+                "10",
+                "--sign-required",
+            ]
+        )
+        signing = options["hub_options"].signing
+        self.assertEqual(sorted(signing.keys.keys), ["ed-1", "h-1", "pub"])
+        self.assertEqual(signing.keys.signer, "ed-1")
+        self.assertEqual(
+            (signing.window_ms, signing.max_entries, signing.required), (60_000, 10, True)
+        )
+        self.assertEqual(signing.parameters["algs"], ["ed25519", "hmac-sha256"])
+        # Secrets stay out of reprs (and so out of logs).
+        self.assertNotIn(keys["hmac"]["secret"], repr(signing))
+        self.assertNotIn("warpsocket-test-hmac", repr(signing))
+
+    def test_bad_files_and_options_are_refused_with_a_reason(self) -> None:
+        from twisted.python.usage import UsageError
+
+        from warpsocket.server.cli import Options
+
+        bad: list[Any] = [
+            "not json",
+            {"keys": []},
+            {"keys": [{"kid": "k", "alg": "hmac-sha256", "secret": "00"}]},
+            {"keys": [{"kid": "k", "alg": "rsa", "secret": "00" * 32}]},
+            {"keys": [{"kid": "k", "alg": "ed25519", "seed": "00" * 31}]},
+            {"signer": "pub", "keys": [{"kid": "pub", "alg": "ed25519", "public": "00" * 32}]},
+            {"keys": [{"kid": "k", "alg": "hmac-sha256", "secret": "00" * 32}] * 2},
+        ]
+        for content in bad:
+            with self.subTest(repr(content)), self.assertRaises(UsageError):
+                Options().parseOptions(["--sign-key-file", self.write(content)])
+        with self.assertRaises(UsageError):
+            Options().parseOptions(["--sign-required"])
+        plain = Options()
+        plain.parseOptions([])
+        self.assertIsNone(plain["hub_options"].signing)
