@@ -245,3 +245,19 @@ class SignedClientTests(ClientTestCase):
         self.assertEqual(seen, [1])
         self.assertEqual([f.code for f in refused], [ErrorCode.BAD_SIGNATURE])
         self.assertEqual(refused[0].envelope.data, 2)
+
+    @inlineCallbacks
+    def test_a_server_that_only_verifies_is_not_verified(self) -> Any:
+        keys = SignatureKeys.of([HmacKey("shared", SECRET)])  # no signer: it verifies only
+        hub = Hub(HubOptions(open_rooms=True, signing=SigningOptions(keys, required=True)))
+        server = ServerFixture(self, hub)
+        refused: list[CryptoFailure] = []
+        seen: list[Any] = []
+        client = self.client(server.url, signing=client_keys(signer="shared"))
+        client.on_crypto_error(refused.append)
+        client.subscribe("chat", lambda message: seen.append(message.data))
+        yield client.connect()
+        self.assertNotIn("kid", client.extensions["sign"])
+        yield client.send("say", "signed, answered unsigned", room="chat", ack=True)
+        yield wait_until(lambda: len(seen) == 1)
+        self.assertEqual(refused, [])

@@ -74,8 +74,10 @@ class ClientCrypto:
         self.keys = keys
         self.guard = guard
         self.limits: DataLimits = DEFAULT_LIMITS
-        # This connection agreed to ``sign`` (set by its welcome).
+        # This connection agreed to ``sign`` (set by its welcome), and the
+        # server signs what it sends on it.
         self.signed = False
+        self.verifying = False
 
     def seal(self, event: str, data: Any, room: str | None) -> Any:
         """Outgoing event data, sealed when the provider has a key for its scope."""
@@ -98,7 +100,7 @@ class ClientCrypto:
         return encode_wire(codec, sign_wire(envelope.to_wire(), key))
 
     def disconnected(self) -> None:
-        self.signed = False
+        self.signed = self.verifying = False
 
     def receive(
         self, envelope: Envelope, now_ms: int
@@ -111,9 +113,12 @@ class ClientCrypto:
         """
         if envelope.type is MessageType.WELCOME:
             granted = envelope.data.get("extensions") if isinstance(envelope.data, dict) else None
-            self.signed = self.keys is not None and isinstance(granted, dict) and SIGN in granted
+            params = granted.get(SIGN) if isinstance(granted, dict) else None
+            self.signed = self.keys is not None and isinstance(params, dict)
+            # The server signs only when its parameters name its key.
+            self.verifying = self.signed and isinstance(params, dict) and "kid" in params
         try:
-            if self.signed:
+            if self.verifying:
                 self._verify(envelope, now_ms)
             if (
                 envelope.type is MessageType.EVENT
@@ -131,7 +136,7 @@ class ClientCrypto:
             if envelope.type is MessageType.EVENT and envelope.offset is not None:
                 return envelope.evolve(data=None, code=int(error.code)), failure
             if envelope.type is MessageType.WELCOME:
-                self.signed = False
+                self.signed = self.verifying = False
             return None, failure
         return envelope, None
 

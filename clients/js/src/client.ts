@@ -650,7 +650,7 @@ export class WarpSocketClient {
       return;
     }
     this.socket = socket;
-    if (this.secure !== null) this.secure.signed = false; // until this connection's welcome says
+    if (this.secure !== null) this.secure.signed = this.secure.verifying = false; // until this connection's welcome says
     socket.binaryType = "arraybuffer";
     socket.onopen = () => this.opened(socket);
     socket.onmessage = (event) => this.frame(socket, event.data as Payload);

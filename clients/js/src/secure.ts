@@ -27,8 +27,9 @@ export function askedExtensions(base: readonly string[], provider: KeyProvider |
 }
 
 export class ClientCrypto {
-  /** This connection agreed to `sign` (set by its welcome). */
+  /** This connection agreed to `sign` (set by its welcome); the server signs on it. */
   signed = false;
+  verifying = false;
   limits: DataLimits = DEFAULT_LIMITS;
 
   constructor(
@@ -64,11 +65,14 @@ export class ClientCrypto {
     nowMs: number,
   ): Promise<[Envelope | null, CryptoFailure | null]> {
     if (envelope.type === "welcome") {
-      const granted = (envelope.data as Record<string, unknown> | undefined)?.extensions;
-      this.signed = this.keys !== null && typeof granted === "object" && granted !== null && SIGN_EXTENSION in granted;
+      const granted = (envelope.data as Record<string, unknown> | undefined)?.extensions as Record<string, unknown> | undefined;
+      const params = typeof granted === "object" && granted !== null ? granted[SIGN_EXTENSION] : undefined;
+      this.signed = this.keys !== null && typeof params === "object" && params !== null;
+      // The server signs only when its parameters name its key.
+      this.verifying = this.signed && "kid" in (params as object);
     }
     try {
-      if (this.signed) await this.verify(envelope, raw, nowMs);
+      if (this.verifying) await this.verify(envelope, raw, nowMs);
       if (envelope.type === "event" && this.provider !== null && envelope.stream !== undefined && isSealed(envelope.data)) {
         const plain = await openSealed(envelope.data, this.provider, envelope.event ?? "message", envelope.stream, this.limits);
         return [{ ...envelope, data: plain }, null];
@@ -81,7 +85,7 @@ export class ClientCrypto {
         delete placeholder.data;
         return [placeholder, failure];
       }
-      if (envelope.type === "welcome") this.signed = false;
+      if (envelope.type === "welcome") this.signed = this.verifying = false;
       return [null, failure];
     }
     return [envelope, null];
