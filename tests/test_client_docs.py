@@ -38,7 +38,7 @@ class GuideExampleTests(unittest.TestCase):
     timeout = 60
 
     def test_everyExampleIsFound(self) -> None:
-        self.assertEqual(len(examples()), 4)
+        self.assertEqual(len(examples()), 5)
 
     @inlineCallbacks
     def run_example(self, index: int) -> Any:
@@ -64,3 +64,6 @@ class GuideExampleTests(unittest.TestCase):
 
     def test_outcomes(self) -> Any:
         return self.run_example(3)
+
+    def test_encryption(self) -> Any:
+        return self.run_example(4)

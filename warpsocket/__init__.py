@@ -38,6 +38,12 @@ if TYPE_CHECKING:
     from warpsocket.core.dedup import DedupLimits
     from warpsocket.core.history import HistoryLimits
     from warpsocket.core.server import CoreOptions, QueueFullError, UnknownSessionError
+    from warpsocket.crypto.client import CryptoFailure
+    from warpsocket.crypto.e2e import E2EError, KeyProvider, KeyRing, ScopedKeys, Sealer
+    from warpsocket.crypto.hub import SigningOptions
+    from warpsocket.crypto.keyfile import load_signature_keys
+    from warpsocket.crypto.replay import ReplayGuard
+    from warpsocket.crypto.signing import Ed25519Key, HmacKey, SignatureError, SignatureKeys
     from warpsocket.protocol.codecs import (
         JSON_SUBPROTOCOL,
         MSGPACK_SUBPROTOCOL,
@@ -126,6 +132,20 @@ _EXPORTS: dict[str, str] = {
     "QueuePolicy": "warpsocket.core.client",
     "Status": "warpsocket.core.client",
     "Backoff": "warpsocket.core.backoff",
+    # Encryption and signatures (protocol.md, the extension sections).
+    "KeyProvider": "warpsocket.crypto.e2e",
+    "KeyRing": "warpsocket.crypto.e2e",
+    "ScopedKeys": "warpsocket.crypto.e2e",
+    "Sealer": "warpsocket.crypto.e2e",
+    "E2EError": "warpsocket.crypto.e2e",
+    "SignatureKeys": "warpsocket.crypto.signing",
+    "HmacKey": "warpsocket.crypto.signing",
+    "Ed25519Key": "warpsocket.crypto.signing",
+    "SignatureError": "warpsocket.crypto.signing",
+    "SigningOptions": "warpsocket.crypto.hub",
+    "ReplayGuard": "warpsocket.crypto.replay",
+    "CryptoFailure": "warpsocket.crypto.client",
+    "load_signature_keys": "warpsocket.crypto.keyfile",
     # The wire.
     "Envelope": "warpsocket.protocol.envelope",
     "MessageType": "warpsocket.protocol.envelope",
@@ -162,19 +182,25 @@ __all__ = [
     "ConnectTimeoutError",
     "Context",
     "CoreOptions",
+    "CryptoFailure",
     "DataLimits",
     "DataModelError",
     "DedupLimits",
     "DeliveryError",
     "DisconnectCause",
+    "E2EError",
+    "Ed25519Key",
     "Envelope",
     "ErrorCode",
     "Handshake",
     "HistoryLimits",
+    "HmacKey",
     "Hub",
     "HubOptions",
     "Identity",
     "JWTAuthenticator",
+    "KeyProvider",
+    "KeyRing",
     "LoggingMiddleware",
     "MemoryBackend",
     "Message",
@@ -188,8 +214,14 @@ __all__ = [
     "RedisBackend",
     "RedisOptions",
     "Reject",
+    "ReplayGuard",
+    "ScopedKeys",
+    "Sealer",
     "SecurityOptions",
     "SessionInfo",
+    "SignatureError",
+    "SignatureKeys",
+    "SigningOptions",
     "SlowAck",
     "SlowEvent",
     "SlowThresholds",
@@ -202,6 +234,7 @@ __all__ = [
     "__version__",
     "default_codecs",
     "default_should_reconnect",
+    "load_signature_keys",
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autobahn.websocket.util import parse_url
@@ -43,6 +43,8 @@ from warpsocket.core.client import (
 )
 from warpsocket.core.ids import random_id
 from warpsocket.core.messages import heartbeat_envelope
+from warpsocket.crypto.client import ClientCrypto, CryptoFailure, asked_extensions, nack_for
+from warpsocket.crypto.replay import ReplayGuard
 from warpsocket.protocol.codecs import Codec, default_codecs
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
@@ -207,7 +209,14 @@ class WarpSocketClient:
         if codec is None:
             raise ValueError(f"unknown subprotocol {self.options.subprotocol!r}")
         self.codec: Codec = codec
-        self.core = ClientCore(self.options.core, random_id)
+        options = self.options
+        extensions = asked_extensions(options.core.extensions, options.e2e, options.signing)
+        self.core = ClientCore(replace(options.core, extensions=extensions), random_id)
+        # Encryption and signatures (warpsocket/crypto/client.py); inert when unset.
+        self._crypto = ClientCrypto(
+            options.e2e, options.signing, ReplayGuard(options.replay_window_ms)
+        )
+        self._crypto_listeners: list[Callable[[CryptoFailure], Any]] = []
         self.token_provider = token
         self.factory = WarpSocketClientFactory(_Events(self), url, protocols=[codec.subprotocol])
         self.factory.clock = self.clock  # type: ignore[assignment]
@@ -287,6 +296,14 @@ class WarpSocketClient:
     def on_lost(self, listener: LostListener) -> LostListener:
         """``listener(stream, reason)`` when a stream could not be recovered."""
         self._lost_listeners.append(listener)
+        return listener
+
+    def on_crypto_error(
+        self, listener: Callable[[CryptoFailure], Any]
+    ) -> Callable[[CryptoFailure], Any]:
+        """Be told of each received envelope refused by encryption or
+        signatures (``CryptoFailure``: code 4600-4604); it was not delivered."""
+        self._crypto_listeners.append(listener)
         return listener
 
     def on_open(self, listener: OpenListener) -> OpenListener:
@@ -394,7 +411,7 @@ class WarpSocketClient:
         span, trace = self._tracer.start_send(event) if self._tracer is not None else (None, None)
         ident, actions = self.core.send(
             event,
-            data,
+            self._crypto.seal(event, data, room),
             self._now_ms(),
             ack=ack,
             room=room,
@@ -615,6 +632,7 @@ class WarpSocketClient:
         if self.state is ClientState.OPEN:
             self._disconnected_at = self.clock.seconds()
         self._pings.clear()
+        self._crypto.disconnected()
         self._run(self.core.disconnected(self._now_ms()))
         if self.state is not ClientState.CLOSED:
             self._set_state(ClientState.DISCONNECTED)
@@ -668,6 +686,14 @@ class WarpSocketClient:
             self.log.warn("bad frame from server: {error}", error=error)
             return
         self._probe_deadline = None
+        # The replay window is judged on the server's clock, as far as known.
+        server_now = self._now_ms() + (self.core.clock_offset_ms or 0)
+        checked, failure = self._crypto.receive(envelope, server_now)
+        if failure is not None:
+            self._crypto_failed(failure)
+        if checked is None:
+            return
+        envelope = checked
         if envelope.type is MessageType.HEARTBEAT and envelope.ref in self._pings:
             sent = self._pings.pop(envelope.ref or "")
             self.stats.rtt_seconds = self.clock.seconds() - sent
@@ -676,6 +702,20 @@ class WarpSocketClient:
         if envelope.type is MessageType.ERROR and envelope.ref is None:
             self.log.warn("server error: {data}", data=envelope.data)
         self._run(self.core.receive(envelope, self._now_ms()))
+
+    def _crypto_failed(self, failure: CryptoFailure) -> None:
+        self.log.warn(
+            "refused {kind} {id}: {message} ({code})",
+            kind=failure.envelope.type.value,
+            id=failure.id,
+            message=failure.message,
+            code=failure.code,
+        )
+        nack = nack_for(failure, random_id(), self._now_ms())
+        if nack is not None:
+            self._transmit(nack)
+        for listener in list(self._crypto_listeners):
+            invoke(listener, failure).addErrback(self._log_failure, "crypto listener")
 
     def _run(self, actions: list[ClientAction]) -> None:
         for action in actions:
@@ -708,10 +748,13 @@ class WarpSocketClient:
             # Closing: a tracked message goes back to the queue on disconnect.
             return
         self.stats.messages_out += 1
-        protocol.sendMessage(self.codec.encode(envelope), isBinary=self.codec.binary)
+        offset = self.core.clock_offset_ms or 0
+        payload = self._crypto.encode(self.codec, envelope, self._now_ms() + offset)
+        protocol.sendMessage(payload, isBinary=self.codec.binary)
 
     def _welcomed(self, welcome: Welcomed) -> None:
         self._cancel_attempt_timer()
+        self._crypto.limits = self.core.data_limits
         self._attempts_since_open = 0
         heartbeat = welcome.data.get("heartbeat")
         heartbeat = heartbeat if isinstance(heartbeat, dict) else {}

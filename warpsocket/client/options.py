@@ -10,6 +10,9 @@ from typing import Any
 
 from warpsocket.core.backoff import Backoff
 from warpsocket.core.client import ClientCoreOptions
+from warpsocket.crypto.e2e import KeyProvider
+from warpsocket.crypto.replay import DEFAULT_WINDOW_MS
+from warpsocket.crypto.signing import SignatureKeys
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
 
@@ -99,6 +102,13 @@ class ClientOptions:
     slow_ack: float | None = None
     tracing: bool = False
     tracer_provider: Any = None
+    # End-to-end encryption of event data (protocol.md "Extension: end-to-end
+    # encryption"): where keys come from, per scope. None: off.
+    e2e: KeyProvider | None = None
+    # Envelope signatures (protocol.md "Extension: signatures"): the keys that
+    # verify the server and the one this client signs with; the replay window.
+    signing: SignatureKeys | None = None
+    replay_window_ms: int = DEFAULT_WINDOW_MS
 
     def __post_init__(self) -> None:
         if self.slow_ack is not None and not self.slow_ack > 0:

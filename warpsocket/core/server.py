@@ -436,7 +436,7 @@ class ServerCore:
         if kind is MessageType.ACK:
             return self._client_ack(session, envelope)
         if kind is MessageType.ERROR:
-            return []
+            return self._client_nack(session, envelope)
         conn.last_app_ms = now_ms
         if kind is MessageType.EVENT or kind is MessageType.CALL:
             return self._inbound_message(conn, session, envelope, now_ms)
@@ -743,6 +743,24 @@ class ServerCore:
         if not pending:
             self._with_pending.discard(session.id)
         return actions
+
+    def _client_nack(self, session: Session, envelope: Envelope) -> list[Action]:
+        """A client refused an acked event it could not open or verify (code
+        4600-4619, ``ref`` its id): the send fails with that code at once."""
+        value = envelope.code
+        if envelope.ref is None or value is None or not 4600 <= value <= 4619:
+            return []
+        if value not in ErrorCode._value2member_map_:
+            return []
+        code = ErrorCode(value)
+        pending = session.pending
+        for offset, waiting in list(pending.items()):
+            if waiting.envelope.id == envelope.ref:
+                del pending[offset]
+                if not pending:
+                    self._with_pending.discard(session.id)
+                return [AckResult(session.id, offset, code, waiting.envelope.epoch)]
+        return []
 
     def _subscribe(
         self, conn: Connection, session: Session, envelope: Envelope, now_ms: int

@@ -69,6 +69,12 @@ class ErrorCode(enum.IntEnum):
     # 45xx: the server itself
     GOING_AWAY = 4500
     INTERNAL_ERROR = 4501
+    # 4600-4619: end-to-end encryption and signatures (protocol.md extensions)
+    DECRYPT_FAILED = 4600
+    BAD_SIGNATURE = 4601
+    REPLAYED = 4602
+    UNKNOWN_KEY = 4603
+    STALE = 4604
 
     @property
     def info(self) -> CodeInfo:
@@ -161,6 +167,24 @@ CODE_INFO: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.INTERNAL_ERROR: CodeInfo(
         "internal_error", Use.BOTH, True, "Unexpected server fault."
+    ),
+    ErrorCode.DECRYPT_FAILED: CodeInfo(
+        "decrypt_failed",
+        Use.ERROR,
+        False,
+        "An encrypted payload did not decrypt (tampered or wrong key).",
+    ),
+    ErrorCode.BAD_SIGNATURE: CodeInfo(
+        "bad_signature", Use.ERROR, False, "A signature is missing, malformed or does not verify."
+    ),
+    ErrorCode.REPLAYED: CodeInfo(
+        "replayed", Use.ERROR, False, "A signed envelope was already received within the window."
+    ),
+    ErrorCode.UNKNOWN_KEY: CodeInfo(
+        "unknown_key", Use.ERROR, False, "The key id of a signature or ciphertext is not known."
+    ),
+    ErrorCode.STALE: CodeInfo(
+        "stale", Use.ERROR, False, "A signed envelope's timestamp is outside the replay window."
     ),
 }
 

@@ -22,6 +22,8 @@ from warpsocket.backends.redis import redis_backend_from_options
 from warpsocket.core.dedup import DedupLimits
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.server import CoreOptions
+from warpsocket.crypto.hub import SigningOptions
+from warpsocket.crypto.keyfile import load_signature_keys
 from warpsocket.server.demo import demo_origins
 from warpsocket.server.http_api import load_api_keys
 from warpsocket.server.hub import Hub, HubOptions
@@ -122,6 +124,8 @@ class Options(usage.Options):
             None,
             "Serve the live demo chat at /demo; implies --open-rooms (a demo server).",
         ],
+        # Envelope signatures (protocol.md "Extension: signatures", docs/security.md).
+        ["sign-required", None, "Refuse unsigned envelopes from every client (4601)."],
     ]
     optParameters = [
         ["path", None, "/ws", "URL path of the WebSocket endpoint."],
@@ -250,6 +254,10 @@ class Options(usage.Options):
         ["api-burst", None, 200, "HTTP API requests a key may save up for a burst.", _count],
         # Mock server (docs/mock.md): play a scenario file instead of serving an app alone.
         ["mock", None, None, "Play the scenario FILE (JSON, or YAML with the mock extra)."],
+        # Envelope signatures (protocol.md "Extension: signatures", docs/security.md).
+        ["sign-key-file", None, None, "JSON file of signature keys: verify clients, sign replies."],
+        ["sign-window", None, 300.0, "Replay window of signed envelopes, seconds.", _seconds],
+        ["sign-max-ids", None, 100_000, "Signed envelope ids remembered per node.", _count],
     ]
 
     def __init__(self) -> None:
@@ -380,6 +388,21 @@ def hub_options_from(options: Options) -> HubOptions:
             buffer=options["slow-buffer"],
         ),
         inspect=options["inspect-key-file"] is not None,
+        signing=signing_options_from(options),
+    )
+
+
+def signing_options_from(options: Options) -> SigningOptions | None:
+    """``--sign-key-file`` and its companions (envelope signatures)."""
+    if options["sign-key-file"] is None:
+        if options["sign-required"]:
+            raise ValueError("--sign-required needs --sign-key-file")
+        return None
+    return SigningOptions(
+        load_signature_keys(options["sign-key-file"]),
+        window_ms=_ms(options["sign-window"]),
+        max_entries=options["sign-max-ids"],
+        required=bool(options["sign-required"]),
     )
 
 

@@ -40,6 +40,7 @@ from warpsocket.core.ids import SequentialIds, random_id
 from warpsocket.core.keys import BROADCAST, direct_key, room_key
 from warpsocket.core.server import ServerCore, Session, UnknownSessionError
 from warpsocket.core.store import StreamStore
+from warpsocket.crypto.hub import HubSigning, offered_extensions
 from warpsocket.protocol.codecs import CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
@@ -122,7 +123,8 @@ class Hub:
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.options = options if options is not None else HubOptions()
-        core_options = self.options.core
+        # Offers e2e.aes-gcm, and sign when configured (warpsocket/crypto/hub.py).
+        core_options = offered_extensions(self.options.core, self.options.signing)
         # The data model's bounds scale with the message size limit (protocol.md 2.1).
         self.codecs = codecs if codecs is not None else default_codecs(core_options.data_limits)
         self.middleware: list[Middleware] = list(middleware)
@@ -198,6 +200,7 @@ class Hub:
             announce_ack=self._cluster.announce_ack,
             session_changed=self._cluster.session_changed,
             reconnect_hint_ms=self.options.reconnect_hint_ms,
+            signing=HubSigning(self.options.signing) if self.options.signing else None,
         )
         self.port = HubPort(
             core,

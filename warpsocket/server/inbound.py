@@ -29,6 +29,8 @@ from warpsocket.core.server import (
     Session,
     resume_token_matches,
 )
+from warpsocket.crypto.hub import HubSigning, SigningCodec
+from warpsocket.crypto.signing import EXTENSION as SIGN
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
@@ -70,6 +72,7 @@ class Inbound:
         announce_ack: Callable[[Session, Envelope], None],
         session_changed: Callable[[str], None],
         reconnect_hint_ms: int,
+        signing: HubSigning | None = None,
     ) -> None:
         self.core = core
         self.backend = backend
@@ -87,6 +90,8 @@ class Inbound:
         self._announce_ack = announce_ack
         self._session_changed = session_changed
         self._reconnect_hint_ms = reconnect_hint_ms
+        # Envelope signatures (warpsocket/crypto/hub.py); None: not configured.
+        self._signing = signing
         # (connection, message id) -> principal, for dedup claims in flight.
         self._claims: dict[tuple[ConnId, str], str] = {}
         # Connections waiting for the backend (prepare, dedup claim): their
@@ -132,6 +137,12 @@ class Inbound:
         now = self._now_ms()
         self.metrics.traffic.messages_in[envelope.type.value] += 1
         conn = self.core.connections.get(conn_id)
+        if self._signing is not None and conn is not None and conn.session is not None:
+            refusal = self._signing.check(envelope, SIGN in conn.extensions, now)
+            if refusal is not None:  # 4601-4604, answered; the connection stays open
+                self.metrics.protocol_errors.labels(str(int(refusal.code))).inc()
+                self._run(self.core.protocol_error(conn_id, refusal, now))
+                return
         if self._middleware and conn is not None and conn.session is not None:
             ctx = self._context(conn.session.id, connection, envelope)
             try:
@@ -301,6 +312,19 @@ class Inbound:
 
         return self.backend.load_session(wanted).addCallback(adopt)
 
+    def _sign_from_welcome(self, conn_id: ConnId) -> None:
+        """A connection that agreed to ``sign`` is sent signed envelopes, its welcome first."""
+        conn = self.core.connections.get(conn_id)
+        connection = self._connections.get(conn_id)
+        if (
+            self._signing is not None
+            and conn is not None
+            and connection is not None
+            and SIGN in conn.extensions
+            and not isinstance(connection.codec, SigningCodec)
+        ):
+            connection.codec = self._signing.codec_for(connection.codec)
+
     def _after_step(self, conn_id: ConnId, envelope: Envelope, result: Any) -> None:
         principal = self._claims.pop((conn_id, envelope.id), None)
         if conn_id not in self._connections:
@@ -327,7 +351,10 @@ class Inbound:
             if result.reply is not None:
                 self._send(conn_id, result.reply)
             return
-        self._run(self.core.receive(conn_id, envelope, now))
+        actions = self.core.receive(conn_id, envelope, now)
+        if self._signing is not None and envelope.type is MessageType.HELLO:
+            self._sign_from_welcome(conn_id)
+        self._run(actions)
         if envelope.type in (MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE):
             conn = self.core.connections.get(conn_id)
             if conn is not None and conn.session is not None:

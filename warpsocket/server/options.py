@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from warpsocket.core.server import CoreOptions
+from warpsocket.crypto.hub import SigningOptions
 from warpsocket.server.observe.slow import SlowThresholds
 from warpsocket.server.security.config import SecurityOptions
 
@@ -30,6 +31,8 @@ class HubOptions:
     - ``tracing``: OpenTelemetry spans (the ``otel`` extra; docs/observability.md).
     - ``slow``: slow-message alert thresholds (``SlowThresholds``; all off by default).
     - ``inspect``: record the envelopes of connections the inspector looks at.
+    - ``signing``: verify clients' signatures and sign what the server sends
+      (``SigningOptions``; protocol.md "Extension: signatures"). None: off.
     """
 
     core: CoreOptions = field(default_factory=CoreOptions)
@@ -48,6 +51,8 @@ class HubOptions:
     tracing: bool = False
     slow: SlowThresholds = field(default_factory=SlowThresholds)
     inspect: bool = False
+    # Envelope signatures (protocol.md "Extension: signatures"); None: off.
+    signing: SigningOptions | None = None
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0 or self.shutdown_timeout <= 0:

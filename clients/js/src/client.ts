@@ -16,6 +16,10 @@ import { tokenExpiry } from "./jwt.js";
 import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
 import type { StateStore } from "./store.js";
 import { resolveWebSocket, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
+import type { KeyProvider } from "./e2e.js";
+import { ReplayGuard } from "./replay.js";
+import { askedExtensions, ClientCrypto, nackFor, type CryptoFailure } from "./secure.js";
+import type { SignatureKeys } from "./signing.js";
 
 export type ClientState = "disconnected" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -113,6 +117,12 @@ export interface ClientOptions {
    * and out (tokens redacted), streams and unconfirmed messages. Default false.
    */
   debug?: boolean;
+  /** End-to-end encryption of event data (protocol.md "Extension: end-to-end encryption"): keys per scope. */
+  e2e?: KeyProvider;
+  /** Envelope signatures (protocol.md "Extension: signatures"): keys to verify the server, and `signer`. */
+  signing?: SignatureKeys;
+  /** Replay window for signed envelopes from the server, ms (default 300000). */
+  replayWindowMs?: number;
 }
 
 /** What `onSlow` listeners get: an acked send or call still unanswered. */
@@ -220,6 +230,7 @@ interface Listeners {
   room: Set<(room: string, joined: boolean, code?: number) => void>;
   close: Set<(code: number | null, reason: string) => void>;
   slow: Set<(slow: SlowAck) => void>;
+  crypto: Set<(failure: CryptoFailure) => void>;
 }
 
 export class WarpSocketClient {
@@ -253,9 +264,16 @@ export class WarpSocketClient {
     room: new Set(),
     close: new Set(),
     slow: new Set(),
+    crypto: new Set(),
   };
   // Slow-ack timers of acked sends and calls, by message id (`slowAckMs`).
   private readonly slowTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  // Encryption and signatures (secure.ts); null when neither is configured.
+  private readonly secure: ClientCrypto | null;
+  // WebCrypto is asynchronous: seals, reads and signed writes each run in order on a chain.
+  private sealChain: Promise<unknown> = Promise.resolve();
+  private readChain: Promise<void> = Promise.resolve();
+  private writeChain: Promise<void> = Promise.resolve();
   private readonly waiters = new Map<string, Waiter>();
   private readonly roomWaiters = new Map<string, Array<{ resolve: () => void; reject: (e: Error) => void }>>();
   private openWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
@@ -310,6 +328,10 @@ export class WarpSocketClient {
     if (options.retryMax !== undefined) core.retryMaxMs = options.retryMax;
     if (options.ackBatchMs !== undefined) core.ackBatchMs = options.ackBatchMs;
     if (options.extensions !== undefined) core.extensions = options.extensions;
+    const provider = options.e2e ?? null;
+    const keys = options.signing ?? null;
+    this.secure = provider !== null || keys !== null ? new ClientCrypto(provider, keys, new ReplayGuard(options.replayWindowMs)) : null;
+    if (this.secure !== null) core.extensions = askedExtensions(options.extensions ?? [], provider, keys);
     this.core = new ClientCore(core, randomId);
     if (options.codec === undefined || options.codec === "json") this.codec = jsonCodec;
     else if (options.codec !== "msgpack") throw new TypeError(`unknown codec ${String(options.codec)}`);
@@ -404,6 +426,14 @@ export class WarpSocketClient {
     return this.listen("slow", listener);
   }
 
+  /**
+   * A received envelope refused by encryption or signatures (code 4600-4604):
+   * it was not delivered (a stream event is skipped and reported to `onLost` too).
+   */
+  onCryptoError(listener: (failure: CryptoFailure) => void): () => void {
+    return this.listen("crypto", listener);
+  }
+
   /** Problems nobody awaits: bad frames from the server, failed handlers, failed fire-and-forget sends. */
   onError(listener: (error: Error) => void): () => void {
     return this.listen("error", listener);
@@ -490,6 +520,22 @@ export class WarpSocketClient {
    */
   send(event: string, data?: unknown, options: SendOptions = {}): Promise<SendResult> {
     const trace = this.traceContext();
+    const secure = this.secure;
+    if (secure?.provider != null) {
+      // Sealed in order, then queued in order (WebCrypto is asynchronous).
+      const sealed = this.sealChain.then(() => secure.seal(event, data, options.room));
+      this.sealChain = sealed.catch(() => undefined);
+      return handled(sealed.then((value) => this.submitSend(event, value, options, trace)));
+    }
+    return this.submitSend(event, data, options, trace);
+  }
+
+  private submitSend(
+    event: string,
+    data: unknown,
+    options: SendOptions,
+    trace: TraceContext | undefined,
+  ): Promise<SendResult> {
     return this.submit<SendResult>(
       false,
       (now) =>
@@ -699,6 +745,7 @@ export class WarpSocketClient {
     }
     this.socket = socket;
     this.transportOpen = false;
+    if (this.secure !== null) this.secure.signed = this.secure.verifying = false; // until this connection's welcome says
     socket.binaryType = "arraybuffer";
     socket.onopen = () => this.opened(socket);
     socket.onmessage = (event) => this.frame(socket, event.data as Payload);
@@ -766,8 +813,9 @@ export class WarpSocketClient {
     this.lastRx = Date.now();
     this.stats.messagesIn++;
     let envelope: Envelope;
+    const codec = this.codec as Codec;
     try {
-      envelope = (this.codec as Codec).decode(payload, this.core.limits);
+      envelope = codec.decode(payload, this.core.limits);
     } catch (error) {
       if (error instanceof ProtocolError) {
         this.report(new ProtocolError(error.code, `bad frame from the server: ${error.message}`, error.ref));
@@ -776,6 +824,31 @@ export class WarpSocketClient {
       throw error;
     }
     this.debugger?.envelope("in", toWire(envelope));
+    const secure = this.secure;
+    if (secure === null) {
+      this.take(envelope);
+      return;
+    }
+    // Verified and opened in arrival order, then taken as usual.
+    const raw = secure.keys !== null && codec.decodeRaw !== undefined ? codec.decodeRaw(payload) : null;
+    this.readChain = this.readChain
+      .then(async () => {
+        // The replay window is judged on the server's clock, as far as known.
+        const [checked, failure] = await secure.receive(envelope, raw, Date.now() + (this.core.clockOffsetMs ?? 0));
+        if (socket !== this.socket) return;
+        if (failure !== null) this.cryptoFailed(failure);
+        if (checked !== null) this.take(checked);
+      })
+      .catch((error: unknown) => this.report(error));
+  }
+
+  private cryptoFailed(failure: CryptoFailure): void {
+    const nack = nackFor(failure, randomId(), Date.now());
+    if (nack !== null) this.write(nack);
+    this.emitTo("crypto", failure);
+  }
+
+  private take(envelope: Envelope): void {
     if (envelope.ref !== undefined) {
       if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
         // Only its answer settles a probe: frames queued before the connection
@@ -1030,6 +1103,21 @@ export class WarpSocketClient {
   private write(envelope: Envelope): void {
     const socket = this.socket;
     if (socket === null || socket.readyState !== 1 || this.codec === null) return; // requeued on disconnect
+    const secure = this.secure;
+    if (secure?.signed === true) {
+      // Signed in order on a chain; a frame whose socket went meanwhile is not sent.
+      const codec = this.codec;
+      const serverNow = Date.now() + (this.core.clockOffsetMs ?? 0);
+      this.writeChain = this.writeChain
+        .then(async () => {
+          const payload = await secure.encode(codec, envelope, serverNow);
+          if (this.socket !== socket || socket.readyState !== 1) return;
+          socket.send(payload);
+          this.stats.messagesOut++;
+        })
+        .catch((error: unknown) => this.report(error));
+      return;
+    }
     const payload = this.encoded.get(envelope) ?? this.codec.encode(envelope);
     try {
       socket.send(payload);
@@ -1042,6 +1130,7 @@ export class WarpSocketClient {
 
   private welcomed(action: Extract<Action, { kind: "welcomed" }>): void {
     this.clearTimer("connectTimer");
+    if (this.secure !== null) this.secure.limits = this.core.limits;
     const heartbeat = action.data.heartbeat as { interval?: unknown; timeout?: unknown } | undefined;
     if (typeof heartbeat?.timeout === "number" && heartbeat.timeout > 0) this.heartbeatTimeout = heartbeat.timeout;
     if (typeof heartbeat?.interval === "number" && heartbeat.interval > 0) this.heartbeatInterval = heartbeat.interval;

@@ -6,7 +6,7 @@
 import { ErrorCode, ProtocolError } from "./codes.js";
 import { DEFAULT_LIMITS, type DataLimits } from "./datamodel.js";
 import { fromWire, toWire, type Envelope } from "./envelope.js";
-import { parseJson, UnsafeInteger } from "./json.js";
+import { FloatLiteral, parseJson, UnsafeInteger } from "./json.js";
 
 export const JSON_SUBPROTOCOL = "warpsocket.v1.json";
 export const MSGPACK_SUBPROTOCOL = "warpsocket.v1.msgpack";
@@ -21,6 +21,10 @@ export interface Codec {
   encode(envelope: Envelope): string | Uint8Array;
   /** Decode and validate; throws `ProtocolError` (4000, 4001, 4002). */
   decode(payload: Payload, limits?: DataLimits): Envelope;
+  /** The decoded mapping with every field, unknown ones too (`sig`): call after `decode` accepted it. */
+  decodeRaw?(payload: Payload): Record<string, unknown>;
+  /** A wire mapping with extension fields (`sig`) as a payload. */
+  encodeRaw?(wire: Record<string, unknown>): string | Uint8Array;
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -36,6 +40,14 @@ export const jsonCodec: Codec = {
       throw new ProtocolError(ErrorCode.BAD_FRAME, `${JSON_SUBPROTOCOL} uses text frames`);
     }
     return fromWire(parseJson(payload), limits);
+  },
+  decodeRaw(payload: Payload): Record<string, unknown> {
+    const raw = parseJson(payload as string) as Record<string, unknown>;
+    for (const [key, value] of Object.entries(raw)) if (value instanceof FloatLiteral) raw[key] = value.value;
+    return raw;
+  },
+  encodeRaw(wire: Record<string, unknown>): string {
+    return JSON.stringify(wire);
   },
 };
 
@@ -103,6 +115,12 @@ export function msgpackCodec(msgpack: MsgpackModule): Codec {
         throw new ProtocolError(ErrorCode.BAD_FRAME, `not valid msgpack: ${String(error)}`);
       }
       return fromWire(plainIntegers(raw, 0), limits);
+    },
+    decodeRaw(payload: Payload): Record<string, unknown> {
+      return plainIntegers(msgpack.decode(bytes(payload as ArrayBuffer), decodeOptions), 0) as Record<string, unknown>;
+    },
+    encodeRaw(wire: Record<string, unknown>): Uint8Array {
+      return msgpack.encode(wire, { ignoreUndefined: true });
     },
   };
 }

@@ -28,6 +28,11 @@ export const ErrorCode = {
   STREAM_GAP: 4401,
   GOING_AWAY: 4500,
   INTERNAL_ERROR: 4501,
+  DECRYPT_FAILED: 4600,
+  BAD_SIGNATURE: 4601,
+  REPLAYED: 4602,
+  UNKNOWN_KEY: 4603,
+  STALE: 4604,
 } as const;
 
 export type ErrorCodeName = keyof typeof ErrorCode;
