@@ -69,6 +69,13 @@ class ErrorCode(enum.IntEnum):
     # 45xx: the server itself
     GOING_AWAY = 4500
     INTERNAL_ERROR = 4501
+    # 4620-4639: the chunked-transfer extension (protocol.md "Extension: chunked transfers")
+    TRANSFER_CORRUPT = 4620
+    TRANSFER_CANCELLED = 4621
+    TRANSFER_UNKNOWN = 4622
+    TRANSFER_TOO_LARGE = 4623
+    TRANSFER_BUSY = 4624
+    TRANSFER_FLOW = 4625
 
     @property
     def info(self) -> CodeInfo:
@@ -161,6 +168,27 @@ CODE_INFO: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.INTERNAL_ERROR: CodeInfo(
         "internal_error", Use.BOTH, True, "Unexpected server fault."
+    ),
+    ErrorCode.TRANSFER_CORRUPT: CodeInfo(
+        "transfer_corrupt",
+        Use.ERROR,
+        False,
+        "A transfer's SHA-256 did not match, or a chunk failed too often.",
+    ),
+    ErrorCode.TRANSFER_CANCELLED: CodeInfo(
+        "transfer_cancelled", Use.ERROR, False, "The other side cancelled the transfer."
+    ),
+    ErrorCode.TRANSFER_UNKNOWN: CodeInfo(
+        "transfer_unknown", Use.ERROR, False, "No such transfer (never offered, or expired)."
+    ),
+    ErrorCode.TRANSFER_TOO_LARGE: CodeInfo(
+        "transfer_too_large", Use.ERROR, False, "The transfer exceeds the size limit."
+    ),
+    ErrorCode.TRANSFER_BUSY: CodeInfo(
+        "transfer_busy", Use.ERROR, True, "Too many transfers at once, or the spool is full."
+    ),
+    ErrorCode.TRANSFER_FLOW: CodeInfo(
+        "transfer_flow", Use.ERROR, False, "A chunk was sent beyond the credit granted."
     ),
 }
 

@@ -28,6 +28,12 @@ export const ErrorCode = {
   STREAM_GAP: 4401,
   GOING_AWAY: 4500,
   INTERNAL_ERROR: 4501,
+  TRANSFER_CORRUPT: 4620,
+  TRANSFER_CANCELLED: 4621,
+  TRANSFER_UNKNOWN: 4622,
+  TRANSFER_TOO_LARGE: 4623,
+  TRANSFER_BUSY: 4624,
+  TRANSFER_FLOW: 4625,
 } as const;
 
 export type ErrorCodeName = keyof typeof ErrorCode;
