@@ -13,7 +13,6 @@ from twisted.internet.defer import inlineCallbacks
 
 from tests.helpers.client import ClientTestCase, ServerFixture, make_hub, wait_until
 from warpsocket.client.client import WarpSocketClient
-from warpsocket.client.options import ClientOptions
 from warpsocket.core.client import ClientCoreOptions
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
@@ -58,7 +57,7 @@ class RecordingSink:
 
 class TransferTestCase(ClientTestCase):
     subprotocol = JSON_SUBPROTOCOL
-    options = TransferOptions(chunk_size=CHUNK, window=4)
+    options = TransferOptions(chunk_size=CHUNK, window=4, max_size=64 * CHUNK)
 
     def setUp(self) -> None:
         self.hub = make_hub()
@@ -130,10 +129,7 @@ class UploadTests(TransferTestCase):
             client.send_bytes(b"x", name="refused").result, TransferError
         )
         self.assertEqual(failure.code, ErrorCode.FORBIDDEN)
-        big = io.BytesIO()
-        big.seek(self.options.max_size)  # a sparse "file" one byte over the limit
-        big.write(b"x")
-        big.seek(0)
+        big = io.BytesIO(bytes(self.options.max_size + 1))
         failure = yield self.assertFailure(client.send_file(big).result, TransferError)
         self.assertEqual(failure.code, ErrorCode.TRANSFER_TOO_LARGE)
 
@@ -153,7 +149,9 @@ class UploadMsgpackTests(UploadTests):
 
 
 class RelayTests(TransferTestCase):
-    options = TransferOptions(chunk_size=CHUNK, window=4, can_relay=lambda ctx, target: True)
+    options = TransferOptions(
+        chunk_size=CHUNK, window=4, max_size=64 * CHUNK, can_relay=lambda ctx, target: True
+    )
 
     def receiver(
         self, sinks: list[RecordingSink], transfers: list[ReceivingTransfer], **kw: Any
