@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         WarpSocketClient,
     )
     from warpsocket.client.options import ClientOptions, DisconnectCause, default_should_reconnect
+    from warpsocket.client.pool import ClientPool
     from warpsocket.client.state import ClientState
     from warpsocket.core.backoff import Backoff
     from warpsocket.core.client import ClientCoreOptions, Outcome, QueuePolicy, Status
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
     from warpsocket.server.security.config import SecurityOptions
     from warpsocket.server.service import WarpSocketService
     from warpsocket.server.session_info import SessionInfo
+    from warpsocket.transfer.client import ClientTransfers, OutgoingTransfer, ReceivingTransfer
+    from warpsocket.transfer.errors import TransferError
+    from warpsocket.transfer.server import IncomingTransfer, TransferOptions, TransferServer
 
 __version__ = "0.1.0"
 
@@ -119,6 +123,15 @@ _EXPORTS: dict[str, str] = {
     "QueuePolicy": "warpsocket.core.client",
     "Status": "warpsocket.core.client",
     "Backoff": "warpsocket.core.backoff",
+    "ClientPool": "warpsocket.client.pool",
+    # Chunked transfers (the ``chunks`` extension).
+    "TransferServer": "warpsocket.transfer.server",
+    "TransferOptions": "warpsocket.transfer.server",
+    "IncomingTransfer": "warpsocket.transfer.server",
+    "ClientTransfers": "warpsocket.transfer.client",
+    "OutgoingTransfer": "warpsocket.transfer.client",
+    "ReceivingTransfer": "warpsocket.transfer.client",
+    "TransferError": "warpsocket.transfer.errors",
     # The wire.
     "Envelope": "warpsocket.protocol.envelope",
     "MessageType": "warpsocket.protocol.envelope",
@@ -148,8 +161,10 @@ __all__ = [
     "ClientClosedError",
     "ClientCoreOptions",
     "ClientOptions",
+    "ClientPool",
     "ClientState",
     "ClientStats",
+    "ClientTransfers",
     "Codec",
     "CodecRegistry",
     "ConnectTimeoutError",
@@ -167,6 +182,7 @@ __all__ = [
     "Hub",
     "HubOptions",
     "Identity",
+    "IncomingTransfer",
     "JWTAuthenticator",
     "LoggingMiddleware",
     "MemoryBackend",
@@ -175,9 +191,11 @@ __all__ = [
     "Middleware",
     "Opened",
     "Outcome",
+    "OutgoingTransfer",
     "ProtocolError",
     "QueueFullError",
     "QueuePolicy",
+    "ReceivingTransfer",
     "RedisBackend",
     "RedisOptions",
     "Reject",
@@ -185,6 +203,9 @@ __all__ = [
     "SessionInfo",
     "StaticKeyAuthenticator",
     "Status",
+    "TransferError",
+    "TransferOptions",
+    "TransferServer",
     "UnknownSessionError",
     "WarpSocketClient",
     "WarpSocketService",
