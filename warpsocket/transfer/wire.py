@@ -96,7 +96,7 @@ def decode_bytes(text: str) -> bytes:
     Unused trailing bits are not checked: the chunk's hash is over the
     decoded bytes, so another spelling of the same bytes does no harm.
     """
-    if len(text) % 4 == 1 or not text.isascii() or "+" in text or "/" in text:
+    if len(text) % 4 == 1 or not text.isascii() or any(c in text for c in "+/="):
         raise ValueError("not unpadded base64url")
     try:
         return binascii.a2b_base64(
