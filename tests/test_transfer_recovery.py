@@ -271,6 +271,38 @@ class ResumeTests(TransferTestCase):
         self.assertEqual((flipped, bytes(sinks[0].data)), ([2], data))
 
 
+class LostEndTests(TransferTestCase):
+    @inlineCallbacks
+    def test_an_end_lost_in_a_cut_is_sent_again_after_the_resume(self) -> Any:
+        client = self.transfer_client()
+        yield client.connect()
+        transmit = client._transmit
+        swallowed: list[Envelope] = []
+
+        def lossy(envelope: Envelope) -> None:
+            end = envelope.type is MessageType.TRANSFER and envelope.data["op"] == "end"
+            if end and not swallowed:
+                swallowed.append(envelope)  # the cut takes it
+                return
+            transmit(envelope)
+
+        client._transmit = lossy  # type: ignore[method-assign]
+        data = payload(3 * CHUNK, seed=8)
+        handle = client.send_bytes(data)
+        yield wait_until(lambda: bool(swallowed))
+        self.server.drop_all()
+        self.assertEqual((yield handle.result), hashlib.sha256(data).hexdigest())
+        self.assertEqual(bytes(self.sinks[0].data), data)
+
+    @inlineCallbacks
+    def test_transfers_first_used_after_connect_fail_at_once(self) -> Any:
+        client = self.client(self.server.url)  # the hello did not ask for chunks
+        yield client.connect()
+        failure = yield self.assertFailure(client.send_bytes(b"abc").result, TransferError)
+        self.assertEqual(failure.code, ErrorCode.UNKNOWN_TYPE)
+        self.assertIn("after connect", failure.message)
+
+
 class CancelTests(TransferTestCase):
     options = TransferOptions(chunk_size=CHUNK, window=2, max_size=1024 * CHUNK)
 

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from warpsocket.client.state import ClientState
 from warpsocket.core.ids import random_id
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
@@ -32,6 +33,10 @@ from warpsocket.transfer import wire
 from warpsocket.transfer.errors import TransferError
 
 Progress = Callable[[int, int], Any]
+_NOT_NEGOTIATED = (
+    "the connection has no chunks extension (the server does not offer it, "
+    "or transfers were first used after connect)"
+)
 
 
 @dataclass(eq=False)
@@ -124,6 +129,8 @@ class ClientTransfers:
         self._handler: TransferHandler | None = None
         self._params: wire.Params | None = None
         client.on_open(self._opened)
+        if client.state is ClientState.OPEN:
+            self._opened(None)  # made after connect: the extension was not asked for
 
     # ------------------------------------------------------------ public API
 
@@ -169,8 +176,12 @@ class ClientTransfers:
         )
         self._outgoing[transfer.id] = transfer
         transfer.result.addBoth(self._finished, transfer)
-        if self._params is not None and self._is_open():
-            self._offer(transfer)
+        if self.client.state is ClientState.OPEN:
+            if self._params is None:  # this connection did not negotiate it
+                error = TransferError(ErrorCode.UNKNOWN_TYPE, _NOT_NEGOTIATED)
+                transfer.result.errback(Failure(error))
+            else:
+                self._offer(transfer)
         return transfer
 
     def on_transfer(self, handler: TransferHandler) -> TransferHandler:
@@ -198,9 +209,8 @@ class ClientTransfers:
         if granted is None:
             self._params = None
             for transfer in list(self._outgoing.values()):
-                transfer.result.errback(
-                    Failure(TransferError(ErrorCode.UNKNOWN_TYPE, "server has no chunks extension"))
-                )
+                error = TransferError(ErrorCode.UNKNOWN_TYPE, _NOT_NEGOTIATED)
+                transfer.result.errback(Failure(error))
             return
         self._params = wire.Params.from_wire(granted)
         for transfer in list(self._outgoing.values()):
@@ -237,6 +247,7 @@ class ClientTransfers:
             if value is not None:
                 data[key] = value
         transfer._offered = True
+        transfer._ended = False  # a resume may have lost our `end`: send it again
         self._tell(data)
 
     def _credit(self, transfer: OutgoingTransfer, op: wire.Op) -> None:

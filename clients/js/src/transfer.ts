@@ -349,6 +349,7 @@ export class Transfers {
     if (name !== undefined) data.name = name;
     if (meta !== undefined) data.meta = meta;
     transfer.offered = true;
+    transfer.ended = false; // a resume may have lost our `end`: send it again
     this.port.send(data);
   }
 
