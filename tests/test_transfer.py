@@ -215,6 +215,10 @@ class RelayTests(TransferTestCase):
         sender = self.transfer_client()
         yield sender.connect()
         failure = yield self.assertFailure(
+            sender.send_bytes(b"x", to="no-such-session").result, TransferError
+        )
+        self.assertEqual(failure.code, ErrorCode.TRANSFER_UNKNOWN)
+        failure = yield self.assertFailure(
             sender.send_bytes(b"x", room="not-joined").result, TransferError
         )
         self.assertEqual(failure.code, ErrorCode.FORBIDDEN)

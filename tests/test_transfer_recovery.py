@@ -105,7 +105,13 @@ class HostileClientTests(TransferTestCase):
                 pending.append(Deferred())
                 return pending[-1]
 
-        self.transfers.on_transfer(lambda ctx, incoming: Stuck())
+        ended: list[Any] = []
+
+        def stuck(ctx: Any, incoming: Any) -> Stuck:
+            incoming.done.addErrback(ended.append)
+            return Stuck()
+
+        self.transfers.on_transfer(stuck)
         client = yield self.raw()
         yield self.offer(client, 10 * CHUNK)
         data = payload(10 * CHUNK)
@@ -116,6 +122,7 @@ class HostileClientTests(TransferTestCase):
         cancel = yield client.wait_for(op_of("cancel"))
         self.assertEqual(cancel["code"], ErrorCode.TRANSFER_FLOW)
         self.assertEqual(self.transfers.buffered_chunks, 0)
+        self.assertEqual(ended[0].value.code, ErrorCode.TRANSFER_FLOW)
 
     @inlineCallbacks
     def test_a_corrupt_chunk_and_a_gap_are_re_requested(self) -> Any:
@@ -147,6 +154,8 @@ class HostileClientTests(TransferTestCase):
             client.send(chunk("t1", 0, payload(CHUNK), hash_of=b"x"))
         cancel = yield client.wait_for(op_of("cancel"))
         self.assertEqual(cancel["code"], ErrorCode.TRANSFER_CORRUPT)
+        failure = yield self.assertFailure(self.incoming[0].done, TransferError)
+        self.assertEqual(failure.code, ErrorCode.TRANSFER_CORRUPT)
 
     @inlineCallbacks
     def test_server_side_size_limit_and_unknown_transfers(self) -> Any:
@@ -328,6 +337,7 @@ class CancelTests(TransferTestCase):
         handle = client.send_bytes(payload(500 * CHUNK))
         yield wait_until(lambda: bool(self.incoming) and self.incoming[0].received > 0)
         self.incoming[0].cancel("enough")
+        yield self.assertFailure(self.incoming[0].done, TransferError)
         failure = yield self.assertFailure(handle.result, TransferError)
         self.assertEqual((failure.code, failure.message), (ErrorCode.TRANSFER_CANCELLED, "enough"))
         self.assertEqual((self.transfers.open_uploads, client.transfers.outgoing), (0, []))

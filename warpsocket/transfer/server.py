@@ -393,6 +393,8 @@ class TransferServer:
             policy = self.options.can_relay
             if policy is None or not policy(ctx, name):
                 raise TransferError(ErrorCode.FORBIDDEN, "may not send to this session")
+            if name not in self._core.sessions:  # the spool is this node's
+                raise TransferError(ErrorCode.TRANSFER_UNKNOWN, "no such session on this node")
         if self._spool_bytes + size > self.options.spool_max_bytes:
             raise TransferError(ErrorCode.TRANSFER_BUSY, "the spool is full")
         fd, path = tempfile.mkstemp(prefix="up-", suffix=".part", dir=self._spool_dir)
@@ -521,7 +523,10 @@ class TransferServer:
                 owned=True,
                 chunk_size=upload.chunk_size,
             )
-            self._announce(entry, upload.name, upload.meta, sender=upload.session)
+            announced = self._announce(entry, upload.name, upload.meta, sender=upload.session)
+            # The upload is done either way; a failed announcement (the session
+            # expired meanwhile, the backend is down) is the operator's to see.
+            announced.addErrback(lambda failure: self.log.failure("announce failed", failure))
         self._tell(conn, {"op": "done", "transfer": op.transfer, "sha256": sha256})
 
     def _remember(self, key: tuple[str, str], sha256: str) -> None:

@@ -328,6 +328,7 @@ export class WarpSocketClient {
           this.write(envelope);
         },
         params: () => this.core.extensions.get(TRANSFER_EXTENSION),
+        isOpen: () => this.stateValue === "open",
         report: (error) => this.report(error),
       });
     }

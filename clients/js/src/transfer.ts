@@ -21,6 +21,8 @@ export const MIN_CHUNK_SIZE = 1024;
 export const MAX_CHUNK_SIZE = 512 * 1024;
 export const MAX_RESENDS = 8;
 const DEFAULT_WINDOW = 8;
+const NOT_NEGOTIATED =
+  "the connection has no chunks extension (the server does not offer it, or transfers were first used after connect)";
 const ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -161,6 +163,8 @@ export interface TransferPort {
   send(data: Record<string, unknown>, code?: number): void;
   /** The `chunks` parameters the last welcome granted, or undefined. */
   params(): Record<string, unknown> | undefined;
+  /** Welcomed now (a transfer made then cannot wait for the next welcome). */
+  isOpen(): boolean;
   report(error: unknown): void;
 }
 
@@ -193,7 +197,7 @@ export class Transfers {
   opened(): void {
     const params = this.port.params();
     for (const transfer of this.outgoing.values()) {
-      if (params === undefined) this.failOutgoing(transfer, ErrorCode.UNKNOWN_TYPE, "the server has no chunks extension");
+      if (params === undefined) this.failOutgoing(transfer, ErrorCode.UNKNOWN_TYPE, NOT_NEGOTIATED);
       else this.offer(transfer);
     }
     for (const transfer of this.incoming.values()) this.pull(transfer);
@@ -326,6 +330,7 @@ export class Transfers {
     const transfer = new OutgoingTransfer(randomTransferId(), bytes, options, this);
     this.outgoing.set(transfer.id, transfer);
     if (this.port.params() !== undefined) this.offer(transfer);
+    else if (this.port.isOpen()) this.failOutgoing(transfer, ErrorCode.UNKNOWN_TYPE, NOT_NEGOTIATED);
     return transfer;
   }
 

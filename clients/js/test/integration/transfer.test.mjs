@@ -87,3 +87,10 @@ test("sendBytes: to the application, and through a room to another client", asyn
   const refused = sender.sendBytes(data, { room: "not-joined" });
   await assert.rejects(refused.result, (error) => error instanceof TransferError && error.code === 4102);
 });
+
+test("transfers first used after connect fail at once", async () => {
+  const c = client(server.url);
+  await c.connect();
+  const handle = c.sendBytes(new Uint8Array(10));
+  await assert.rejects(handle.result, (error) => error instanceof TransferError && error.code === 4002);
+});
