@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from typing import Any
 
@@ -14,10 +15,12 @@ from twisted.internet.defer import inlineCallbacks
 from tests.helpers.client import ClientTestCase, ServerFixture, make_hub, wait_until
 from warpsocket.client.client import WarpSocketClient
 from warpsocket.core.client import ClientCoreOptions
+from warpsocket.core.history import Position
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.context import Context
 from warpsocket.server.middleware import Reject
+from warpsocket.transfer import wire
 from warpsocket.transfer.client import ReceivingTransfer
 from warpsocket.transfer.errors import TransferError
 from warpsocket.transfer.server import IncomingTransfer, TransferOptions, TransferServer
@@ -209,6 +212,15 @@ class RelayTests(TransferTestCase):
             self.assertEqual(bytes(sinks[0].data), data)
         # One copy on disk, not one per member.
         self.assertEqual(self.transfers.spool_bytes, len(data))
+        # The room's history holds the announcement only, never the bytes.
+        start = self.hub.store.position("room:files")
+        history = self.hub.store.read_after(
+            "room:files", Position(0, start.epoch), self.hub.now_ms()
+        )
+        assert history is not None
+        self.assertEqual([e.event for e in history], [wire.ANNOUNCE_EVENT])
+        self.assertLess(len(json.dumps(history[0].to_wire())), 1024)
+        self.assertLess(self.hub.store.bytes, 64 * 1024)
 
     @inlineCallbacks
     def test_relays_need_permission(self) -> Any:

@@ -5,6 +5,7 @@ chunk), tampering in transit, and cancellation on either side."""
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -329,6 +330,21 @@ class CancelTests(TransferTestCase):
         self.assertEqual(failure.code, ErrorCode.TRANSFER_CANCELLED)
         self.assertEqual((self.transfers.open_uploads, self.sinks[0].aborted), (0, True))
         self.assertEqual(client.transfers.outgoing, [])
+
+    @inlineCallbacks
+    def test_a_cancelled_relay_deletes_its_spool_file(self) -> Any:
+        client = self.transfer_client()
+        client.subscribe("files")
+        yield client.connect()
+        handle = client.send_bytes(payload(500 * CHUNK), room="files")
+        yield wait_until(lambda: handle.acknowledged > 0)
+        spool = self.transfers._spool_dir
+        self.assertEqual(len(os.listdir(spool)), 1)
+        self.assertEqual(self.transfers.spool_bytes, 500 * CHUNK)
+        handle.cancel()
+        yield self.assertFailure(handle.result, TransferError)
+        yield wait_until(lambda: self.transfers.open_uploads == 0)
+        self.assertEqual((os.listdir(spool), self.transfers.spool_bytes), ([], 0))
 
     @inlineCallbacks
     def test_the_application_cancels_and_the_sender_is_told(self) -> Any:
