@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from tests.helpers.client import ServerFixture, make_hub
 from warpsocket.examples.chat import setup
+from warpsocket.transfer.server import TransferOptions, TransferServer
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "client.md"
 EXAMPLE = re.compile(
@@ -38,7 +39,7 @@ class GuideExampleTests(unittest.TestCase):
     timeout = 60
 
     def test_everyExampleIsFound(self) -> None:
-        self.assertEqual(len(examples()), 5)
+        self.assertEqual(len(examples()), 7)
 
     @inlineCallbacks
     def run_example(self, index: int) -> Any:
@@ -46,6 +47,8 @@ class GuideExampleTests(unittest.TestCase):
         self.assertIn(DOCUMENTED_URL, code)
         hub = make_hub()
         setup(hub)
+        transfers = TransferServer(hub, TransferOptions(chunk_size=65536))
+        self.addCleanup(transfers.stop)
         server = ServerFixture(self, hub)
         out, err, status = yield getProcessOutputAndValue(
             sys.executable, ["-c", code.replace(DOCUMENTED_URL, server.url)], env=os.environ
@@ -67,3 +70,9 @@ class GuideExampleTests(unittest.TestCase):
 
     def test_encryption(self) -> Any:
         return self.run_example(4)
+
+    def test_transfers(self) -> Any:
+        return self.run_example(5)
+
+    def test_pool(self) -> Any:
+        return self.run_example(6)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from warpsocket.client.observe import SlowAck
     from warpsocket.client.options import ClientOptions, DisconnectCause, default_should_reconnect
+    from warpsocket.client.pool import ClientPool
     from warpsocket.client.state import ClientState
     from warpsocket.core.backoff import Backoff
     from warpsocket.core.client import ClientCoreOptions, Outcome, QueuePolicy, Status
@@ -72,6 +73,9 @@ if TYPE_CHECKING:
     from warpsocket.server.security.config import SecurityOptions
     from warpsocket.server.service import WarpSocketService
     from warpsocket.server.session_info import SessionInfo
+    from warpsocket.transfer.client import ClientTransfers, OutgoingTransfer, ReceivingTransfer
+    from warpsocket.transfer.errors import TransferError
+    from warpsocket.transfer.server import IncomingTransfer, TransferOptions, TransferServer
 
 __version__ = "0.1.0"
 
@@ -146,6 +150,15 @@ _EXPORTS: dict[str, str] = {
     "ReplayGuard": "warpsocket.crypto.replay",
     "CryptoFailure": "warpsocket.crypto.client",
     "load_signature_keys": "warpsocket.crypto.keyfile",
+    "ClientPool": "warpsocket.client.pool",
+    # Chunked transfers (the ``chunks`` extension).
+    "TransferServer": "warpsocket.transfer.server",
+    "TransferOptions": "warpsocket.transfer.server",
+    "IncomingTransfer": "warpsocket.transfer.server",
+    "ClientTransfers": "warpsocket.transfer.client",
+    "OutgoingTransfer": "warpsocket.transfer.client",
+    "ReceivingTransfer": "warpsocket.transfer.client",
+    "TransferError": "warpsocket.transfer.errors",
     # The wire.
     "Envelope": "warpsocket.protocol.envelope",
     "MessageType": "warpsocket.protocol.envelope",
@@ -175,8 +188,10 @@ __all__ = [
     "ClientClosedError",
     "ClientCoreOptions",
     "ClientOptions",
+    "ClientPool",
     "ClientState",
     "ClientStats",
+    "ClientTransfers",
     "Codec",
     "CodecRegistry",
     "ConnectTimeoutError",
@@ -198,6 +213,7 @@ __all__ = [
     "Hub",
     "HubOptions",
     "Identity",
+    "IncomingTransfer",
     "JWTAuthenticator",
     "KeyProvider",
     "KeyRing",
@@ -208,9 +224,11 @@ __all__ = [
     "Middleware",
     "Opened",
     "Outcome",
+    "OutgoingTransfer",
     "ProtocolError",
     "QueueFullError",
     "QueuePolicy",
+    "ReceivingTransfer",
     "RedisBackend",
     "RedisOptions",
     "Reject",
@@ -228,6 +246,9 @@ __all__ = [
     "StaticKeyAuthenticator",
     "Status",
     "TraceContext",
+    "TransferError",
+    "TransferOptions",
+    "TransferServer",
     "UnknownSessionError",
     "WarpSocketClient",
     "WarpSocketService",

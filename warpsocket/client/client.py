@@ -8,9 +8,10 @@ the offline queue, messages awaiting an answer) lives in the sans-I/O
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import IO, Any
 
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -49,6 +50,8 @@ from warpsocket.protocol.codecs import Codec, default_codecs
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.protocol.tracecontext import TraceContext
+from warpsocket.transfer.client import ClientTransfers, OutgoingTransfer, ReceivingTransfer
+from warpsocket.transfer.wire import ANNOUNCE_EVENT
 
 
 class DeliveryError(Exception):
@@ -260,6 +263,8 @@ class WarpSocketClient:
             if self.options.watch_network
             else None
         )
+        # The chunks extension, made on first use (``transfers``).
+        self._transfers: ClientTransfers | None = None
         self._durable = DurableQueue(self.options.queue_path) if self.options.queue_path else None
         # Observability (client/observe.py): spans, and slow-ack timers by message id.
         self._tracer = (
@@ -486,6 +491,59 @@ class WarpSocketClient:
     def rooms(self) -> set[str]:
         return set(self.core.rooms)
 
+    # ------------------------------------------------------------ transfers
+
+    @property
+    def transfers(self) -> ClientTransfers:
+        """Chunked transfers (the ``chunks`` extension, protocol.md). Made on
+        first use, which asks for the extension in every later hello: use it
+        (or ``on_transfer``) before ``connect``."""
+        if self._transfers is None:
+            self._transfers = ClientTransfers(self)
+        return self._transfers
+
+    def send_file(
+        self,
+        source: str | os.PathLike[str] | IO[bytes],
+        *,
+        to: str | None = None,
+        room: str | None = None,
+        name: str | None = None,
+        meta: Any = None,
+        on_progress: Callable[[int, int], Any] | None = None,
+    ) -> OutgoingTransfer:
+        """Send a file (a path, or a seekable binary file object) in chunks.
+
+        Without ``to``/``room`` it goes to the server application's
+        ``on_transfer`` handler; ``to=session`` or ``room=name`` relays it to
+        that session or room's members. Returns an ``OutgoingTransfer``:
+        ``result`` fires with the SHA-256 once the server has it all,
+        ``cancel()`` stops it; it resumes by itself across reconnects.
+        """
+        return self.transfers.send(
+            source, to=to, room=room, name=name, meta=meta, on_progress=on_progress
+        )
+
+    def send_bytes(
+        self,
+        data: bytes,
+        *,
+        to: str | None = None,
+        room: str | None = None,
+        name: str | None = None,
+        meta: Any = None,
+        on_progress: Callable[[int, int], Any] | None = None,
+    ) -> OutgoingTransfer:
+        """``send_file`` for a bytes object."""
+        return self.transfers.send(
+            data, to=to, room=room, name=name, meta=meta, on_progress=on_progress
+        )
+
+    def on_transfer(self, handler: Callable[[ReceivingTransfer], Any]) -> Any:
+        """``handler(transfer) -> sink | None`` for transfers relayed to this
+        client; each verified chunk is written to the sink as it arrives."""
+        return self.transfers.on_transfer(handler)
+
     @property
     def extensions(self) -> dict[str, dict[str, Any]]:
         """Extensions the last welcome granted, with the server's parameters
@@ -701,6 +759,10 @@ class WarpSocketClient:
             return
         if envelope.type is MessageType.ERROR and envelope.ref is None:
             self.log.warn("server error: {data}", data=envelope.data)
+        if envelope.type is MessageType.TRANSFER:
+            if self._transfers is not None:  # the chunks extension (warpsocket.transfer)
+                self._transfers.received(envelope)
+            return
         self._run(self.core.receive(envelope, self._now_ms()))
 
     def _crypto_failed(self, failure: CryptoFailure) -> None:
@@ -789,6 +851,12 @@ class WarpSocketClient:
             waiter.callback(None)
 
     def _deliver(self, envelope: Envelope) -> None:
+        if (
+            self._transfers is not None
+            and envelope.event == ANNOUNCE_EVENT
+            and self._transfers.announced(envelope)
+        ):
+            return  # a transfer announcement, taken by on_transfer
         message = Message(envelope, self)
         handlers = [
             *self._handlers.get(envelope.stream or "", ()),

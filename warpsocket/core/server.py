@@ -447,6 +447,18 @@ class ServerCore:
             return [Send(conn_id, ack_envelope(self.new_id(), now_ms, envelope.id))]
         if kind is MessageType.AUTH:
             return [Dispatch(conn_id, session.id, envelope)]
+        if kind is MessageType.TRANSFER:
+            if TRANSFER_EXTENSION in conn.extensions:
+                return [Dispatch(conn_id, session.id, envelope)]
+            # Not negotiated: as unknown as any other type (protocol.md 4.4).
+            return [
+                Send(
+                    conn_id,
+                    self._error(
+                        now_ms, ErrorCode.UNKNOWN_TYPE, "unknown type 'transfer'", envelope.id
+                    ),
+                )
+            ]
         reason = "second hello" if kind is MessageType.HELLO else f"{kind.value} is server-only"
         return [Send(conn_id, self._error(now_ms, ErrorCode.BAD_STATE, reason, envelope.id))]
 
@@ -1101,6 +1113,9 @@ class ServerCore:
 
 
 MAX_EXTENSIONS = 32
+# The chunked-transfer extension (warpsocket.transfer), the one whose envelope
+# type the core routes.
+TRANSFER_EXTENSION = "chunks"
 MAX_EXTENSION_NAME = 64
 
 

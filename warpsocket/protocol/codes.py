@@ -75,6 +75,13 @@ class ErrorCode(enum.IntEnum):
     REPLAYED = 4602
     UNKNOWN_KEY = 4603
     STALE = 4604
+    # 4620-4639: the chunked-transfer extension (protocol.md "Extension: chunked transfers")
+    TRANSFER_CORRUPT = 4620
+    TRANSFER_CANCELLED = 4621
+    TRANSFER_UNKNOWN = 4622
+    TRANSFER_TOO_LARGE = 4623
+    TRANSFER_BUSY = 4624
+    TRANSFER_FLOW = 4625
 
     @property
     def info(self) -> CodeInfo:
@@ -185,6 +192,27 @@ CODE_INFO: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.STALE: CodeInfo(
         "stale", Use.ERROR, False, "A signed envelope's timestamp is outside the replay window."
+    ),
+    ErrorCode.TRANSFER_CORRUPT: CodeInfo(
+        "transfer_corrupt",
+        Use.ERROR,
+        False,
+        "A transfer's SHA-256 did not match, or a chunk failed too often.",
+    ),
+    ErrorCode.TRANSFER_CANCELLED: CodeInfo(
+        "transfer_cancelled", Use.ERROR, False, "The other side cancelled the transfer."
+    ),
+    ErrorCode.TRANSFER_UNKNOWN: CodeInfo(
+        "transfer_unknown", Use.ERROR, False, "No such transfer (never offered, or expired)."
+    ),
+    ErrorCode.TRANSFER_TOO_LARGE: CodeInfo(
+        "transfer_too_large", Use.ERROR, False, "The transfer exceeds the size limit."
+    ),
+    ErrorCode.TRANSFER_BUSY: CodeInfo(
+        "transfer_busy", Use.ERROR, True, "Too many transfers at once, or the spool is full."
+    ),
+    ErrorCode.TRANSFER_FLOW: CodeInfo(
+        "transfer_flow", Use.ERROR, False, "A chunk was sent beyond the credit granted."
     ),
 }
 

@@ -45,6 +45,9 @@ class MessageType(str, enum.Enum):
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
     AUTH = "auth"
+    # The chunked-transfer extension's one type (protocol.md "Extension:
+    # chunked transfers"); refused as unknown where it was not negotiated.
+    TRANSFER = "transfer"
 
 
 _TYPES: dict[str, MessageType] = {t.value: t for t in MessageType}
@@ -335,6 +338,12 @@ def _check_type_rules(envelope: Envelope) -> None:
         )
     elif kind is MessageType.UNSUBSCRIBE:
         _require(envelope, envelope.room is not None, "`unsubscribe` needs `room`")
+    elif kind is MessageType.TRANSFER:
+        _require(
+            envelope,
+            isinstance(envelope.data, dict) and isinstance(envelope.data.get("op"), str),
+            "`transfer` needs `data.op`",
+        )
     elif kind is MessageType.AUTH:
         _require(
             envelope,

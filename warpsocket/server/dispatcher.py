@@ -67,12 +67,18 @@ class Dispatcher:
         self.on_close_hooks: list[CloseHook] = []
         self.on_error_hooks: list[ErrorHook] = []
         self.authenticator: Callable[[Context, str], Any] | None = None
+        # The chunked-transfer extension's receiver (warpsocket.transfer.server):
+        # the core dispatches ``transfer`` envelopes only where it was negotiated.
+        self.transfers: Callable[[Dispatch, Context], None] | None = None
         self._latency: dict[str, Any] = {}
         self._data_limits = core.options.data_limits
 
     def dispatch(self, dispatch: Dispatch) -> None:
         envelope = dispatch.envelope
         ctx = self.context(dispatch.session, self._connection(dispatch.conn), envelope)
+        if envelope.type is MessageType.TRANSFER and self.transfers is not None:
+            self.transfers(dispatch, ctx)
+            return
         if envelope.type is MessageType.AUTH:
             token = envelope.data.get("token") if isinstance(envelope.data, dict) else None
             if self.authenticator is None:

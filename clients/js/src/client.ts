@@ -15,6 +15,13 @@ import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
 import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
 import type { StateStore } from "./store.js";
+import {
+  ANNOUNCE_EVENT,
+  TRANSFER_EXTENSION,
+  Transfers,
+  type OutgoingTransfer,
+  type TransferHandler,
+} from "./transfer.js";
 import { resolveWebSocket, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
 import type { KeyProvider } from "./e2e.js";
 import { ReplayGuard } from "./replay.js";
@@ -254,6 +261,7 @@ export class WarpSocketClient {
   private readonly random: () => number;
   private codec: Codec | null = null;
   private socket: WebSocketLike | null = null;
+  private transfersValue: Transfers | null = null;
   private readonly handlers = new Map<string, Set<Handler>>();
   private readonly roomHandlers = new Map<string, Set<Handler>>();
   private readonly listeners: Listeners = {
@@ -362,6 +370,41 @@ export class WarpSocketClient {
 
   get queueLength(): number {
     return this.core.queueLength;
+  }
+
+  /**
+   * Chunked transfers (the `chunks` extension, protocol.md): made on first
+   * use, which asks for the extension in every later hello, so use it (or
+   * `onTransfer`) before `connect`.
+   */
+  get transfers(): Transfers {
+    if (this.transfersValue === null) {
+      const options = this.core.options;
+      if (!(options.extensions ?? []).includes(TRANSFER_EXTENSION)) {
+        options.extensions = [...(options.extensions ?? []), TRANSFER_EXTENSION];
+      }
+      this.transfersValue = new Transfers({
+        send: (data, code) => {
+          const envelope: Envelope = { type: "transfer", id: randomId(), timestamp: Date.now(), data };
+          if (code !== undefined) envelope.code = code;
+          this.write(envelope);
+        },
+        params: () => this.core.extensions.get(TRANSFER_EXTENSION),
+        isOpen: () => this.stateValue === "open",
+        report: (error) => this.report(error),
+      });
+    }
+    return this.transfersValue;
+  }
+
+  /** `handler(transfer) -> sink | null` for each transfer the server relays to this client. */
+  onTransfer(handler: TransferHandler): void {
+    this.transfers.onTransfer(handler);
+  }
+
+  /** Send bytes in chunks: to the server application, or `to` a session, or a `room`. */
+  sendBytes(bytes: Uint8Array, options: Parameters<Transfers["sendBytes"]>[1] = {}): OutgoingTransfer {
+    return this.transfers.sendBytes(bytes, options);
   }
 
   /** Reconnecting, but waiting for the network to come back (no attempts meanwhile). */
@@ -849,6 +892,10 @@ export class WarpSocketClient {
   }
 
   private take(envelope: Envelope): void {
+    if (envelope.type === "transfer") {
+      this.transfersValue?.received(envelope); // the chunks extension
+      return;
+    }
     if (envelope.ref !== undefined) {
       if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
         // Only its answer settles a probe: frames queued before the connection
@@ -1149,6 +1196,7 @@ export class WarpSocketClient {
     this.lastPing = Date.now();
     this.setState("open");
     this.scheduleRefresh();
+    this.transfersValue?.opened();
     this.emitTo("open", { session: action.session, resumed: action.resumed, data: action.data });
     for (const waiter of this.openWaiters.splice(0)) waiter.resolve();
   }
@@ -1196,6 +1244,9 @@ export class WarpSocketClient {
   }
 
   private deliver(envelope: Envelope): void {
+    if (this.transfersValue !== null && envelope.event === ANNOUNCE_EVENT && this.transfersValue.announced(envelope)) {
+      return; // a transfer announcement, taken by onTransfer
+    }
     const message = new Message(envelope, this);
     const handlers = [
       ...(message.room !== null ? (this.roomHandlers.get(message.room) ?? []) : []),

@@ -33,6 +33,12 @@ export const ErrorCode = {
   REPLAYED: 4602,
   UNKNOWN_KEY: 4603,
   STALE: 4604,
+  TRANSFER_CORRUPT: 4620,
+  TRANSFER_CANCELLED: 4621,
+  TRANSFER_UNKNOWN: 4622,
+  TRANSFER_TOO_LARGE: 4623,
+  TRANSFER_BUSY: 4624,
+  TRANSFER_FLOW: 4625,
 } as const;
 
 export type ErrorCodeName = keyof typeof ErrorCode;

@@ -19,6 +19,7 @@ export const MESSAGE_TYPES = [
   "subscribe",
   "unsubscribe",
   "auth",
+  "transfer", // the chunks extension (protocol.md "Extension: chunked transfers")
 ] as const;
 
 export type MessageType = (typeof MESSAGE_TYPES)[number];
@@ -263,6 +264,9 @@ function checkTypeRules(envelope: Envelope): void {
       return;
     case "unsubscribe":
       require(envelope.room !== undefined, "`unsubscribe` needs `room`");
+      return;
+    case "transfer":
+      require(isObject(envelope.data) && typeof envelope.data.op === "string", "`transfer` needs `data.op`");
       return;
     case "auth": {
       const data = envelope.data;

@@ -29,6 +29,21 @@ export { checkValue, DataModelError, DEFAULT_LIMITS, MAX_DEPTH, MAX_VALUES } fro
 export type { DataLimits } from "./datamodel.js";
 export { parseJson } from "./json.js";
 export { randomId } from "./ids.js";
+export {
+  ANNOUNCE_EVENT,
+  IncomingTransfer,
+  OutgoingTransfer,
+  TRANSFER_EXTENSION,
+  TransferError,
+  Transfers,
+  chunkCount,
+  chunkData,
+  decodeBase64url,
+  encodeBase64url,
+  verifiedChunk,
+} from "./transfer.js";
+export type { TransferHandler, TransferSink } from "./transfer.js";
+export { Sha256, sha256Hex } from "./sha256.js";
 export type { WebSocketConstructor, WebSocketLike } from "./transport.js";
 export { canonicalJson, b64url, b64urlDecode, CanonicalError } from "./canonical.js";
 export { E2E_EXTENSION, E2EError, KeyRing, ScopedKeys, Sealer, associatedData, isSealed, openSealed, scopeOf, seal } from "./e2e.js";

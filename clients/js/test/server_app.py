@@ -14,10 +14,18 @@ PYTHONPATH. Handlers:
 - ``direct`` (call): sends ``data["count"]`` acked messages to the caller's
   session, one every ``data["interval"]`` seconds; ``direct_status`` (call):
   how many of them were acknowledged and how many failed.
+- chunked transfers (the ``chunks`` extension): ``share`` (call) writes
+  ``data["size"]`` random bytes to a file and shares it with the caller's
+  session (or ``data["room"]``), returning its SHA-256; uploads to the
+  application are hashed, and ``uploads`` (call) returns the caller's
+  finished ones as ``{name: sha256}``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -27,10 +35,12 @@ from twisted.internet.task import deferLater
 
 from warpsocket.server.context import Context
 from warpsocket.server.hub import Hub
+from warpsocket.transfer.server import IncomingTransfer, TransferOptions, TransferServer
 
 _runs: Counter[str] = Counter()
 _records: defaultdict[str, list[Any]] = defaultdict(list)
 _direct: defaultdict[str, Counter[str]] = defaultdict(Counter)
+_uploads: defaultdict[str, dict[str, str]] = defaultdict(dict)
 
 
 def setup(hub: Hub) -> None:
@@ -84,3 +94,36 @@ def setup(hub: Hub) -> None:
 
     hub.on("direct", direct)
     hub.on("direct_status", lambda ctx, data: dict(_direct[ctx.session]))
+
+    transfers = TransferServer(
+        hub, TransferOptions(chunk_size=16384, window=4, can_relay=lambda ctx, target: True)
+    )
+
+    class HashingSink:
+        def __init__(self) -> None:
+            self.hasher = hashlib.sha256()
+
+        def write(self, data: bytes) -> None:
+            self.hasher.update(data)
+
+    def upload(ctx: Context, incoming: IncomingTransfer) -> HashingSink:
+        sink = HashingSink()
+        name = incoming.name or incoming.id
+        incoming.done.addCallback(lambda digest: _uploads[ctx.session].update({name: digest}))
+        incoming.done.addErrback(lambda failure: None)
+        return sink
+
+    transfers.on_transfer(upload)
+    hub.on("uploads", lambda ctx, data: _uploads[ctx.session])
+
+    def share(ctx: Context, data: Any) -> Deferred[str]:
+        content = os.urandom(int(data["size"]))
+        fd, path = tempfile.mkstemp(prefix="share-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        room = data.get("room")
+        session = None if room else ctx.session
+        shared = transfers.share(path, session=session, room=room, name=data.get("name"))
+        return shared.addCallback(lambda _: hashlib.sha256(content).hexdigest())
+
+    hub.on("share", share)
