@@ -284,7 +284,10 @@ class MsgpackCodecTests(ProtocolErrorAssertions):
 class CodecRegistryTests(unittest.TestCase):
     def test_defaultCodecs(self) -> None:
         registry = default_codecs()
-        self.assertEqual(registry.subprotocols, [JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL])
+        self.assertEqual(
+            registry.subprotocols,
+            [JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, "warpsocket.v1.protobuf"],
+        )
         self.assertIsInstance(registry.default, JsonCodec)
         self.assertIsInstance(registry.get(MSGPACK_SUBPROTOCOL), MsgpackCodec)
         self.assertIsNone(registry.get("x"))
