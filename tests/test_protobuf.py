@@ -33,12 +33,14 @@ HEAD: dict[str, Any] = {"type": "event", "id": "m-1", "timestamp": 1764300000000
 
 
 def frame(**fields: Any) -> bytes:
-    """An Envelope message with raw token lists (dicts of one Token field)."""
+    """An Envelope message with raw ``Value`` columns (dicts of column lists)."""
     message = EnvelopeMessage()
     for name, value in fields.items():
         if name in ("data", "extra"):
-            for token in value:
-                getattr(message, name).add(**token)
+            column = getattr(message, name)
+            column.SetInParent()
+            for part, items in value.items():
+                getattr(column, part).extend(items)
         else:
             setattr(message, name, value)
     encoded: bytes = message.SerializeToString()
@@ -93,45 +95,53 @@ class HostileFrameTests(unittest.TestCase):
     def test_numbers_outside_the_model(self) -> None:
         self.assertRefused(frame(**head(timestamp=2**53)), ErrorCode.BAD_ENVELOPE)
         self.assertRefused(frame(**head(code=2**40)), ErrorCode.BAD_ENVELOPE)
-        for token in ({"int": 2**53}, {"int": -(2**60)}, {"float": float("nan")}):
-            self.assertRefused(frame(**head(data=[token])), ErrorCode.BAD_ENVELOPE)
-        self.assertRefused(frame(**head(data=[{"float": float("inf")}])), ErrorCode.BAD_ENVELOPE)
+        for column in (
+            {"shape": [3], "ints": [2**53]},
+            {"shape": [3], "ints": [-(2**60)]},
+            {"shape": [4], "floats": [float("nan")]},
+            {"shape": [4], "floats": [float("inf")]},
+        ):
+            message = self.assertRefused(frame(**head(data=column)), ErrorCode.BAD_ENVELOPE)
+            self.assertIn("data", message)
 
-    def test_malformed_token_lists(self) -> None:
+    def test_malformed_columns(self) -> None:
         cases = {
-            "ends early": [{"array": 2}, {"int": 1}],
-            "tokens after the end": [{"int": 1}, {"int": 2}],
-            "a value was expected": [{"key": "k"}],
-            "must start with a key": [{"object": 1}, {"int": 1}, {"int": 2}],
-            "duplicate key": [{"object": 2}, {"key": "a"}, {"null": 0}, {"key": "a"}, {"null": 0}],
-            "a value was expected ": [{}],
+            "ends early": {"shape": [2 << 3 | 6, 3], "ints": [1]},
+            "after the end": {"shape": [3, 3], "ints": [1, 2]},
+            "column ends": {"shape": [5]},
+            "column ends ": {"shape": [1 << 3 | 7, 0]},  # a member without its name
+            "left over in ints": {"shape": [0], "ints": [1]},
+            "left over in strings": {"shape": [5], "strings": ["a", "b"]},
+            "a count on a scalar": {"shape": [1 << 3 | 3], "ints": [1]},
+            "duplicate key": {"shape": [2 << 3 | 7, 0, 0], "strings": ["a", "a"]},
+            "ends early ": {"shape": []},
         }
-        for problem, tokens in cases.items():
-            message = self.assertRefused(frame(**head(data=tokens)), ErrorCode.BAD_ENVELOPE)
+        for problem, column in cases.items():
+            message = self.assertRefused(frame(**head(data=column)), ErrorCode.BAD_ENVELOPE)
             self.assertIn(problem.strip(), message)
 
     def test_huge_counts_cost_nothing(self) -> None:
         """A count claims members that are not there: refused, nothing allocated."""
-        tokens = [{"array": 4_000_000_000}]
-        self.assertRefused(frame(**head(data=tokens)), ErrorCode.BAD_ENVELOPE)
+        column = {"shape": [4_000_000_000 << 3 | 6]}
+        self.assertRefused(frame(**head(data=column)), ErrorCode.BAD_ENVELOPE)
 
     def test_too_many_values(self) -> None:
         codec = ProtobufCodec(DataLimits(max_depth=64, max_values=10))
-        tokens = [{"array": 11}] + [{"int": 1}] * 11
+        column = {"shape": [11 << 3 | 6] + [3] * 11, "ints": [1] * 11}
         with self.assertRaises(ProtocolError) as caught:
-            codec.decode(frame(**head(data=tokens)), is_binary=True)
+            codec.decode(frame(**head(data=column)), is_binary=True)
         self.assertEqual(caught.exception.code, ErrorCode.BAD_ENVELOPE)
 
     def test_extra_fields(self) -> None:
-        extra = [{"object": 1}, {"key": "future"}, {"string": "yes"}]
+        extra = {"shape": [1 << 3 | 7, 5], "strings": ["future", "yes"]}
         envelope = CODEC.decode(frame(**head(extra=extra)), is_binary=True)
         self.assertEqual(dict(envelope.extra), {"future": "yes"})
         # A named field may not come again through extra, nor extra be a non-object.
-        clash = [{"object": 1}, {"key": "room"}, {"string": "r"}]
-        self.assertIn(
-            "repeats", self.assertRefused(frame(**head(extra=clash)), ErrorCode.BAD_ENVELOPE)
-        )
-        self.assertRefused(frame(**head(extra=[{"int": 1}])), ErrorCode.BAD_ENVELOPE)
+        clash = {"shape": [1 << 3 | 7, 5], "strings": ["room", "r"]}
+        message = self.assertRefused(frame(**head(extra=clash)), ErrorCode.BAD_ENVELOPE)
+        self.assertIn("repeats", message)
+        not_object = {"shape": [3], "ints": [1]}
+        self.assertRefused(frame(**head(extra=not_object)), ErrorCode.BAD_ENVELOPE)
 
     def test_depth_bound_is_the_data_models(self) -> None:
         """Nested arrays: exactly what the JSON codec accepts, and no more."""

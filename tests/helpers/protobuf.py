@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from warpsocket.protocol.protobuf import EnvelopeMessage, add_tokens
+from warpsocket.protocol.protobuf import EnvelopeMessage, add_value
 
 _STRINGS = ("type", "id", "event", "room", "stream", "epoch", "ref")
 _UINTS = ("timestamp", "offset", "ttl", "code", "deadline")
@@ -56,12 +56,12 @@ def frame_of(raw: Any) -> bytes:
         elif name == "data":
             if not _tokenizable(value):
                 raise NotExpressibleError(name)
-            add_tokens(message.data, value)
+            add_value(message.data, value)
         else:
             extra[name] = value
     if extra:
         if not _tokenizable(extra):
             raise NotExpressibleError("extra")
-        add_tokens(message.extra, extra)
+        add_value(message.extra, extra)
     encoded: bytes = message.SerializeToString()
     return encoded
