@@ -20,6 +20,7 @@ from warpsocket.client.client import ClientClosedError, ConnectTimeoutError, Del
 from warpsocket.client.options import ClientOptions
 from warpsocket.core.client import Status
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from warpsocket.protocol.protobuf import PROTOBUF_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
 
 # Exit codes (docs/cli.md).
@@ -29,7 +30,11 @@ USAGE = 2  # bad arguments (argparse's own code)
 UNREACHABLE = 3  # no welcome within --connect-timeout
 NO_ANSWER = 4  # the deadline passed (expired), or the client gave the message up
 
-CODECS = {"json": JSON_SUBPROTOCOL, "msgpack": MSGPACK_SUBPROTOCOL}
+CODECS = {
+    "json": JSON_SUBPROTOCOL,
+    "msgpack": MSGPACK_SUBPROTOCOL,
+    "protobuf": PROTOBUF_SUBPROTOCOL,
+}
 
 
 class CommandError(Exception):
