@@ -20,8 +20,8 @@ from warpsocket.client.client import ClientClosedError, ConnectTimeoutError, Del
 from warpsocket.client.options import ClientOptions
 from warpsocket.core.client import Status
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
-from warpsocket.protocol.protobuf import PROTOBUF_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.protobuf import PROTOBUF_SUBPROTOCOL
 
 # Exit codes (docs/cli.md).
 OK = 0
