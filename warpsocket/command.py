@@ -22,6 +22,7 @@ from warpsocket.client.options import ClientOptions
 from warpsocket.core.client import Status
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.protobuf import PROTOBUF_SUBPROTOCOL
 
 # Exit codes (docs/cli.md).
 OK = 0
@@ -30,7 +31,11 @@ USAGE = 2  # bad arguments (argparse's own code)
 UNREACHABLE = 3  # no welcome within --connect-timeout
 NO_ANSWER = 4  # the deadline passed (expired), or the client gave the message up
 
-CODECS = {"json": JSON_SUBPROTOCOL, "msgpack": MSGPACK_SUBPROTOCOL}
+CODECS = {
+    "json": JSON_SUBPROTOCOL,
+    "msgpack": MSGPACK_SUBPROTOCOL,
+    "protobuf": PROTOBUF_SUBPROTOCOL,
+}
 
 # Commands in their own modules: ``add_parser(commands)`` and ``run(args) -> int``.
 _EXTRA: dict[str, Any] = {

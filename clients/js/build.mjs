@@ -1,7 +1,8 @@
 // The browser bundle: one minified ES module with its source map, written to
 // the Python package (warpsocket/static/) so that the server serves it at
 // /warpsocket.js with nothing but `pip install`. `ws` (Node only) and
-// `@msgpack/msgpack` (imported only when that codec is chosen) stay external.
+// `@msgpack/msgpack` and `@bufbuild/protobuf` (imported only when that codec is
+// chosen) stay external.
 import * as esbuild from "esbuild";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -22,7 +23,7 @@ export async function buildBundle({ write = true } = {}) {
     sourcemap: "linked",
     sourcesContent: true,
     legalComments: "none",
-    external: ["ws", "@msgpack/msgpack"],
+    external: ["ws", "@msgpack/msgpack", "@bufbuild/protobuf", "@bufbuild/protobuf/wire"],
     banner: { js: "/* warpsocket client, MIT license. Source: clients/js in the WarpSocket repository. */" },
     write,
     logLevel: write ? "info" : "silent",

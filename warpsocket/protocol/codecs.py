@@ -3,7 +3,8 @@
 A codec is chosen per connection by WebSocket subprotocol. Applications may
 register their own (``CodecRegistry.register``); the built-in ones are
 ``warpsocket.v1.json`` (text frames, the default, also used when a client
-offers no subprotocol) and ``warpsocket.v1.msgpack`` (binary frames).
+offers no subprotocol), ``warpsocket.v1.msgpack`` and
+``warpsocket.v1.protobuf`` (binary frames; warpsocket/protocol/protobuf.py).
 """
 
 from __future__ import annotations
@@ -235,5 +236,11 @@ class CodecRegistry:
 
 
 def default_codecs(limits: DataLimits = DEFAULT_LIMITS) -> CodecRegistry:
-    """JSON (the default) and MessagePack, enforcing ``limits`` at decode."""
-    return CodecRegistry([JsonCodec(limits), MsgpackCodec(limits)])
+    """JSON (the default), MessagePack and Protocol Buffers, enforcing
+    ``limits`` at decode."""
+    # Imported here: protobuf.py imports this module's siblings only, but
+    # keeping the protobuf runtime off the import path of ``codecs`` keeps
+    # ``import warpsocket.protocol`` light.
+    from warpsocket.protocol.protobuf import ProtobufCodec
+
+    return CodecRegistry([JsonCodec(limits), MsgpackCodec(limits), ProtobufCodec(limits)])

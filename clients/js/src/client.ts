@@ -11,6 +11,7 @@ import { ClientCore, type Action, type CoreOptions, type Outgoing, type QueuePol
 import { parseTrace, toWire, type Envelope, type TraceContext } from "./envelope.js";
 import { DebugReporter, type DebugPending, type DebugStatus } from "./debug.js";
 import { ClientClosedError, ConnectError, DeliveryError } from "./errors.js";
+import { loadProtobuf, protobufCodec, type ProtobufWire } from "./protobuf.js";
 import { randomId } from "./ids.js";
 import { tokenExpiry } from "./jwt.js";
 import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
@@ -42,10 +43,15 @@ const ALLOWED: Record<ClientState, readonly ClientState[]> = {
 export type TokenProvider = () => string | null | undefined | Promise<string | null | undefined>;
 
 export interface ClientOptions {
-  /** `"json"` (default) or `"msgpack"` (imports `@msgpack/msgpack`, or uses `msgpack`). */
-  codec?: "json" | "msgpack";
+  /**
+   * `"json"` (default), `"msgpack"` (imports `@msgpack/msgpack`, or uses
+   * `msgpack`) or `"protobuf"` (imports `@bufbuild/protobuf/wire`, or uses `protobuf`).
+   */
+  codec?: "json" | "msgpack" | "protobuf";
   /** The `@msgpack/msgpack` module, for environments without a module resolver. */
   msgpack?: MsgpackModule;
+  /** The `@bufbuild/protobuf/wire` module, for environments without a module resolver. */
+  protobuf?: ProtobufWire;
   /** A token, or a function called on every connect and refresh. */
   token?: string | TokenProvider;
   /** Rooms to join on connect (same as calling `subscribe` for each). */
@@ -342,10 +348,18 @@ export class WarpSocketClient {
     if (this.secure !== null) core.extensions = askedExtensions(options.extensions ?? [], provider, keys);
     this.core = new ClientCore(core, randomId);
     if (options.codec === undefined || options.codec === "json") this.codec = jsonCodec;
-    else if (options.codec !== "msgpack") throw new TypeError(`unknown codec ${String(options.codec)}`);
+    else if (options.codec === "protobuf") {
+      if (options.protobuf !== undefined) this.codec = protobufCodec(options.protobuf);
+    } else if (options.codec !== "msgpack") throw new TypeError(`unknown codec ${String(options.codec)}`);
     else if (options.msgpack !== undefined) this.codec = msgpackCodec(options.msgpack);
     for (const room of options.rooms ?? []) this.core.subscribe(room, Date.now());
     this.debugger = options.debug === true ? new DebugReporter(url, () => this.debugStatus()) : null;
+  }
+
+  /** The chosen binary codec's module, imported on first use. */
+  private loadCodec(): Promise<Codec> {
+    if (this.options.codec === "protobuf") return loadProtobuf().then((wire) => (this.codec = protobufCodec(wire)));
+    return loadMsgpack().then((module) => (this.codec = msgpackCodec(module)));
   }
 
   // ------------------------------------------------------------ public API
@@ -760,7 +774,7 @@ export class WarpSocketClient {
     this.updateRate();
     this.setState("connecting");
     const ctor = resolveWebSocket(this.options.WebSocket);
-    const codec = this.codec ?? loadMsgpack().then((module) => (this.codec = msgpackCodec(module)));
+    const codec = this.codec ?? this.loadCodec();
     if (ctor instanceof Promise || codec instanceof Promise) {
       Promise.all([ctor, codec]).then(
         ([resolved]) => {

@@ -23,6 +23,8 @@ export { ErrorCode, NO_RECONNECT_CODES, ProtocolError, codeName } from "./codes.
 export { ConnectError, DeliveryError, ClientClosedError } from "./errors.js";
 export { jsonCodec, msgpackCodec, loadMsgpack, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL } from "./codec.js";
 export type { Codec, MsgpackModule, Payload } from "./codec.js";
+export { protobufCodec, loadProtobuf, PROTOBUF_SUBPROTOCOL } from "./protobuf.js";
+export type { ProtobufWire } from "./protobuf.js";
 export { fromWire, toWire, MESSAGE_TYPES, parseTrace, validTraceparent } from "./envelope.js";
 export type { Envelope, MessageType, TraceContext } from "./envelope.js";
 export { checkValue, DataModelError, DEFAULT_LIMITS, MAX_DEPTH, MAX_VALUES } from "./datamodel.js";

@@ -1,4 +1,5 @@
-"""The Python half of the cross-language test: python py_peer.py URL ROOM COUNT.
+"""The Python half of the cross-language test:
+python py_peer.py URL ROOM COUNT [SUBPROTOCOL].
 
 Joins ROOM, prints ``ready``; when a ``go`` event arrives in the room it
 publishes COUNT acknowledged ``msg`` events into it; once it has seen
@@ -18,8 +19,8 @@ from warpsocket import ClientOptions, WarpSocketClient
 from warpsocket.client.client import Message
 
 
-async def main(reactor: Any, url: str, room: str, count: int) -> None:
-    client = WarpSocketClient(url, ClientOptions(watch_network=False))
+async def main(reactor: Any, url: str, room: str, count: int, subprotocol: str) -> None:
+    client = WarpSocketClient(url, ClientOptions(watch_network=False, subprotocol=subprotocol))
     seen: list[list[Any]] = []
     done: defer.Deferred[None] = defer.Deferred()
     sends: list[defer.Deferred[Any]] = []
@@ -45,4 +46,5 @@ async def main(reactor: Any, url: str, room: str, count: int) -> None:
 
 if __name__ == "__main__":
     url, room, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor, url, room, count)))
+    subprotocol = sys.argv[4] if len(sys.argv) > 4 else "warpsocket.v1.json"
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, url, room, count, subprotocol)))

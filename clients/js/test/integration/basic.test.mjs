@@ -14,7 +14,7 @@ after(async () => {
   await server?.stop();
 });
 
-for (const codec of ["json", "msgpack"]) {
+for (const codec of ["json", "msgpack", "protobuf"]) {
   test(`${codec}: connect, call, acked send, room publish and receive, close`, async () => {
     const states = [];
     const c = client(server.url, { codec, ...(codec === "msgpack" ? {} : {}) });

@@ -16,11 +16,15 @@ after(async () => {
   await server?.stop();
 });
 
-for (const codec of ["json", "msgpack"]) {
-  test(`Python (json) and TypeScript (${codec}) clients agree on a room's history`, async () => {
+// The Python client speaks JSON, except with Protobuf, which both ends speak.
+const PYTHON_CODEC = { json: "json", msgpack: "json", protobuf: "protobuf" };
+
+for (const codec of ["json", "msgpack", "protobuf"]) {
+  test(`Python (${PYTHON_CODEC[codec]}) and TypeScript (${codec}) clients agree on a room's history`, async () => {
     const room = `mixed-${codec}`;
     const count = 50;
-    const peer = spawn(PYTHON, [path.join(HERE, "py_peer.py"), server.url, room, String(count)], {
+    const args = [path.join(HERE, "py_peer.py"), server.url, room, String(count), `warpsocket.v1.${PYTHON_CODEC[codec]}`];
+    const peer = spawn(PYTHON, args, {
       env: { ...process.env, PYTHONPATH: REPO },
       stdio: ["ignore", "pipe", "inherit"],
     });

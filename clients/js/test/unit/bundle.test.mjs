@@ -18,10 +18,10 @@ test("the committed bundle and source map equal a fresh build", async () => {
   }
 });
 
-test("the bundle is self-contained apart from the lazy imports of ws and @msgpack/msgpack", () => {
+test("the bundle is self-contained apart from the lazy imports of ws, @msgpack/msgpack and @bufbuild/protobuf/wire", () => {
   const bundle = readFileSync(path.join(STATIC_DIR, "warpsocket.js"), "utf8");
   const imports = [...bundle.matchAll(/import\(\s*["']([^"']+)["']\s*\)/g)].map((m) => m[1]).sort();
-  assert.deepEqual(imports, ["@msgpack/msgpack", "ws"]);
+  assert.deepEqual(imports, ["@bufbuild/protobuf/wire", "@msgpack/msgpack", "ws"]);
   assert.doesNotMatch(bundle, /^import\s|[;}]import\s*[{*\w]/m); // no static imports
   assert.match(bundle, /export\{/);
 });
