@@ -256,3 +256,14 @@ class OverTheWireTests(ClientTestCase):
         yield wait_until(lambda: all(len(seen) == 4 for seen in received.values()), timeout=10)
         for name, seen in received.items():
             self.assertEqual(seen, payloads, name)
+
+
+class ExtensionFieldTests(unittest.TestCase):
+    def test_a_signed_mapping_keeps_its_sig_through_protobuf(self) -> None:
+        """Extension fields the Envelope does not name (``sig``) travel in field 15."""
+        from warpsocket.crypto.wire import encode_wire, wire_of
+
+        wire = {**HEAD, "data": {"n": 1}, "sig": {"alg": "HS256", "kid": "k1", "value": "abc"}}
+        envelope = CODEC.decode(encode_wire(CODEC, wire), is_binary=True)
+        self.assertEqual(dict(envelope.extra), {"sig": wire["sig"]})
+        self.assertEqual(wire_of(envelope), wire)

@@ -2,7 +2,7 @@
 
 ``Envelope`` keeps unknown fields in ``extra`` and never sends them, so a
 signed envelope is written from its mapping by the codec's own format
-(JSON or MessagePack, the two built-in codecs).
+(JSON, MessagePack or Protobuf, the built-in codecs).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import msgpack
 
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Codec
 from warpsocket.protocol.envelope import Envelope
+from warpsocket.protocol.protobuf import PROTOBUF_SUBPROTOCOL, encode_mapping
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -33,4 +34,6 @@ def encode_wire(codec: Codec, wire: dict[str, Any]) -> bytes:
     if codec.subprotocol == MSGPACK_SUBPROTOCOL:
         packed: bytes = msgpack.packb(wire, use_bin_type=True)
         return packed
+    if codec.subprotocol == PROTOBUF_SUBPROTOCOL:
+        return encode_mapping(wire)
     raise ValueError(f"signatures need a built-in codec, not {codec.subprotocol!r}")

@@ -49,20 +49,7 @@ class ProtobufCodec:
         self.limits = limits
 
     def encode(self, envelope: Envelope) -> bytes:
-        wire = envelope.to_wire()
-        out = EnvelopeMessage()
-        extra: dict[str, Any] = {}
-        for name, value in wire.items():
-            if name == "data":
-                add_value(out.data, value)
-            elif name in _NAMED:
-                setattr(out, name, value)
-            else:
-                extra[name] = value
-        if extra:
-            add_value(out.extra, extra)
-        encoded: bytes = out.SerializeToString()
-        return encoded
+        return encode_mapping(envelope.to_wire())
 
     def decode(self, payload: bytes, is_binary: bool) -> Envelope:
         if not is_binary:
@@ -103,6 +90,24 @@ class ProtobufCodec:
 
 # Value kinds, in the low 3 bits of a shape entry (protocol.md 2.2).
 NULL, FALSE, TRUE, INT, FLOAT, STRING, ARRAY, OBJECT = range(8)
+
+
+def encode_mapping(wire: dict[str, Any]) -> bytes:
+    """An envelope's wire mapping (``Envelope.to_wire``, or one with extension
+    fields such as ``sig``) as a Protobuf frame."""
+    out = EnvelopeMessage()
+    extra: dict[str, Any] = {}
+    for name, value in wire.items():
+        if name == "data":
+            add_value(out.data, value)
+        elif name in _NAMED:
+            setattr(out, name, value)
+        else:
+            extra[name] = value
+    if extra:
+        add_value(out.extra, extra)
+    encoded: bytes = out.SerializeToString()
+    return encoded
 
 
 def add_value(column: Any, value: Any) -> None:

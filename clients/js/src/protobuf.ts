@@ -234,91 +234,106 @@ function valueOf(columns: Columns, limits: DataLimits, ref: string | undefined, 
 }
 
 export function protobufCodec(wire: ProtobufWire): Codec {
+  /** A wire mapping (with extension fields such as `sig`, if any) as a frame. */
+  function encodeFields(fields: Record<string, unknown>): Uint8Array {
+    const w = new wire.BinaryWriter();
+    const string = (no: number, name: string) => {
+      const value = fields[name];
+      if (typeof value === "string") w.tag(no, DELIMITED).string(value);
+    };
+    const uint = (no: number, name: string) => {
+      const value = fields[name];
+      if (typeof value === "number") w.tag(no, VARINT).uint64(value);
+    };
+    // Field-number order (protocol.md 2.2, "Encoding rules for exact bytes").
+    string(1, "type");
+    string(2, "id");
+    uint(3, "timestamp");
+    if (fields.data !== undefined && fields.data !== null) writeValue(w, 4, fields.data);
+    string(5, "event");
+    string(6, "room");
+    string(7, "stream");
+    uint(8, "offset");
+    string(9, "epoch");
+    if (fields.ack === true) w.tag(10, VARINT).bool(true);
+    string(11, "ref");
+    uint(12, "ttl");
+    uint(13, "code");
+    uint(14, "deadline");
+    const extra: Record<string, unknown> = {};
+    let anyExtra = false;
+    for (const [name, value] of Object.entries(fields)) {
+      if (NAMED.has(name) || value === undefined || value === null) continue;
+      setMember(extra, name, value);
+      anyExtra = true;
+    }
+    if (anyExtra) writeValue(w, 15, extra);
+    return w.finish();
+  }
+
+  /** A frame as its wire mapping, every field (unknown ones too), before validation. */
+  function rawOf(payload: Payload, limits: DataLimits): Record<string, unknown> {
+    if (typeof payload === "string") {
+      throw new ProtocolError(ErrorCode.BAD_FRAME, `${PROTOBUF_SUBPROTOCOL} uses binary frames`);
+    }
+    const raw: Record<string, unknown> = {};
+    let data: Columns | null = null;
+    let extra: Columns | null = null;
+    try {
+      const r = new wire.BinaryReader(bytes(payload));
+      while (r.pos < r.len) {
+        const [no, wireType] = r.tag();
+        const named = BY_NUMBER.get(no);
+        if (named !== undefined) {
+          const [name, kind] = named;
+          if (kind === "string" && wireType === DELIMITED) raw[name] = r.string(true);
+          else if (kind === "uint" && wireType === VARINT) raw[name] = safe(r.uint64());
+          else throw new Error(`field ${no} has wire type ${wireType}`);
+        } else if ((no === 4 || no === 15) && wireType === DELIMITED) {
+          const end = r.uint32() + r.pos;
+          if (end > r.len) throw new Error("value overruns the frame");
+          // A message field given twice is merged: its columns append.
+          const columns: Columns = (no === 4 ? data : extra) ?? { shape: [], ints: [], floats: [], strings: [] };
+          if (no === 4) data = columns;
+          else extra = columns;
+          readColumns(r, end, columns);
+        } else if (no === 10 && wireType === VARINT) raw.ack = r.bool();
+        else if (no >= 1 && no <= 15) throw new Error(`field ${no} has wire type ${wireType}`);
+        else r.skip(wireType, no);
+      }
+    } catch (error) {
+      throw new ProtocolError(ErrorCode.BAD_FRAME, `not a valid Envelope: ${String(error)}`);
+    }
+    const ident = raw.id;
+    const ref = typeof ident === "string" && ident.length > 0 && ident.length <= 128 ? ident : undefined;
+    if (data !== null) raw.data = valueOf(data, limits, ref, "data", 1);
+    if (extra !== null) {
+      const more = valueOf(extra, limits, ref, "extra", 0);
+      if (typeof more !== "object" || more === null || Array.isArray(more)) {
+        throw new ProtocolError(ErrorCode.BAD_ENVELOPE, "extra must be one object", ref);
+      }
+      for (const [name, value] of Object.entries(more)) {
+        if (NAMED.has(name)) throw new ProtocolError(ErrorCode.BAD_ENVELOPE, `extra repeats field ${JSON.stringify(name)}`, ref);
+        setMember(raw, name, value);
+      }
+    }
+    return raw;
+  }
+
   return {
     subprotocol: PROTOBUF_SUBPROTOCOL,
     binary: true,
     encode(envelope: Envelope): Uint8Array {
-      const fields = toWire(envelope) as Record<string, unknown>;
-      const w = new wire.BinaryWriter();
-      const string = (no: number, name: string) => {
-        const value = fields[name];
-        if (typeof value === "string") w.tag(no, DELIMITED).string(value);
-      };
-      const uint = (no: number, name: string) => {
-        const value = fields[name];
-        if (typeof value === "number") w.tag(no, VARINT).uint64(value);
-      };
-      // Field-number order (protocol.md 2.2, "Encoding rules for exact bytes").
-      string(1, "type");
-      string(2, "id");
-      uint(3, "timestamp");
-      if (fields.data !== undefined && fields.data !== null) writeValue(w, 4, fields.data);
-      string(5, "event");
-      string(6, "room");
-      string(7, "stream");
-      uint(8, "offset");
-      string(9, "epoch");
-      if (fields.ack === true) w.tag(10, VARINT).bool(true);
-      string(11, "ref");
-      uint(12, "ttl");
-      uint(13, "code");
-      uint(14, "deadline");
-      const extra: Record<string, unknown> = {};
-      let anyExtra = false;
-      for (const [name, value] of Object.entries(fields)) {
-        if (NAMED.has(name) || value === undefined || value === null) continue;
-        setMember(extra, name, value);
-        anyExtra = true;
-      }
-      if (anyExtra) writeValue(w, 15, extra);
-      return w.finish();
+      return encodeFields(toWire(envelope) as Record<string, unknown>);
     },
     decode(payload: Payload, limits: DataLimits = DEFAULT_LIMITS): Envelope {
-      if (typeof payload === "string") {
-        throw new ProtocolError(ErrorCode.BAD_FRAME, `${PROTOBUF_SUBPROTOCOL} uses binary frames`);
-      }
-      const raw: Record<string, unknown> = {};
-      let data: Columns | null = null;
-      let extra: Columns | null = null;
-      try {
-        const r = new wire.BinaryReader(bytes(payload));
-        while (r.pos < r.len) {
-          const [no, wireType] = r.tag();
-          const named = BY_NUMBER.get(no);
-          if (named !== undefined) {
-            const [name, kind] = named;
-            if (kind === "string" && wireType === DELIMITED) raw[name] = r.string(true);
-            else if (kind === "uint" && wireType === VARINT) raw[name] = safe(r.uint64());
-            else throw new Error(`field ${no} has wire type ${wireType}`);
-          } else if ((no === 4 || no === 15) && wireType === DELIMITED) {
-            const end = r.uint32() + r.pos;
-            if (end > r.len) throw new Error("value overruns the frame");
-            // A message field given twice is merged: its columns append.
-            const columns: Columns = (no === 4 ? data : extra) ?? { shape: [], ints: [], floats: [], strings: [] };
-            if (no === 4) data = columns;
-            else extra = columns;
-            readColumns(r, end, columns);
-          } else if (no === 10 && wireType === VARINT) raw.ack = r.bool();
-          else if (no >= 1 && no <= 15) throw new Error(`field ${no} has wire type ${wireType}`);
-          else r.skip(wireType, no);
-        }
-      } catch (error) {
-        throw new ProtocolError(ErrorCode.BAD_FRAME, `not a valid Envelope: ${String(error)}`);
-      }
-      const ident = raw.id;
-      const ref = typeof ident === "string" && ident.length > 0 && ident.length <= 128 ? ident : undefined;
-      if (data !== null) raw.data = valueOf(data, limits, ref, "data", 1);
-      if (extra !== null) {
-        const more = valueOf(extra, limits, ref, "extra", 0);
-        if (typeof more !== "object" || more === null || Array.isArray(more)) {
-          throw new ProtocolError(ErrorCode.BAD_ENVELOPE, "extra must be one object", ref);
-        }
-        for (const [name, value] of Object.entries(more)) {
-          if (NAMED.has(name)) throw new ProtocolError(ErrorCode.BAD_ENVELOPE, `extra repeats field ${JSON.stringify(name)}`, ref);
-          setMember(raw, name, value);
-        }
-      }
-      return fromWire(raw, limits);
+      return fromWire(rawOf(payload, limits), limits);
+    },
+    decodeRaw(payload: Payload): Record<string, unknown> {
+      return rawOf(payload, DEFAULT_LIMITS);
+    },
+    encodeRaw(fields: Record<string, unknown>): Uint8Array {
+      return encodeFields(fields);
     },
   };
 }
