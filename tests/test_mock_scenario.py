@@ -10,10 +10,12 @@ import socket
 import sys
 from typing import Any
 
+from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver
 from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
@@ -319,6 +321,24 @@ class TwistdOptionsTests(unittest.TestCase):
         root: Any = service.current.site.resource
         self.assertIn(b"mock", root.children)
         self.assertIn(b"api", root.children)
+
+    def test_mock_keeps_the_inspector_and_json_logs(self) -> None:
+        """--inspect-key-file and --log-format json work in mock mode too."""
+        key = self.mktemp()
+        with open(key, "w") as handle:
+            handle.write("an-inspector-key-of-enough-length\n")
+        scenario = os.path.join(HERE, "every_fault.yaml")
+        options = self.options(
+            "--mock", scenario, "--inspect-key-file", key, "--log-format", "json"
+        )
+        service = makeService(options)
+        assert isinstance(service, MockService)
+        root: Any = service.current.site.resource
+        self.assertIn(b"inspect", root.children)
+        # twistd takes the application's log observer: the JSON one.
+        application = Application("mock")
+        service.setServiceParent(application)
+        self.assertIsNotNone(application.getComponent(ILogObserver))
 
     def test_mock_refuses_what_a_restart_cannot_keep(self) -> None:
         scenario = os.path.join(HERE, "every_fault.yaml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -29,15 +30,22 @@ def check_mock_options(options: Any) -> Scenario:
 
 
 def mock_service(options: Any) -> IService:
+    """The mock's service, with the parts of the site the options ask for: the
+    HTTP API, the inspector and JSON log lines (as a plain server has them)."""
+    from warpsocket.server.observe.logs import log_observer, use_for_twistd
+    from warpsocket.server.web import add_http_api, add_inspector
+
     keys = options.get("api_keys")
-    setup_site = None
-    if keys:
-        from warpsocket.server.web import add_http_api
+    inspect_key = options.get("inspect_key")
 
-        def setup_site(site: Site, hub: Hub) -> None:
-            add_http_api(site, hub, keys)
+    def setup_site(site: Site, hub: Hub) -> None:
+        if keys:
+            rate = options["api-rate"] or None
+            add_http_api(site, hub, keys, rate=rate, burst=options["api-burst"])
+        if inspect_key is not None:
+            add_inspector(site, hub, inspect_key)
 
-    return MockService(
+    service = MockService(
         options["mock_scenario"],
         options["endpoints"],
         options=options["hub_options"],
@@ -45,3 +53,6 @@ def mock_service(options: Any) -> IService:
         app=options.get("app_callable"),
         setup_site=setup_site,
     )
+    if options["log-format"] == "json":
+        use_for_twistd(service, log_observer("json", sys.stdout, bool(options["debug"])))
+    return service
