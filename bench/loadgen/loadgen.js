@@ -7,7 +7,7 @@
 //   node loadgen.js --server warpsocket|autobahn|websockets|socketio
 //                   --scenario fanout|rtt|connect --port P [options]
 //
-// Two nodes (the cluster fan-out): --port2 Q puts every odd-numbered client on
+// Two nodes (the cluster fan-out and round trips): --port2 Q puts every odd-numbered client on
 // the second node (port Q), the even ones and the control client on the first;
 // --server-pid2 and --redis-pid add that node's and Redis's CPU time to the
 // measurement (server CPU = both nodes).
@@ -519,7 +519,9 @@ async function rtt() {
   const samples = [];
   let errors = 0;
   let cpu = null;
-  setTimeout(() => { cpu = cpuWindow(opts['server-pid']); }, Math.max(0, begin - now()));
+  setTimeout(() => {
+    cpu = cpuWindow(opts['server-pid'], opts['server-pid2'], opts['redis-pid']);
+  }, Math.max(0, begin - now()));
   let usage = null;
   setTimeout(() => { usage = cpu ? cpu() : null; }, Math.max(0, end - now()));
 

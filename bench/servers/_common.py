@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 ROOM = "bench"
-SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "connect")
+SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "rtt-cluster", "connect")
 
 
 def parse_args(description: str, *, cluster: bool = False) -> argparse.Namespace:
@@ -24,7 +24,7 @@ def parse_args(description: str, *, cluster: bool = False) -> argparse.Namespace
         parser.add_argument(
             "--redis",
             metavar="HOST:PORT",
-            help="run as one node of a cluster sharing this Redis (fanout-cluster)",
+            help="run as one node of a cluster sharing this Redis (fanout-cluster, rtt-cluster)",
         )
         parser.add_argument("--node", help="this node's name in the cluster")
     return parser.parse_args()

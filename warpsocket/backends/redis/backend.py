@@ -80,7 +80,7 @@ class RedisBackend:
         )
         self.store = RedisStreamStore(self.streams)
         self.sessions = Sessions(self.connections, self.keys, reactor)
-        self.dedup = Dedup(self.connections, self.keys, dedup_age_ms)
+        self.dedup = Dedup(self.connections, self.keys, dedup_age_ms, reactor)
         self.present = Presence(self.connections, self.keys, self.node, lambda: self.health)
         self.canary_channel = self.keys.canary(self.node)
         self.acks_channel = self.keys.acks
@@ -118,6 +118,7 @@ class RedisBackend:
                 timer.cancel()
         self._timers.clear()
         self.streams.stop()
+        self.dedup.stop()
         return self.connections.close_sentinel()
 
     def _later(self, delay: float, func: Callable[..., Any], *args: Any) -> None:

@@ -31,6 +31,13 @@ def reply_text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def set_no_delay(conn: Any) -> None:
+    transport = getattr(conn, "transport", None)
+    set_tcp_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_tcp_no_delay is not None:
+        set_tcp_no_delay(True)
+
+
 class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         # One read can carry many published messages: deliver them in one
@@ -187,6 +194,8 @@ class Connections:
             timer = self.reactor.callLater(self.options.connect_timeout * 2, connecting.cancel)
 
             def opened(conn: Any) -> Deferred[Any]:
+                # Small pipelined commands must not wait for Nagle's algorithm.
+                set_no_delay(conn)
                 ready: Deferred[Any] = conn.whenConnected()
                 # AUTH or SELECT failing closes the connection without firing it.
                 conn.whenDisconnected().addCallback(

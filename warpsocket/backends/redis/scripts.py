@@ -39,6 +39,27 @@ if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then return {1} end
 return {0, redis.call('GET', KEYS[1])}
 """
 
+# One reactor turn's dedup work in one call (docs/cluster.md, "Shared dedup"):
+# KEYS[1..n] are recorded (ARGV[3 + i] their replies, for the dedup age
+# ARGV[2]), then KEYS[n+1..] are claimed (an empty value for ARGV[1] ms).
+# Records first: a claim of an id recorded in the same turn sees its reply.
+# Each claim answers 1 (claimed here) or '=' .. the value already there.
+DEDUP_BATCH_SCRIPT = """
+local n = tonumber(ARGV[3])
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[2])
+end
+local out = {}
+for i = n + 1, #KEYS do
+  if redis.call('SET', KEYS[i], '', 'NX', 'PX', ARGV[1]) then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = '=' .. (redis.call('GET', KEYS[i]) or '')
+  end
+end
+return out
+"""
+
 # A session record saved while Redis was unreachable: written unless the one
 # in Redis was saved later (the session moved to a node that could reach it).
 SESSION_IF_NEWER_SCRIPT = """
