@@ -18,12 +18,14 @@ from twisted.logger import Logger
 
 from warpsocket.backends.base import AckListener, AckNotice, Claim, Delivery, SessionRecord
 from warpsocket.backends.redis.acks import Acks
-from warpsocket.backends.redis.connection import Connections
+from warpsocket.backends.redis.cluster import ClusterConnections
+from warpsocket.backends.redis.connection import Connections, RedisLink
 from warpsocket.backends.redis.dedup import Dedup
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.options import RedisOptions
 from warpsocket.backends.redis.presence import Presence
 from warpsocket.backends.redis.sessions import Sessions
+from warpsocket.backends.redis.slots import key_slot
 from warpsocket.backends.redis.streams import RedisStreamStore, Streams
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import random_id
@@ -55,10 +57,12 @@ class RedisBackend:
         self.node = node or random_id()[:12]
         self.dedup_age_ms = dedup_age_ms
         self.prefix = options.prefix
-        self.keys = Keys(self.prefix)
+        cluster = bool(options.cluster)
+        self.keys = Keys(self.prefix, cluster=cluster)
         self.stats = {"snapshots": 0, "gaps": 0, "reconnects": 0, "canaries": 0}
         self._timers: list[Any] = []
-        self.connections = Connections(
+        connections_class = ClusterConnections if cluster else Connections
+        self.connections: RedisLink = connections_class(
             options,
             reactor,
             later=self._later,
@@ -80,9 +84,16 @@ class RedisBackend:
         )
         self.store = RedisStreamStore(self.streams)
         self.sessions = Sessions(self.connections, self.keys, reactor)
-        self.dedup = Dedup(self.connections, self.keys, dedup_age_ms, reactor)
-        self.present = Presence(self.connections, self.keys, self.node, lambda: self.health)
+        self.dedup = Dedup(
+            self.connections, self.keys, dedup_age_ms, reactor, key_slot if cluster else _one_slot
+        )
+        self.present = Presence(
+            self.connections, self.keys, self.node, lambda: self.health, cluster=cluster
+        )
         self.canary_channel = self.keys.canary(self.node)
+        # One per shard in a Redis Cluster: every shard's subscriber must answer.
+        self.canary_channels = [self.canary_channel]
+        self._canary_seen: set[str] = set()
         self.acks_channel = self.keys.acks
         self.acks = Acks(self.connections, self.acks_channel, self.log)
         self._canary_ok = False
@@ -142,16 +153,24 @@ class RedisBackend:
 
     def _subscriber_ready(self, conn: Any) -> None:
         # One channel per SUBSCRIBE: txredisapi pairs one reply with each command.
-        subscribed: Deferred[Any] = conn.subscribe(self.canary_channel)
-        subscribed.addCallbacks(lambda _: self._send_canary(), lambda _: None)
+        if hasattr(conn, "canary_channels"):
+            self.canary_channels = conn.canary_channels(self.canary_channel)
+        self._canary_seen.clear()
+        for channel in self.canary_channels:
+            subscribed: Deferred[Any] = conn.subscribe(channel)
+            subscribed.addCallbacks(lambda _: self._send_canary(), lambda _: None)
         conn.subscribe(self.acks_channel).addErrback(lambda _: None)
         self.streams.subscribe_all()
 
     def _on_message(self, channel: Any, message: Any) -> None:
         channel = channel.decode() if isinstance(channel, bytes) else channel
         message = message.decode() if isinstance(message, bytes) else message
-        if channel == self.canary_channel:
+        if channel in self.canary_channels:
             if message in self._canary_nonces:
+                self._canary_seen.add(channel)
+                if len(self._canary_seen) < len(self.canary_channels):
+                    return  # another shard's subscriber has not answered yet
+                self._canary_seen.clear()
                 self._canary_nonces.clear()
                 self._canary_since = None
                 self._canary_ok = True
@@ -259,6 +278,7 @@ class RedisBackend:
             self._canary_ok = False
             self._canary_failed = True
             self._canary_since = None
+            self._canary_seen.clear()
             self._canary_nonces.clear()
             if connections.sub is not None:
                 self.log.warn("redis canary timed out; reconnecting the subscriber")
@@ -271,7 +291,8 @@ class RedisBackend:
         del self._canary_nonces[:-8]
         if self._canary_since is None:
             self._canary_since = now
-        cmd.publish(self.canary_channel, nonce).addErrback(lambda _: None)
+        for channel in self.canary_channels:
+            cmd.publish(channel, nonce).addErrback(lambda _: None)
 
 
 def redis_backend_from_options(
@@ -281,11 +302,17 @@ def redis_backend_from_options(
     prefix: str,
     limits: HistoryLimits,
     node: str | None = None,
+    cluster: Sequence[str] = (),
 ) -> RedisBackend:
     options = RedisOptions(
-        url=None if sentinels else redis_url,
+        url=None if sentinels or cluster else redis_url,
         sentinels=tuple(sentinels),
+        cluster=tuple(cluster),
         service=service,
         prefix=prefix,
     )
     return RedisBackend(options, limits, node=node)
+
+
+def _one_slot(key: str) -> int:
+    return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet import protocol, ssl
@@ -24,6 +24,23 @@ from warpsocket.backends.redis.options import RedisAddress, RedisOptions, host_p
 Batch = Callable[[], AbstractContextManager[None]]
 Later = Callable[..., None]
 """``later(delay, func, *args)``: a timer the backend cancels when it stops."""
+
+
+class RedisLink(Protocol):
+    """What the backend's parts use of their connections: one Redis (``Connections``)
+    or a Redis Cluster (``cluster.ClusterConnections``) alike."""
+
+    cmd: Any
+    sub: Any
+    batch: Batch
+    error: str
+    running: bool
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close_sentinel(self) -> Deferred[None]: ...
+    def drop(self, conn: Any) -> None: ...
+    def trouble(self, conn: Any, failure: Failure) -> None: ...
 
 
 def reply_text(value: Any) -> str:
@@ -86,6 +103,44 @@ class ConnectionFactory(protocol.Factory):
 
     def connectionError(self, why: str) -> None:
         self.error = why
+
+
+def open_connection(reactor: Any, timeout: float, factory: ConnectionFactory) -> Deferred[Any]:
+    """Connect, and fire once txredisapi's setup (AUTH, SELECT) is done.
+
+    Fails if that takes longer than twice ``timeout`` or the connection closes first.
+    """
+    address = factory.address
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, address.host, address.port, timeout=timeout
+    )
+    if address.tls:
+        endpoint = wrapClientTLS(ssl.optionsForClientTLS(address.host), endpoint)
+    connecting: Deferred[Any] = endpoint.connect(factory)
+    timer = reactor.callLater(timeout * 2, connecting.cancel)
+
+    def opened(conn: Any) -> Deferred[Any]:
+        # Small pipelined commands must not wait for Nagle's algorithm.
+        set_no_delay(conn)
+        ready: Deferred[Any] = conn.whenConnected()
+        # AUTH or SELECT failing closes the connection without firing it.
+        conn.whenDisconnected().addCallback(
+            lambda _: (
+                None
+                if ready.called
+                else ready.errback(
+                    ConnectionError(factory.error or "connection closed during setup")
+                )
+            )
+        )
+        return ready
+
+    def untime(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return connecting.addCallback(opened).addBoth(untime)
 
 
 class Connections:
@@ -168,14 +223,6 @@ class Connections:
         discovered: Deferred[tuple[str, int]] = self._sentinel.discover_master(options.service)
         return discovered.addCallback(found)
 
-    def _endpoint(self, address: RedisAddress) -> IStreamClientEndpoint:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self.reactor, address.host, address.port, timeout=self.options.connect_timeout
-        )
-        if address.tls:
-            endpoint = wrapClientTLS(ssl.optionsForClientTLS(address.host), endpoint)
-        return endpoint
-
     def _connect(self, kind: str) -> None:
         if not self.running or kind in self._connecting:
             return
@@ -190,31 +237,7 @@ class Connections:
                 factory = ConnectionFactory(
                     txredisapi.RedisProtocol, address, self.options.reply_timeout
                 )
-            connecting: Deferred[Any] = self._endpoint(address).connect(factory)
-            timer = self.reactor.callLater(self.options.connect_timeout * 2, connecting.cancel)
-
-            def opened(conn: Any) -> Deferred[Any]:
-                # Small pipelined commands must not wait for Nagle's algorithm.
-                set_no_delay(conn)
-                ready: Deferred[Any] = conn.whenConnected()
-                # AUTH or SELECT failing closes the connection without firing it.
-                conn.whenDisconnected().addCallback(
-                    lambda _: (
-                        None
-                        if ready.called
-                        else ready.errback(
-                            ConnectionError(factory.error or "connection closed during setup")
-                        )
-                    )
-                )
-                return ready
-
-            def untime(result: Any) -> Any:
-                if timer.active():
-                    timer.cancel()
-                return result
-
-            return connecting.addCallback(opened).addBoth(untime)
+            return open_connection(self.reactor, self.options.connect_timeout, factory)
 
         def connected(conn: Any) -> None:
             self._connecting.discard(kind)

@@ -15,11 +15,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from warpsocket.backends.base import Claim
-from warpsocket.backends.redis.connection import Connections, reply_text
+from warpsocket.backends.redis.connection import RedisLink, reply_text
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.scripts import CLAIM_TTL_MS, DEDUP_BATCH_SCRIPT, UNCLAIM_SCRIPT
-from warpsocket.protocol.envelope import Envelope
 from warpsocket.protocol.codes import ProtocolError
+from warpsocket.protocol.envelope import Envelope
 
 SlotOf = Callable[[str], int]
 
@@ -31,7 +31,7 @@ def _one_slot(key: str) -> int:
 class Dedup:
     def __init__(
         self,
-        connections: Connections,
+        connections: RedisLink,
         keys: Keys,
         age_ms: int,
         reactor: Any,
@@ -106,7 +106,9 @@ class Dedup:
                 [*recorded, *(key for key, _ in claiming)],
                 [claim_ms, self.age_ms, len(recorded), *(records[k] for k in recorded)],
             )
-            sent.addCallbacks(self._answered, self._failed, (claiming,), None, (cmd, claiming))
+            sent.addCallbacks(
+                self._answered, self._failed, callbackArgs=(claiming,), errbackArgs=(cmd, claiming)
+            )
 
     @staticmethod
     def _answered(reply: Any, claiming: list[tuple[str, Deferred[Claim]]]) -> None:

@@ -20,6 +20,12 @@ redis.call('PUBLISH', ARGV[6], epoch .. '|' .. entry)
 return {offset, epoch}
 """
 
+# Redis Cluster: the channel is KEYS[3] (in the stream's slot) and the publish
+# is sharded, heard only on the stream's shard.
+PUBLISH_SCRIPT_SHARDED = PUBLISH_SCRIPT.replace(
+    "redis.call('PUBLISH', ARGV[6],", "redis.call('SPUBLISH', KEYS[3],"
+)
+
 SNAPSHOT_SCRIPT = """
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
