@@ -311,6 +311,8 @@ class RedisTroubleTests(ClusterCase):
         assert other.welcome is not None
         self.assertFalse(other.welcome["data"]["streams"]["room:f"]["recovered"])
 
+
+class SentinelTests(ClusterCase):
     @async_test
     async def test_sentinel_failover_during_traffic(self) -> None:
         setup = SentinelSetup()
@@ -356,4 +358,18 @@ class RedisClusterBackendTests(RedisBackendTests):
 
 
 class RedisClusterFanoutTests(FanoutTests):
+    redis_cluster = True
+
+
+class RedisClusterFailoverTests(FailoverTests):
+    redis_cluster = True
+
+
+class RedisClusterDedupClaimTests(DedupClaimTests):
+    redis_cluster = True
+
+
+class RedisClusterTroubleTests(RedisTroubleTests):
+    """A restart or flush of every master; one master alone: tests/test_redis_cluster.py."""
+
     redis_cluster = True
