@@ -226,7 +226,8 @@ class RedisClusterSetup:
 
     def command(self, *args: str) -> bytes:
         if args[0].upper() in self.SERVER_WIDE:
-            return [m.command(*args) for m in self.masters][0]
+            replies = [m.command(*args) for m in self.masters]
+            return replies[0]
         return self.owner(args[1]).command(*args)
 
     def kill(self) -> None:

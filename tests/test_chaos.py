@@ -4,8 +4,9 @@
 server that is SIGKILLed and restarted, a proxy that cuts and stalls
 connections, eight clients sending and receiving acked messages; then for
 ~18 s the cluster mode (two nodes sharing a real redis-server, node SIGKILLs
-and Redis restarts), and ~18 s of it on a Redis Cluster of three masters. Each asserts that every message was accounted for and
-that every kind of fault happened. The cluster run needs ``redis-server`` and
+and Redis restarts), and ~18 s of it on a Redis Cluster of three masters.
+Each asserts that every message was accounted for and that every kind of
+fault happened. The cluster run needs ``redis-server`` and
 fails (not skips) without it. ``CheckerTests`` feed the checker small
 hand-written histories, so that a checker that stopped seeing violations
 cannot pass the run tests silently.

@@ -25,7 +25,8 @@ from contextlib import nullcontext
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -47,8 +48,12 @@ from warpsocket.backends.redis.slots import (
 )
 
 MAX_REDIRECTS = 5
+# A slot being migrated refuses a script whose keys are split between the two
+# masters (TRYAGAIN): asked again after 0.05 s, doubling, for up to ~1.5 s.
+TRY_AGAIN_DELAY = 0.05
+TRY_AGAIN_TIMES = 5
 # Errors after which the slot map is read again: the cluster changed under us.
-_TOPOLOGY_ERRORS = ("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
+_TOPOLOGY_ERRORS = ("CLUSTERDOWN", "MASTERDOWN")
 
 
 class ClusterClient:
@@ -84,7 +89,7 @@ class ClusterClient:
         return self._route(channel, lambda conn: conn.execute_command("SPUBLISH", channel, message))
 
     def _route(
-        self, key: str, call: Callable[[Any], Deferred[Any]], redirects: int = 0
+        self, key: str, call: Callable[[Any], Deferred[Any]], redirects: int = 0, tries: int = 0
     ) -> Deferred[Any]:
         slot = key_slot(key)
         address = self.slots.master_of(slot)
@@ -101,6 +106,10 @@ class ClusterClient:
             if not failure.check(txredisapi.ResponseError):
                 return failure
             message = failure.getErrorMessage()
+            if message.startswith("TRYAGAIN") and tries < TRY_AGAIN_TIMES:
+                self._owner.count("tryagain")
+                again = deferLater(self._owner.reactor, TRY_AGAIN_DELAY * 2**tries, lambda: None)
+                return again.addCallback(lambda _: self._route(key, call, redirects, tries + 1))
             if message.startswith(_TOPOLOGY_ERRORS):
                 self._owner.topology_changed()
                 return failure
@@ -108,19 +117,32 @@ class ClusterClient:
             if redirect is None or redirects >= MAX_REDIRECTS:
                 return failure
             kind, moved_slot, target = redirect
+            self._owner.count(kind.lower())
             if kind == "MOVED":
                 self.slots.move(moved_slot, target)
                 self._owner.topology_changed()
                 if target not in self.conns:
                     return failure
-                return self._route(key, call, redirects + 1)
+                return self._route(key, call, redirects + 1, tries)
             asked = self.conns.get(target)
             if asked is None:
                 self._owner.topology_changed()
                 return failure
             # ASKING applies to the next command on the same connection only.
             asked.execute_command("ASKING").addErrback(lambda _: None)
-            return call(asked)
+            return call(asked).addErrback(redirected_again)
+
+        def redirected_again(failure: Failure) -> Any:
+            """What the ASK target answered: TRYAGAIN starts over (the slot may have moved)."""
+            if (
+                failure.check(txredisapi.ResponseError)
+                and tries < TRY_AGAIN_TIMES
+                and failure.getErrorMessage().startswith("TRYAGAIN")
+            ):
+                self._owner.count("tryagain")
+                again = deferLater(self._owner.reactor, TRY_AGAIN_DELAY * 2**tries, lambda: None)
+                return again.addCallback(lambda _: self._route(key, call, redirects + 1, tries + 1))
+            return failure
 
         return sent.addErrback(redirected)
 
@@ -203,6 +225,7 @@ class ClusterConnections:
         self._retry: dict[str, float] = {}
         self._refreshing = False
         self._last_refresh = -1e9
+        self._opening: set[Deferred[Any]] = set()  # cancelled by stop()
 
     # ------------------------------------------------------------ the Connections surface
 
@@ -213,13 +236,13 @@ class ClusterConnections:
 
     def stop(self) -> None:
         self.running = False
+        for opening in list(self._opening):
+            opening.cancel()
         for kind in ("cmd", "sub"):
             self._abort(kind)
         self.cmd = self.sub = None
 
     def close_sentinel(self) -> Deferred[None]:
-        from twisted.internet.defer import succeed
-
         return succeed(None)
 
     def drop(self, conn: Any) -> None:
@@ -235,6 +258,10 @@ class ClusterConnections:
             self.drop(conn)  # a demoted master, or one that restarted: read the map again
         elif message.startswith(_TOPOLOGY_ERRORS):
             self.topology_changed()
+
+    def count(self, what: str) -> None:
+        """Redirects and retries (``moved``, ``ask``, ``tryagain``), in the backend's stats."""
+        self._stats[what] = self._stats.get(what, 0) + 1
 
     def topology_changed(self) -> None:
         """Read the slot map again (at most once a second); new masters mean new connections."""
@@ -280,7 +307,7 @@ class ClusterConnections:
             factory = ConnectionFactory(
                 txredisapi.RedisProtocol, self._address(where), self.options.reply_timeout
             )
-            opening = open_connection(self.reactor, self.options.connect_timeout, factory)
+            opening = self._open(factory)
 
             def ask(conn: Any) -> Deferred[Any]:
                 asked: Deferred[Any] = conn.execute_command("CLUSTER", "SLOTS")
@@ -306,6 +333,19 @@ class ClusterConnections:
 
         attempt(0)
         return result
+
+    def _open(self, factory: ConnectionFactory) -> Deferred[Any]:
+        opening = open_connection(self.reactor, self.options.connect_timeout, factory)
+        self._opening.add(opening)
+
+        def opened(result: Any) -> Any:
+            self._opening.discard(opening)
+            if not self.running and not isinstance(result, Failure):
+                result.transport.abortConnection()
+                return Failure(ConnectionError("redis backend stopped"))
+            return result
+
+        return opening.addBoth(opened)
 
     def _factory(self, kind: str, where: Address) -> ConnectionFactory:
         address = self._address(where)
@@ -333,9 +373,7 @@ class ClusterConnections:
                 opened[where] = conn
 
             each = [
-                open_connection(
-                    self.reactor, self.options.connect_timeout, self._factory(kind, where)
-                ).addCallback(keep, where)
+                self._open(self._factory(kind, where)).addCallback(keep, where)
                 for where in slots.masters
             ]
             done: Deferred[Any] = gatherResults(each, consumeErrors=True)
