@@ -8,6 +8,7 @@ channel of one stream carry the stream's name as their tag.
 
 from __future__ import annotations
 
+import binascii
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,24 +17,9 @@ from typing import Any
 SLOTS = 16384
 
 
-def _table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_CRC16 = _table()
-
-
 def crc16(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+    """CRC16-CCITT (XMODEM), as Redis Cluster uses; binascii's is in C."""
+    return binascii.crc_hqx(data, 0)
 
 
 def hash_tag(key: bytes) -> bytes:
