@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.python import usage
 from twisted.trial import unittest
 
 from tests.helpers.cluster import ClusterCase, events
 from tests.redis_harness import RedisProcess
 from tests.wsclient import async_test, sleep, wait_until
-from warpsocket.backends.redis import RedisOptions
+from warpsocket.backends.redis import RedisBackend, RedisOptions
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.slots import (
     SlotMap,
@@ -25,6 +26,7 @@ from warpsocket.backends.redis.slots import (
     parse_cluster_slots,
     parse_redirect,
 )
+from warpsocket.server.cli import Options
 
 
 class SlotTests(unittest.TestCase):
@@ -93,6 +95,68 @@ class SlotTests(unittest.TestCase):
         self.assertEqual(options.cluster, ("127.0.0.1:7000",))
         self.assertRaises(ValueError, RedisOptions, url=None, cluster=("nope",))
         self.assertRaises(ValueError, RedisOptions, cluster=("127.0.0.1:7000",))  # and a URL
+
+
+class CommandLineTests(unittest.TestCase):
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_redis_cluster_option(self) -> None:
+        options = self.parse(
+            "--redis-cluster", "127.0.0.1:7000", "--redis-cluster", "10.0.0.2:7001"
+        )
+        backend = options["backend"]
+        self.assertIsInstance(backend, RedisBackend)
+        self.assertEqual(backend.options.cluster, ("127.0.0.1:7000", "10.0.0.2:7001"))
+        self.assertIsNone(backend.options.url)
+        self.assertTrue(backend.keys.cluster)
+        for args in (
+            ("--redis-cluster", "no-port"),
+            ("--redis-cluster", "127.0.0.1:7000", "--redis", "redis://127.0.0.1:6379/0"),
+            ("--redis-cluster", "127.0.0.1:7000", "--redis-sentinel", "127.0.0.1:26379"),
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+
+def _evals(redis: RedisProcess) -> int:
+    """How many scripts Redis has run (EVAL and EVALSHA), from INFO commandstats."""
+    total = 0
+    for line in redis.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith(("cmdstat_eval:", "cmdstat_evalsha:")):
+            total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+class DedupBatchTests(ClusterCase):
+    @async_test
+    async def test_one_turns_claims_and_records_are_one_script_call(self) -> None:
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        before = _evals(redis)
+        claims = [a.backend.claim("s:p", f"m{n}", 0) for n in range(20)]
+        for n in range(5):
+            a.backend.record("s:p", f"old{n}", _reply(f"old{n}"))
+        got = [await claim for claim in claims]
+        self.assertTrue(all(claim.first for claim in got))
+        self.assertEqual(_evals(redis) - before, 1)
+        # Claimed again in one later turn: the same call answers with what is there.
+        a.backend.record("s:p", "m1", _reply("m1"))
+        again = [
+            await c for c in [a.backend.claim("s:p", "m1", 0), a.backend.claim("s:p", "m2", 0)]
+        ]
+        assert again[0].reply is not None
+        self.assertEqual((again[0].first, again[0].reply.ref), (False, "m1"))
+        self.assertEqual((again[1].first, again[1].reply), (False, None))  # claimed, no answer yet
+        self.assertEqual(_evals(redis) - before, 2)
+
+
+def _reply(ref: str) -> Any:
+    from warpsocket.protocol.envelope import Envelope, MessageType
+
+    return Envelope(type=MessageType.ACK, id=f"a-{ref}", timestamp=1, ref=ref)
 
 
 def _ids(reply: bytes) -> list[bytes]:
