@@ -251,6 +251,17 @@ class RedisClusterTests(ClusterCase):
         a, b = self.node("a"), self.node("b")
         await self.healthy(a, b)
         client = await self.client(b, rooms=[kept_room, lost_room])
+        # A session of node a whose record lives on the master that will be lost
+        # (node a's own liveness key lives on another one: t:node:a, slot 0-5460).
+        self.assertIs(cluster.owner("t:node:a"), cluster.masters[0])
+        for _ in range(30):
+            resident = await self.client(a)
+            if cluster.owner(f"t:session:{resident.session}") is lost_master:
+                break
+        else:
+            raise AssertionError("no session record on the lost master")
+        record = f"t:session:{resident.session}"
+        self.assertEqual(lost_master.command("EXISTS", record), b":1\r\n")
         for n in range(3):
             await a.hub.publish(kept_room, "n", n)
             await a.hub.publish(lost_room, "n", n)
@@ -269,6 +280,11 @@ class RedisClusterTests(ClusterCase):
         lost = [m for m in client.messages if m.get("stream") == f"room:{lost_room}"]
         self.assertEqual(kept[-1]["epoch"], before[f"room:{kept_room}"]["epoch"])
         self.assertNotEqual(lost[-1]["epoch"], before[f"room:{lost_room}"]["epoch"])
+        # Node a noticed that shard's data loss (its liveness key there was gone)
+        # and wrote its session records again.
+        await wait_until(
+            lambda: lost_master.command("EXISTS", record) == b":1\r\n", 10, "record rewritten"
+        )
         # A client resuming from the old positions: one stream recovered, one not.
         other = await self.client(a, streams=before, rooms=[kept_room, lost_room])
         assert other.welcome is not None

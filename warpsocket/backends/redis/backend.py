@@ -100,7 +100,9 @@ class RedisBackend:
         self._canary_nonces: list[str] = []
         self._canary_since: float | None = None
         self._canary_failed = False
-        self._node_key_set = False
+        # The liveness keys set so far: the node's own, and in a Redis Cluster
+        # one more on every other shard, so that any shard's data loss shows.
+        self._node_keys_set: set[str] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -245,12 +247,22 @@ class RedisBackend:
         cmd = self.connections.cmd
         if cmd is None:
             return
+        own = self.keys.node(self.node)
+        names = [own]
+        if hasattr(cmd, "shard_names"):
+            names += [
+                n for n in cmd.shard_names(f"{own}:shard") if cmd.shard_of(n) != cmd.shard_of(own)
+            ]
+        for name in names:
+            self._check_liveness_key(cmd, name)
+
+    def _check_liveness_key(self, cmd: Any, name: str) -> None:
         asked: Deferred[Any] = cmd.execute_command(
-            "SET", self.keys.node(self.node), "1", "PX", self.options.node_ttl_ms, "GET"
+            "SET", name, "1", "PX", self.options.node_ttl_ms, "GET"
         )
 
         def checked(previous: Any) -> None:
-            if previous is None and self._node_key_set:
+            if previous is None and name in self._node_keys_set:
                 # Our liveness key vanished before its TTL: Redis lost its
                 # data (FLUSHALL, restart without persistence). Every mirror
                 # must re-read its stream; a new epoch tells clients.
@@ -258,7 +270,7 @@ class RedisBackend:
                 # Before any client can learn a new epoch from a snapshot.
                 self.sessions.write_again(unsaved_only=False)
                 self.streams.resnapshot_all()
-            self._node_key_set = True
+            self._node_keys_set.add(name)
 
         asked.addCallbacks(checked, lambda f: self.connections.trouble(cmd, f))
 

@@ -88,6 +88,13 @@ class ClusterClient:
         """Sharded: only the subscribers of the channel's shard hear it."""
         return self._route(channel, lambda conn: conn.execute_command("SPUBLISH", channel, message))
 
+    def shard_of(self, key: str) -> Address | None:
+        return self.slots.master_of(key_slot(key))
+
+    def shard_names(self, base: str) -> list[str]:
+        """One name per master: ``base:{n}`` with a hash tag that lands on it."""
+        return shard_names(self.slots, base)
+
     def _route(
         self, key: str, call: Callable[[Any], Deferred[Any]], redirects: int = 0, tries: int = 0
     ) -> Deferred[Any]:
@@ -173,15 +180,20 @@ class ClusterSubscriber:
         return done
 
     def canary_channels(self, base: str) -> list[str]:
-        """One channel per shard (a hash tag that lands on it): each subscriber proves itself."""
-        channels = []
-        for address in self.slots.masters:
-            for n in range(SLOTS * 4):
-                channel = f"{base}:{{{n}}}"
-                if self.slots.master_of(key_slot(channel)) == address:
-                    channels.append(channel)
-                    break
-        return channels
+        """One channel per shard: each shard's subscriber proves itself."""
+        return shard_names(self.slots, base)
+
+
+def shard_names(slots: SlotMap, base: str) -> list[str]:
+    """For each master, ``base:{n}`` with the first ``n`` whose slot it serves."""
+    names = []
+    for address in slots.masters:
+        for n in range(SLOTS * 4):
+            name = f"{base}:{{{n}}}"
+            if slots.master_of(key_slot(name)) == address:
+                names.append(name)
+                break
+    return names
 
 
 class ShardFactory(ConnectionFactory):
