@@ -97,6 +97,23 @@ class SlotTests(unittest.TestCase):
         self.assertRaises(ValueError, RedisOptions, cluster=("127.0.0.1:7000",))  # and a URL
 
 
+class CommandBuilderTests(unittest.TestCase):
+    def test_the_fast_builder_writes_what_txredisapi_writes(self) -> None:
+        import txredisapi
+
+        from warpsocket.backends.redis.connection import build_command
+
+        reference = txredisapi.RedisProtocol("utf-8")
+        for args in (
+            ("SET", "k", "v", "PX", 10, "GET"),
+            ("EVALSHA", "abc", 2, "k1", "k2", 1.5, b"raw\r\n", "\u00e9\u2603", 0, -3, True),
+            ("PING",),
+        ):
+            self.assertEqual(
+                build_command(args, "utf-8", "strict"), reference._build_command(*args)
+            )
+
+
 class CommandLineTests(unittest.TestCase):
     def parse(self, *args: str) -> Options:
         options = Options()

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from warpsocket.backends.redis.connection import (
     Batch,
+    CommandProtocol,
     ConnectionFactory,
     Later,
     open_connection,
@@ -370,7 +371,7 @@ class ClusterConnections:
                 lambda: self.batch(),
                 on_slot_moved=lambda _: self.drop(self.sub),
             )
-        return ConnectionFactory(txredisapi.RedisProtocol, address, self.options.reply_timeout)
+        return ConnectionFactory(CommandProtocol, address, self.options.reply_timeout)
 
     def _connect(self, kind: str) -> None:
         if not self.running or kind in self._connecting:

@@ -55,6 +55,33 @@ def set_no_delay(conn: Any) -> None:
         set_tcp_no_delay(True)
 
 
+def build_command(args: tuple[Any, ...], charset: str, errors: str) -> bytes:
+    """A RESP command, as txredisapi builds it, in one join (its own builder
+    encodes each argument and its length separately: a tenth of a node's
+    time per acked message in a cluster)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode(charset, errors)
+        elif type(arg) is int:
+            data = b"%d" % arg
+        elif isinstance(arg, float):
+            data = format(arg, "f").encode()
+        else:
+            data = str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """The command connection: txredisapi's, with a faster command builder."""
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        return build_command(args, self.charset or "utf-8", self.errors)
+
+
 class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         # One read can carry many published messages: deliver them in one
@@ -234,9 +261,7 @@ class Connections:
                     Subscriber, address, None, self._on_message, lambda: self.batch()
                 )
             else:
-                factory = ConnectionFactory(
-                    txredisapi.RedisProtocol, address, self.options.reply_timeout
-                )
+                factory = ConnectionFactory(CommandProtocol, address, self.options.reply_timeout)
             return open_connection(self.reactor, self.options.connect_timeout, factory)
 
         def connected(conn: Any) -> None:
