@@ -178,6 +178,7 @@ class RedisClusterSetup:
             )
             for _ in range(masters)
         ]
+        self.replicas: list[RedisProcess] = []
         try:
             for master in self.masters:
                 master.start()
@@ -217,6 +218,30 @@ class RedisClusterSetup:
                 raise RuntimeError("redis cluster did not become ready")
             time.sleep(0.05)
 
+    def add_replica(self, master: RedisProcess, timeout: float = 20.0) -> RedisProcess:
+        """A replica of ``master`` in the cluster, once its link is up (for failovers)."""
+        replica = RedisProcess(
+            extra=[
+                *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                *("--cluster-port", str(free_port())),
+            ]
+        ).start()
+        self.replicas.append(replica)
+        first = self.masters[0]
+        bus = first.extra[first.extra.index("--cluster-port") + 1]
+        replica.command("CLUSTER", "MEET", "127.0.0.1", str(first.port), bus)
+        master_id = master.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+        deadline = time.monotonic() + timeout
+        while not replica.command("CLUSTER", "REPLICATE", master_id).startswith(b"+OK"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not learn its master")
+            time.sleep(0.05)
+        while b"master_link_status:up" not in replica.command("INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync")
+            time.sleep(0.05)
+        return replica
+
     def owner(self, key: str) -> RedisProcess:
         from warpsocket.backends.redis.slots import key_slot
 
@@ -246,5 +271,5 @@ class RedisClusterSetup:
         self.start()
 
     def cleanup(self) -> None:
-        for master in self.masters:
-            master.cleanup()
+        for process in (*self.masters, *self.replicas):
+            process.cleanup()

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from tests.helpers.cluster import ClusterCase, events
 from tests.redis_harness import RedisProcess
 from tests.wsclient import async_test, sleep, wait_until
+from warpsocket.backends.base import BackendUnavailableError
 from warpsocket.backends.redis import RedisBackend, RedisOptions
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.slots import (
@@ -309,3 +310,42 @@ class RedisClusterTests(ClusterCase):
         self.assertTrue(streams[f"room:{kept_room}"]["recovered"], streams)
         self.assertFalse(streams[f"room:{lost_room}"]["recovered"], streams)
         await sleep(0.1)
+
+    @async_test
+    async def test_failover_to_a_replica_during_traffic(self) -> None:
+        """A master dies, its replica is promoted: as with Sentinel, nothing is lost
+        that was accepted, nothing is delivered twice, and every node heals."""
+        cluster = self.start_redis()
+        master = cluster.masters[1]
+        replica = cluster.add_replica(master)
+        room = self.room_on(cluster, master)
+        a, b = self.node("a"), self.node("b")
+        await self.healthy(a, b)
+        client = await self.client(b, rooms=[room])
+        for n in range(3):
+            await a.hub.publish(room, "n", n)
+        await wait_until(lambda: events(client, f"room:{room}") == [0, 1, 2])
+        replica.command("WAIT", "1", "1000")  # what it replicated is what survives
+        master.kill()
+        sent = [0, 1, 2]
+        refused = []
+        for n in range(3, 60):
+            try:
+                await a.hub.publish(room, "n", n)
+                sent.append(n)
+            except BackendUnavailableError:
+                refused.append(n)  # the sender is told; never delivered
+            await sleep(0.05)
+        self.assertTrue(refused)
+        await wait_until(lambda: b"role:master" in replica.command("INFO", "replication"), 20)
+        await self.healthy(a, b, timeout=20)
+        await a.hub.publish(room, "n", 99)
+        sent.append(99)
+        await wait_until(lambda: 99 in events(client, f"room:{room}"), 20, "after failover")
+        got = events(client, f"room:{room}")
+        self.assertEqual(got, sorted(got))  # in order, once each
+        self.assertEqual(len(got), len(set(got)))
+        self.assertEqual([d for d in got if d in sent], got)  # nothing unaccepted
+        self.assertEqual(set(sent) - set(got), set())  # nothing accepted lost
+        stream = [m for m in client.messages if m.get("stream") == f"room:{room}"]
+        self.assertEqual({m["epoch"] for m in stream}, {stream[0]["epoch"]})  # same epoch
