@@ -154,6 +154,16 @@ class SentinelSetup:
             process.cleanup()
 
 
+def require_redis_7() -> None:
+    """Redis Cluster tests need Redis 7 (sharded pub/sub, ``--cluster-port``): fail, never skip."""
+    version = subprocess.run(
+        [_binary("redis-server"), "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    found = version.split("v=", 1)[1].split()[0] if "v=" in version else "?"
+    if not found.split(".")[0].isdigit() or int(found.split(".")[0]) < 7:
+        raise RuntimeError(f"the Redis Cluster tests need redis-server 7 or later, found {found}")
+
+
 class RedisClusterSetup:
     """A Redis Cluster of three masters (no replicas) on free ports, slots split evenly.
 
@@ -168,6 +178,7 @@ class RedisClusterSetup:
     SERVER_WIDE = {"FLUSHALL", "FLUSHDB", "CLIENT", "CONFIG", "DEBUG"}
 
     def __init__(self, masters: int = 3) -> None:
+        require_redis_7()
         self.masters = [
             RedisProcess(
                 extra=[
