@@ -217,6 +217,12 @@ class RedisClusterTests(ClusterCase):
             self.assertNotIn(channel, _ids(master.command("PUBSUB", "CHANNELS")))
         # Every master carries a canary of each node: each shard subscriber is proven.
         self.assertEqual(len(a.backend.canary_channels), 3)
+        # Other single-key calls are routed by their key too.
+        cmd = a.backend.connections.cmd
+        for n in range(6):
+            self.assertEqual(int(await cmd.incr(f"t:counter:{n}")), 1)
+            self.assertEqual(int(await cmd.delete(f"t:counter:{n}")), 1)
+            self.assertIsNone(await cmd.get(f"t:counter:{n}"))
 
     @async_test
     async def test_a_slot_migrated_live_is_followed(self) -> None:

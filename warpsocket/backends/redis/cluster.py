@@ -85,6 +85,20 @@ class ClusterClient:
     def hset(self, key: str, field: str, value: Any) -> Deferred[Any]:
         return self._route(key, lambda conn: conn.execute_command("HSET", key, field, value))
 
+    def delete(self, key: str) -> Deferred[Any]:
+        return self._route(key, lambda conn: conn.execute_command("DEL", key))
+
+    def __getattr__(self, name: str) -> Callable[..., Deferred[Any]]:
+        """Any other single-key txredisapi call (``incr``, ``expire``...): its
+        first argument is the key that routes it."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(key: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            return self._route(key, lambda conn: getattr(conn, name)(key, *args, **kwargs))
+
+        return call
+
     def publish(self, channel: str, message: str) -> Deferred[Any]:
         """Sharded: only the subscribers of the channel's shard hear it."""
         return self._route(channel, lambda conn: conn.execute_command("SPUBLISH", channel, message))
