@@ -12,8 +12,10 @@ and the Node load generator pinned to core 1 (taskset), one after the other.
 Scenarios: fanout (all broadcasts in one server event-loop turn), fanout-paced
 (one broadcast per turn), fanout-cluster (two nodes of warpsocket or
 python-socketio sharing a private redis-server, all three on core 0; clients
-split between the nodes, broadcasts sent by node A), rtt, connect (memory and
-connection rate).
+split between the nodes, broadcasts sent by node A), rtt, rtt-cluster (the
+acked round trips of rtt against two warpsocket nodes + a private
+redis-server, all three on core 0, clients split between the nodes), connect
+(memory and connection rate).
 
 Prints a table, writes <out>/results.json and <out>/results.png
 (results-quick.* with --quick). See docs/performance.md.
@@ -52,7 +54,9 @@ SERVER_CORE = "0"
 LOADGEN_CORE = "1"
 
 SERVERS = ("warpsocket", "autobahn", "websockets", "socketio")
-SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "connect")
+SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "rtt-cluster", "connect")
+# Scenarios run on two nodes sharing a private redis-server (warpsocket-only for rtt).
+CLUSTER_SCENARIOS = ("fanout-cluster", "rtt-cluster")
 # The load generator's fan-out pace of each fan-out scenario.
 FANOUTS = {"fanout": "burst", "fanout-paced": "turn", "fanout-cluster": "burst"}
 # Servers with a cluster mode here (two nodes sharing one Redis).
@@ -130,6 +134,23 @@ TARGETS: tuple[tuple[str, str, str, str, str | None, float | None], ...] = (
         None,
     ),
     ("acked round trips: warpsocket / autobahn echo", "rtt", "warpsocket", "autobahn", ">=", 0.6),
+    # Cross-scenario: the cluster's acked round trips against one node's (same run).
+    (
+        "acked round trips: cluster (2 nodes + redis) / one node",
+        "rtt-cluster",
+        "warpsocket",
+        "rtt:warpsocket",
+        ">=",
+        0.6,
+    ),
+    (
+        "acked round trip p99: cluster / one node",
+        "rtt-cluster-p99",
+        "warpsocket",
+        "rtt:warpsocket",
+        "<=",
+        2.0,
+    ),
     (
         "memory per idle connection: warpsocket / autobahn",
         "memory",
@@ -145,6 +166,8 @@ HEADLINE = {
     "fanout-paced": ("deliveries_per_s", "deliveries/s"),
     "fanout-cluster": ("deliveries_per_s", "deliveries/s"),
     "rtt": ("round_trips_per_s", "round trips/s"),
+    "rtt-cluster": ("round_trips_per_s", "round trips/s"),
+    "rtt-cluster-p99": ("latency_ms_p99", "round trip p99 ms"),
     "memory": ("rss_per_connection_kb", "KiB RSS per connection"),
     "connect": ("connections_per_s", "connections/s"),
 }
@@ -522,7 +545,7 @@ def loadgen_args(server: str, scenario: str, params: dict[str, Any], mode: str) 
         "--server",
         server,
         "--scenario",
-        "fanout" if scenario in FANOUTS else scenario,
+        "fanout" if scenario in FANOUTS else scenario.removesuffix("-cluster"),
         "--size",
         str(params["payload_bytes"]),
         "--concurrency",
@@ -539,7 +562,7 @@ def loadgen_args(server: str, scenario: str, params: dict[str, Any], mode: str) 
             "--count",
             str(params[f"{prefix}_broadcasts"]),
         ]
-    if scenario == "rtt":
+    if scenario in ("rtt", "rtt-cluster"):
         return [
             *common,
             "--clients",
@@ -618,7 +641,7 @@ def run_case(
                 spy.kill()
 
     try:
-        if scenario == "fanout-cluster":
+        if scenario in CLUSTER_SCENARIOS:
             log_path = logs / f"{stem}.log"  # the load generator's
             log_path.write_text("")
             redis_port = ports.take()
@@ -688,11 +711,17 @@ def run_case(
 RATE_KEY = {
     **dict.fromkeys(FANOUTS, "deliveries_per_s"),
     "rtt": "round_trips_per_s",
+    "rtt-cluster": "round_trips_per_s",
     "connect": "connections_per_s",
 }
 
 
-COUNT_KEY = {**dict.fromkeys(FANOUTS, "delivered"), "rtt": "round_trips", "connect": "connections"}
+COUNT_KEY = {
+    **dict.fromkeys(FANOUTS, "delivered"),
+    "rtt": "round_trips",
+    "rtt-cluster": "round_trips",
+    "connect": "connections",
+}
 
 
 def cpu_cost(
@@ -719,7 +748,7 @@ def combine(scenario: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
     best["repeats"] = len(attempts)
     costs = [c for c in (cpu_cost(scenario, a) for a in attempts) if c is not None]
     best["server_cpu_us_per_op"] = _median(costs)
-    if scenario == "fanout-cluster":
+    if scenario in CLUSTER_SCENARIOS:
         redis = [cpu_cost(scenario, a, "redis_cpu_seconds") for a in attempts]
         best["redis_cpu_us_per_op"] = _median([c for c in redis if c is not None])
     best[f"{key}_runs"] = [a[key] for a in attempts]
@@ -783,11 +812,14 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]
     rows = []
     for name, scenario, top, bottom, comparison, target in TARGETS:
         key = HEADLINE[scenario][0]
-        source = "connect" if scenario == "memory" else scenario
+        source = {"memory": "connect", "rtt-cluster-p99": "rtt-cluster"}.get(scenario, scenario)
         if source not in results:
             continue
+        # A denominator "SCENARIO:COLUMN" comes from another scenario of the run.
+        other, _, bottom_column = bottom.rpartition(":")
+        bottom_source = other or source
         a = results.get(source, {}).get(top, {}).get(key)
-        b = results.get(source, {}).get(bottom, {}).get(key)
+        b = results.get(bottom_source, {}).get(bottom_column, {}).get(key)
         value = a / b if a is not None and b not in (None, 0) else None
         met = (
             None
@@ -797,8 +829,11 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]
         # Cross-check for rates: the same ratio from server CPU per operation
         # (insensitive to other load on the machine).
         cost_a = results.get(source, {}).get(top, {}).get("server_cpu_us_per_op")
-        cost_b = results.get(source, {}).get(bottom, {}).get("server_cpu_us_per_op")
-        by_cpu = cost_b / cost_a if scenario != "memory" and cost_a and cost_b else None
+        if cost_a is not None and source in CLUSTER_SCENARIOS:
+            cost_a += results[source][top].get("redis_cpu_us_per_op") or 0.0
+        cost_b = results.get(bottom_source, {}).get(bottom_column, {}).get("server_cpu_us_per_op")
+        rate = scenario not in ("memory", "rtt-cluster-p99")
+        by_cpu = cost_b / cost_a if rate and cost_a and cost_b else None
         rows.append(
             {
                 "name": name,
@@ -877,6 +912,28 @@ def table(results: dict[str, dict[str, dict[str, Any]]], params: dict[str, Any])
             ),
             ("", "nodes A+B CPU us per delivery", get(fan, "server_cpu_us_per_op", digits=1)),
             ("", "redis CPU us per delivery", get(fan, "redis_cpu_us_per_op", digits=2)),
+        ]
+    rtt_cluster = results.get("rtt-cluster", {})
+    if rtt_cluster:
+        rows += [
+            (
+                f"cluster acked round trip (2 nodes + redis, {n_rtt})",
+                "round trips/s",
+                get(rtt_cluster, "round_trips_per_s"),
+            ),
+            ("", "latency p50 ms", get(rtt_cluster, "latency_ms_p50", digits=2)),
+            ("", "latency p99 ms", get(rtt_cluster, "latency_ms_p99", digits=2)),
+            (
+                "",
+                "CPU % nodes A+B / redis / loadgen",
+                load(rtt_cluster, "server_cpu", "redis_cpu", "loadgen_cpu"),
+            ),
+            (
+                "",
+                "nodes A+B CPU us per round trip",
+                get(rtt_cluster, "server_cpu_us_per_op", 1.0, 1),
+            ),
+            ("", "redis CPU us per round trip", get(rtt_cluster, "redis_cpu_us_per_op", 1.0, 2)),
         ]
     if rtt:
         rows += [
@@ -1047,6 +1104,8 @@ def main() -> int:
         for server in servers:
             if scenario == "fanout-cluster" and server not in CLUSTER_SERVERS:
                 continue
+            if scenario == "rtt-cluster" and server != "warpsocket":
+                continue
             plan.append((scenario, server, "ack"))
             if scenario == "rtt" and server == "warpsocket":
                 plan.append((scenario, server, "call"))
@@ -1115,13 +1174,15 @@ def main() -> int:
         if spec == "auto":
             for row in ratio_rows:
                 if row["met"] is False:
-                    scenario = "connect" if row["scenario"] == "memory" else row["scenario"]
+                    scenario = {"memory": "connect", "rtt-cluster-p99": "rtt-cluster"}.get(
+                        row["scenario"], row["scenario"]
+                    )
                     wanted_profiles.add(("warpsocket", scenario))
             continue
         server, _, scenario = spec.rpartition(":")
         if (server and server not in SERVERS) or scenario not in SCENARIOS:
             raise SystemExit(f"--profile: unknown {spec!r} (use SCENARIO or SERVER:SCENARIO)")
-        if scenario == "fanout-cluster" and (server or "warpsocket") not in CLUSTER_SERVERS:
+        if scenario in CLUSTER_SCENARIOS and (server or "warpsocket") not in CLUSTER_SERVERS:
             raise SystemExit(f"--profile: {server} has no cluster mode here")
         wanted_profiles.add((server or "warpsocket", scenario))
     if wanted_profiles:

@@ -99,9 +99,13 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """One redis-server on a fixed port; ``kill()`` and ``start()`` again."""
 
-    def __init__(self, reactor: Any, port: int, run_dir: Path) -> None:
+    def __init__(
+        self, reactor: Any, port: int, run_dir: Path, extra: tuple[str, ...] = (), name: str = ""
+    ) -> None:
         self.reactor = reactor
         self.port = port
+        self.extra = extra
+        self.name = name
         self.run_dir = run_dir
         self.binary = redis_binary()
         self.dir = tempfile.mkdtemp(prefix="chaos-redis-")
@@ -133,8 +137,9 @@ class RedisServer:
             "no",
             "--dir",
             self.dir,
+            *self.extra,
         ]
-        log = open(self.run_dir / f"redis-{self.generation}.log", "wb")  # noqa: SIM115
+        log = open(self.run_dir / f"redis{self.name}-{self.generation}.log", "wb")  # noqa: SIM115
         process = _Process(log)
         self.transport = self.reactor.spawnProcess(process, self.binary, argv, env=dict(os.environ))
         self.process = process
@@ -183,3 +188,107 @@ class RedisServer:
             key: {"epoch": epoch, "offset": int(last or 0)}
             for key, (epoch, last) in zip(keys, replies, strict=True)
         }
+
+
+CLUSTER_ARGS = ("--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-port")
+
+
+class RedisCluster:
+    """``--redis-cluster``: three masters (no replicas, no persistence) of a Redis Cluster.
+
+    The surface of ``RedisServer`` for the run: each ``kill()`` SIGKILLs the
+    next master in turn (its shard's data is gone; the cluster is down until it
+    is back) and ``start()`` brings it back with its slots (``nodes.conf``).
+    Each kill and restart is a generation of ``history``, as for one Redis.
+    """
+
+    def __init__(self, reactor: Any, ports: list[int], bus_ports: list[int], run_dir: Path):
+        self.reactor = reactor
+        self.masters = [
+            RedisServer(
+                reactor,
+                port,
+                run_dir,
+                (*CLUSTER_ARGS, str(bus)),
+                name=f"-m{index}",
+            )
+            for index, (port, bus) in enumerate(zip(ports, bus_ports, strict=True))
+        ]
+        self.bus_ports = bus_ports
+        self.generation = 0
+        self.history: list[dict[str, Any]] = []
+        self.restarts = 0
+        self.up = False
+        self._killed: RedisServer | None = None
+
+    @property
+    def seeds(self) -> list[str]:
+        return [f"127.0.0.1:{m.port}" for m in self.masters]
+
+    @property
+    def crashes(self) -> list[str]:
+        return [crash for m in self.masters for crash in m.crashes]
+
+    async def start(self, deadline: float = 20.0) -> None:
+        self.generation += 1
+        entry: dict[str, Any] = {"gen": self.generation, "spawned": time.time()}
+        self.history.append(entry)
+        if self._killed is not None:
+            await self._killed.start()
+            self._killed = None
+        else:
+            for master in self.masters:
+                await master.start()
+            step = 16384 // len(self.masters)
+            first = self.masters[0]
+            for index, master in enumerate(self.masters):
+                last = 16383 if index == len(self.masters) - 1 else (index + 1) * step - 1
+                redis_call(master.port, ("CLUSTER", "ADDSLOTSRANGE", str(index * step), str(last)))
+                if index:
+                    meet = ("CLUSTER", "MEET", "127.0.0.1", str(first.port), str(self.bus_ports[0]))
+                    redis_call(master.port, meet)
+        give_up = time.monotonic() + deadline
+        while not self._ok():
+            if time.monotonic() > give_up:
+                raise RuntimeError("redis cluster did not become ready")
+            await deferLater(self.reactor, 0.05, lambda: None)
+        entry["up"] = time.time()
+        self.up = True
+
+    def _ok(self) -> bool:
+        try:
+            return all(
+                "cluster_state:ok" in redis_call(m.port, ("CLUSTER", "INFO"))[0]
+                for m in self.masters
+            )
+        except (OSError, RuntimeError):
+            return False
+
+    async def kill(self) -> None:
+        master = self.masters[(self.generation - 1) % len(self.masters)]
+        self.history[-1]["killed"] = time.time()
+        self.history[-1]["master"] = master.port
+        self.up = False
+        self.restarts += 1
+        self._killed = master
+        await master.kill()
+
+    async def stop(self) -> None:
+        for master in self.masters:
+            await master.stop()
+
+    def positions(self, keys: list[str], prefix: str = "warpsocket:") -> dict[str, Any]:
+        """As ``RedisServer.positions``, each key asked of the master of its slot."""
+        from warpsocket.backends.redis.slots import SlotMap, key_slot, parse_cluster_slots
+
+        slots: SlotMap = parse_cluster_slots(
+            redis_call(self.masters[0].port, ("CLUSTER", "SLOTS"))[0], "127.0.0.1"
+        )
+        found = {}
+        for key in keys:
+            name = f"{prefix}s:{{{key}}}"
+            address = slots.master_of(key_slot(name))
+            assert address is not None
+            epoch, last = redis_call(address[1], ("HMGET", name, "epoch", "last"))[0]
+            found[key] = {"epoch": epoch, "offset": int(last or 0)}
+        return found

@@ -42,7 +42,7 @@ from zope.interface import implementer
 from chaos.check import Report, check_run
 from chaos.clients import ChaosClient
 from chaos.proxy import ChaosProxy
-from chaos.redisproc import RedisServer, redis_binary
+from chaos.redisproc import RedisCluster, RedisServer, redis_binary
 from chaos.server import ServerProcess
 from warpsocket.client.options import ClientOptions
 from warpsocket.client.state import ClientState
@@ -101,6 +101,7 @@ class Config:
     direct_interval: float = 0.5
     drain_timeout: float = 40.0
     redis: bool = False
+    redis_cluster: bool = False  # a Redis Cluster of three masters instead of one Redis
     nodes: int = 2
 
 
@@ -137,7 +138,7 @@ class FaultInjector:
         proxy: ChaosProxy,
         servers: list[ServerProcess],
         log: list[dict[str, Any]],
-        redis: RedisServer | None = None,
+        redis: RedisServer | RedisCluster | None = None,
     ) -> None:
         self.reactor = reactor
         self.rng = rng
@@ -288,14 +289,21 @@ async def run(reactor: Any, config: Config) -> Report:
         "CHAOS_ROOMS": ",".join(ROOMS),
     }
 
-    redis: RedisServer | None = None
+    redis: RedisServer | RedisCluster | None = None
     server_args = list(SERVER_ARGS)
     stop_file = run_dir / "stop-publishing"
     numbers = iter(range(1, 1 << 30))
     if config.redis:
-        redis = RedisServer(reactor, free_port(), run_dir)
-        await redis.start()
-        server_args += ["--redis", redis.url]
+        if config.redis_cluster:
+            ports = [free_port() for _ in range(3)]
+            redis = RedisCluster(reactor, ports, [free_port() for _ in range(3)], run_dir)
+            await redis.start()
+            for seed in redis.seeds:
+                server_args += ["--redis-cluster", seed]
+        else:
+            redis = RedisServer(reactor, free_port(), run_dir)
+            await redis.start()
+            server_args += ["--redis", redis.url]
         env.update(
             {
                 "CHAOS_CLUSTER": "1",
@@ -456,7 +464,10 @@ async def run(reactor: Any, config: Config) -> Report:
 
 
 async def converge_on_redis(
-    reactor: Any, redis: RedisServer, clients: list[ChaosClient], problems: list[str]
+    reactor: Any,
+    redis: RedisServer | RedisCluster,
+    clients: list[ChaosClient],
+    problems: list[str],
 ) -> dict[str, Any] | None:
     """Cluster mode: the final positions are what Redis holds; every client must reach them."""
     streams = [BROADCAST_KEY, *("room:" + room for room in ROOMS)]
@@ -628,6 +639,11 @@ def parse(argv: list[str]) -> Config:
         help="cluster mode: nodes sharing a redis-server, node kills and Redis restarts",
     )
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="cluster mode on a Redis Cluster of three masters, killed and restarted in turn",
+    )
+    parser.add_argument(
         "--nodes", type=int, default=2, help="nodes in cluster mode (default 2, at most 26)"
     )
     args = parser.parse_args(argv)
@@ -635,6 +651,8 @@ def parse(argv: list[str]) -> Config:
         parser.error("--clients must be at least 1")
     if not 1 <= args.nodes <= len(NODE_NAMES):
         parser.error(f"--nodes must be between 1 and {len(NODE_NAMES)}")
+    if args.redis_cluster:
+        args.redis = True
     if args.redis:
         try:
             redis_binary()
@@ -653,6 +671,7 @@ def parse(argv: list[str]) -> Config:
         args.out,
         history,
         redis=args.redis,
+        redis_cluster=args.redis_cluster,
         nodes=args.nodes,
         drain_timeout=drain,
     )
@@ -661,6 +680,7 @@ def parse(argv: list[str]) -> Config:
 async def main(reactor: Any, argv: list[str]) -> None:
     config = parse(argv)
     mode = f", cluster of {config.nodes} nodes + redis" if config.redis else ""
+    mode += " cluster (3 masters)" if config.redis_cluster else ""
     print(
         f"chaos: {config.duration:.0f} s, {config.clients} clients, seed {config.seed}{mode}",
         flush=True,

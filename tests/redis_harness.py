@@ -152,3 +152,135 @@ class SentinelSetup:
     def cleanup(self) -> None:
         for process in (self.sentinel, self.replica, self.master):
             process.cleanup()
+
+
+def require_redis_7() -> None:
+    """Redis Cluster tests need Redis 7 (sharded pub/sub, ``--cluster-port``): fail, never skip."""
+    version = subprocess.run(
+        [_binary("redis-server"), "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    found = version.split("v=", 1)[1].split()[0] if "v=" in version else "?"
+    if not found.split(".")[0].isdigit() or int(found.split(".")[0]) < 7:
+        raise RuntimeError(f"the Redis Cluster tests need redis-server 7 or later, found {found}")
+
+
+class RedisClusterSetup:
+    """A Redis Cluster of three masters (no replicas) on free ports, slots split evenly.
+
+    Made with plain commands (``CLUSTER ADDSLOTSRANGE``, ``CLUSTER MEET``), no
+    redis-cli. The same surface as ``RedisProcess`` where the tests need it:
+    ``kill``/``start``/``restart`` act on every master (a master restarted
+    keeps its id and slots from its ``nodes.conf``, and loses its data), and
+    ``command`` goes to the master of the key's slot, or to every master for
+    server-wide commands (``FLUSHALL``, ``CLIENT PAUSE``...).
+    """
+
+    SERVER_WIDE = {"FLUSHALL", "FLUSHDB", "CLIENT", "CONFIG", "DEBUG"}
+
+    def __init__(self, masters: int = 3) -> None:
+        require_redis_7()
+        self.masters = [
+            RedisProcess(
+                extra=[
+                    *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                    # The bus port, else port + 10000 (past 65535 for a high free port).
+                    *("--cluster-port", str(free_port())),
+                ]
+            )
+            for _ in range(masters)
+        ]
+        self.replicas: list[RedisProcess] = []
+        try:
+            for master in self.masters:
+                master.start()
+            step = 16384 // masters
+            for n, master in enumerate(self.masters):
+                last = 16383 if n == masters - 1 else (n + 1) * step - 1
+                master.command("CLUSTER", "ADDSLOTSRANGE", str(n * step), str(last))
+            first = self.masters[0]
+            bus = first.extra[first.extra.index("--cluster-port") + 1]
+            for master in self.masters[1:]:
+                master.command("CLUSTER", "MEET", "127.0.0.1", str(first.port), bus)
+            self.wait_until_ok()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        return tuple(f"127.0.0.1:{m.port}" for m in self.masters)
+
+    def wait_until_ok(self, timeout: float = 20.0) -> None:
+        """Every master says ``cluster_state:ok`` and knows every other one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ready = all(
+                    b"cluster_state:ok" in m.command("CLUSTER", "INFO")
+                    and b"cluster_known_nodes:%d" % len(self.masters)
+                    in m.command("CLUSTER", "INFO")
+                    for m in self.masters
+                )
+            except OSError:
+                ready = False
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster did not become ready")
+            time.sleep(0.05)
+
+    def add_replica(self, master: RedisProcess, timeout: float = 20.0) -> RedisProcess:
+        """A replica of ``master`` in the cluster, once its link is up (for failovers)."""
+        replica = RedisProcess(
+            extra=[
+                *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                *("--cluster-port", str(free_port())),
+            ]
+        ).start()
+        self.replicas.append(replica)
+        first = self.masters[0]
+        bus = first.extra[first.extra.index("--cluster-port") + 1]
+        replica.command("CLUSTER", "MEET", "127.0.0.1", str(first.port), bus)
+        master_id = master.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+        deadline = time.monotonic() + timeout
+        while not replica.command("CLUSTER", "REPLICATE", master_id).startswith(b"+OK"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not learn its master")
+            time.sleep(0.05)
+        while b"master_link_status:up" not in replica.command("INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync")
+            time.sleep(0.05)
+        return replica
+
+    def owner(self, key: str) -> RedisProcess:
+        from warpsocket.backends.redis.slots import key_slot
+
+        slot = key_slot(key)
+        step = 16384 // len(self.masters)
+        return self.masters[min(slot // step, len(self.masters) - 1)]
+
+    def command(self, *args: str) -> bytes:
+        if args[0].upper() in self.SERVER_WIDE:
+            replies = [m.command(*args) for m in self.masters]
+            return replies[0]
+        return self.owner(args[1]).command(*args)
+
+    def kill(self) -> None:
+        for master in self.masters:
+            master.kill()
+
+    def start(self) -> RedisClusterSetup:
+        for master in self.masters:
+            if master.process is None:
+                master.start()
+        self.wait_until_ok()
+        return self
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def cleanup(self) -> None:
+        for process in (*self.masters, *self.replicas):
+            process.cleanup()

@@ -71,7 +71,7 @@ class MemoryBackendTests(BackendContract, unittest.TestCase):
 class RedisBackendTests(BackendContract, ClusterCase):
     async def make_backend(self) -> Any:
         self.start_redis()
-        backend = RedisBackend(RedisOptions(url=self.url, prefix="c:"), HistoryLimits())
+        backend = RedisBackend(self.redis_options("c:"), HistoryLimits())
         backend.start()
         self.addCleanup(backend.stop)
         await wait_until(lambda: backend.health is None, 10, "redis backend healthy")
@@ -311,6 +311,8 @@ class RedisTroubleTests(ClusterCase):
         assert other.welcome is not None
         self.assertFalse(other.welcome["data"]["streams"]["room:f"]["recovered"])
 
+
+class SentinelTests(ClusterCase):
     @async_test
     async def test_sentinel_failover_during_traffic(self) -> None:
         setup = SentinelSetup()
@@ -346,3 +348,28 @@ class RedisTroubleTests(ClusterCase):
         got = events(client, "room:s")
         self.assertEqual(len(got), len(set(got)))
         self.assertEqual([d for d in got if d in sent or d < 3], got)
+
+
+# ---------------------------------------------------------------- on a Redis Cluster
+
+
+class RedisClusterBackendTests(RedisBackendTests):
+    redis_cluster = True
+
+
+class RedisClusterFanoutTests(FanoutTests):
+    redis_cluster = True
+
+
+class RedisClusterFailoverTests(FailoverTests):
+    redis_cluster = True
+
+
+class RedisClusterDedupClaimTests(DedupClaimTests):
+    redis_cluster = True
+
+
+class RedisClusterTroubleTests(RedisTroubleTests):
+    """A restart or flush of every master; one master alone: tests/test_redis_cluster.py."""
+
+    redis_cluster = True

@@ -163,3 +163,14 @@ class RemoteAcksTests(unittest.TestCase):
         self.acks.acknowledged(AckNotice("s", ref="m1"))
         self.clock.advance(61)
         self.assertFalse(self.acks.wait("s", 1, "E", "m1", 5).called)
+
+
+# ---------------------------------------------------------------- on a Redis Cluster
+
+
+class RedisClusterCrossNodeAckTests(CrossNodeAckTests):
+    redis_cluster = True
+
+
+class RedisClusterCrossNodeAckEpochTests(CrossNodeAckEpochTests):
+    redis_cluster = True

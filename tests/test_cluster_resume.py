@@ -265,3 +265,18 @@ class ResumeTokenTests(ClusterCase):
         welcome = await back.hello(session=owner.session, resume_token=token)
         self.assertTrue(welcome["data"]["resumed"])
         self.assertEqual(welcome["data"]["rooms"], ["r"])
+
+
+# ---------------------------------------------------------------- on a Redis Cluster
+
+
+class RedisClusterExactResumeTests(ExactResumeTests):
+    redis_cluster = True
+
+
+class RedisClusterSessionRecordTests(SessionRecordTests):
+    redis_cluster = True
+
+
+class RedisClusterResumeTokenTests(ResumeTokenTests):
+    redis_cluster = True

@@ -7,7 +7,7 @@
 //   node loadgen.js --server warpsocket|autobahn|websockets|socketio
 //                   --scenario fanout|rtt|connect --port P [options]
 //
-// Two nodes (the cluster fan-out): --port2 Q puts every odd-numbered client on
+// Two nodes (the cluster fan-out and round trips): --port2 Q puts every odd-numbered client on
 // the second node (port Q), the even ones and the control client on the first;
 // --server-pid2 and --redis-pid add that node's and Redis's CPU time to the
 // measurement (server CPU = both nodes).
@@ -24,6 +24,7 @@ const DEFAULTS = {
   host: '127.0.0.1',
   port: 0,
   port2: 0, // a second node: odd-numbered clients connect here (the control client never does)
+  ports: '', // any number of nodes, comma-separated: client i on node i mod n (overrides port2)
   server: 'warpsocket',
   scenario: 'fanout',
   clients: 1000,
@@ -139,7 +140,10 @@ function cpuWindow(pid, pid2 = 0, redisPid = 0) {
 
 // Which node a client talks to: the control client and the even-numbered
 // clients to the first (--port), the odd-numbered ones to the second (--port2).
+const PORTS = opts.ports ? String(opts.ports).split(',').map(Number) : [];
+
 function portFor(index, control) {
+  if (PORTS.length && !control) return PORTS[index % PORTS.length];
   if (control || !opts.port2) return opts.port;
   return index % 2 === 0 ? opts.port : opts.port2;
 }
@@ -519,7 +523,9 @@ async function rtt() {
   const samples = [];
   let errors = 0;
   let cpu = null;
-  setTimeout(() => { cpu = cpuWindow(opts['server-pid']); }, Math.max(0, begin - now()));
+  setTimeout(() => {
+    cpu = cpuWindow(opts['server-pid'], opts['server-pid2'], opts['redis-pid']);
+  }, Math.max(0, begin - now()));
   let usage = null;
   setTimeout(() => { usage = cpu ? cpu() : null; }, Math.max(0, end - now()));
 

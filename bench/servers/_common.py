@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 ROOM = "bench"
-SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "connect")
+SCENARIOS = ("fanout", "fanout-paced", "fanout-cluster", "rtt", "rtt-cluster", "connect")
 
 
 def parse_args(description: str, *, cluster: bool = False) -> argparse.Namespace:
@@ -19,12 +19,20 @@ def parse_args(description: str, *, cluster: bool = False) -> argparse.Namespace
     parser.add_argument("--host", default="127.0.0.1")
     # Every server runs the same code for every scenario; the argument is
     # accepted so that a run can be told apart in `ps` and in the logs.
-    parser.add_argument("--scenario", choices=SCENARIOS, default="fanout")
+    parser.add_argument("--scenario", choices=(*SCENARIOS, "scale"), default="fanout")
     if cluster:
         parser.add_argument(
             "--redis",
             metavar="HOST:PORT",
-            help="run as one node of a cluster sharing this Redis (fanout-cluster)",
+            help="run as one node of a cluster sharing this Redis (fanout-cluster, rtt-cluster)",
+        )
+        parser.add_argument(
+            "--redis-cluster",
+            metavar="HOST:PORT",
+            action="append",
+            default=[],
+            help="run as one node of a cluster on this Redis Cluster (repeatable: its "
+            "masters; bench/scale.py)",
         )
         parser.add_argument("--node", help="this node's name in the cluster")
     return parser.parse_args()

@@ -11,7 +11,8 @@ one has been stored and handed over (at once, in memory; with ``--redis``,
 when Redis has appended them all), or with ``{"error": ...}`` if one failed.
 
 ``--redis HOST:PORT`` (the cluster fan-out) makes this process one node of a
-cluster sharing that Redis, built as docs/cluster.md shows (``RedisBackend``
+cluster sharing that Redis (``--redis-cluster HOST:PORT``, repeated: of a
+Redis Cluster, bench/scale.py), built as docs/cluster.md shows (``RedisBackend``
 with ``RedisOptions``); ``--node`` names it. READY is printed only once the
 backend is healthy (its canary came back through Redis pub/sub); a Redis that
 cannot be reached ends the process with an error instead.
@@ -71,18 +72,18 @@ def bench_options() -> HubOptions:
 
 def make_hub() -> Hub:
     options = bench_options()
-    if not args.redis:
+    if not args.redis and not args.redis_cluster:
         return Hub(options)
     from warpsocket.backends.redis import RedisBackend, RedisOptions
 
-    host, port = redis_address(args.redis)
     node = args.node or f"bench-{args.port}"
     options = replace(options, core=replace(options.core, node=node))
-    backend = RedisBackend(
-        RedisOptions(url=f"redis://{host}:{port}/0", prefix="bench:"),
-        options.core.history,
-        node=node,
-    )
+    if args.redis_cluster:
+        redis = RedisOptions(url=None, cluster=tuple(args.redis_cluster), prefix="bench:")
+    else:
+        host, port = redis_address(args.redis)
+        redis = RedisOptions(url=f"redis://{host}:{port}/0", prefix="bench:")
+    backend = RedisBackend(redis, options.core.history, node=node)
     return Hub(options, backend=backend)
 
 

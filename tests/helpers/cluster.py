@@ -8,7 +8,7 @@ from twisted.application.internet import TimerService
 from twisted.internet import reactor as _reactor
 from twisted.trial import unittest
 
-from tests.redis_harness import RedisProcess
+from tests.redis_harness import RedisClusterSetup, RedisProcess
 from tests.wsclient import WsClient, connect, wait_until
 from warpsocket.backends.redis import RedisBackend, RedisOptions
 from warpsocket.core.history import HistoryLimits
@@ -62,17 +62,33 @@ class Node:
 
 
 class ClusterCase(unittest.TestCase):
+    """Nodes on one Redis; a subclass with ``redis_cluster = True`` runs the same
+    tests on a Redis Cluster of three masters (``start_redis`` returns it)."""
+
     timeout = 60
+    redis_cluster = False
 
     def setUp(self) -> None:
         self.nodes: list[Node] = []
         self.clients: list[WsClient] = []
 
-    def start_redis(self) -> RedisProcess:
+    def start_redis(self) -> Any:
+        """A ``RedisProcess``, or a ``RedisClusterSetup`` (the same surface)."""
+        if self.redis_cluster:
+            cluster = RedisClusterSetup()
+            self.addCleanup(cluster.cleanup)
+            self.seeds = cluster.seeds
+            return cluster
         redis = RedisProcess().start()
         self.addCleanup(redis.cleanup)
         self.url = f"redis://127.0.0.1:{redis.port}/0"
         return redis
+
+    def redis_options(self, prefix: str = "t:") -> RedisOptions:
+        """Where the nodes of this test find Redis: the URL, or the cluster's seeds."""
+        if self.redis_cluster:
+            return RedisOptions(url=None, cluster=self.seeds, prefix=prefix)
+        return RedisOptions(url=self.url, prefix=prefix)
 
     def node(
         self,
@@ -80,7 +96,7 @@ class ClusterCase(unittest.TestCase):
         options: RedisOptions | None = None,
         security: SecurityOptions | None = None,
     ) -> Node:
-        node = Node(name, options or RedisOptions(url=self.url, prefix="t:"), security)
+        node = Node(name, options or self.redis_options(), security)
         self.nodes.append(node)
         self.addCleanup(node.stop)
         return node

@@ -268,6 +268,7 @@ class Options(usage.Options):
         self["allow_ips"] = []
         self["deny_ips"] = []
         self["redis_sentinels"] = []
+        self["redis_cluster"] = []  # Redis Cluster (--redis-cluster)
 
     def opt_allow_origin(self, origin: str) -> None:
         """An allowed Origin, exactly scheme://host[:port] (repeatable); '*' for any."""
@@ -288,6 +289,11 @@ class Options(usage.Options):
     def opt_redis_sentinel(self, address: str) -> None:
         """A Redis Sentinel host:port (repeatable); finds the master of --redis-service."""
         self["redis_sentinels"].append(address)
+
+    # Redis Cluster: seed nodes of a sharded cluster (docs/cluster.md).
+    def opt_redis_cluster(self, address: str) -> None:
+        """A Redis Cluster node host:port (repeatable); the other nodes are discovered."""
+        self["redis_cluster"].append(address)
 
     def opt_endpoint(self, description: str) -> None:
         """A Twisted server endpoint string (repeatable), e.g. tcp:8080 or
@@ -320,9 +326,11 @@ class Options(usage.Options):
             self["hub_options"] = hub_options_from(self)
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
-        if self["redis"] is not None or self["redis_sentinels"]:
-            if self["redis"] is not None and self["redis_sentinels"]:
-                raise usage.UsageError("give --redis or --redis-sentinel, not both")
+        if self["redis"] is not None or self["redis_sentinels"] or self["redis_cluster"]:
+            given = [self["redis"] is not None, bool(self["redis_sentinels"])]
+            given.append(bool(self["redis_cluster"]))  # Redis Cluster
+            if sum(given) > 1:
+                raise usage.UsageError("give one of --redis, --redis-sentinel, --redis-cluster")
             try:
                 self["backend"] = redis_backend_from_options(
                     self["redis"],
@@ -331,6 +339,7 @@ class Options(usage.Options):
                     self["redis-prefix"],
                     self["hub_options"].core.history,
                     node=self["node"],
+                    cluster=self["redis_cluster"],
                 )
             except ValueError as exc:
                 raise usage.UsageError(f"bad Redis option: {exc}") from None

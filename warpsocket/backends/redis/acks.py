@@ -12,11 +12,11 @@ import json
 from twisted.logger import Logger
 
 from warpsocket.backends.base import AckListener, AckNotice
-from warpsocket.backends.redis.connection import Connections
+from warpsocket.backends.redis.connection import RedisLink
 
 
 class Acks:
-    def __init__(self, connections: Connections, channel: str, log: Logger) -> None:
+    def __init__(self, connections: RedisLink, channel: str, log: Logger) -> None:
         self.connections = connections
         self.channel = channel
         self._log = log

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from warpsocket.backends.base import BackendUnavailableError
-from warpsocket.backends.redis.connection import Connections, reply_text
+from warpsocket.backends.redis.connection import RedisLink, reply_text
 from warpsocket.core.ids import random_id
 
 Answer = dict[str, Any]
@@ -46,7 +46,7 @@ class NodeRequests:
 
     log = Logger()
 
-    def __init__(self, connections: Connections, prefix: str, node: str, reactor: Any) -> None:
+    def __init__(self, connections: RedisLink, prefix: str, node: str, reactor: Any) -> None:
         self.connections = connections
         self.reactor = reactor
         self.channel = f"{prefix}api:requests"
@@ -157,7 +157,7 @@ class SharedIdempotency:
     """``Idempotency-Key`` records in Redis, for every node of the cluster."""
 
     def __init__(
-        self, connections: Connections, prefix: str, max_age: float, running_ttl: float
+        self, connections: RedisLink, prefix: str, max_age: float, running_ttl: float
     ) -> None:
         self.connections = connections
         self.prefix = prefix

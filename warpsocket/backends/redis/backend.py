@@ -18,12 +18,14 @@ from twisted.logger import Logger
 
 from warpsocket.backends.base import AckListener, AckNotice, Claim, Delivery, SessionRecord
 from warpsocket.backends.redis.acks import Acks
-from warpsocket.backends.redis.connection import Connections
+from warpsocket.backends.redis.cluster import ClusterConnections
+from warpsocket.backends.redis.connection import Connections, RedisLink
 from warpsocket.backends.redis.dedup import Dedup
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.options import RedisOptions
 from warpsocket.backends.redis.presence import Presence
 from warpsocket.backends.redis.sessions import Sessions
+from warpsocket.backends.redis.slots import key_slot
 from warpsocket.backends.redis.streams import RedisStreamStore, Streams
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import random_id
@@ -55,10 +57,12 @@ class RedisBackend:
         self.node = node or random_id()[:12]
         self.dedup_age_ms = dedup_age_ms
         self.prefix = options.prefix
-        self.keys = Keys(self.prefix)
+        cluster = bool(options.cluster)
+        self.keys = Keys(self.prefix, cluster=cluster)
         self.stats = {"snapshots": 0, "gaps": 0, "reconnects": 0, "canaries": 0}
         self._timers: list[Any] = []
-        self.connections = Connections(
+        connections_class = ClusterConnections if cluster else Connections
+        self.connections: RedisLink = connections_class(
             options,
             reactor,
             later=self._later,
@@ -80,18 +84,27 @@ class RedisBackend:
         )
         self.store = RedisStreamStore(self.streams)
         self.sessions = Sessions(self.connections, self.keys, reactor)
-        self.dedup = Dedup(self.connections, self.keys, dedup_age_ms)
-        self.present = Presence(self.connections, self.keys, self.node, lambda: self.health)
+        self.dedup = Dedup(
+            self.connections, self.keys, dedup_age_ms, reactor, key_slot if cluster else _one_slot
+        )
+        self.present = Presence(
+            self.connections, self.keys, self.node, lambda: self.health, cluster=cluster
+        )
         self.canary_channel = self.keys.canary(self.node)
+        # One per shard in a Redis Cluster: every shard's subscriber must answer.
+        self.canary_channels = [self.canary_channel]
+        self._canary_seen: set[str] = set()
         self.acks_channel = self.keys.acks
         self.acks = Acks(self.connections, self.acks_channel, self.log)
         self._canary_ok = False
         self._canary_nonces: list[str] = []
         self._canary_since: float | None = None
         self._canary_failed = False
-        self._node_key_set = False
         # Other channels this node hears (the HTTP API's requests: api.py).
         self._listeners: dict[str, Callable[[str], None]] = {}
+        # The liveness keys set so far: the node's own, and in a Redis Cluster
+        # one more on every other shard, so that any shard's data loss shows.
+        self._node_keys_set: set[str] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -120,6 +133,7 @@ class RedisBackend:
                 timer.cancel()
         self._timers.clear()
         self.streams.stop()
+        self.dedup.stop()
         return self.connections.close_sentinel()
 
     def _later(self, delay: float, func: Callable[..., Any], *args: Any) -> None:
@@ -143,8 +157,12 @@ class RedisBackend:
 
     def _subscriber_ready(self, conn: Any) -> None:
         # One channel per SUBSCRIBE: txredisapi pairs one reply with each command.
-        subscribed: Deferred[Any] = conn.subscribe(self.canary_channel)
-        subscribed.addCallbacks(lambda _: self._send_canary(), lambda _: None)
+        if hasattr(conn, "canary_channels"):
+            self.canary_channels = conn.canary_channels(self.canary_channel)
+        self._canary_seen.clear()
+        for channel in self.canary_channels:
+            subscribed: Deferred[Any] = conn.subscribe(channel)
+            subscribed.addCallbacks(lambda _: self._send_canary(), lambda _: None)
         conn.subscribe(self.acks_channel).addErrback(lambda _: None)
         for channel in self._listeners:
             conn.subscribe(channel).addErrback(lambda _: None)
@@ -153,8 +171,12 @@ class RedisBackend:
     def _on_message(self, channel: Any, message: Any) -> None:
         channel = channel.decode() if isinstance(channel, bytes) else channel
         message = message.decode() if isinstance(message, bytes) else message
-        if channel == self.canary_channel:
+        if channel in self.canary_channels:
             if message in self._canary_nonces:
+                self._canary_seen.add(channel)
+                if len(self._canary_seen) < len(self.canary_channels):
+                    return  # another shard's subscriber has not answered yet
+                self._canary_seen.clear()
                 self._canary_nonces.clear()
                 self._canary_since = None
                 self._canary_ok = True
@@ -241,12 +263,22 @@ class RedisBackend:
         cmd = self.connections.cmd
         if cmd is None:
             return
+        own = self.keys.node(self.node)
+        names = [own]
+        if hasattr(cmd, "shard_names"):
+            names += [
+                n for n in cmd.shard_names(f"{own}:shard") if cmd.shard_of(n) != cmd.shard_of(own)
+            ]
+        for name in names:
+            self._check_liveness_key(cmd, name)
+
+    def _check_liveness_key(self, cmd: Any, name: str) -> None:
         asked: Deferred[Any] = cmd.execute_command(
-            "SET", self.keys.node(self.node), "1", "PX", self.options.node_ttl_ms, "GET"
+            "SET", name, "1", "PX", self.options.node_ttl_ms, "GET"
         )
 
         def checked(previous: Any) -> None:
-            if previous is None and self._node_key_set:
+            if previous is None and name in self._node_keys_set:
                 # Our liveness key vanished before its TTL: Redis lost its
                 # data (FLUSHALL, restart without persistence). Every mirror
                 # must re-read its stream; a new epoch tells clients.
@@ -254,7 +286,7 @@ class RedisBackend:
                 # Before any client can learn a new epoch from a snapshot.
                 self.sessions.write_again(unsaved_only=False)
                 self.streams.resnapshot_all()
-            self._node_key_set = True
+            self._node_keys_set.add(name)
 
         asked.addCallbacks(checked, lambda f: self.connections.trouble(cmd, f))
 
@@ -274,6 +306,7 @@ class RedisBackend:
             self._canary_ok = False
             self._canary_failed = True
             self._canary_since = None
+            self._canary_seen.clear()
             self._canary_nonces.clear()
             if connections.sub is not None:
                 self.log.warn("redis canary timed out; reconnecting the subscriber")
@@ -286,7 +319,8 @@ class RedisBackend:
         del self._canary_nonces[:-8]
         if self._canary_since is None:
             self._canary_since = now
-        cmd.publish(self.canary_channel, nonce).addErrback(lambda _: None)
+        for channel in self.canary_channels:
+            cmd.publish(channel, nonce).addErrback(lambda _: None)
 
 
 def redis_backend_from_options(
@@ -296,11 +330,17 @@ def redis_backend_from_options(
     prefix: str,
     limits: HistoryLimits,
     node: str | None = None,
+    cluster: Sequence[str] = (),
 ) -> RedisBackend:
     options = RedisOptions(
-        url=None if sentinels else redis_url,
+        url=None if sentinels or cluster else redis_url,
         sentinels=tuple(sentinels),
+        cluster=tuple(cluster),
         service=service,
         prefix=prefix,
     )
     return RedisBackend(options, limits, node=node)
+
+
+def _one_slot(key: str) -> int:
+    return 0

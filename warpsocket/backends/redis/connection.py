@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet import protocol, ssl
@@ -26,9 +26,60 @@ Later = Callable[..., None]
 """``later(delay, func, *args)``: a timer the backend cancels when it stops."""
 
 
+class RedisLink(Protocol):
+    """What the backend's parts use of their connections: one Redis (``Connections``)
+    or a Redis Cluster (``cluster.ClusterConnections``) alike."""
+
+    cmd: Any
+    sub: Any
+    batch: Batch
+    error: str
+    running: bool
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close_sentinel(self) -> Deferred[None]: ...
+    def drop(self, conn: Any) -> None: ...
+    def trouble(self, conn: Any, failure: Failure) -> None: ...
+
+
 def reply_text(value: Any) -> str:
     """A Redis reply as text (txredisapi hands out bytes or str)."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def set_no_delay(conn: Any) -> None:
+    transport = getattr(conn, "transport", None)
+    set_tcp_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_tcp_no_delay is not None:
+        set_tcp_no_delay(True)
+
+
+def build_command(args: tuple[Any, ...], charset: str, errors: str) -> bytes:
+    """A RESP command, as txredisapi builds it, in one join (its own builder
+    encodes each argument and its length separately: a tenth of a node's
+    time per acked message in a cluster)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode(charset, errors)
+        elif type(arg) is int:
+            data = b"%d" % arg
+        elif isinstance(arg, float):
+            data = format(arg, "f").encode()
+        else:
+            data = str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """The command connection: txredisapi's, with a faster command builder."""
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        return build_command(args, self.charset or "utf-8", self.errors)
 
 
 class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
@@ -79,6 +130,44 @@ class ConnectionFactory(protocol.Factory):
 
     def connectionError(self, why: str) -> None:
         self.error = why
+
+
+def open_connection(reactor: Any, timeout: float, factory: ConnectionFactory) -> Deferred[Any]:
+    """Connect, and fire once txredisapi's setup (AUTH, SELECT) is done.
+
+    Fails if that takes longer than twice ``timeout`` or the connection closes first.
+    """
+    address = factory.address
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, address.host, address.port, timeout=timeout
+    )
+    if address.tls:
+        endpoint = wrapClientTLS(ssl.optionsForClientTLS(address.host), endpoint)
+    connecting: Deferred[Any] = endpoint.connect(factory)
+    timer = reactor.callLater(timeout * 2, connecting.cancel)
+
+    def opened(conn: Any) -> Deferred[Any]:
+        # Small pipelined commands must not wait for Nagle's algorithm.
+        set_no_delay(conn)
+        ready: Deferred[Any] = conn.whenConnected()
+        # AUTH or SELECT failing closes the connection without firing it.
+        conn.whenDisconnected().addCallback(
+            lambda _: (
+                None
+                if ready.called
+                else ready.errback(
+                    ConnectionError(factory.error or "connection closed during setup")
+                )
+            )
+        )
+        return ready
+
+    def untime(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return connecting.addCallback(opened).addBoth(untime)
 
 
 class Connections:
@@ -161,14 +250,6 @@ class Connections:
         discovered: Deferred[tuple[str, int]] = self._sentinel.discover_master(options.service)
         return discovered.addCallback(found)
 
-    def _endpoint(self, address: RedisAddress) -> IStreamClientEndpoint:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self.reactor, address.host, address.port, timeout=self.options.connect_timeout
-        )
-        if address.tls:
-            endpoint = wrapClientTLS(ssl.optionsForClientTLS(address.host), endpoint)
-        return endpoint
-
     def _connect(self, kind: str) -> None:
         if not self.running or kind in self._connecting:
             return
@@ -180,32 +261,8 @@ class Connections:
                     Subscriber, address, None, self._on_message, lambda: self.batch()
                 )
             else:
-                factory = ConnectionFactory(
-                    txredisapi.RedisProtocol, address, self.options.reply_timeout
-                )
-            connecting: Deferred[Any] = self._endpoint(address).connect(factory)
-            timer = self.reactor.callLater(self.options.connect_timeout * 2, connecting.cancel)
-
-            def opened(conn: Any) -> Deferred[Any]:
-                ready: Deferred[Any] = conn.whenConnected()
-                # AUTH or SELECT failing closes the connection without firing it.
-                conn.whenDisconnected().addCallback(
-                    lambda _: (
-                        None
-                        if ready.called
-                        else ready.errback(
-                            ConnectionError(factory.error or "connection closed during setup")
-                        )
-                    )
-                )
-                return ready
-
-            def untime(result: Any) -> Any:
-                if timer.active():
-                    timer.cancel()
-                return result
-
-            return connecting.addCallback(opened).addBoth(untime)
+                factory = ConnectionFactory(CommandProtocol, address, self.options.reply_timeout)
+            return open_connection(self.reactor, self.options.connect_timeout, factory)
 
         def connected(conn: Any) -> None:
             self._connecting.discard(kind)

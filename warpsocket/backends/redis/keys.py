@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 class Keys:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, cluster: bool = False) -> None:
         self.prefix = prefix
+        # Redis Cluster: a stream's hash, list and channel share its name as a
+        # hash tag, so they live in one slot (a script touches them together).
+        self.cluster = cluster
         # Every node's client acknowledgements, for the nodes that sent the messages.
         self.acks = f"{prefix}acks"
         # Presence and user lookups skip entries whose node or session key is gone.
@@ -14,15 +17,15 @@ class Keys:
 
     def channel(self, key: str) -> str:
         """The pub/sub channel a stream's appends are published on."""
-        return f"{self.prefix}c:{key}"
+        return f"{self.prefix}c:{{{key}}}" if self.cluster else f"{self.prefix}c:{key}"
 
     def meta(self, key: str) -> str:
         """A stream's hash: ``epoch`` and ``last`` offset."""
-        return f"{self.prefix}s:{key}"
+        return f"{self.prefix}s:{{{key}}}" if self.cluster else f"{self.prefix}s:{key}"
 
     def history(self, key: str) -> str:
         """A stream's history: ``offset|appended_at_ms|json`` entries."""
-        return f"{self.prefix}l:{key}"
+        return f"{self.prefix}l:{{{key}}}" if self.cluster else f"{self.prefix}l:{key}"
 
     def node(self, node: str) -> str:
         """A node's liveness key."""

@@ -11,11 +11,13 @@ class RedisOptions:
     """Where Redis is and how this node talks to it.
 
     Either ``url`` (``redis://[:password@]host:port/db``, ``rediss://`` for
-    TLS) or ``sentinels`` (``host:port`` addresses) with ``service``.
+    TLS), ``sentinels`` (``host:port`` addresses) with ``service``, or
+    ``cluster`` (``host:port`` of some Redis Cluster nodes: the rest are found).
     """
 
     url: str | None = "redis://127.0.0.1:6379/0"
     sentinels: tuple[str, ...] = ()
+    cluster: tuple[str, ...] = ()  # Redis Cluster seed nodes
     service: str = "mymaster"
     prefix: str = "warpsocket:"
     password: str | None = None  # for sentinel setups (the URL carries its own)
@@ -30,11 +32,13 @@ class RedisOptions:
     node_ttl_ms: int = 15_000
 
     def __post_init__(self) -> None:
-        if not self.url and not self.sentinels:
-            raise ValueError("give a Redis URL or at least one sentinel")
+        if not self.url and not self.sentinels and not self.cluster:
+            raise ValueError("give a Redis URL, at least one sentinel or cluster node")
+        if sum(bool(x) for x in (self.url, self.sentinels, self.cluster)) > 1:
+            raise ValueError("give one of a Redis URL, sentinels or cluster nodes")
         if self.url:
             parse_redis_url(self.url)
-        for address in self.sentinels:
+        for address in (*self.sentinels, *self.cluster):
             host_port(address)
         for name in ("connect_timeout", "reply_timeout", "canary_interval", "canary_timeout"):
             if getattr(self, name) <= 0:

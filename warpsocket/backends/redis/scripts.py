@@ -20,6 +20,12 @@ redis.call('PUBLISH', ARGV[6], epoch .. '|' .. entry)
 return {offset, epoch}
 """
 
+# Redis Cluster: the channel is KEYS[3] (in the stream's slot) and the publish
+# is sharded, heard only on the stream's shard.
+PUBLISH_SCRIPT_SHARDED = PUBLISH_SCRIPT.replace(
+    "redis.call('PUBLISH', ARGV[6],", "redis.call('SPUBLISH', KEYS[3],"
+)
+
 SNAPSHOT_SCRIPT = """
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -37,6 +43,27 @@ CLAIM_TTL_MS = 10_000
 CLAIM_SCRIPT = """
 if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then return {1} end
 return {0, redis.call('GET', KEYS[1])}
+"""
+
+# One reactor turn's dedup work in one call (docs/cluster.md, "Shared dedup"):
+# KEYS[1..n] are recorded (ARGV[3 + i] their replies, for the dedup age
+# ARGV[2]), then KEYS[n+1..] are claimed (an empty value for ARGV[1] ms).
+# Records first: a claim of an id recorded in the same turn sees its reply.
+# Each claim answers 1 (claimed here) or '=' .. the value already there.
+DEDUP_BATCH_SCRIPT = """
+local n = tonumber(ARGV[3])
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[2])
+end
+local out = {}
+for i = n + 1, #KEYS do
+  if redis.call('SET', KEYS[i], '', 'NX', 'PX', ARGV[1]) then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = '=' .. (redis.call('GET', KEYS[i]) or '')
+  end
+end
+return out
 """
 
 # A session record saved while Redis was unreachable: written unless the one

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from warpsocket.backends.base import SessionRecord
-from warpsocket.backends.redis.connection import Connections, reply_text
+from warpsocket.backends.redis.connection import RedisLink, reply_text
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.scripts import SESSION_IF_NEWER_SCRIPT
 from warpsocket.core.history import Position
@@ -33,7 +33,7 @@ class SavedSession:
 
 
 class Sessions:
-    def __init__(self, connections: Connections, keys: Keys, reactor: Any) -> None:
+    def __init__(self, connections: RedisLink, keys: Keys, reactor: Any) -> None:
         self.connections = connections
         self.keys = keys
         self.reactor = reactor

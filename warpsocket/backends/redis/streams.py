@@ -16,10 +16,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from warpsocket.backends.base import BackendUnavailableError, Delivery
-from warpsocket.backends.redis.connection import Connections, reply_text
+from warpsocket.backends.redis.connection import RedisLink, reply_text
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.mirror import Mirror, decode_entry, encode_entry
-from warpsocket.backends.redis.scripts import PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, STREAM_META_TTL_MS
+from warpsocket.backends.redis.scripts import (
+    PUBLISH_SCRIPT,
+    PUBLISH_SCRIPT_SHARDED,
+    SNAPSHOT_SCRIPT,
+    STREAM_META_TTL_MS,
+)
 from warpsocket.core.history import HistoryLimits, Position
 from warpsocket.core.ids import random_id
 from warpsocket.core.keys import wire_name
@@ -29,7 +34,7 @@ from warpsocket.protocol.envelope import Envelope
 class Streams:
     def __init__(
         self,
-        connections: Connections,
+        connections: RedisLink,
         keys: Keys,
         limits: HistoryLimits,
         reactor: Any,
@@ -75,9 +80,12 @@ class Streams:
         except (TypeError, ValueError):
             return fail()
         keys = self.keys
+        script, names = PUBLISH_SCRIPT, [keys.meta(key), keys.history(key)]
+        if keys.cluster:
+            script, names = PUBLISH_SCRIPT_SHARDED, [*names, keys.channel(key)]
         appended: Deferred[Any] = cmd.eval(
-            PUBLISH_SCRIPT,
-            [keys.meta(key), keys.history(key)],
+            script,
+            names,
             [
                 _candidate(self.mirrors.get(key)),
                 now_ms,
