@@ -335,8 +335,12 @@ class Checker:
         # died with it); the outcome must come after the last one started.
         ordered = sorted(handlings)
         for inc, _, handled_at in ordered[:-1]:
-            killed = self.incarnations.get(inc, {}).get("killed")
-            if killed is None or not handled_at <= killed < outcome_at:
+            incarnation = self.incarnations.get(inc, {})
+            killed = incarnation.get("killed")
+            # Handled before the process was seen dead (the signal takes a
+            # moment to land), answered only after the kill.
+            died = incarnation.get("died", killed)
+            if killed is None or not (handled_at <= died and killed < outcome_at):
                 report.counts["duplicated"] += 1
                 report.violation(
                     "duplicated",

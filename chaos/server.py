@@ -169,6 +169,9 @@ class ServerProcess:
         self.kills += 1
         self.transport.signalProcess("KILL")
         await process.ended
+        # The process may handle a message between the decision and the
+        # signal landing (a loaded machine): it is dead only from here on.
+        entry["died"] = time.time()
 
     async def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (graceful), SIGKILL if it takes longer than ``timeout``."""
