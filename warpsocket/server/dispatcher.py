@@ -150,7 +150,10 @@ class Dispatcher:
                 self._failed(Failure(), dispatch, ctx, started)
                 return
         self._observe_latency(dispatch.envelope, started)
-        self.settle(dispatch, result=value)
+        # ``settle``, inlined: once per handled message.
+        answer = self.core.answer(dispatch.session, dispatch.envelope, self._now_ms(), result=value)
+        if answer is not None:
+            self._send(*answer)
 
     def _failed(self, failure: Failure, dispatch: Dispatch, ctx: Context, started: float) -> None:
         self._observe_latency(dispatch.envelope, started)
