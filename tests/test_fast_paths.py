@@ -27,7 +27,7 @@ from warpsocket.protocol import envelope as envelope_module
 from warpsocket.protocol.codecs import JsonCodec, _no_scanner
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
-from warpsocket.protocol.datamodel import DataModelError
+from warpsocket.protocol.datamodel import DataLimits, DataModelError, _scan, check_value, valid_text
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.protocol.jsontext import ENCODER, compact
 from warpsocket.server.context import Context
@@ -209,6 +209,30 @@ class JsonCodecTests(unittest.TestCase):
         cycle.append(cycle)
         with self.assertRaisesRegex(ValueError, "Circular reference"):
             compact({"a": cycle})
+
+
+class DataModelTests(unittest.TestCase):
+    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.one_of(values, st.dictionaries(st.text(max_size=3), scalars, max_size=5)),
+        st.booleans(),
+        st.integers(min_value=1, max_value=8),
+        st.integers(min_value=2, max_value=4),
+    )
+    def test_check_value_counts_and_refuses_as_the_walk(
+        self, value: Any, strings_checked: bool, budget: int, depth: int
+    ) -> None:
+        limits = DataLimits(max_depth=4, max_values=64)
+        walked = _scan(value, depth, limits.max_depth, budget, strings_checked)
+        try:
+            found = check_value(
+                value, limits, depth=depth, strings_checked=strings_checked, budget=budget
+            )
+        except DataModelError:
+            found = -1
+        if strings_checked and type(value) is str and not valid_text(value):
+            return  # (a decoder's promise the generator broke)
+        self.assertEqual(found, walked)
 
 
 class ReferenceWindow:

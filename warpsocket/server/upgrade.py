@@ -43,8 +43,8 @@ from twisted.web.http import HTTPChannel
 
 # What twisted.web's HTTPChannel accepts (``totalHeadersSize``, ``maxHeaders``);
 # a longer head goes to it, which refuses it as before.
-MAX_HEAD = HTTPChannel.totalHeadersSize
-MAX_HEADERS = HTTPChannel.maxHeaders
+MAX_HEAD: int = getattr(HTTPChannel, "totalHeadersSize", 16384)
+MAX_HEADERS: int = getattr(HTTPChannel, "maxHeaders", 500)
 _END = b"\r\n\r\n"
 # Headers that mean a body (twisted.web would read it and pass it on).
 _BODY_HEADERS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:")
