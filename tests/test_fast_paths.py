@@ -204,6 +204,24 @@ class JsonCodecTests(unittest.TestCase):
             found = type(error)
         self.assertEqual(found, expected)
 
+    def test_without_the_c_encoder_the_encoder_does_it(self) -> None:
+        from warpsocket.protocol import jsontext
+
+        with mock.patch.object(jsontext, "_encode", None):
+            self.assertEqual(compact({"a": [1, 2.5, "\u00e9"]}), '{"a":[1,2.5,"\u00e9"]}')
+        with mock.patch.object(jsontext.json.encoder, "c_make_encoder", None):
+            self.assertIsNone(jsontext._c_encoder())
+
+    def test_without_the_scanner_decode_does_it(self) -> None:
+        with mock.patch("json.JSONDecoder.__init__", autospec=True) as init:
+            init.side_effect = lambda self, **kw: None  # a decoder without ``scan_once``
+            bare = JsonCodec()
+        self.assertIs(bare._scan, _no_scanner)
+        bare._decoder = JsonCodec()._decoder
+        self.assertEqual(
+            bare.decode(b' {"type":"heartbeat","id":"h","timestamp":1}', False).id, "h"
+        )
+
     def test_a_cycle_is_the_encoders_error(self) -> None:
         cycle: list[Any] = []
         cycle.append(cycle)
