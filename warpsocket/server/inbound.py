@@ -6,6 +6,11 @@ waits for the streams it reads (and a resume may load its session from the
 cluster), a tracked event or call first claims its id in the cluster's dedup
 records. While that step is pending, the connection's later frames are held
 and fed strictly in order (acks and heartbeats excepted: they need no order).
+
+An event or call of a welcomed session, on a single node without middleware
+and with nothing held, takes the hot path (``_hot``): the core's checks
+(``ServerCore.check_message``), then straight to the handler, without the
+general pipeline's actions (docs/architecture.md, "The inbound hot path").
 """
 
 from __future__ import annotations
