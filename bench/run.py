@@ -133,7 +133,24 @@ TARGETS: tuple[tuple[str, str, str, str, str | None, float | None], ...] = (
         None,
         None,
     ),
-    ("acked round trips: warpsocket / autobahn echo", "rtt", "warpsocket", "autobahn", ">=", 0.6),
+    ("acked round trips: warpsocket / autobahn echo", "rtt", "warpsocket", "autobahn", ">=", 1.0),
+    (
+        "RPC calls: warpsocket (call) / warpsocket acked events",
+        "rtt",
+        "warpsocket-call",
+        "warpsocket",
+        ">=",
+        0.9,
+    ),
+    (
+        "acked round trips: warpsocket / websockets echo",
+        "rtt",
+        "warpsocket",
+        "websockets",
+        None,
+        None,
+    ),
+    ("connection rate: warpsocket / autobahn", "connect", "warpsocket", "autobahn", ">=", 0.9),
     # Cross-scenario: the cluster's acked round trips against one node's (same run).
     (
         "acked round trips: cluster (2 nodes + redis) / one node",

@@ -7,6 +7,7 @@ that was written later (a close frame, above all).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.threads import deferToThread
@@ -41,6 +42,16 @@ class WriteCounter:
 
         protocol._write = write_frames
         transport.write = write_other
+
+
+def masked_frame(envelope: dict[str, Any]) -> bytes:
+    """A client's text frame (masked, RFC 6455 5.3) carrying ``envelope``."""
+    full = {"id": f"f{id(envelope)}", "timestamp": 1, **envelope}
+    payload = json.dumps(full).encode("utf-8")
+    assert len(payload) < 126
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + body
 
 
 def opcodes(data: bytes) -> list[int]:
@@ -179,6 +190,87 @@ class WriteBatchTests(ServerTestCase):
             batch.dirty.extend([Broken(), Fine()])
         self.assertEqual(flushed, ["fine"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class EndOfTurnTests(ServerTestCase):
+    """What a read of client frames causes leaves at the end of the reactor
+    turn (``WriteBatch.close_soon``), once per turn whatever the reads."""
+
+    def test_close_soon_flushes_once_at_the_end_of_the_turn(self) -> None:
+        flushed: list[str] = []
+        later: list[Any] = []
+
+        class Connection:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def uncork(self) -> None:
+                flushed.append(self.name)
+
+        batch = WriteBatch(lambda delay, f: later.append((delay, f)))
+        for name in ("a", "b"):  # two reads in one turn
+            batch.open()
+            batch.dirty.append(Connection(name))
+            batch.close_soon()
+        self.assertEqual(flushed, [])
+        self.assertEqual([delay for delay, _ in later], [0])  # one call for the turn
+        later.pop()[1]()
+        self.assertEqual(flushed, ["a", "b"])
+        self.assertEqual(batch.dirty, [])
+
+    def test_a_batch_open_at_the_end_of_the_turn_flushes_when_it_closes(self) -> None:
+        flushed: list[str] = []
+        later: list[Any] = []
+
+        class Connection:
+            def uncork(self) -> None:
+                flushed.append("a")
+
+        batch = WriteBatch(lambda delay, f: later.append(f))
+        batch.open()
+        batch.dirty.append(Connection())
+        batch.close_soon()
+        batch.open()  # a timer's ``with hub.batch():`` running first
+        later.pop()()
+        self.assertEqual(flushed, [])
+        batch.close()
+        self.assertEqual(flushed, ["a"])
+
+    def test_without_a_reactor_close_soon_is_close(self) -> None:
+        flushed: list[str] = []
+
+        class Connection:
+            def uncork(self) -> None:
+                flushed.append("a")
+
+        batch = WriteBatch()
+        batch.open()
+        batch.dirty.append(Connection())
+        batch.close_soon()
+        self.assertEqual(flushed, ["a"])
+
+    @async_test
+    async def test_an_answer_leaves_after_the_read_in_the_same_turn(self) -> None:
+        self.start_server(open_rooms=True)
+        client = await self.connect()
+        self.hub.on("echo", lambda ctx, data: data)
+        server_side = self.server_side(client)
+        counter = WriteCounter(server_side)
+        answered = await client.request({"type": "call", "event": "echo", "data": 1})
+        self.assertEqual(answered["data"], 1)
+        self.assertEqual(len(counter.writes), 1)
+        # A frame written outside any batch while one waits goes after it.
+        frames: list[bytes] = []
+        server_side._write = frames.append  # type: ignore[method-assign]
+        server_side.dataReceived(masked_frame({"type": "call", "event": "echo", "data": 2}))
+        self.assertEqual(frames, [])  # not during the read
+        assert client.session is not None
+        self.hub.send(client.session, "after", 3)
+        self.assertEqual(frames, [])  # joins the waiting frames
+        await sleep(0)
+        self.assertEqual(len(frames), 1)
+        self.assertEqual(opcodes(frames[0]), [0x1, 0x1])
+        self.assertIn(b'"result"', frames[0].split(b'"after"')[0])
 
 
 class RedisDeliveryBatchTests(ServerTestCase):

@@ -205,8 +205,12 @@ class AutobahnTests(TestCase):
         protocol = Stub(trafficStats=Stub(incomingOctetsWireLevel=3))
         _compat.count_incoming_octets(protocol, 4)
         self.assertEqual(protocol.trafficStats.incomingOctetsWireLevel, 7)
+        self.assertIs(_compat.traffic_stats(protocol), protocol.trafficStats)
+        hide(protocol.trafficStats, "incomingOctetsWireLevel")
+        self.assertIsNone(_compat.traffic_stats(protocol))  # the fast path counts nothing
         hide(protocol, "trafficStats")
         _compat.count_incoming_octets(protocol, 4)  # not counted, no error
+        self.assertIsNone(_compat.traffic_stats(protocol))
 
     def test_auto_ping_timeout(self) -> None:
         calls: list[str] = []

@@ -238,15 +238,25 @@ def compression_negotiated(protocol: Any) -> bool:
     return getattr(protocol, "_perMessageCompress", True) is not None
 
 
-def count_incoming_octets(protocol: Any, size: int) -> None:
-    """Add ``size`` wire bytes to Autobahn's traffic statistics (frames the
-    fast path read without Autobahn).
+def traffic_stats(protocol: Any) -> Any | None:
+    """Autobahn's traffic statistics of an open connection, where the fast
+    path adds the wire bytes of the frames it read without Autobahn
+    (``stats.incomingOctetsWireLevel += size``; made once per connection,
+    in ``connectionMade``).
 
     Relies on ``WebSocketProtocol.trafficStats.incomingOctetsWireLevel``
-    (undocumented). Fallback: not counted.
+    (undocumented). Fallback: None, and nothing is counted.
     """
     stats = getattr(protocol, "trafficStats", None)
     if stats is not None and hasattr(stats, "incomingOctetsWireLevel"):
+        return stats
+    return None
+
+
+def count_incoming_octets(protocol: Any, size: int) -> None:
+    """Add ``size`` wire bytes to Autobahn's traffic statistics (``traffic_stats``)."""
+    stats = traffic_stats(protocol)
+    if stats is not None:
         stats.incomingOctetsWireLevel += size
 
 

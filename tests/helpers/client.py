@@ -91,13 +91,26 @@ class ClientTestCase(unittest.TestCase):
 
 
 def spy_inbound(hub: Hub) -> list[Envelope]:
-    """Every envelope the server core receives, in order."""
+    """Every envelope the server core receives, in order: through ``receive``,
+    or, for the hub's hot path (events and calls), ``check_message``."""
     seen: list[Envelope] = []
     receive = hub.core.receive
+    check_message = hub.core.check_message
+    inside: list[int] = []
 
     def spy(conn: int, envelope: Envelope, now: int) -> Any:
         seen.append(envelope)
-        return receive(conn, envelope, now)
+        inside.append(1)
+        try:
+            return receive(conn, envelope, now)
+        finally:
+            inside.pop()
+
+    def spy_check(conn: Any, session: Any, envelope: Envelope, now: int) -> Any:
+        if not inside:  # (``receive`` calls it too: seen once)
+            seen.append(envelope)
+        return check_message(conn, session, envelope, now)
 
     hub.core.receive = spy  # type: ignore[method-assign]
+    hub.core.check_message = spy_check  # type: ignore[method-assign]
     return seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -40,6 +41,10 @@ class DedupWindow:
     def __init__(self, limits: DedupLimits) -> None:
         self.limits = limits
         self._records: OrderedDict[DedupKey, DedupRecord] = OrderedDict()
+        # At most the first record's ``created_ms`` (inf: none): ``trim``,
+        # called for every tracked message, looks at the records only when
+        # the first may be due, as it would find out by looking.
+        self._oldest_ms: float = math.inf
 
     def __len__(self) -> int:
         return len(self._records)
@@ -51,9 +56,13 @@ class DedupWindow:
     def begin(self, key: DedupKey, now_ms: int) -> DedupRecord:
         """Record that ``key`` is being handled; the caller checked lookup first."""
         record = DedupRecord(now_ms)
-        self._records[key] = record
-        while len(self._records) > self.limits.max_records:
-            self._records.popitem(last=False)
+        records = self._records
+        records[key] = record
+        if now_ms < self._oldest_ms:
+            self._oldest_ms = now_ms  # (the first record)
+        while len(records) > self.limits.max_records:
+            records.popitem(last=False)
+            self._oldest_ms = -math.inf  # another one is first: look next time
         return record
 
     def settle(self, key: DedupKey, reply: Envelope) -> None:
@@ -63,12 +72,17 @@ class DedupWindow:
 
     def forget(self, key: DedupKey) -> None:
         self._records.pop(key, None)
+        self._oldest_ms = -math.inf
 
     def trim(self, now_ms: int) -> None:
         horizon = now_ms - self.limits.max_age_ms
+        if self._oldest_ms >= horizon:
+            return
         records = self._records
         while records:
-            key, record = next(iter(records.items()))
-            if record.created_ms >= horizon:
-                break
-            del records[key]
+            created = next(iter(records.values())).created_ms
+            if created >= horizon:
+                self._oldest_ms = created
+                return
+            records.popitem(last=False)
+        self._oldest_ms = math.inf

@@ -23,12 +23,15 @@ def error_envelope(
     )
 
 
+# (Positional: the envelope's field order, data then ref.)
 def ack_envelope(ident: str, now_ms: int, ref: str, data: Any = None) -> Envelope:
-    return Envelope(type=MessageType.ACK, id=ident, timestamp=now_ms, ref=ref, data=data)
+    return Envelope(MessageType.ACK, ident, now_ms, data, None, None, None, None, None, False, ref)
 
 
 def result_envelope(ident: str, now_ms: int, ref: str, data: Any) -> Envelope:
-    return Envelope(type=MessageType.RESULT, id=ident, timestamp=now_ms, ref=ref, data=data)
+    return Envelope(
+        MessageType.RESULT, ident, now_ms, data, None, None, None, None, None, False, ref
+    )
 
 
 def heartbeat_envelope(ident: str, now_ms: int, ref: str | None = None) -> Envelope:

@@ -617,6 +617,22 @@ class ServerCore:
     def _inbound_message(
         self, conn: Connection, session: Session, envelope: Envelope, now_ms: int
     ) -> list[Action]:
+        answered = self.check_message(conn, session, envelope, now_ms)
+        if answered is not None:
+            return answered
+        if envelope.type is MessageType.EVENT and envelope.room is not None:
+            return self._publish_from_client(session, envelope, now_ms)
+        return [Dispatch(conn.id, session.id, envelope)]
+
+    def check_message(
+        self, conn: Connection, session: Session, envelope: Envelope, now_ms: int
+    ) -> list[Action] | None:
+        """What ``receive`` answers a client event or call with before the
+        application sees it: a retry's recorded reply, an error for a stream
+        position or a passed deadline. None: it goes on to the application
+        (``receive`` returns its ``Dispatch`` or ``Publish``), and a tracked
+        one is recorded as being handled. The server's hot path calls this
+        and runs the handler itself."""
         if envelope.stream is not None:
             return self._reject(
                 conn,
@@ -639,9 +655,7 @@ class ServerCore:
             return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl or deadline passed")
         if tracked:
             self.dedup.begin(key, now_ms)
-        if envelope.type is MessageType.EVENT and envelope.room is not None:
-            return self._publish_from_client(session, envelope, now_ms)
-        return [Dispatch(conn.id, session.id, envelope)]
+        return None
 
     def _publish_from_client(
         self, session: Session, envelope: Envelope, now_ms: int
@@ -686,6 +700,20 @@ class ServerCore:
         The answer goes to the session's *current* connection, which may be a
         newer one than the message arrived on.
         """
+        answer = self.answer(session_id, envelope, now_ms, result=result, error=error)
+        return [] if answer is None else [Send(*answer)]
+
+    def answer(
+        self,
+        session_id: str,
+        envelope: Envelope,
+        now_ms: int,
+        *,
+        result: Any = None,
+        error: tuple[ErrorCode | int, str] | None = None,
+    ) -> tuple[ConnId, Envelope] | None:
+        """``settle``, returning the reply and the connection it goes to
+        (None: nothing to send) rather than a ``Send`` action."""
         reply: Envelope | None
         if error is not None:
             reply = self._error(now_ms, error[0], error[1], envelope.id)
@@ -703,8 +731,8 @@ class ServerCore:
                 if self.on_settle is not None:
                     self.on_settle((principal, envelope.id), reply)
         if reply is None or session is None or session.conn is None:
-            return []
-        return [Send(session.conn, reply)]
+            return None
+        return session.conn, reply
 
     def remote_ack(
         self, session_id: str, epoch: str | None, through: int | None, ref: str | None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import msgpack
@@ -19,7 +19,8 @@ import msgpack
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
 from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits
-from warpsocket.protocol.envelope import Envelope
+from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.protocol.jsontext import compact
 
 JSON_SUBPROTOCOL = "warpsocket.v1.json"
 MSGPACK_SUBPROTOCOL = "warpsocket.v1.msgpack"
@@ -45,6 +46,10 @@ class Codec(Protocol):
         ...
 
 
+def _no_scanner(text: str, index: int) -> tuple[Any, int]:
+    raise StopIteration(index)  # then ``decode`` does it all
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -55,33 +60,57 @@ class JsonCodec:
 
     def __init__(self, limits: DataLimits = DEFAULT_LIMITS) -> None:
         self.limits = limits
-        self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
+        # The decoder's scanner (set by JSONDecoder.__init__; typeshed omits it).
+        self._scan: Callable[[str, int], tuple[Any, int]] = getattr(
+            self._decoder, "scan_once", _no_scanner
+        )
 
     def encode(self, envelope: Envelope) -> bytes:
-        if _is_reply_only(envelope):
-            # Most envelopes a server sends are acks: type, id, timestamp and
-            # ref, in to_wire's order, without building the mapping.
-            assert envelope.ref is not None
-            text = _REPLY_ONLY % (
-                envelope.type.value,
-                _json_string(envelope.id),
-                envelope.timestamp,
-                _json_string(envelope.ref),
-            )
-            return text.encode("utf-8")
         data = envelope.data
+        if _is_reply(envelope):
+            # Most envelopes a server sends are acks and results: type, id,
+            # timestamp, data and ref, formatted in to_wire's order without
+            # building the mapping (byte for byte what the encoder writes).
+            assert envelope.ref is not None
+            if data is None:
+                text = _REPLY_ONLY % (
+                    _TYPE_NAMES[envelope.type],
+                    _json_string(envelope.id),
+                    envelope.timestamp,
+                    _json_string(envelope.ref),
+                )
+                return text.encode("utf-8")
+            if type(data) is not CompactData:
+                text = _REPLY_WITH_DATA % (
+                    _TYPE_NAMES[envelope.type],
+                    _json_string(envelope.id),
+                    envelope.timestamp,
+                    compact(data),
+                    _json_string(envelope.ref),
+                )
+                return text.encode("utf-8")
         if type(data) is CompactData:
             # A stored payload is JSON already: splice it in, unchanged.
-            head = self._encoder.encode(envelope.to_wire(with_data=False)).encode("utf-8")
+            head = compact(envelope.to_wire(with_data=False)).encode("utf-8")
             return b"".join((head[:-1], b',"data":', data.json, b"}"))
-        return self._encoder.encode(envelope.to_wire()).encode("utf-8")
+        return compact(envelope.to_wire()).encode("utf-8")
 
     def decode(self, payload: bytes, is_binary: bool) -> Envelope:
         if is_binary:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.subprotocol} uses text frames")
         try:
-            raw = self._decoder.decode(payload.decode("utf-8"))
+            text = payload.decode("utf-8")
+            try:
+                # The decoder's own scanner, without ``decode``'s whitespace
+                # handling: the same value for a document with none around it.
+                raw, end = self._scan(text, 0)
+                if end != len(text):
+                    raise ValueError
+            except (StopIteration, ValueError):
+                # Anything else (whitespace, an error): the decoder's own
+                # verdict, so errors keep its message.
+                raw = self._decoder.decode(text)
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid JSON: {exc}") from None
         except RecursionError:
@@ -116,6 +145,9 @@ class JsonCodec:
         # innermost pairs, one level per pass (brackets inside strings can
         # only make this stricter).
         skeleton = payload.translate(None, _NOT_BRACKETS)
+        if len(skeleton) < limits.max_depth:
+            # Fewer brackets than levels: nothing can nest too deep.
+            return True
         for _ in range(limits.max_depth - 1):
             if not skeleton:
                 return True
@@ -136,16 +168,20 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
-# The compact form of an envelope with only type, id, timestamp and ref.
+# The compact form of an envelope with only type, id, timestamp and ref,
+# and with data too (to_wire's order: data before ref).
 _REPLY_ONLY = '{"type":"%s","id":%s,"timestamp":%d,"ref":%s}'
+_REPLY_WITH_DATA = '{"type":"%s","id":%s,"timestamp":%d,"data":%s,"ref":%s}'
 # json's own string encoder (ensure_ascii=False), as JsonCodec's encoder uses.
 _json_string = json.encoder.encode_basestring
+# The wire name of each type (``MessageType.value`` is a slower property).
+_TYPE_NAMES = {kind: kind.value for kind in MessageType}
 
 
-def _is_reply_only(envelope: Envelope) -> bool:
+def _is_reply(envelope: Envelope) -> bool:
+    """Only type, id, timestamp, ref and maybe data (an ack, a result)."""
     return (
         envelope.ref is not None
-        and envelope.data is None
         and envelope.event is None
         and envelope.room is None
         and envelope.stream is None

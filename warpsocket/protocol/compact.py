@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+from warpsocket.protocol.jsontext import compact
 
 
 class CompactData:
@@ -27,7 +27,7 @@ class CompactData:
     def of(cls, value: Any) -> Any:
         """Containers become ``CompactData``; scalars stay as they are (already small)."""
         if isinstance(value, (dict, list, tuple)):
-            return cls(_ENCODER.encode(value).encode("utf-8"))
+            return cls(compact(value).encode("utf-8"))
         return value
 
     @property

@@ -87,6 +87,25 @@ def check_value(
     allowed = limits.max_values if budget is None else budget
     if type(value) in _SCALARS and strings_checked:
         return _count_one(allowed, path)
+    if type(value) is dict and len(value) < allowed and depth < limits.max_depth:
+        # A flat object of plain scalars (most results and payloads): one
+        # loop, no stack. Anything else is the general walk's.
+        for key, member in value.items():
+            kind = type(member)
+            if (
+                type(key) is not str
+                or not (strings_checked or key.isascii() or valid_text(key))
+                or not (
+                    member is None
+                    or kind is bool
+                    or (kind is str and (strings_checked or member.isascii()))
+                    or (kind is int and -MAX_SAFE_INTEGER <= member <= MAX_SAFE_INTEGER)
+                    or (kind is float and math.isfinite(member))
+                )
+            ):
+                break
+        else:
+            return len(value) + 1
     # The fast pass: one loop, no paths. Only a failure pays for a second
     # pass that finds and names the offending value.
     count = _scan(value, depth, limits.max_depth, allowed, strings_checked)
@@ -169,6 +188,8 @@ def _plain(item: Any) -> Any:
 
 def valid_text(text: str) -> bool:
     """True unless ``text`` holds a lone surrogate (no UTF-8 peer can hold it)."""
+    if text.isascii():  # (a flag of the string: no encoding needed)
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -18,13 +18,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from warpsocket._deferreds import invoke
-from warpsocket.core.server import Action, ConnId, Dispatch, QueueFullError, ServerCore
+from warpsocket.core.server import ConnId, Dispatch, QueueFullError, ServerCore, Session
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.datamodel import DataModelError, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
 from warpsocket.server.context import Context
-from warpsocket.server.metrics import HubMetrics
+from warpsocket.server.metrics import HandlerSeries, HubMetrics
 from warpsocket.server.middleware import Reject
 
 Handler = Callable[[Context, Any], Any]
@@ -34,7 +34,8 @@ ErrorHook = Callable[[Context | None, Failure], Any]
 
 # Handler-latency series by event name; past this, further names share "other".
 MAX_LATENCY_LABELS = 256
-_SCALARS = (type(None), bool, int, str)
+# Handler results that are plainly not a Deferred or an awaitable.
+_PLAIN = frozenset({type(None), bool, int, float, str, dict, list})
 
 
 class Dispatcher:
@@ -48,7 +49,7 @@ class Dispatcher:
         metrics: HubMetrics,
         clock: IReactorTime,
         *,
-        run: Callable[[list[Action]], None],
+        send: Callable[[ConnId, Envelope], None],
         now_ms: Callable[[], int],
         connection: Callable[[ConnId], Connection | None],
         hub: Any,
@@ -56,7 +57,7 @@ class Dispatcher:
         self.core = core
         self.metrics = metrics
         self.clock = clock
-        self._run = run
+        self._send = send
         self._now_ms = now_ms
         self._connection = connection
         # The facade handed to handlers as ``ctx.hub`` (typed loosely: this
@@ -70,7 +71,10 @@ class Dispatcher:
         # The chunked-transfer extension's receiver (warpsocket.transfer.server):
         # the core dispatches ``transfer`` envelopes only where it was negotiated.
         self.transfers: Callable[[Dispatch, Context], None] | None = None
-        self._latency: dict[str, Any] = {}
+        # False once something wraps ``settle`` (observe/install.py): then every
+        # answer goes through it rather than the inlined copy in ``_done``.
+        self.settle_inline = True
+        self._latency: dict[str, HandlerSeries] = {}
         self._data_limits = core.options.data_limits
 
     def dispatch(self, dispatch: Dispatch) -> None:
@@ -93,56 +97,100 @@ class Dispatcher:
             return
         self._run_handler(dispatch, ctx, handler, envelope.data)
 
+    def dispatch_event(
+        self, conn_id: ConnId, session: Session, envelope: Envelope, connection: Connection
+    ) -> None:
+        """``dispatch`` for an event or call of a session and connection the
+        caller holds already (the inbound hot path, inbound.py): the same
+        handler, context and outcome, without looking them up again."""
+        name = envelope.event or "message"
+        handler = self.handlers.get(name)
+        dispatch = Dispatch(conn_id, session.id, envelope)
+        if handler is None:
+            self.settle(dispatch, error=(ErrorCode.NO_HANDLER, f"no handler for {name!r}"))
+            return
+        handshake = connection.handshake
+        if handshake is None:
+            ctx = self.context(session.id, connection, envelope)
+        else:
+            # ``context``, with the session in hand.
+            ctx = Context(
+                self._hub,
+                session.id,
+                session.user,
+                session.claims,
+                handshake.peer,
+                envelope,
+                handshake.annotations,
+            )
+        self._run_handler(dispatch, ctx, handler, envelope.data)
+
     def _run_handler(
         self, dispatch: Dispatch, ctx: Context, handler: Callable[[Context, Any], Any], arg: Any
     ) -> None:
         started = self.clock.seconds()
-        name = dispatch.envelope.event or dispatch.envelope.type.value
-
-        def done(value: Any) -> None:
-            if dispatch.envelope.type is MessageType.CALL and not isinstance(value, _SCALARS):
-                try:
-                    check_value(value, self._data_limits)
-                except DataModelError:
-                    # Unencodable results would be recorded for dedup and then
-                    # fail to encode on every answer: answer 4300 instead.
-                    failed(Failure())
-                    return
-            self._observe_latency(name, started)
-            self.settle(dispatch, result=value)
-
-        def failed(failure: Failure) -> None:
-            self._observe_latency(name, started)
-            if failure.check(Reject):
-                reject = cast(Reject, failure.value)
-                self.settle(dispatch, error=(reject.code, reject.message))
-                return
-            if failure.check(QueueFullError):
-                # A join made for the client past its room limit (protocol.md 11).
-                self.settle(dispatch, error=(ErrorCode.QUEUE_FULL, failure.getErrorMessage()))
-                return
-            self.log.failure("handler {name} failed", failure, name=name)
-            self.report_error(ctx, failure)
-            self.settle(dispatch, error=(ErrorCode.HANDLER_ERROR, "handler failed"))
-
         try:
             value = handler(ctx, arg)
         except Exception:
-            failed(Failure())
+            self._failed(Failure(), dispatch, ctx, started)
             return
-        if isinstance(value, Deferred) or inspect.isawaitable(value):
-            invoke(lambda: value).addCallbacks(done, failed)
-        else:
-            done(value)  # the common case: no Deferred machinery per message
+        if type(value) in _PLAIN or not (isinstance(value, Deferred) or inspect.isawaitable(value)):
+            self._done(value, dispatch, ctx, started)  # the common case: no Deferred per message
+            return
+        invoke(lambda: value).addCallbacks(
+            self._done,
+            self._failed,
+            callbackArgs=(dispatch, ctx, started),
+            errbackArgs=(dispatch, ctx, started),
+        )
 
-    def _observe_latency(self, name: str, started: float) -> None:
-        child = self._latency.get(name)
-        if child is None:
+    def _done(self, value: Any, dispatch: Dispatch, ctx: Context, started: float) -> None:
+        if (
+            dispatch.envelope.type is MessageType.CALL
+            and value is not None
+            and value is not True
+            and value is not False
+        ):
+            try:
+                check_value(value, self._data_limits)
+            except DataModelError:
+                # Unencodable results would be recorded for dedup and then
+                # fail to encode on every answer: answer 4300 instead.
+                self._failed(Failure(), dispatch, ctx, started)
+                return
+        self._observe_latency(dispatch.envelope, started)
+        if not self.settle_inline:  # ``settle`` is wrapped (tracing: the ack span)
+            self.settle(dispatch, result=value)
+            return
+        # ``settle``, inlined: once per handled message.
+        answer = self.core.answer(dispatch.session, dispatch.envelope, self._now_ms(), result=value)
+        if answer is not None:
+            self._send(*answer)
+
+    def _failed(self, failure: Failure, dispatch: Dispatch, ctx: Context, started: float) -> None:
+        self._observe_latency(dispatch.envelope, started)
+        if failure.check(Reject):
+            reject = cast(Reject, failure.value)
+            self.settle(dispatch, error=(reject.code, reject.message))
+            return
+        if failure.check(QueueFullError):
+            # A join made for the client past its room limit (protocol.md 11).
+            self.settle(dispatch, error=(ErrorCode.QUEUE_FULL, failure.getErrorMessage()))
+            return
+        name = dispatch.envelope.event or dispatch.envelope.type.value
+        self.log.failure("handler {name} failed", failure, name=name)
+        self.report_error(ctx, failure)
+        self.settle(dispatch, error=(ErrorCode.HANDLER_ERROR, "handler failed"))
+
+    def _observe_latency(self, envelope: Envelope, started: float) -> None:
+        name = envelope.event or envelope.type.value
+        series = self._latency.get(name)
+        if series is None:
             if len(self._latency) >= MAX_LATENCY_LABELS:
-                name, child = "other", self.metrics.handler_latency.labels("other")
+                series = self.metrics.handler_latency.labels("other")
             else:
-                child = self._latency[name] = self.metrics.handler_latency.labels(name)
-        child.observe(self.clock.seconds() - started)
+                series = self._latency[name] = self.metrics.handler_latency.labels(name)
+        series.observe(self.clock.seconds() - started)
 
     def settle(
         self,
@@ -151,11 +199,11 @@ class Dispatcher:
         result: Any = None,
         error: tuple[ErrorCode | int, str] | None = None,
     ) -> None:
-        self._run(
-            self.core.settle(
-                dispatch.session, dispatch.envelope, self._now_ms(), result=result, error=error
-            )
+        answer = self.core.answer(
+            dispatch.session, dispatch.envelope, self._now_ms(), result=result, error=error
         )
+        if answer is not None:
+            self._send(*answer)
 
     # ------------------------------------------------------------ hooks
 

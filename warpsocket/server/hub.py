@@ -131,7 +131,7 @@ class Hub:
         if self.options.debug:
             self.middleware.insert(0, LoggingMiddleware())
         self.metrics = HubMetrics()
-        write_batch = WriteBatch()
+        write_batch = WriteBatch(reactor.callLater)
         node_tag = f"{core_options.node}.{random_id()[:6]}"
         if backend is None:
             backend = MemoryBackend(core_options.history, store=store)
@@ -171,7 +171,7 @@ class Hub:
             core,
             metrics,
             clock,
-            run=run,
+            send=runner.send,
             now_ms=now_ms,
             connection=runner.connections.get,
             hub=self,
@@ -192,6 +192,7 @@ class Hub:
             connections=runner.connections,
             middleware=self.middleware,
             run=run,
+            dispatch=self._dispatcher.dispatch_event,
             send=runner.send,
             close=runner.close,
             now_ms=now_ms,

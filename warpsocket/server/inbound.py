@@ -6,6 +6,11 @@ waits for the streams it reads (and a resume may load its session from the
 cluster), a tracked event or call first claims its id in the cluster's dedup
 records. While that step is pending, the connection's later frames are held
 and fed strictly in order (acks and heartbeats excepted: they need no order).
+
+An event or call of a welcomed session, on a single node without middleware
+and with nothing held, takes the hot path (``_hot``): the core's checks
+(``ServerCore.check_message``), then straight to the handler, without the
+general pipeline's actions (docs/architecture.md, "The inbound hot path").
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from warpsocket.core.server import (
     Session,
     resume_token_matches,
 )
+from warpsocket.core.server import Connection as CoreConnection
 from warpsocket.crypto.hub import HubSigning, SigningCodec
 from warpsocket.crypto.signing import EXTENSION as SIGN
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
@@ -47,6 +53,8 @@ CLAIM_POLL_SECONDS = 0.25
 CLAIM_WAIT_SECONDS = 12.0
 # Frames taken even while a connection's earlier frames wait for the backend.
 _UNORDERED = frozenset({MessageType.ACK, MessageType.HEARTBEAT})
+# The wire name of each type (``MessageType.value`` is a slower property).
+_WIRE_NAMES = {kind: kind.value for kind in MessageType}
 
 
 class Inbound:
@@ -64,6 +72,7 @@ class Inbound:
         connections: dict[ConnId, Connection],
         middleware: Sequence[Middleware],
         run: Callable[[list[Action]], None],
+        dispatch: Callable[[ConnId, Session, Envelope, Connection], None],
         send: Callable[[ConnId, Envelope], None],
         close: Callable[[ConnId, ErrorCode, str], None],
         now_ms: Callable[[], int],
@@ -82,6 +91,7 @@ class Inbound:
         self._connections = connections
         self._middleware = middleware
         self._run = run
+        self._dispatch = dispatch
         self._send = send
         self._close = close
         self._now_ms = now_ms
@@ -135,7 +145,8 @@ class Inbound:
 
     def _take(self, conn_id: ConnId, connection: Connection, envelope: Envelope) -> None:
         now = self._now_ms()
-        self.metrics.traffic.messages_in[envelope.type.value] += 1
+        kind = envelope.type
+        self.metrics.traffic.messages_in[_WIRE_NAMES[kind]] += 1
         conn = self.core.connections.get(conn_id)
         if self._signing is not None and conn is not None and conn.session is not None:
             refusal = self._signing.check(envelope, SIGN in conn.extensions, now)
@@ -143,6 +154,18 @@ class Inbound:
                 self.metrics.protocol_errors.labels(str(int(refusal.code))).inc()
                 self._run(self.core.protocol_error(conn_id, refusal, now))
                 return
+        if (
+            (kind is MessageType.EVENT or kind is MessageType.CALL)
+            and conn is not None
+            and conn.session is not None
+            and not self._middleware
+            and not self.backend.clustered
+            and envelope.room is None
+            and envelope.stream is None
+            and conn_id not in self._held
+        ):
+            self._hot(conn_id, conn, conn.session, connection, envelope, now)
+            return
         if self._middleware and conn is not None and conn.session is not None:
             ctx = self._context(conn.session.id, connection, envelope)
             try:
@@ -193,6 +216,26 @@ class Inbound:
             queued.append(envelope)
             return
         self._feed(conn_id, envelope)
+
+    def _hot(
+        self,
+        conn_id: ConnId,
+        conn: CoreConnection,
+        session: Session,
+        connection: Connection,
+        envelope: Envelope,
+        now: int,
+    ) -> None:
+        """An event or call (no room) of a welcomed session, on one node,
+        without middleware and with nothing held: ``core.receive`` without
+        its ``Dispatch`` action, straight to the handler."""
+        conn.last_rx_ms = now  # as ``receive`` marks them
+        conn.last_app_ms = now
+        answered = self.core.check_message(conn, session, envelope, now)
+        if answered is not None:
+            self._run(answered)  # a retry's reply, an error
+            return
+        self._dispatch(conn_id, session, envelope, connection)
 
     def _feed(self, conn_id: ConnId, envelope: Envelope) -> None:
         """Feed the core, after whatever the backend must do first."""

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 # Upper bounds (seconds) of the delivery latency buckets; +Inf is implied.
@@ -96,6 +96,64 @@ class DeliveryLatency:
         yield family
 
 
+# prometheus_client's default histogram bounds (seconds), as ``Histogram`` uses them.
+HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class HandlerSeries:
+    """One event name's series of ``HandlerLatency``."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(HANDLER_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(HANDLER_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class HandlerLatency:
+    """``warpsocket_handler_seconds{event}``: observed once per handled message,
+    so kept as plain integers like ``Traffic`` (a prometheus_client histogram
+    takes a lock and loops over its buckets in Python per observation). The
+    buckets are prometheus_client's defaults; ``labels(name)`` returns the
+    series to ``observe``, as a ``Histogram`` child would."""
+
+    # The label names, where prometheus_client's own metrics keep them.
+    _labelnames = ("event",)
+
+    def __init__(self) -> None:
+        self._series: dict[str, HandlerSeries] = {}
+
+    def labels(self, event: str) -> HandlerSeries:
+        series = self._series.get(event)
+        if series is None:
+            series = self._series[event] = HandlerSeries()
+        return series
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
+            "warpsocket_handler_seconds", "Time spent in application handlers", labels=["event"]
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        bounds = [repr(bound) for bound in HANDLER_BUCKETS] + ["+Inf"]
+        for event, series in sorted(self._series.items()):
+            running = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip(bounds, series.counts, strict=True):
+                running += count
+                buckets.append((bound, running))
+            family.add_metric([event], buckets, sum_value=series.sum)
+        yield family
+
+
 class CoreCounts:
     """Tallies the sans-I/O core keeps as integers, read when scraped."""
 
@@ -151,12 +209,8 @@ class HubMetrics:
         self.disconnects = Counter(
             "warpsocket_disconnects", "Closed connections, by close code", ["code"], registry=r
         )
-        self.handler_latency = Histogram(
-            "warpsocket_handler_seconds",
-            "Time spent in application handlers",
-            ["event"],
-            registry=r,
-        )
+        self.handler_latency = HandlerLatency()
+        r.register(self.handler_latency)
         # Security and limits (docs/security.md).
         self.refused_connections = Counter(
             "warpsocket_refused_connections",

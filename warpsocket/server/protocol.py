@@ -38,6 +38,7 @@ from warpsocket.server.security.hello_auth import HelloAuth
 from warpsocket.server.security.limits import HTTP_STATUS, transport_chain
 from warpsocket.server.security.message_rate import MessageRate
 from warpsocket.server.security.outbound import OutboundGuard
+from warpsocket.server.wire import framing
 from warpsocket.server.wire.fastpath import FastPathProtocol
 
 # Autobahn's per-connection debug dump of its options, formatted only if logged.
@@ -174,7 +175,8 @@ class WarpSocketServerProtocol(FastPathProtocol):
     # ------------------------------------------------------------ inbound
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.conn_id is None:
+        conn_id = self.conn_id
+        if conn_id is None:
             return
         rate = self.rate
         if rate is not None and not rate.allow(payload, isBinary):
@@ -183,7 +185,11 @@ class WarpSocketServerProtocol(FastPathProtocol):
             assert self.auth is not None
             self.auth.before_welcome(payload, isBinary)
             return
-        self.feed(payload, isBinary)
+        if self.own_request:
+            # (Read by ``dataReceived``, which set the exemption already.)
+            self.factory.port.received(conn_id, payload, isBinary)
+        else:
+            self.feed(payload, isBinary)
 
     def feed(self, payload: bytes, is_binary: bool) -> None:
         if self.conn_id is None:
@@ -270,7 +276,16 @@ class WarpSocketServerProtocol(FastPathProtocol):
     # ------------------------------------------------------------ Connection (connection.py)
 
     def send_payload(self, payload: bytes) -> None:
-        self.sendMessage(payload, isBinary=self.codec.binary)
+        # ``sendMessage``'s common case inlined: once per answer and per send.
+        if (
+            self._plain_config
+            and self.state == WebSocketServerProtocol.STATE_OPEN
+            and not self.send_queue
+            and not 0 < self.maxMessagePayloadSize < len(payload)
+        ):
+            self.write_frame(framing.frame(payload, self.codec.binary))
+        else:
+            self.sendMessage(payload, isBinary=self.codec.binary)
 
     def prepare(self, payload: bytes) -> object:
         return self.factory.prepareMessage(payload, isBinary=self.codec.binary)

@@ -18,6 +18,7 @@ from warpsocket.server.hub import Hub
 from warpsocket.server.protocol import WarpSocketServerFactory
 from warpsocket.server.security.gate import Gate, GuardProtocol, find_guard
 from warpsocket.server.security.limits import HTTP_STATUS
+from warpsocket.server.upgrade import UpgradeSniffer
 
 
 class HealthResource(Resource):
@@ -111,12 +112,38 @@ class GuardedSite(Site):
     def __init__(self, resource: Resource, gate: Gate, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.gate = gate
+        # Set by ``serve_upgrades``: upgrades on this path skip twisted.web.
+        self.upgrade_prefix = b""
+        self._websocket: WarpSocketServerFactory | None = None
+
+    def serve_upgrades(self, path: str, factory: WarpSocketServerFactory) -> None:
+        """Hand upgrade requests on ``path`` straight to ``factory``'s protocol
+        (upgrade.py); the resource tree still serves everything else."""
+        self.upgrade_prefix = b"GET " + path.encode("ascii")
+        self._websocket = factory
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        channel = super().buildProtocol(addr)
-        if channel is None:
-            return None
-        return GuardProtocol(self, channel, self.gate)
+        inner: Any
+        if self._websocket is not None:
+            inner = UpgradeSniffer(self, addr)
+        else:
+            inner = super().buildProtocol(addr)
+            if inner is None:
+                return None
+        return GuardProtocol(self, inner, self.gate)
+
+    # What the sniffer needs (upgrade.UpgradeSite).
+
+    def http_channel(self, addr: IAddress | None) -> Any:
+        return super().buildProtocol(addr)
+
+    def websocket(self, addr: IAddress | None) -> Any:
+        assert self._websocket is not None
+        return self._websocket.buildProtocol(addr)
+
+    def accepts_upgrades(self) -> bool:
+        assert self._websocket is not None
+        return not self._websocket.hub.draining
 
     def getResourceFor(self, request: Request) -> Any:
         resource = super().getResourceFor(request)
@@ -241,8 +268,10 @@ def build_site(hub: Hub, path: str = "/ws") -> Site:
     site = GuardedSite(root, factory.gate)
     site.noisy = False
     if not hub.options.debug:
-        # One access-log line per WebSocket upgrade costs more than the upgrade.
+        # One access-log line per WebSocket upgrade costs more than the upgrade;
+        # parsing the upgrade twice (twisted.web, then Autobahn) as much again.
         site.log = lambda request: None  # type: ignore[method-assign]
+        site.serve_upgrades("/" + "/".join(segments), factory)
     else:
         site._logFormatter = _path_only(site._logFormatter)
     return site

@@ -156,6 +156,7 @@ def _observe_handlers(dispatcher: Any, clock: Any, tracer: Any, slow: SlowWatch 
                 span.end()
 
         dispatcher.settle = traced_settle
+        dispatcher.settle_inline = False
 
 
 __all__ = ["Observe", "install"]

@@ -360,7 +360,8 @@ class GuardProtocol(ProtocolWrapper):
             self._check_peer()
             if self.refused:
                 return
-        super().dataReceived(data)
+        # ``ProtocolWrapper.dataReceived``, without the extra call on every read.
+        self.wrappedProtocol.dataReceived(data)
 
     def mark_upgraded(self) -> None:
         """The WebSocket is open: the upgrade deadline no longer applies."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,17 @@ def parse_address(text: str) -> IPAddress | None:
     IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``) become IPv4, so that
     one rule covers a client whatever socket family it arrived on.
     """
+    # Parsed once per connection (``ipaddress`` takes microseconds): the
+    # recent ones are remembered, short strings only (headers are hostile).
+    if len(text) <= _CACHED_LENGTH:
+        return _parse_recent(text)
+    return _parse(text)
+
+
+_CACHED_LENGTH = 64
+
+
+def _parse(text: str) -> IPAddress | None:
     value = text.strip()
     if value.startswith("[") and "]" in value:  # "[2001:db8::1]:443"
         value = value[1 : value.index("]")]
@@ -29,6 +41,9 @@ def parse_address(text: str) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+_parse_recent = functools.lru_cache(maxsize=4096)(_parse)
 
 
 def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:

@@ -30,7 +30,9 @@ class TokenBucket:
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Spend ``cost`` tokens if there are enough; False (nothing spent) if not."""
-        self._refill(now)
+        if now > self._stamp:  # ``_refill``, inlined: once per message
+            self.tokens = min(float(self.burst), self.tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
         if self.tokens >= cost:
             self.tokens -= cost
             return True

@@ -7,20 +7,30 @@ the transport's write path per frame and per member; while a batch is open,
 frames are appended to a per-connection list instead, and each connection
 gets one ``transport.write`` when the outermost batch closes.
 
-Nothing waits for a timer: a batch closes when the code that opened it
-returns, so a frame leaves exactly when it would have without the batch
-(Twisted sends on the next reactor iteration either way), only cheaper.
+A batch closes when the code that opened it returns (``close``), except for
+the frames answering what clients sent (``close_soon``, from the protocol's
+``dataReceived``): those leave at the end of the reactor turn, when every
+connection that was readable in it has been served. That is when Twisted's
+own transport sends them (on its next iteration), and it matters: a
+``send()`` on loopback wakes the reader's process, and one wake-up per
+answer, each between two reads, cost a round trip about 10 us of kernel
+time (an IPI per wake-up in a VM) where answers sent together wake the
+reader once. One ``callLater(0)`` per turn schedules it, not one per frame.
+
 Order is kept: every other write to a connection (autobahn's control and
-close frames) first flushes what that connection has waiting.
+close frames, a frame written outside any batch) goes after what that
+connection has waiting, which it first flushes or joins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.logger import Logger
+
+CallLater = Callable[..., Any]
 
 
 class Corked(Protocol):
@@ -31,12 +41,30 @@ class Corked(Protocol):
 class WriteBatch:
     """Open while ``depth > 0``; ``dirty`` are the connections holding frames."""
 
-    __slots__ = ("depth", "dirty")
+    __slots__ = ("_call_later", "_scheduled", "depth", "dirty")
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, call_later: CallLater | None = None) -> None:
         self.depth = 0
         self.dirty: list[Corked] = []
+        # The reactor's ``callLater``, for ``close_soon`` (None: it closes at once).
+        self._call_later = call_later
+        self._scheduled = False
+
+    def close_soon(self) -> None:
+        """``close``, but the frames leave at the end of this reactor turn."""
+        self.depth -= 1
+        if self.depth == 0 and self.dirty:
+            if self._call_later is None:
+                self.flush()
+            elif not self._scheduled:
+                self._scheduled = True
+                self._call_later(0, self._turn_over)
+
+    def _turn_over(self) -> None:
+        self._scheduled = False
+        if self.depth == 0:  # (else the batch open now flushes them when it closes)
+            self.flush()
 
     def open(self) -> None:
         self.depth += 1

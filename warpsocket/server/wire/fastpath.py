@@ -74,6 +74,8 @@ class FastPathProtocol(WebSocketServerProtocol):
     _plain_config = False
     # permessage-deflate was negotiated (set when the WebSocket opens).
     _compressed = False
+    # Autobahn's traffic statistics, counting the frames read here too.
+    _stats: Any = None
     # True while the connection is served its own frames (dataReceived): what
     # it is sent in answer is exempt from the hard outbound cap.
     own_request = False
@@ -90,6 +92,7 @@ class FastPathProtocol(WebSocketServerProtocol):
         self._watch = watch
         transport: Any = self.transport
         self._write = eager_writer(socket) or transport.write
+        self._stats = _compat.traffic_stats(self)
         # Fixed from here on: the options are the class's, compression was negotiated.
         self._compressed = _compat.compression_negotiated(self)
         self._plain_config = not (
@@ -115,7 +118,7 @@ class FastPathProtocol(WebSocketServerProtocol):
         try:
             self._take_frames(data)
         finally:
-            batch.close()
+            batch.close_soon()
             self.own_request = False
 
     def _take_frames(self, data: bytes) -> None:
@@ -133,21 +136,27 @@ class FastPathProtocol(WebSocketServerProtocol):
             super().dataReceived(data)
             return
         buffer = self.data + data if self.data else data
-        _compat.count_incoming_octets(self, len(data))
+        stats = self._stats
+        if stats is not None:
+            stats.incomingOctetsWireLevel += len(data)
         limit = self.maxMessagePayloadSize
+        read = framing.read_simple_frame
+        end = len(buffer)
         position = 0
         while self.state == WebSocketServerProtocol.STATE_OPEN:
-            taken = framing.read_simple_frame(buffer, position, limit)
+            taken = read(buffer, position, limit)
             if taken is None:
                 break
             position, is_binary, payload = taken
             if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
                 _compat.cancel_auto_ping_timeout(self)
             self.onMessage(payload, is_binary)
-        rest = buffer[position:] if position else buffer
-        if not rest:
+            if position == end:
+                break  # (most reads: one whole frame)
+        if position == end:
             self.data = b""
             return
+        rest = buffer[position:] if position else buffer
         # Whatever was not taken (and any data after a close began): autobahn's.
         self.data = rest
         self.consumeData()  # (a no-op once the connection is closed)

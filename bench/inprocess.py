@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Per-message server cost in process: no reactor, no sockets, no load generator.
+
+    bench/.venv/bin/python bench/inprocess.py [--messages N] [--rounds R]
+
+Feeds masked client frames to a server protocol over a ``StringTransport``
+and times them: a WarpSocket acked ``event`` (answered with an ``ack``), a
+WarpSocket ``call`` (answered with a ``result``), and raw Autobahn's echo,
+each with the ~100-byte payload of the rtt scenario. The three run in
+interleaved chunks and the fastest chunk of each is reported (the least
+disturbed by anything else on the machine), with the ratios to Autobahn.
+
+What it leaves out is what both servers share: the reactor's per-read cost
+and the system calls (docs/performance.md). For profiling, run it under
+py-spy (``py-spy record -- python bench/inprocess.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from twisted.internet import reactor
+from twisted.internet.testing import StringTransport
+
+from warpsocket import Hub, HubOptions
+from warpsocket.server.protocol import WarpSocketServerFactory
+
+PAYLOAD_BYTES = 100
+
+
+def masked(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    size = len(payload)
+    head = bytes((0x81, 0x80 | size)) if size < 126 else bytes((0x81, 0xFE, size >> 8, size & 255))
+    return head + mask + body
+
+
+def upgrade(subprotocol: str | None = None) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
+    return (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+def bench_options() -> HubOptions:
+    """The benchmark server's options (servers/warpsocket_server.py): production
+    defaults with the per-address limits raised."""
+    from dataclasses import replace
+
+    from warpsocket.server.security import SecurityOptions
+
+    security = replace(
+        SecurityOptions(),
+        max_connections=1_000_000,
+        max_connections_per_ip=1_000_000,
+        connection_rate=1_000_000.0,
+        message_rate=1_000_000.0,
+    )
+    return HubOptions(open_rooms=True, security=security)
+
+
+def payload() -> dict[str, Any]:
+    base = {"seq": 1, "t": 0, "pad": ""}
+    skeleton = len(json.dumps(base, separators=(",", ":")))
+    return {**base, "pad": "x" * max(0, PAYLOAD_BYTES - skeleton)}
+
+
+class Case:
+    """A protocol fed frames; ``turn`` ends the reactor turn (the batch's flush)."""
+
+    def __init__(self, protocol: Any, transport: StringTransport, frames: list[bytes]) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.frames = frames
+        self.turn: Callable[[], None] = lambda: None
+        self.at = 0
+
+    def run(self, count: int) -> float:
+        protocol, transport, turn = self.protocol, self.transport, self.turn
+        chunk = self.frames[self.at : self.at + count]
+        self.at += count
+        started = time.perf_counter()
+        for frame in chunk:
+            protocol.dataReceived(frame)
+            turn()
+            transport.clear()
+        return (time.perf_counter() - started) / len(chunk)
+
+
+def warpsocket(kind: str, count: int) -> Case:
+    pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    class Turns:
+        """The reactor, except that ``callLater`` waits for ``turn``."""
+
+        def callLater(self, delay: float, f: Callable[..., Any], *args: Any) -> None:
+            pending.append((f, args))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(reactor, name)
+
+    hub = Hub(bench_options(), reactor=Turns(), clock=reactor)
+    hub.on("echo", lambda ctx, data: data)
+    factory = WarpSocketServerFactory(hub, "ws://127.0.0.1:9000")
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(upgrade("warpsocket.v1.json"))
+    hello = {"type": "hello", "id": "h", "timestamp": 1, "data": {"rooms": []}}
+    protocol.dataReceived(masked(json.dumps(hello).encode()))
+
+    def turn() -> None:
+        while pending:
+            f, args = pending.pop(0)
+            f(*args)
+
+    turn()
+    if b"welcome" not in transport.value():
+        raise SystemExit("no welcome")
+    transport.clear()
+    data = payload()
+    frames = []
+    for i in range(count):
+        envelope = {"type": kind, "id": f"1.{i}", "timestamp": 1, "event": "echo", "data": data}
+        if kind == "event":
+            envelope["ack"] = True
+        frames.append(masked(json.dumps(envelope, separators=(",", ":")).encode()))
+    case = Case(protocol, transport, frames)
+    case.turn = turn
+    return case
+
+
+def autobahn(count: int) -> Case:
+    class Echo(WebSocketServerProtocol):
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            self.sendMessage(payload, isBinary)
+
+    factory = WebSocketServerFactory("ws://127.0.0.1:9000")
+    factory.protocol = Echo
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(upgrade())
+    transport.clear()
+    frame = masked(json.dumps(payload(), separators=(",", ":")).encode())
+    return Case(protocol, transport, [frame] * count)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunk", type=int, default=400, help="messages per timed chunk")
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    count = args.chunk * args.rounds
+    cases = {
+        "acked event": warpsocket("event", count),
+        "call": warpsocket("call", count),
+        "autobahn echo": autobahn(count),
+    }
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(args.rounds):
+        for name, case in cases.items():
+            best[name] = min(best[name], case.run(args.chunk))
+    base = best["autobahn echo"]
+    for name, seconds in best.items():
+        print(f"{name:14} {seconds * 1e6:6.2f} us per message  ({seconds / base:.2f}x Autobahn's)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""Every fast path behaves exactly like the general path it shortcuts.
+
+Each fast path of the acked round trip (docs/performance.md, "Acked round
+trips and connection set-up") is compared here with the path it skips, on
+generated input, hostile input included: the common-envelope validation
+(``Envelope.from_wire``), the JSON decoder's scanner, the reply templates
+and the cached encoder, the dedup window's trim, and the hub's hot path for
+events and calls (``Inbound._hot``) against the general pipeline, which a
+pass-through middleware forces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from typing import Any
+from unittest import mock
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import succeed
+from twisted.trial import unittest
+
+from warpsocket.core.dedup import DedupLimits, DedupRecord, DedupWindow
+from warpsocket.protocol import envelope as envelope_module
+from warpsocket.protocol.codecs import JsonCodec, _no_scanner
+from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.compact import CompactData
+from warpsocket.protocol.datamodel import DataLimits, DataModelError, _scan, check_value, valid_text
+from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.protocol.jsontext import ENCODER, compact
+from warpsocket.server.context import Context
+from warpsocket.server.hub import HubOptions
+from warpsocket.server.middleware import Middleware, Reject
+from warpsocket.testing import HubHarness
+
+FIELDS = ["type", "id", "timestamp", "data", "event", "ack", "ref", "ttl", "deadline"]
+OTHER_FIELDS = ["room", "stream", "offset", "epoch", "code", "x-extra"]
+TYPES = [t.value for t in MessageType] + ["nope", ""]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["\ud800", "x" * 300, ""]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        st.dictionaries(st.integers(0, 3), inner, min_size=1, max_size=2),
+        st.tuples(inner, inner),
+    ),
+    max_leaves=8,
+)
+field_values = st.one_of(
+    values,
+    st.sampled_from(TYPES),
+    st.integers(min_value=-1, max_value=2**54),
+    st.text(min_size=1, max_size=130),
+)
+raw_envelopes = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), field_values, max_size=9),
+    st.dictionaries(st.sampled_from(FIELDS + OTHER_FIELDS), field_values, max_size=9),
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["event", "call", "ack", "result", "heartbeat", "hello"]),
+            "id": st.text(min_size=0, max_size=130),
+            "timestamp": st.one_of(st.integers(-1, 2**54), st.booleans(), st.floats()),
+        },
+        optional={
+            "event": st.one_of(st.none(), st.text(max_size=260), st.integers()),
+            "ack": st.one_of(st.none(), st.booleans(), st.integers(0, 1)),
+            "ref": st.one_of(st.none(), st.text(max_size=130)),
+            "data": values,
+            "ttl": st.one_of(st.none(), st.integers(-1, 5), st.booleans()),
+            "deadline": st.one_of(st.none(), st.integers(-1, 5), st.floats()),
+        },
+    ),
+)
+
+
+def general(raw: Any, **kwargs: Any) -> Envelope:
+    """``from_wire`` with its common-shape branch turned off."""
+    with mock.patch.object(envelope_module, "_COMMON_FIELDS", frozenset()):
+        return Envelope.from_wire(raw, **kwargs)
+
+
+def outcome(build: Any) -> tuple[str, Any]:
+    try:
+        envelope = build()
+    except ProtocolError as error:
+        return "error", (error.code, error.message, error.ref)
+    return "ok", (envelope, dict(envelope.extra), [type(v) for v in vars_of(envelope)])
+
+
+def vars_of(envelope: Envelope) -> list[Any]:
+    return [getattr(envelope, name) for name in envelope.__slots__]
+
+
+class CommonEnvelopeTests(unittest.TestCase):
+    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(raw_envelopes, st.booleans(), st.booleans())
+    def test_from_wire_is_the_general_path(
+        self, raw: dict[str, Any], strings_checked: bool, values_checked: bool
+    ) -> None:
+        options = {"strings_checked": strings_checked, "values_checked": values_checked}
+        self.assertEqual(
+            outcome(lambda: Envelope.from_wire(raw, **options)),
+            outcome(lambda: general(raw, **options)),
+        )
+
+    def test_the_common_shapes_take_the_fast_branch(self) -> None:
+        raw = {"type": "event", "id": "a", "timestamp": 1, "event": "e", "data": [1], "ack": True}
+        built = envelope_module._common_envelope(raw, envelope_module.DEFAULT_LIMITS, True, True)
+        self.assertEqual(built, general(raw))
+        # Anything else is the general path's (None here).
+        self.assertNotIn("room", envelope_module._COMMON_FIELDS)  # never reaches it
+        for changed in ({"ack": 1}, {"id": ""}, {"type": "subscribe"}, {"ttl": 0}):
+            self.assertIsNone(
+                envelope_module._common_envelope(
+                    {**raw, **changed}, envelope_module.DEFAULT_LIMITS, True, True
+                )
+            )
+
+
+json_texts = st.one_of(
+    st.builds(
+        lambda v: json.dumps(v), st.recursive(st.none() | st.integers() | st.text(), st.lists)
+    ),
+    st.builds(
+        lambda raw, pad: pad + json.dumps(raw, default=str) + pad,
+        raw_envelopes,
+        st.sampled_from(["", " ", "\n", "\t "]),
+    ),
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            '{"a":NaN}',
+            '{"a":1}{"b":2}',
+            '{"type":"event","id":"a","timestamp":1,"data":"\\ud800"}',
+            "[" * 5000 + "]" * 5000,
+            '{"type":"event","id":"a","timestamp":1e3}',
+            "",
+            " ",
+        ]
+    ),
+)
+
+
+class JsonCodecTests(unittest.TestCase):
+    @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(json_texts)
+    def test_decode_with_the_scanner_is_decode_without(self, text: str) -> None:
+        try:
+            payload = text.encode("utf-8")
+        except UnicodeEncodeError:
+            return
+        fast, slow = JsonCodec(), JsonCodec()
+        slow._scan = _no_scanner
+        self.assertEqual(
+            outcome(lambda: fast.decode(payload, False)),
+            outcome(lambda: slow.decode(payload, False)),
+        )
+
+    @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.sampled_from(list(MessageType)),
+        st.one_of(st.none(), values, st.builds(CompactData.of, st.lists(st.integers()))),
+        st.one_of(st.none(), st.text(min_size=1, max_size=8)),
+        st.one_of(st.none(), st.text(min_size=1, max_size=8)),
+        st.booleans(),
+    )
+    def test_encode_is_byte_for_byte_the_encoders(
+        self, kind: MessageType, data: Any, ref: str | None, event: str | None, ack: bool
+    ) -> None:
+        envelope = Envelope(kind, 'n-1"\u00e9', 12, data, event, ack=ack, ref=ref)
+        try:
+            if type(data) is CompactData:
+                head = ENCODER.encode(envelope.to_wire(with_data=False)).encode("utf-8")
+                expected = b"".join((head[:-1], b',"data":', data.json, b"}"))
+            else:
+                expected = ENCODER.encode(envelope.to_wire()).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as error:
+            with self.assertRaises(type(error)):
+                JsonCodec().encode(envelope).decode("utf-8")
+            return
+        self.assertEqual(JsonCodec().encode(envelope), expected)
+
+    @settings(max_examples=800, deadline=None)
+    @given(values)
+    def test_compact_is_the_encoder(self, value: Any) -> None:
+        try:
+            expected: Any = ENCODER.encode(value)
+        except Exception as error:
+            expected = type(error)
+        try:
+            found: Any = compact(value)
+        except Exception as error:
+            found = type(error)
+        self.assertEqual(found, expected)
+
+    def test_without_the_c_encoder_the_encoder_does_it(self) -> None:
+        from warpsocket.protocol import jsontext
+
+        with mock.patch.object(jsontext, "_encode", None):
+            self.assertEqual(compact({"a": [1, 2.5, "\u00e9"]}), '{"a":[1,2.5,"\u00e9"]}')
+        with mock.patch.object(jsontext.json.encoder, "c_make_encoder", None):
+            self.assertIsNone(jsontext._c_encoder())
+
+    def test_without_the_scanner_decode_does_it(self) -> None:
+        with mock.patch("json.JSONDecoder.__init__", autospec=True) as init:
+            init.side_effect = lambda self, **kw: None  # a decoder without ``scan_once``
+            bare = JsonCodec()
+        self.assertIs(bare._scan, _no_scanner)
+        bare._decoder = JsonCodec()._decoder
+        self.assertEqual(
+            bare.decode(b' {"type":"heartbeat","id":"h","timestamp":1}', False).id, "h"
+        )
+
+    def test_a_cycle_is_the_encoders_error(self) -> None:
+        cycle: list[Any] = []
+        cycle.append(cycle)
+        with self.assertRaisesRegex(ValueError, "Circular reference"):
+            compact({"a": cycle})
+
+
+class DataModelTests(unittest.TestCase):
+    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.one_of(values, st.dictionaries(st.text(max_size=3), scalars, max_size=5)),
+        st.booleans(),
+        st.integers(min_value=1, max_value=8),
+        st.integers(min_value=2, max_value=4),
+    )
+    def test_check_value_counts_and_refuses_as_the_walk(
+        self, value: Any, strings_checked: bool, budget: int, depth: int
+    ) -> None:
+        limits = DataLimits(max_depth=4, max_values=64)
+        walked = _scan(value, depth, limits.max_depth, budget, strings_checked)
+        try:
+            found = check_value(
+                value, limits, depth=depth, strings_checked=strings_checked, budget=budget
+            )
+        except DataModelError:
+            found = -1
+        if strings_checked and type(value) is str and not valid_text(value):
+            return  # (a decoder's promise the generator broke)
+        self.assertEqual(found, walked)
+
+
+class ReferenceWindow:
+    """The dedup window's trim as it was: look at the first record every time."""
+
+    def __init__(self, limits: DedupLimits) -> None:
+        self.limits = limits
+        self.records: OrderedDict[tuple[str, str], DedupRecord] = OrderedDict()
+
+    def trim(self, now_ms: int) -> None:
+        horizon = now_ms - self.limits.max_age_ms
+        while self.records:
+            key, record = next(iter(self.records.items()))
+            if record.created_ms >= horizon:
+                break
+            del self.records[key]
+
+    def lookup(self, key: tuple[str, str], now_ms: int) -> DedupRecord | None:
+        self.trim(now_ms)
+        return self.records.get(key)
+
+    def begin(self, key: tuple[str, str], now_ms: int) -> None:
+        self.records[key] = DedupRecord(now_ms)
+        while len(self.records) > self.limits.max_records:
+            self.records.popitem(last=False)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.records.pop(key, None)
+
+
+class DedupTrimTests(unittest.TestCase):
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["begin", "lookup", "trim", "forget"]),
+                st.sampled_from("abcdef"),
+                # A clock that mostly moves on, and sometimes back.
+                st.integers(min_value=-30, max_value=60),
+            ),
+            max_size=60,
+        ),
+        st.integers(min_value=1, max_value=4),
+    )
+    def test_trim_forgets_what_it_always_forgot(
+        self, steps: list[tuple[str, str, int]], max_records: int
+    ) -> None:
+        limits = DedupLimits(max_records=max_records, max_age_ms=50)
+        window, reference = DedupWindow(limits), ReferenceWindow(limits)
+        now = 1_000
+        for action, name, step in steps:
+            now += step
+            key = ("p", name)
+            if action == "begin":
+                found = window.lookup(key, now)
+                self.assertEqual(found is None, reference.lookup(key, now) is None)
+                if found is None:
+                    window.begin(key, now)
+                    reference.begin(key, now)
+            elif action == "lookup":
+                self.assertEqual(
+                    window.lookup(key, now) is None, reference.lookup(key, now) is None
+                )
+            elif action == "trim":
+                window.trim(now)
+                reference.trim(now)
+            else:
+                window.forget(key)
+                reference.forget(key)
+            self.assertEqual(list(window._records), list(reference.records))
+        self.assertFalse(math.isnan(window._oldest_ms))
+
+
+class PassThrough(Middleware):
+    """Any middleware sends every envelope down the general path."""
+
+
+def handlers(harness: HubHarness) -> None:
+    hub = harness.hub
+    hub.on("echo", lambda ctx, data: data)
+    hub.on("none", lambda ctx, data: None)
+
+    def fail(ctx: Context, data: Any) -> Any:
+        raise RuntimeError("handler bug")
+
+    def refuse(ctx: Context, data: Any) -> Any:
+        raise Reject(ErrorCode.FORBIDDEN, "not you")
+
+    hub.on("fail", fail)
+    hub.on("refuse", refuse)
+    hub.on("huge", lambda ctx, data: 2**60)
+    hub.on("surrogate", lambda ctx, data: "\ud800")
+    hub.on("later", lambda ctx, data: succeed(data))
+    hub.on("who", lambda ctx, data: [ctx.event, ctx.envelope.id if ctx.envelope else None])
+
+    async def coroutine(ctx: Context, data: Any) -> Any:
+        return data
+
+    hub.on("async", coroutine)
+
+
+methods = st.sampled_from(
+    ["echo", "none", "fail", "refuse", "huge", "surrogate", "later", "async", "who", "missing"]
+)
+client_messages = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["event", "call"]),
+            "id": st.sampled_from(["m1", "m2", "m3", "m4"]),
+            "timestamp": st.integers(0, 3_000),
+            "event": methods,
+        },
+        optional={
+            "ack": st.booleans(),
+            "data": values,
+            "deadline": st.integers(1, 3_000),
+            "ttl": st.integers(1, 3_000),
+            "room": st.just("r"),
+            "x-unknown": st.integers(),
+        },
+    ),
+    raw_envelopes,
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), client_messages),
+        st.tuples(st.just("advance"), st.integers(1, 2_000)),
+        st.tuples(st.just("raw"), st.sampled_from([b"{", b"[]", b'"x"', b"\xff", b"{}" * 2])),
+    ),
+    max_size=25,
+)
+
+
+def answers(sent: list[Envelope]) -> list[tuple[Any, ...]]:
+    """What a client saw, without the server's own ids (each hub has its own)."""
+    return [(e.type, e.ref, e.code, json.dumps(e.data, default=repr)) for e in sent]
+
+
+class HotPathTests(unittest.TestCase):
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(steps)
+    def test_the_hot_path_answers_as_the_general_path(self, script: list[Any]) -> None:
+        seen = []
+        for middleware in ((), (PassThrough(),)):
+            harness = HubHarness(options=HubOptions(open_rooms=True), middleware=list(middleware))
+            handlers(harness)
+            client = harness.connect(rooms=["r"])
+            member = harness.connect(rooms=["r"])
+            welcomed = len(client.received)  # (the welcome: a session id of each hub's own)
+            for step, value in script:
+                if step == "advance":
+                    harness.advance(value / 1000)
+                elif step == "raw":
+                    client.feed_payload(value)
+                else:
+                    client.feed_payload(json.dumps(value, default=str).encode("utf-8"))
+            core = harness.hub.core
+            seen.append(
+                (
+                    answers(client.received[welcomed:]),
+                    [(e.data, e.offset) for e in member.events("room:r")],
+                    core.duplicates_seen,
+                    len(core.dedup),
+                    dict(harness.hub.metrics.traffic.messages_in),
+                    harness.hub.metrics.traffic.bytes_in,
+                )
+            )
+        self.assertEqual(seen[0], seen[1])
+        self.flushLoggedErrors(RuntimeError, DataModelError)  # the failing handlers, logged
+
+    def test_the_hot_path_is_taken(self) -> None:
+        harness = HubHarness()
+        handlers(harness)
+        client = harness.connect()
+        inbound = harness.hub.port._inbound
+        with mock.patch.object(inbound, "_hot", wraps=inbound._hot) as hot:
+            reply = client.feed_payload(
+                b'{"type":"event","id":"e1","timestamp":0,"event":"echo","ack":true}'
+            )
+            self.assertEqual(hot.call_count, 1)
+        self.assertEqual([(e.type, e.ref) for e in reply], [(MessageType.ACK, "e1")])
+
+    def test_results_outside_the_data_model_are_refused(self) -> None:
+        """Scalars too: a result is checked whatever its type (4300 handler_error)."""
+        harness = HubHarness()
+        handlers(harness)
+        client = harness.connect()
+        for method in ("huge", "surrogate"):
+            (reply,) = client.feed_payload(
+                json.dumps({"type": "call", "id": method, "timestamp": 0, "event": method}).encode()
+            )
+            self.assertEqual((reply.type, reply.code), (MessageType.ERROR, 4300))
+        self.flushLoggedErrors()
