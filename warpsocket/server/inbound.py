@@ -33,6 +33,7 @@ from warpsocket.crypto.hub import HubSigning, SigningCodec
 from warpsocket.crypto.signing import EXTENSION as SIGN
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.server.batches import Batches
 from warpsocket.server.connection import Connection
 from warpsocket.server.context import Context
 from warpsocket.server.metrics import HubMetrics
@@ -53,6 +54,9 @@ class Inbound:
     """Turns a connection's frames into core input, in order."""
 
     log = Logger()
+    # The batch extension (batches.py): takes a ``batch`` frame apart, then
+    # feeds each of its envelopes to ``_take``. Set by the hub.
+    batches: Batches | None = None
 
     def __init__(
         self,
@@ -115,6 +119,9 @@ class Inbound:
         except ProtocolError as error:
             self.metrics.protocol_errors.labels(str(int(error.code))).inc()
             self._run(self.core.protocol_error(conn_id, error, self._now_ms()))
+            return
+        if envelope.type is MessageType.BATCH and self.batches is not None:
+            self.batches.received(conn_id, connection, envelope, len(payload))
             return
         self._take(conn_id, connection, envelope)
 

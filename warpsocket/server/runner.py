@@ -31,6 +31,7 @@ from warpsocket.core.server import (
 from warpsocket.protocol.codecs import Codec
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
+from warpsocket.server.batches import BatchReplies
 from warpsocket.server.connection import Connection
 from warpsocket.server.metrics import HubMetrics
 
@@ -49,6 +50,9 @@ class ActionRunner:
     log = Logger()
     # Told of every envelope written (the inspector's ring buffers), when set.
     tap: Callable[[tuple[ConnId, ...], Envelope], None] | None = None
+    # The batch extension (batches.py), only while a batch is taken: gathers
+    # the replies to its connection into one frame. None: nothing to do.
+    collect: BatchReplies | None = None
 
     def __init__(self, metrics: HubMetrics) -> None:
         self.metrics = metrics
@@ -106,6 +110,8 @@ class ActionRunner:
         if connection is None or not connection.can_send:
             # Closing (our close frame or the peer's is out): nothing more may be sent.
             return
+        if self.collect is not None and self.collect.take(conn_id, envelope):
+            return
         codec = connection.codec
         payload: bytes | None
         try:
@@ -127,6 +133,8 @@ class ActionRunner:
         per recipient one dict lookup, one state check and one write."""
         if self.tap is not None:
             self.tap(conn_ids, envelope)
+        if self.collect is not None:
+            self.collect.flush()  # a batch's replies so far go first
         prepared: dict[str, object] = {}
         connections = self.connections
         sent = 0
