@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from warpsocket.core.server import Action, ConnId, CoreOptions, ServerCore
 from warpsocket.crypto.signing import EXTENSION as SIGN
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
+from warpsocket.protocol.datamodel import DataLimits
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
 from warpsocket.server.metrics import HubMetrics
@@ -73,6 +74,28 @@ def offered_batches(core: CoreOptions) -> CoreOptions:
         return core
     params = BatchParams.for_core(core).to_wire()
     return replace(core, extensions={**core.extensions, EXTENSION: params})
+
+
+def whole_problem(count: int, size: int, params: BatchParams) -> str | None:
+    """Why a batch of ``count`` envelopes in ``size`` bytes is refused whole
+    (4640, protocol.md 18 step 2), or None."""
+    if not count:
+        return "an empty batch"
+    if count > params.max_envelopes:
+        return f"more than {params.max_envelopes} envelopes in a batch"
+    if size > params.max_bytes:
+        return f"a batch of more than {params.max_bytes} bytes"
+    return None
+
+
+def parse_inner(item: Any, limits: DataLimits) -> Envelope:
+    """One element of a batch's ``data``, validated as if it had come alone
+    (protocol.md 18 step 3); raises ``ProtocolError`` with its code and ref."""
+    # Its values were checked with the frame's (envelope.batch_limits).
+    inner = Envelope.from_wire(item, limits, strings_checked=True, values_checked=True)
+    if inner.type in _NOT_INSIDE:
+        raise ProtocolError(ErrorCode.BAD_BATCH, f"no {inner.type.value} inside a batch", inner.id)
+    return inner
 
 
 class _Rated(Protocol):
@@ -164,15 +187,9 @@ class Batches:
             return
         items: list[Any] = batch.data
         params = self.params
-        problem = None
+        problem = whole_problem(len(items), size, params)
         if SIGN in conn.extensions:
             problem = "no batches on a connection that signs its envelopes"
-        elif not items:
-            problem = "an empty batch"
-        elif len(items) > params.max_envelopes:
-            problem = f"more than {params.max_envelopes} envelopes in a batch"
-        elif size > params.max_bytes:
-            problem = f"a batch of more than {params.max_bytes} bytes"
         if problem is not None:
             self._refuse(conn_id, ErrorCode.BAD_BATCH, problem, batch.id)
             return
@@ -193,16 +210,9 @@ class Batches:
                     self._refuse(conn_id, ErrorCode.RATE_LIMITED, "too many messages", ref)
                     continue
                 try:
-                    # Its values were checked with the frame's (batch_limits).
-                    inner = Envelope.from_wire(
-                        item, limits, strings_checked=True, values_checked=True
-                    )
+                    inner = parse_inner(item, limits)
                 except ProtocolError as error:
                     self._refuse(conn_id, error.code, error.message, error.ref)
-                    continue
-                if inner.type in _NOT_INSIDE:
-                    problem = f"no {inner.type.value} inside a batch"
-                    self._refuse(conn_id, ErrorCode.BAD_BATCH, problem, inner.id)
                     continue
                 self._take(conn_id, connection, inner)
         finally:
