@@ -893,7 +893,9 @@ class WarpSocketClient:
         if window is None or bounds is None or self._crypto.signed:
             return
         self._batch = batching.OutgoingBatch(
-            self.clock,
+            # 0: the end of this reactor turn, on the reactor itself (not a
+            # test's Clock, which would hold the frame until it is advanced).
+            self.reactor if window == 0 else self.clock,
             window,
             bounds,
             self.codec,
