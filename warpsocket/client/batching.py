@@ -79,8 +79,9 @@ class OutgoingBatch:
         self._now_ms = now_ms
         self.pending: list[Envelope] = []
         self._timer: IDelayedCall | None = None
-        # Frames sent and envelopes they carried (ClientStats).
+        # Batch frames sent, and the envelopes they carried.
         self.frames = 0
+        self.carried = 0
 
     def add(self, envelope: Envelope) -> bool:
         """Hold ``envelope`` for the batch (True), or not (False: send it now)."""
@@ -130,4 +131,5 @@ class OutgoingBatch:
             self._send(envelopes[half:])
             return
         self.frames += 1
+        self.carried += len(envelopes)
         self._send_payload(payload)
