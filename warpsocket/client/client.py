@@ -762,7 +762,9 @@ class WarpSocketClient:
             return
         if envelope.type is MessageType.BATCH and batching.EXTENSION in self.core.extensions:
             # The server's answers to one of our batches: each as if alone.
-            for inner in batching.expand(envelope, self.core.data_limits):
+            envelopes = batching.expand(envelope, self.core.data_limits)
+            self.stats.messages_in += len(envelopes) - 1
+            for inner in envelopes:
                 if protocol is not self._protocol:
                     return
                 self._envelope_received(inner)

@@ -251,5 +251,7 @@ class Batches:
         traffic = self.metrics.traffic
         traffic.encodes += 1
         traffic.messages_out[MessageType.BATCH.value] += 1
+        for reply in replies:  # each envelope by its type, wherever it travels
+            traffic.messages_out[reply.type.value] += 1
         traffic.bytes_out += len(payload)
         connection.send_payload(payload)

@@ -927,7 +927,9 @@ export class WarpSocketClient {
       // The server's answers to one of our batches: each as if it had come alone.
       if (!this.core.extensions.has(BATCH_EXTENSION)) return;
       const socket = this.socket;
-      for (const inner of expandBatch(envelope, this.core.limits)) {
+      const envelopes = expandBatch(envelope, this.core.limits);
+      this.stats.messagesIn += envelopes.length - 1; // envelopes, not frames
+      for (const inner of envelopes) {
         if (this.socket !== socket) return;
         this.take(inner);
       }
