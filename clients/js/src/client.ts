@@ -569,6 +569,7 @@ export class WarpSocketClient {
     }
     if (this.stateValue === "closed") return Promise.resolve();
     const socket = this.socket;
+    this.batcher?.flush(); // what was sent before close() leaves before the close frame
     this.shutDown("client closed");
     if (socket === null) return Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -1212,6 +1213,7 @@ export class WarpSocketClient {
     }
     if (this.batcher !== null && this.batcher.add(envelope)) {
       this.stats.messagesOut++; // leaves with its batch
+      this.debugger?.envelope("out", toWire(envelope));
       return;
     }
     this.writeNow(socket, envelope);
