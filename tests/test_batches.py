@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import msgpack
+from twisted.internet.task import Clock
 
 from tests.helpers.security import SecureTestCase
 from tests.wsclient import ServerTestCase, WsClient, async_test, new_id
@@ -21,7 +22,10 @@ from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.protocol.protobuf import ProtobufCodec
 from warpsocket.server.batches import BatchParams
 from warpsocket.server.context import Context
+from warpsocket.server.hub import Hub
+from warpsocket.server.options import HubOptions
 from warpsocket.server.security.config import SecurityOptions
+from warpsocket.server.service import WarpSocketService
 
 Message = dict[str, Any]
 
@@ -250,6 +254,36 @@ class BatchTests(BatchServerMixin, ServerTestCase):
         reply = await client.next_message()
         self.assertEqual(refs(reply), [("ack", once["id"], None)] * 2)
         self.assertEqual(calls, [1])
+
+
+class BatchObservedTests(BatchServerMixin, ServerTestCase):
+    @async_test
+    async def test_the_inspector_sees_each_envelope_of_a_batch_both_ways(self) -> None:
+        self.clock = Clock()
+        self.clients = []
+        self.hub = Hub(HubOptions(inspect=True, open_rooms=True), clock=self.clock)
+        self.hub.on("note", lambda ctx, data: None)
+        self.service = WarpSocketService(self.hub, ["tcp:0:interface=127.0.0.1"])
+        self.service.startService()
+        self.addCleanup(self._stop_server)
+        self.port = self.service.ports[0].getHost().port
+        client = await self.connect(hello=False)
+        await self.agree(client)
+        assert self.hub.observe is not None and self.hub.observe.tap is not None
+        tap = self.hub.observe.tap
+        [conn_id] = self.hub.port.connections
+        tap.watch(conn_id)
+        sent = [inner(event="note", data=i, ack=True) for i in range(3)]
+        client.send(batch_of(sent))
+        reply = await client.next_message()
+        self.assertEqual(reply["type"], "batch")
+        seen = [
+            (r["dir"], r["envelope"]["type"], r["envelope"].get("ref")) for r in tap.watch(conn_id)
+        ]
+        ids = [m["id"] for m in sent]
+        self.assertEqual(
+            seen, [("in", "event", None)] * 3 + [("out", "ack", ident) for ident in ids]
+        )
 
 
 class BatchRateTests(BatchServerMixin, SecureTestCase):

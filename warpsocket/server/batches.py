@@ -19,13 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from warpsocket.core.server import Action, ConnId, CoreOptions, ServerCore
+from warpsocket.core.server import ConnId, CoreOptions, ServerCore
 from warpsocket.crypto.signing import EXTENSION as SIGN
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.datamodel import DataLimits
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
 from warpsocket.server.metrics import HubMetrics
+from warpsocket.server.runner import ActionRunner
 
 EXTENSION = "batch"
 DEFAULT_MAX_ENVELOPES = 64
@@ -155,21 +156,17 @@ class Batches:
         self,
         core: ServerCore,
         metrics: HubMetrics,
+        runner: ActionRunner,
         *,
-        connections: Mapping[ConnId, Connection],
         take: Callable[[ConnId, Connection, Envelope], None],
-        run: Callable[[list[Action]], None],
-        send: Callable[[ConnId, Envelope], None],
-        hook: Callable[[BatchReplies | None], None],
         now_ms: Callable[[], int],
     ) -> None:
         self.core = core
         self.metrics = metrics
-        self._connections = connections
+        self._runner = runner
+        # The inbound pipeline's per-envelope step (late-bound by the caller:
+        # observability wraps it after the hub is built).
         self._take = take
-        self._run = run
-        self._send = send
-        self._hook = hook
         self._now_ms = now_ms
         raw = core.options.extensions.get(EXTENSION)
         self.params = BatchParams.from_wire(raw) if raw is not None else BatchParams()
@@ -196,8 +193,9 @@ class Batches:
         limits = self.core.options.data_limits
         rate: _Rated | None = getattr(connection, "rate", None)
         share = size // len(items)
-        replies = BatchReplies(conn_id, self._send, self._write_batch)
-        self._hook(replies)
+        runner = self._runner
+        replies = BatchReplies(conn_id, runner.send, self._write_batch)
+        runner.collect = replies
         try:
             for index, item in enumerate(items):
                 if not connection.can_send:
@@ -216,17 +214,18 @@ class Batches:
                     continue
                 self._take(conn_id, connection, inner)
         finally:
-            self._hook(None)
+            runner.collect = None
             replies.flush()
 
     def _refuse(self, conn_id: ConnId, code: ErrorCode, message: str, ref: str | None) -> None:
         self.metrics.protocol_errors.labels(str(int(code))).inc()
         refusal = ProtocolError(code, message, ref)
-        self._run(self.core.protocol_error(conn_id, refusal, self._now_ms()))
+        self._runner.run(self.core.protocol_error(conn_id, refusal, self._now_ms()))
 
     def _write_batch(self, conn_id: ConnId, replies: list[Envelope]) -> None:
         """One ``batch`` frame of replies; one by one if it would break the bounds."""
-        connection = self._connections.get(conn_id)
+        runner = self._runner
+        connection = runner.connections.get(conn_id)
         if connection is None or not connection.can_send:
             return
         batch = Envelope(
@@ -246,8 +245,11 @@ class Batches:
             or len(payload) > self.params.max_bytes
         ):
             for reply in replies:
-                self._send(conn_id, reply)
+                runner.send(conn_id, reply)
             return
+        if runner.tap is not None:  # the inspector sees each envelope
+            for reply in replies:
+                runner.tap((conn_id,), reply)
         traffic = self.metrics.traffic
         traffic.encodes += 1
         traffic.messages_out[MessageType.BATCH.value] += 1

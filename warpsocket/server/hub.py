@@ -44,7 +44,7 @@ from warpsocket.crypto.hub import HubSigning, offered_extensions
 from warpsocket.protocol.codecs import CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
-from warpsocket.server.batches import Batches, BatchReplies, offered_batches
+from warpsocket.server.batches import Batches, offered_batches
 from warpsocket.server.cluster_sync import ClusterSync
 from warpsocket.server.context import Context
 from warpsocket.server.dispatcher import CloseHook, Dispatcher, ErrorHook, Handler, OpenHook
@@ -205,18 +205,12 @@ class Hub:
             reconnect_hint_ms=self.options.reconnect_hint_ms,
             signing=HubSigning(self.options.signing) if self.options.signing else None,
         )
-
-        def collect(replies: BatchReplies | None) -> None:
-            runner.collect = replies
-
         inbound.batches = Batches(
             core,
             metrics,
-            connections=runner.connections,
-            take=inbound._take,
-            run=run,
-            send=runner.send,
-            hook=collect,
+            runner,
+            # Late-bound: observability (install, below) wraps ``_take``.
+            take=lambda conn_id, connection, envelope: inbound._take(conn_id, connection, envelope),
             now_ms=now_ms,
         )
         self.port = HubPort(

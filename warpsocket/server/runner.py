@@ -11,6 +11,7 @@ backend (``Dispatch``, ``Publish``, ``AckResult``, ``SessionOpened``,
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,9 +32,11 @@ from warpsocket.core.server import (
 from warpsocket.protocol.codecs import Codec
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
-from warpsocket.server.batches import BatchReplies
 from warpsocket.server.connection import Connection
 from warpsocket.server.metrics import HubMetrics
+
+if TYPE_CHECKING:
+    from warpsocket.server.batches import BatchReplies
 
 
 def _unrouted(*_: object) -> None:

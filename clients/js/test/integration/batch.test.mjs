@@ -14,7 +14,7 @@ after(async () => {
   await server?.stop();
 });
 
-for (const codec of ["json", "msgpack"]) {
+for (const codec of ["json", "msgpack", "protobuf"]) {
   test(`${codec}: 20 acked sends in one task leave in one batch and are all acked`, async () => {
     const c = client(server.url, { codec });
     await c.connect();

@@ -3,7 +3,18 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { DEFAULT_LIMITS, OutgoingBatch, ProtocolError, expandBatch, fromWire, jsonCodec } from "../../dist/index.js";
+import * as msgpack from "@msgpack/msgpack";
+import * as wire from "@bufbuild/protobuf/wire";
+import {
+  DEFAULT_LIMITS,
+  OutgoingBatch,
+  ProtocolError,
+  expandBatch,
+  fromWire,
+  jsonCodec,
+  msgpackCodec,
+  protobufCodec,
+} from "../../dist/index.js";
 
 const VECTORS = JSON.parse(readFileSync(new URL("../../../../tests/vectors/batch.json", import.meta.url), "utf8"));
 
@@ -18,11 +29,22 @@ function outcome(item) {
   }
 }
 
-test("inner envelopes are judged as if alone", () => {
+// Each codec with the frame of a raw mapping, as a hostile or foreign peer could send it.
+const PROTOBUF = protobufCodec(wire);
+const CODECS = [
+  ["json", jsonCodec, (raw) => JSON.stringify(raw)],
+  ["msgpack", msgpackCodec(msgpack), (raw) => msgpack.encode(raw)],
+  ["protobuf", PROTOBUF, (raw) => PROTOBUF.encodeRaw(raw)],
+];
+const sizeOf = (payload) => (typeof payload === "string" ? new TextEncoder().encode(payload).byteLength : payload.byteLength);
+
+test("inner envelopes are judged as if alone, in every codec", () => {
   for (const vector of VECTORS.inner) {
-    const batch = jsonCodec.decode(JSON.stringify(vector.batch), DEFAULT_LIMITS);
-    assert.equal(batch.type, "batch", vector.name);
-    assert.deepEqual(batch.data.map(outcome), vector.outcomes, vector.name);
+    for (const [name, codec, encode] of CODECS) {
+      const batch = codec.decode(encode(vector.batch), DEFAULT_LIMITS);
+      assert.equal(batch.type, "batch", `${vector.name} (${name})`);
+      assert.deepEqual(batch.data.map(outcome), vector.outcomes, `${vector.name} (${name})`);
+    }
   }
 });
 
@@ -33,7 +55,7 @@ test("whole-batch refusals", () => {
     let code = 0;
     try {
       const batch = jsonCodec.decode(payload, DEFAULT_LIMITS);
-      const size = new TextEncoder().encode(payload).byteLength;
+      const size = sizeOf(payload);
       if (batch.data.length === 0 || batch.data.length > maxEnvelopes || size > maxBytes) code = 4640;
     } catch (error) {
       assert.equal(error.ref, vector.batch.id, vector.name);
@@ -43,11 +65,13 @@ test("whole-batch refusals", () => {
   }
 });
 
-test("the server's batches are taken apart in order", () => {
+test("the server's batches are taken apart in order, in every codec", () => {
   for (const vector of VECTORS.server) {
-    const batch = jsonCodec.decode(JSON.stringify(vector.batch), DEFAULT_LIMITS);
-    const got = expandBatch(batch, DEFAULT_LIMITS).map((e) => JSON.parse(jsonCodec.encode(e)));
-    assert.deepEqual(got, vector.envelopes, vector.name);
+    for (const [name, codec, encode] of CODECS) {
+      const batch = codec.decode(encode(vector.batch), DEFAULT_LIMITS);
+      const got = expandBatch(batch, DEFAULT_LIMITS).map((e) => JSON.parse(jsonCodec.encode(e)));
+      assert.deepEqual(got, vector.envelopes, `${vector.name} (${name})`);
+    }
   }
 });
 
