@@ -305,6 +305,28 @@ class BatchRateTests(BatchServerMixin, SecureTestCase):
         )
         self.assertEqual(hub.metrics.traffic.messages_in["event"], 19)
 
+    @async_test
+    async def test_refusals_inside_a_batch_are_answered_only_as_far_as_they_pay(self) -> None:
+        # Tiny envelopes over the rate must not make the server write more
+        # than it reads: answers are paid from the refused bytes
+        # (security.md "Refusals"), as for frames that come alone.
+        hub = self.start_secure(SecurityOptions(message_rate=20, message_burst=40))
+        hub.on("m", lambda ctx, data: None)
+        client = await self.connect(hello=False)
+        await self.agree(client)
+        sent = client.send(batch_of([inner(event="m", ack=True) for _ in range(64)]))
+        size = len(json.dumps(sent).encode())
+        reply = await client.next_message()
+        refused = [m for m in reply["data"] if m.get("code") == ErrorCode.RATE_LIMITED]
+        self.assertEqual(hub.metrics.traffic.messages_in["event"], 39)  # 40 - the hello's token
+        self.assertGreater(len(refused), 0)
+        self.assertLess(len(refused), 25)  # 25 refused, not all answered
+        # What the answers took (less the last, which may overdraw) is paid by
+        # the 512-byte allowance and the refused envelopes' share of the frame.
+        sizes = [len(json.dumps(m, separators=(",", ":")).encode()) for m in refused]
+        self.assertLessEqual(sum(sizes) - max(sizes), 512 + 25 * (size // 64 + 6))
+        self.assertIsNone(client.close_code)  # fewer refusals than a burst: still open
+
 
 class ParamsTests(ServerTestCase):
     def test_bounds_follow_a_small_message_size(self) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from warpsocket.core.server import ConnId, CoreOptions, ServerCore
+from warpsocket.core.server import ConnId, CoreOptions, Send, ServerCore
 from warpsocket.crypto.signing import EXTENSION as SIGN
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.datamodel import DataLimits
@@ -27,6 +27,7 @@ from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
 from warpsocket.server.metrics import HubMetrics
 from warpsocket.server.runner import ActionRunner
+from warpsocket.server.security.ratelimit import Refusals
 
 EXTENSION = "batch"
 DEFAULT_MAX_ENVELOPES = 64
@@ -101,6 +102,8 @@ def parse_inner(item: Any, limits: DataLimits) -> Envelope:
 
 class _Rated(Protocol):
     """The message rate of a real connection (security/message_rate.py)."""
+
+    refusals: Refusals | None
 
     def charge(self, size: int) -> bool: ...
 
@@ -205,7 +208,7 @@ class Batches:
                 # The frame paid one token of the message rate; every further
                 # envelope pays its own, as if it had come alone.
                 if index and rate is not None and not rate.charge(share):
-                    self._refuse(conn_id, ErrorCode.RATE_LIMITED, "too many messages", ref)
+                    self._over_rate(conn_id, connection, rate, ref)
                     continue
                 try:
                     inner = parse_inner(item, limits)
@@ -216,6 +219,23 @@ class Batches:
         finally:
             runner.collect = None
             replies.flush()
+
+    def _over_rate(
+        self, conn_id: ConnId, connection: Connection, rate: _Rated, ref: str | None
+    ) -> None:
+        """Answer an envelope over the rate with 4200 while the refused bytes pay
+        for the answers (security/ratelimit.py ``Refusals``): a flood of tiny
+        envelopes in batches must not make the server write more than it reads."""
+        refusals = rate.refusals
+        if refusals is None or not refusals.may_reply():
+            return
+        refusal = ProtocolError(ErrorCode.RATE_LIMITED, "too many messages", ref)
+        actions = self.core.protocol_error(conn_id, refusal, self._now_ms())
+        for action in actions:
+            if isinstance(action, Send):
+                refusals.replied(len(connection.codec.encode(action.envelope)))
+        self.metrics.protocol_errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
+        self._runner.run(actions)
 
     def _refuse(self, conn_id: ConnId, code: ErrorCode, message: str, ref: str | None) -> None:
         self.metrics.protocol_errors.labels(str(int(code))).inc()

@@ -200,6 +200,8 @@ class ActionRunner:
             return None
 
     def close(self, conn_id: ConnId, code: ErrorCode, reason: str) -> None:
+        if self.collect is not None:
+            self.collect.flush()  # a batch's replies so far go before the close frame
         connection = self.connections.get(conn_id)
         if connection is not None:
             connection.close(int(code), reason or code.wire_name)
