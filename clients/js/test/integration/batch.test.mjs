@@ -14,17 +14,27 @@ after(async () => {
   await server?.stop();
 });
 
+/** The server's batch frames in and out so far (its /metrics). */
+async function serverBatches() {
+  const text = await (await fetch(`http://127.0.0.1:${server.port}/metrics`)).text();
+  const count = (name) => Number(text.match(new RegExp(`^${name}\\{type="batch"\\} (\\S+)$`, "m"))?.[1] ?? 0);
+  return { in: count("warpsocket_messages_in_total"), out: count("warpsocket_messages_out_total") };
+}
+
 for (const codec of ["json", "msgpack", "protobuf"]) {
   test(`${codec}: 20 acked sends in one task leave in one batch and are all acked`, async () => {
     const c = client(server.url, { codec });
     await c.connect();
     assert.deepEqual(c.extensions.get("batch"), { max_envelopes: 64, max_bytes: 65536 });
     const frames = c.stats.batchFrames;
+    const before = await serverBatches();
     const sends = [];
     for (let seq = 0; seq < 20; seq++) sends.push(c.send("record", { seq }, { ack: true }));
     const results = await Promise.all(sends);
     assert.equal(results.length, 20);
     assert.equal(c.stats.batchFrames - frames, 1);
+    const afterwards = await serverBatches();
+    assert.deepEqual({ in: afterwards.in - before.in, out: afterwards.out - before.out }, { in: 1, out: 1 });
     assert.deepEqual(await c.call("records"), Array.from({ length: 20 }, (_, i) => i));
   });
 }
