@@ -340,6 +340,12 @@ class ParamsTests(ServerTestCase):
 
         with self.assertRaises(ValueError):
             offered_batches(CoreOptions(extensions={"batch": {"max_envelopes": "x"}}))
+        too_large = {"batch": {"max_envelopes": 8, "max_bytes": 65_536}}
+        with self.assertRaises(ValueError):  # more than max_values (16384 / 8)
+            offered_batches(CoreOptions(max_message_size=16_384, extensions=too_large))
+        own = {"batch": {"max_envelopes": 8, "max_bytes": 2_048}}
+        core = CoreOptions(max_message_size=16_384, extensions=own)
+        self.assertIs(offered_batches(core), core)
 
     def test_protobuf_carries_a_batch_at_the_deepest_inner_depth(self) -> None:
         codec = ProtobufCodec()

@@ -72,10 +72,14 @@ class BatchParams:
 def offered_batches(core: CoreOptions) -> CoreOptions:
     """``core`` offering ``batch`` (with the default bounds unless it names its own)."""
     if EXTENSION in core.extensions:
-        BatchParams.from_wire(core.extensions[EXTENSION])  # refuse bad ones at start
+        # The application's own bounds: refused at start if they are not usable.
+        own = BatchParams.from_wire(core.extensions[EXTENSION])
+        bound = min(core.max_message_size, core.data_limits.max_values)
+        if own.max_bytes > bound:
+            raise ValueError(f"batch max_bytes must be at most {bound} (frame size, max_values)")
         return core
-    params = BatchParams.for_core(core).to_wire()
-    return replace(core, extensions={**core.extensions, EXTENSION: params})
+    offered = BatchParams.for_core(core).to_wire()
+    return replace(core, extensions={**core.extensions, EXTENSION: offered})
 
 
 def whole_problem(count: int, size: int, params: BatchParams) -> str | None:
