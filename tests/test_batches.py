@@ -12,8 +12,9 @@ from typing import Any
 import msgpack
 from twisted.internet.task import Clock
 
+from tests.helpers.cluster import ClusterCase
 from tests.helpers.security import SecureTestCase
-from tests.wsclient import ServerTestCase, WsClient, async_test, new_id
+from tests.wsclient import ServerTestCase, WsClient, async_test, connect, new_id
 from warpsocket.core.server import CoreOptions
 from warpsocket.protocol.codecs import MSGPACK_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
@@ -326,6 +327,33 @@ class BatchRateTests(BatchServerMixin, SecureTestCase):
         sizes = [len(json.dumps(m, separators=(",", ":")).encode()) for m in refused]
         self.assertLessEqual(sum(sizes) - max(sizes), 512 + 25 * (size // 64 + 6))
         self.assertIsNone(client.close_code)  # fewer refusals than a burst: still open
+
+
+class BatchClusterTests(BatchServerMixin, ClusterCase):
+    @async_test
+    async def test_inner_envelopes_wait_for_their_dedup_claims_in_order(self) -> None:
+        # Redis: each acked event first claims its id in the cluster, so the
+        # inner envelopes are held and fed in order; their acks come later,
+        # alone. Every one is handled once and acknowledged.
+        self.start_redis()
+        node = self.node("a")
+        await self.healthy(node)
+        seen: list[Any] = []
+        node.hub.on("note", lambda ctx, data: seen.append(data))
+        client = await connect(node.port)
+        self.clients.append(client)
+        self.addCleanup(self._close, client)
+        await self.agree(client)
+        sent = [inner(event="note", data=i, ack=True) for i in range(10)]
+        client.send(batch_of([*sent, sent[3]]))  # a retry of the fourth, in the same batch
+        acked: list[str] = []
+        while len(acked) < 11:
+            message = await client.next_message()
+            found = message["data"] if message["type"] == "batch" else [message]
+            acked += [m["ref"] for m in found if m["type"] == "ack"]
+        self.assertEqual(acked, [m["id"] for m in sent] + [sent[3]["id"]])
+        self.assertEqual(seen, list(range(10)))
+        self.assertTrue(node.hub.backend.clustered)
 
 
 class ParamsTests(ServerTestCase):
