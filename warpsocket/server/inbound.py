@@ -48,6 +48,8 @@ CLAIM_POLL_SECONDS = 0.25
 CLAIM_WAIT_SECONDS = 12.0
 # Frames taken even while a connection's earlier frames wait for the backend.
 _UNORDERED = frozenset({MessageType.ACK, MessageType.HEARTBEAT})
+# The batch extension's envelope (batches.py); a module global: one lookup per frame.
+_BATCH = MessageType.BATCH
 
 
 class Inbound:
@@ -120,7 +122,7 @@ class Inbound:
             self.metrics.protocol_errors.labels(str(int(error.code))).inc()
             self._run(self.core.protocol_error(conn_id, error, self._now_ms()))
             return
-        if envelope.type is MessageType.BATCH and self.batches is not None:
+        if envelope.type is _BATCH and self.batches is not None:
             self.batches.received(conn_id, connection, envelope, len(payload))
             return
         self._take(conn_id, connection, envelope)
