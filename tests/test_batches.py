@@ -104,9 +104,17 @@ class BatchTests(BatchServerMixin, ServerTestCase):
         client = await self.client()
         call = inner("call", event="double", data=21)
         note = inner(event="note", ack=True)
-        client.send(batch_of([call, note]))
+        ping = inner("heartbeat")
+        client.send(batch_of([call, note, ping]))
         reply = await client.next_message()
-        self.assertEqual(refs(reply), [("result", call["id"], None), ("ack", note["id"], None)])
+        self.assertEqual(
+            refs(reply),
+            [
+                ("result", call["id"], None),
+                ("ack", note["id"], None),
+                ("heartbeat", ping["id"], None),
+            ],
+        )
         self.assertEqual(reply["data"][0]["data"], 42)
 
     @async_test

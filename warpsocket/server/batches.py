@@ -202,7 +202,7 @@ class Batches:
         share = size // len(items)
         runner = self._runner
         replies = BatchReplies(conn_id, runner.send, self._write_batch)
-        runner.collect = replies
+        outer, runner.collect = runner.collect, replies
         try:
             for index, item in enumerate(items):
                 if not connection.can_send:
@@ -221,7 +221,7 @@ class Batches:
                     continue
                 self._take(conn_id, connection, inner)
         finally:
-            runner.collect = None
+            runner.collect = outer  # None, unless batches ever nest
             replies.flush()
 
     def _over_rate(
