@@ -366,8 +366,14 @@ class BatchClusterTests(BatchServerMixin, ClusterCase):
 
 class ParamsTests(ServerTestCase):
     def test_bounds_follow_a_small_message_size(self) -> None:
+        from warpsocket.server.batches import offered_batches
+
         params = BatchParams.for_core(CoreOptions(max_message_size=16_384))
         self.assertEqual(params.max_bytes, 2_048)  # max_values: 16384 / 8
+        params = BatchParams.for_core(CoreOptions(max_message_size=1_500))
+        self.assertEqual(params.max_bytes, 1_024)  # max_values: at least 1024
+        tiny = CoreOptions(max_message_size=512)
+        self.assertNotIn("batch", offered_batches(tiny).extensions)
 
     def test_bad_configured_bounds_are_refused(self) -> None:
         with self.assertRaises(ValueError):

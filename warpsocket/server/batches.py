@@ -32,6 +32,7 @@ from warpsocket.server.security.ratelimit import Refusals
 EXTENSION = "batch"
 DEFAULT_MAX_ENVELOPES = 64
 DEFAULT_MAX_BYTES = 65_536
+MIN_MAX_BYTES = 1024
 # What may not travel inside a batch (protocol.md 18).
 _NOT_INSIDE = frozenset({MessageType.BATCH, MessageType.HELLO})
 # What the server gathers into its answering batch: replies, never stream
@@ -47,7 +48,7 @@ class BatchParams:
     max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
-        if self.max_envelopes < 2 or self.max_bytes < 1024:
+        if self.max_envelopes < 2 or self.max_bytes < MIN_MAX_BYTES:
             raise ValueError("a batch needs max_envelopes >= 2 and max_bytes >= 1024")
 
     def to_wire(self) -> dict[str, Any]:
@@ -59,7 +60,7 @@ class BatchParams:
         value takes at least one byte in every codec, so a batch of at most
         ``max_values`` bytes can never exceed the data model's bound."""
         bound = min(DEFAULT_MAX_BYTES, core.max_message_size, core.data_limits.max_values)
-        return cls(DEFAULT_MAX_ENVELOPES, max(1024, bound))
+        return cls(DEFAULT_MAX_ENVELOPES, bound)
 
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> BatchParams:
@@ -78,6 +79,8 @@ def offered_batches(core: CoreOptions) -> CoreOptions:
         if own.max_bytes > bound:
             raise ValueError(f"batch max_bytes must be at most {bound} (frame size, max_values)")
         return core
+    if core.max_message_size < MIN_MAX_BYTES:
+        return core  # frames too small to hold a batch worth having
     offered = BatchParams.for_core(core).to_wire()
     return replace(core, extensions={**core.extensions, EXTENSION: offered})
 
