@@ -364,6 +364,35 @@ class BatchClusterTests(BatchServerMixin, ClusterCase):
         self.assertTrue(node.hub.backend.clustered)
 
 
+class BatchesOffTests(BatchServerMixin, ServerTestCase):
+    def test_the_command_line_turns_them_off(self) -> None:
+        from warpsocket.server.cli import Options
+
+        options = Options()
+        options.parseOptions([])
+        self.assertTrue(options["hub_options"].batches)
+        options = Options()
+        options.parseOptions(["--no-batches"])
+        self.assertFalse(options["hub_options"].batches)
+
+    @async_test
+    async def test_a_hub_without_batches_grants_none_and_refuses_them(self) -> None:
+        self.clock = Clock()
+        self.clients = []
+        self.hub = Hub(HubOptions(batches=False), clock=self.clock)
+        self.hub.on("note", lambda ctx, data: None)
+        self.service = WarpSocketService(self.hub, ["tcp:0:interface=127.0.0.1"])
+        self.service.startService()
+        self.addCleanup(self._stop_server)
+        self.port = self.service.ports[0].getHost().port
+        client = await self.connect(hello=False)
+        welcome = await self.agree(client)
+        self.assertEqual(welcome["data"]["extensions"], {})
+        sent = client.send(batch_of([inner(event="note", ack=True)]))
+        reply = await client.reply_to(sent["id"])
+        self.assertEqual(reply["code"], ErrorCode.UNKNOWN_TYPE)
+
+
 class ParamsTests(ServerTestCase):
     def test_bounds_follow_a_small_message_size(self) -> None:
         from warpsocket.server.batches import offered_batches

@@ -127,7 +127,8 @@ class Hub:
         # Offers e2e.aes-gcm, and sign when configured (warpsocket/crypto/hub.py).
         core_options = offered_extensions(self.options.core, self.options.signing)
         # Offers batch (many envelopes in one frame; warpsocket/server/batches.py).
-        core_options = offered_batches(core_options)
+        if self.options.batches:
+            core_options = offered_batches(core_options)
         # The data model's bounds scale with the message size limit (protocol.md 2.1).
         self.codecs = codecs if codecs is not None else default_codecs(core_options.data_limits)
         self.middleware: list[Middleware] = list(middleware)
