@@ -39,7 +39,7 @@ class GuideExampleTests(unittest.TestCase):
     timeout = 60
 
     def test_everyExampleIsFound(self) -> None:
-        self.assertEqual(len(examples()), 7)
+        self.assertEqual(len(examples()), 8)
 
     @inlineCallbacks
     def run_example(self, index: int) -> Any:
@@ -76,3 +76,6 @@ class GuideExampleTests(unittest.TestCase):
 
     def test_pool(self) -> Any:
         return self.run_example(6)
+
+    def test_batches(self) -> Any:
+        return self.run_example(7)

@@ -105,7 +105,9 @@ class OverTheWireTests(ClientTestCase):
     def test_negotiated_over_a_socket(self) -> Any:
         server = ServerFixture(self, make_hub(core=CoreOptions(node="n1", extensions=OFFERED)))
         for asked, expected in ((("chunks", "nope"), {"chunks": OFFERED["chunks"]}), ((), {})):
-            client = self.client(server.url, core=ClientCoreOptions(extensions=asked))
+            # (batch_window_ms=None: the client does not add its own ``batch``.)
+            options = {"core": ClientCoreOptions(extensions=asked), "batch_window_ms": None}
+            client = self.client(server.url, **options)
             yield client.connect()
             self.assertEqual(client.extensions, expected)
             yield client.close()

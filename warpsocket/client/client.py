@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from warpsocket._deferreds import invoke
+from warpsocket.client import batching
 from warpsocket.client.durable import DurableQueue
 from warpsocket.client.netwatch import NetworkWatcher
 from warpsocket.client.observe import ClientTracer, SlowAck, SlowListener
@@ -151,6 +152,9 @@ class ClientStats:
     messages_in: int = 0
     messages_out: int = 0
     streams_lost: int = 0
+    # Batch frames sent (the batch extension): envelopes out per frame is
+    # messages_out / (messages_out - envelopes in batches + batch_frames).
+    batch_frames: int = 0
     reconnect_times: list[float] = field(default_factory=list)
 
     @property
@@ -214,6 +218,12 @@ class WarpSocketClient:
         self.codec: Codec = codec
         options = self.options
         extensions = asked_extensions(options.core.extensions, options.e2e, options.signing)
+        if (
+            options.batch_window_ms is not None
+            and options.signing is None  # signatures cover single envelopes
+            and batching.EXTENSION not in extensions
+        ):
+            extensions = (*extensions, batching.EXTENSION)
         self.core = ClientCore(replace(options.core, extensions=extensions), random_id)
         # Encryption and signatures (warpsocket/crypto/client.py); inert when unset.
         self._crypto = ClientCrypto(
@@ -263,6 +273,8 @@ class WarpSocketClient:
             if self.options.watch_network
             else None
         )
+        # The batch extension, on a connection that agreed to it (client/batching.py).
+        self._batch: batching.OutgoingBatch | None = None
         # The chunks extension, made on first use (``transfers``).
         self._transfers: ClientTransfers | None = None
         self._durable = DurableQueue(self.options.queue_path) if self.options.queue_path else None
@@ -383,6 +395,8 @@ class WarpSocketClient:
         self.factory.stopTrying()
         self._stop_timers()
         protocol = self._protocol
+        if self._batch is not None:
+            self._batch.flush()  # what was sent before close() leaves before the close frame
         self._set_state(ClientState.CLOSED)
         self._fail_pending("client closed")
         if protocol is None:
@@ -690,6 +704,9 @@ class WarpSocketClient:
         if self.state is ClientState.OPEN:
             self._disconnected_at = self.clock.seconds()
         self._pings.clear()
+        if self._batch is not None:
+            self._batch.drop()
+            self._batch = None
         self._crypto.disconnected()
         self._run(self.core.disconnected(self._now_ms()))
         if self.state is not ClientState.CLOSED:
@@ -743,6 +760,18 @@ class WarpSocketClient:
         except ProtocolError as error:
             self.log.warn("bad frame from server: {error}", error=error)
             return
+        if envelope.type is MessageType.BATCH and batching.EXTENSION in self.core.extensions:
+            # The server's answers to one of our batches: each as if alone.
+            envelopes = batching.expand(envelope, self.core.data_limits)
+            self.stats.messages_in += len(envelopes) - 1
+            for inner in envelopes:
+                if protocol is not self._protocol:
+                    return
+                self._envelope_received(inner)
+            return
+        self._envelope_received(envelope)
+
+    def _envelope_received(self, envelope: Envelope) -> None:
         self._probe_deadline = None
         # The replay window is judged on the server's clock, as far as known.
         server_now = self._now_ms() + (self.core.clock_offset_ms or 0)
@@ -810,6 +839,14 @@ class WarpSocketClient:
             # Closing: a tracked message goes back to the queue on disconnect.
             return
         self.stats.messages_out += 1
+        if self._batch is not None and self._batch.add(envelope):
+            return  # leaves with the batch, at the end of the window
+        self._transmit_now(envelope)
+
+    def _transmit_now(self, envelope: Envelope) -> None:
+        protocol = self._protocol
+        if protocol is None or protocol.state != protocol.STATE_OPEN:
+            return
         offset = self.core.clock_offset_ms or 0
         payload = self._crypto.encode(self.codec, envelope, self._now_ms() + offset)
         protocol.sendMessage(payload, isBinary=self.codec.binary)
@@ -818,6 +855,7 @@ class WarpSocketClient:
         self._cancel_attempt_timer()
         self._crypto.limits = self.core.data_limits
         self._attempts_since_open = 0
+        self._start_batching()
         heartbeat = welcome.data.get("heartbeat")
         heartbeat = heartbeat if isinstance(heartbeat, dict) else {}
         timeout, interval = heartbeat.get("timeout"), heartbeat.get("interval")
@@ -849,6 +887,31 @@ class WarpSocketClient:
         waiters, self._open_waiters = self._open_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    def _start_batching(self) -> None:
+        """Batch what this connection sends, if it agreed to ``batch``."""
+        window = self.options.batch_window_ms
+        bounds = batching.granted_bounds(self.core.extensions.get(batching.EXTENSION))
+        if window is None or bounds is None or self._crypto.signed:
+            return
+        self._batch = batching.OutgoingBatch(
+            # 0: the end of this reactor turn, on the reactor itself (not a
+            # test's Clock, which would hold the frame until it is advanced).
+            self.reactor if window == 0 else self.clock,
+            window,
+            bounds,
+            self.codec,
+            send_one=self._transmit_now,
+            send_payload=self._send_batch,
+            new_id=random_id,
+            now_ms=self._now_ms,
+        )
+
+    def _send_batch(self, payload: bytes) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.state == protocol.STATE_OPEN:
+            self.stats.batch_frames += 1
+            protocol.sendMessage(payload, isBinary=self.codec.binary)
 
     def _deliver(self, envelope: Envelope) -> None:
         if (

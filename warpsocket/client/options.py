@@ -109,6 +109,10 @@ class ClientOptions:
     # verify the server and the one this client signs with; the replay window.
     signing: SignatureKeys | None = None
     replay_window_ms: int = DEFAULT_WINDOW_MS
+    # Batches (protocol.md "Extension: batches"): envelopes transmitted within
+    # this many milliseconds of the first leave in one frame. 0: those of the
+    # same reactor turn (a loop of sends), with no added delay; None: off.
+    batch_window_ms: float | None = 0.0
 
     def __post_init__(self) -> None:
         if self.slow_ack is not None and not self.slow_ack > 0:
@@ -128,6 +132,8 @@ class ClientOptions:
             raise ValueError("timeouts, intervals and refresh_min_interval must be positive")
         if self.refresh_before < 0 or self.refresh_max_interval < self.refresh_min_interval:
             raise ValueError("need refresh_before >= 0, refresh_max >= refresh_min_interval")
+        if self.batch_window_ms is not None and not 0 <= self.batch_window_ms <= 1000:
+            raise ValueError("batch_window_ms must be within 0-1000 or None")
         if self.ping_interval is not None and self.ping_interval < 0:
             raise ValueError("ping_interval must be >= 0 or None")
         object.__setattr__(self, "should_reconnect", _two_arguments(self.should_reconnect))

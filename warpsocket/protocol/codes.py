@@ -82,6 +82,8 @@ class ErrorCode(enum.IntEnum):
     TRANSFER_TOO_LARGE = 4623
     TRANSFER_BUSY = 4624
     TRANSFER_FLOW = 4625
+    # 4640-4659: the batch extension (protocol.md "Extension: batches")
+    BAD_BATCH = 4640
 
     @property
     def info(self) -> CodeInfo:
@@ -213,6 +215,9 @@ CODE_INFO: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.TRANSFER_FLOW: CodeInfo(
         "transfer_flow", Use.ERROR, False, "A chunk was sent beyond the credit granted."
+    ),
+    ErrorCode.BAD_BATCH: CodeInfo(
+        "bad_batch", Use.ERROR, False, "A batch breaks the batch extension's rules."
     ),
 }
 

@@ -48,6 +48,9 @@ class MessageType(str, enum.Enum):
     # The chunked-transfer extension's one type (protocol.md "Extension:
     # chunked transfers"); refused as unknown where it was not negotiated.
     TRANSFER = "transfer"
+    # The batch extension's one type (protocol.md "Extension: batches"):
+    # ``data`` is an array of envelopes, each validated as if it came alone.
+    BATCH = "batch"
 
 
 _TYPES: dict[str, MessageType] = {t.value: t for t in MessageType}
@@ -280,6 +283,8 @@ class Envelope:
         else:
             extra_checked = extra
         if not values_checked:
+            if message_type is MessageType.BATCH:
+                limits = batch_limits(limits)
             _check_values(raw.get("data"), extra_checked, limits, strings_checked, ref)
         envelope = cls(
             type=message_type,
@@ -292,6 +297,14 @@ class Envelope:
         )
         _check_type_rules(envelope)
         return envelope
+
+
+def batch_limits(limits: DataLimits) -> DataLimits:
+    """The data model's bounds for a ``batch`` envelope: its inner envelopes
+    sit two levels down (its ``data`` array, then the envelope), so the depth
+    bound is two more, which is ``max_depth`` counted from each inner
+    envelope; ``max_values`` bounds the whole frame (protocol.md section 18)."""
+    return DataLimits(limits.max_depth + 2, limits.max_values)
 
 
 _KNOWN_FIELDS = frozenset(
@@ -468,6 +481,8 @@ def _check_type_rules(envelope: Envelope) -> None:
             isinstance(envelope.data, dict) and isinstance(envelope.data.get("op"), str),
             "`transfer` needs `data.op`",
         )
+    elif kind is MessageType.BATCH:
+        _require(envelope, isinstance(envelope.data, list), "`batch` needs array `data`")
     elif kind is MessageType.AUTH:
         _require(
             envelope,

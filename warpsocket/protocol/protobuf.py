@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message, message_fa
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
 from warpsocket.protocol.datamodel import DEFAULT_LIMITS, MAX_SAFE_INTEGER, DataLimits
-from warpsocket.protocol.envelope import Envelope
+from warpsocket.protocol.envelope import Envelope, batch_limits
 from warpsocket.protocol.proto.schema import SERIALIZED
 
 PROTOBUF_SUBPROTOCOL = "warpsocket.v1.protobuf"
@@ -71,7 +71,9 @@ class ProtobufCodec:
         ref = ident if isinstance(ident, str) and 0 < len(ident) <= 128 else None
         limits = self.limits
         if parsed.HasField("data"):
-            raw["data"] = value_of(parsed.data, limits, ref, "data")
+            # A batch's inner envelopes sit two levels deeper (protocol.md 18).
+            bounds = batch_limits(limits) if raw.get("type") == "batch" else limits
+            raw["data"] = value_of(parsed.data, bounds, ref, "data")
         if parsed.HasField("extra"):
             extra = value_of(parsed.extra, limits, ref, "extra", level=0)
             if not isinstance(extra, dict):

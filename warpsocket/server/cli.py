@@ -126,6 +126,8 @@ class Options(usage.Options):
         ],
         # Envelope signatures (protocol.md "Extension: signatures", docs/security.md).
         ["sign-required", None, "Refuse unsigned envelopes from every client (4601)."],
+        # Batches (protocol.md "Extension: batches").
+        ["no-batches", None, "Do not offer the batch extension (many envelopes in one frame)."],
     ]
     optParameters = [
         ["path", None, "/ws", "URL path of the WebSocket endpoint."],
@@ -398,6 +400,8 @@ def hub_options_from(options: Options) -> HubOptions:
         ),
         inspect=options["inspect-key-file"] is not None,
         signing=signing_options_from(options),
+        # Batches (protocol.md "Extension: batches").
+        batches=not options["no-batches"],
     )
 
 

@@ -44,6 +44,7 @@ from warpsocket.crypto.hub import HubSigning, offered_extensions
 from warpsocket.protocol.codecs import CodecRegistry, default_codecs
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
+from warpsocket.server.batches import Batches, offered_batches
 from warpsocket.server.cluster_sync import ClusterSync
 from warpsocket.server.context import Context
 from warpsocket.server.dispatcher import CloseHook, Dispatcher, ErrorHook, Handler, OpenHook
@@ -125,6 +126,9 @@ class Hub:
         self.options = options if options is not None else HubOptions()
         # Offers e2e.aes-gcm, and sign when configured (warpsocket/crypto/hub.py).
         core_options = offered_extensions(self.options.core, self.options.signing)
+        # Offers batch (many envelopes in one frame; warpsocket/server/batches.py).
+        if self.options.batches:
+            core_options = offered_batches(core_options)
         # The data model's bounds scale with the message size limit (protocol.md 2.1).
         self.codecs = codecs if codecs is not None else default_codecs(core_options.data_limits)
         self.middleware: list[Middleware] = list(middleware)
@@ -202,6 +206,14 @@ class Hub:
             session_changed=self._cluster.session_changed,
             reconnect_hint_ms=self.options.reconnect_hint_ms,
             signing=HubSigning(self.options.signing) if self.options.signing else None,
+        )
+        inbound.batches = Batches(
+            core,
+            metrics,
+            runner,
+            # Late-bound: observability (install, below) wraps ``_take``.
+            take=lambda conn_id, connection, envelope: inbound._take(conn_id, connection, envelope),
+            now_ms=now_ms,
         )
         self.port = HubPort(
             core,

@@ -39,6 +39,7 @@ from warpsocket.crypto.hub import HubSigning, SigningCodec
 from warpsocket.crypto.signing import EXTENSION as SIGN
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.server.batches import Batches
 from warpsocket.server.connection import Connection
 from warpsocket.server.context import Context
 from warpsocket.server.metrics import HubMetrics
@@ -55,12 +56,17 @@ CLAIM_WAIT_SECONDS = 12.0
 _UNORDERED = frozenset({MessageType.ACK, MessageType.HEARTBEAT})
 # The wire name of each type (``MessageType.value`` is a slower property).
 _WIRE_NAMES = {kind: kind.value for kind in MessageType}
+# The batch extension's envelope (batches.py); a module global: one lookup per frame.
+_BATCH = MessageType.BATCH
 
 
 class Inbound:
     """Turns a connection's frames into core input, in order."""
 
     log = Logger()
+    # The batch extension (batches.py): takes a ``batch`` frame apart, then
+    # feeds each of its envelopes to ``_take``. Set by the hub.
+    batches: Batches | None = None
 
     def __init__(
         self,
@@ -125,6 +131,9 @@ class Inbound:
         except ProtocolError as error:
             self.metrics.protocol_errors.labels(str(int(error.code))).inc()
             self._run(self.core.protocol_error(conn_id, error, self._now_ms()))
+            return
+        if envelope.type is _BATCH and self.batches is not None:
+            self.batches.received(conn_id, connection, envelope, len(payload))
             return
         self._take(conn_id, connection, envelope)
 

@@ -33,6 +33,8 @@ class HubOptions:
     - ``inspect``: record the envelopes of connections the inspector looks at.
     - ``signing``: verify clients' signatures and sign what the server sends
       (``SigningOptions``; protocol.md "Extension: signatures"). None: off.
+    - ``batches``: offer the ``batch`` extension (protocol.md "Extension:
+      batches"; its bounds: ``CoreOptions.extensions["batch"]``). On by default.
     """
 
     core: CoreOptions = field(default_factory=CoreOptions)
@@ -53,6 +55,8 @@ class HubOptions:
     inspect: bool = False
     # Envelope signatures (protocol.md "Extension: signatures"); None: off.
     signing: SigningOptions | None = None
+    # Batches (protocol.md "Extension: batches", warpsocket/server/batches.py).
+    batches: bool = True
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0 or self.shutdown_timeout <= 0:

@@ -11,6 +11,7 @@ backend (``Dispatch``, ``Publish``, ``AckResult``, ``SessionOpened``,
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +35,9 @@ from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
 from warpsocket.server.metrics import HubMetrics
 
+if TYPE_CHECKING:
+    from warpsocket.server.batches import BatchReplies
+
 
 def _unrouted(*_: object) -> None:
     raise RuntimeError("ActionRunner.route was not called")
@@ -51,6 +55,9 @@ class ActionRunner:
     log = Logger()
     # Told of every envelope written (the inspector's ring buffers), when set.
     tap: Callable[[tuple[ConnId, ...], Envelope], None] | None = None
+    # The batch extension (batches.py), only while a batch is taken: gathers
+    # the replies to its connection into one frame. None: nothing to do.
+    collect: BatchReplies | None = None
 
     def __init__(self, metrics: HubMetrics) -> None:
         self.metrics = metrics
@@ -108,6 +115,8 @@ class ActionRunner:
         if connection is None or not connection.can_send:
             # Closing (our close frame or the peer's is out): nothing more may be sent.
             return
+        if self.collect is not None and self.collect.take(conn_id, envelope):
+            return
         codec = connection.codec
         payload: bytes | None
         try:
@@ -129,6 +138,8 @@ class ActionRunner:
         per recipient one dict lookup, one state check and one write."""
         if self.tap is not None:
             self.tap(conn_ids, envelope)
+        if self.collect is not None:
+            self.collect.flush()  # a batch's replies so far go first
         prepared: dict[str, object] = {}
         connections = self.connections
         sent = 0
@@ -191,6 +202,8 @@ class ActionRunner:
             return None
 
     def close(self, conn_id: ConnId, code: ErrorCode, reason: str) -> None:
+        if self.collect is not None:
+            self.collect.flush()  # a batch's replies so far go before the close frame
         connection = self.connections.get(conn_id)
         if connection is not None:
             connection.close(int(code), reason or code.wire_name)

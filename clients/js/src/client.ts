@@ -7,6 +7,7 @@
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { ErrorCode, NO_RECONNECT_CODES, ProtocolError } from "./codes.js";
 import { jsonCodec, loadMsgpack, msgpackCodec, type Codec, type MsgpackModule, type Payload } from "./codec.js";
+import { BATCH_EXTENSION, expandBatch, grantedBounds, OutgoingBatch } from "./batch.js";
 import { ClientCore, type Action, type CoreOptions, type Outgoing, type QueuePolicy } from "./core.js";
 import { parseTrace, toWire, type Envelope, type TraceContext } from "./envelope.js";
 import { DebugReporter, type DebugPending, type DebugStatus } from "./debug.js";
@@ -68,6 +69,12 @@ export interface ClientOptions {
   autoAck?: boolean;
   /** Batch window of acknowledgements, ms (default 50). */
   ackBatchMs?: number;
+  /**
+   * Batches (protocol.md "Extension: batches"): envelopes written within this
+   * many ms of the first leave in one frame. 0 (default): those of the same
+   * task, flushed in a microtask, no added delay; null: off (not asked for).
+   */
+  batchWindowMs?: number | null;
   /** Optional protocol extensions to ask for (protocol.md 4.4); `client.extensions` shows what was granted. */
   extensions?: readonly string[];
   /** Offline queue bound (default 10000) and what happens when it is full. */
@@ -230,6 +237,8 @@ export interface ClientStats {
   rttMs: number | null;
   messagesIn: number;
   messagesOut: number;
+  /** Batch frames sent (the batch extension). */
+  batchFrames: number;
   streamsLost: number;
 }
 
@@ -259,6 +268,7 @@ export class WarpSocketClient {
     rttMs: null,
     messagesIn: 0,
     messagesOut: 0,
+    batchFrames: 0,
     streamsLost: 0,
   };
   private stateValue: ClientState = "disconnected";
@@ -294,6 +304,8 @@ export class WarpSocketClient {
   private readonly authIds = new Set<string>();
   private readonly pings = new Map<string, number>();
   private readonly encoded = new WeakMap<Envelope, string | Uint8Array>();
+  /** The batch extension on a connection that agreed to it (batch.ts). */
+  private batcher: OutgoingBatch | null = null;
   private attempt = 0; // reconnects scheduled since the last welcome (the backoff's index)
   private dialsSinceOpen = 0; // for maxAttempts: exactly that many attempts
   private lastCloseCode: number | null = null;
@@ -346,6 +358,11 @@ export class WarpSocketClient {
     const keys = options.signing ?? null;
     this.secure = provider !== null || keys !== null ? new ClientCrypto(provider, keys, new ReplayGuard(options.replayWindowMs)) : null;
     if (this.secure !== null) core.extensions = askedExtensions(options.extensions ?? [], provider, keys);
+    // Batches unless turned off; signatures cover single envelopes, so not with them.
+    const asked = core.extensions ?? [];
+    if (options.batchWindowMs !== null && keys === null && !asked.includes(BATCH_EXTENSION)) {
+      core.extensions = [...asked, BATCH_EXTENSION];
+    }
     this.core = new ClientCore(core, randomId);
     if (options.codec === undefined || options.codec === "json") this.codec = jsonCodec;
     else if (options.codec === "protobuf") {
@@ -552,6 +569,7 @@ export class WarpSocketClient {
     }
     if (this.stateValue === "closed") return Promise.resolve();
     const socket = this.socket;
+    this.batcher?.flush(); // what was sent before close() leaves before the close frame
     this.shutDown("client closed");
     if (socket === null) return Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -906,6 +924,18 @@ export class WarpSocketClient {
   }
 
   private take(envelope: Envelope): void {
+    if (envelope.type === "batch") {
+      // The server's answers to one of our batches: each as if it had come alone.
+      if (!this.core.extensions.has(BATCH_EXTENSION)) return;
+      const socket = this.socket;
+      const envelopes = expandBatch(envelope, this.core.limits);
+      this.stats.messagesIn += envelopes.length - 1; // envelopes, not frames
+      for (const inner of envelopes) {
+        if (this.socket !== socket) return;
+        this.take(inner);
+      }
+      return;
+    }
     if (envelope.type === "transfer") {
       this.transfersValue?.received(envelope); // the chunks extension
       return;
@@ -938,6 +968,8 @@ export class WarpSocketClient {
     this.endProbe();
     this.pings.clear();
     this.authIds.clear();
+    this.batcher?.drop();
+    this.batcher = null;
     this.lastCloseCode = code;
     if (code === ErrorCode.GOING_AWAY) {
       const hint = retryHint(reason);
@@ -1179,18 +1211,54 @@ export class WarpSocketClient {
         .catch((error: unknown) => this.report(error));
       return;
     }
+    if (this.batcher !== null && this.batcher.add(envelope)) {
+      this.stats.messagesOut++; // leaves with its batch
+      this.debugger?.envelope("out", toWire(envelope));
+      return;
+    }
+    this.writeNow(socket, envelope);
+  }
+
+  private writeNow(socket: WebSocketLike, envelope: Envelope, count = true): void {
+    if (this.socket !== socket || socket.readyState !== 1 || this.codec === null) return;
     const payload = this.encoded.get(envelope) ?? this.codec.encode(envelope);
     try {
       socket.send(payload);
-      this.stats.messagesOut++;
+      if (count) this.stats.messagesOut++;
       this.debugger?.envelope("out", toWire(envelope));
     } catch (error) {
       this.report(error);
     }
   }
 
+  private startBatching(): void {
+    const window = this.options.batchWindowMs === undefined ? 0 : this.options.batchWindowMs;
+    const bounds = grantedBounds(this.core.extensions.get(BATCH_EXTENSION));
+    const socket = this.socket;
+    if (window === null || bounds === null || socket === null || this.codec === null || this.secure?.signed === true) {
+      return;
+    }
+    this.batcher = new OutgoingBatch(
+      window,
+      bounds,
+      this.codec,
+      (envelope) => this.writeNow(socket, envelope, false),
+      (payload) => {
+        if (this.socket !== socket || socket.readyState !== 1) return;
+        try {
+          socket.send(payload);
+          this.stats.batchFrames++;
+        } catch (error) {
+          this.report(error);
+        }
+      },
+      randomId,
+    );
+  }
+
   private welcomed(action: Extract<Action, { kind: "welcomed" }>): void {
     this.clearTimer("connectTimer");
+    this.startBatching();
     if (this.secure !== null) this.secure.limits = this.core.limits;
     const heartbeat = action.data.heartbeat as { interval?: unknown; timeout?: unknown } | undefined;
     if (typeof heartbeat?.timeout === "number" && heartbeat.timeout > 0) this.heartbeatTimeout = heartbeat.timeout;

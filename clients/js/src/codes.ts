@@ -39,6 +39,7 @@ export const ErrorCode = {
   TRANSFER_TOO_LARGE: 4623,
   TRANSFER_BUSY: 4624,
   TRANSFER_FLOW: 4625,
+  BAD_BATCH: 4640,
 } as const;
 
 export type ErrorCodeName = keyof typeof ErrorCode;

@@ -20,6 +20,7 @@ export const MESSAGE_TYPES = [
   "unsubscribe",
   "auth",
   "transfer", // the chunks extension (protocol.md "Extension: chunked transfers")
+  "batch", // the batch extension (protocol.md "Extension: batches")
 ] as const;
 
 export type MessageType = (typeof MESSAGE_TYPES)[number];
@@ -189,12 +190,18 @@ export function fromWire(raw: unknown, limits: DataLimits = DEFAULT_LIMITS): Env
   }
   const data = plain(get(wire, "data"));
   // `trace` is not in KNOWN: checkValues holds it to the data model first.
-  checkValues(wire, data, limits, ref);
+  // A batch's inner envelopes sit two levels down: depth counts from each (protocol.md 18).
+  checkValues(wire, data, kind === "batch" ? batchLimits(limits) : limits, ref);
   const trace = parseTrace(get(wire, "trace"));
   if (trace !== undefined) envelope.trace = trace;
   if (data !== null && data !== undefined) envelope.data = data;
   checkTypeRules(envelope);
   return envelope;
+}
+
+/** The data model's bounds for a `batch` frame: two levels more, the same value budget. */
+export function batchLimits(limits: DataLimits): DataLimits {
+  return { maxDepth: limits.maxDepth + 2, maxValues: limits.maxValues };
 }
 
 function get(wire: Record<string, unknown>, key: string): unknown {
@@ -264,6 +271,9 @@ function checkTypeRules(envelope: Envelope): void {
       return;
     case "unsubscribe":
       require(envelope.room !== undefined, "`unsubscribe` needs `room`");
+      return;
+    case "batch":
+      require(Array.isArray(envelope.data), "`batch` needs array `data`");
       return;
     case "transfer":
       require(isObject(envelope.data) && typeof envelope.data.op === "string", "`transfer` needs `data.op`");

@@ -54,3 +54,5 @@ export { SIGN_EXTENSION, Ed25519Key, HmacKey, SignatureError, SignatureKeys, che
 export type { SignatureKey } from "./signing.js";
 export { ReplayGuard } from "./replay.js";
 export type { CryptoFailure } from "./secure.js";
+export { BATCH_EXTENSION, OutgoingBatch, expandBatch, grantedBounds } from "./batch.js";
+export type { BatchBounds } from "./batch.js";

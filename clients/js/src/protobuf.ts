@@ -10,7 +10,7 @@ import type { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { Codec, Payload } from "./codec.js";
 import { ErrorCode, ProtocolError } from "./codes.js";
 import { DEFAULT_LIMITS, type DataLimits } from "./datamodel.js";
-import { fromWire, toWire, type Envelope } from "./envelope.js";
+import { batchLimits, fromWire, toWire, type Envelope } from "./envelope.js";
 import { UnsafeInteger } from "./json.js";
 
 export const PROTOBUF_SUBPROTOCOL = "warpsocket.v1.protobuf";
@@ -306,7 +306,7 @@ export function protobufCodec(wire: ProtobufWire): Codec {
     }
     const ident = raw.id;
     const ref = typeof ident === "string" && ident.length > 0 && ident.length <= 128 ? ident : undefined;
-    if (data !== null) raw.data = valueOf(data, limits, ref, "data", 1);
+    if (data !== null) raw.data = valueOf(data, raw.type === "batch" ? batchLimits(limits) : limits, ref, "data", 1);
     if (extra !== null) {
       const more = valueOf(extra, limits, ref, "extra", 0);
       if (typeof more !== "object" || more === null || Array.isArray(more)) {
