@@ -111,3 +111,15 @@ class OverTheWireTests(ClientTestCase):
             yield client.connect()
             self.assertEqual(client.extensions, expected)
             yield client.close()
+
+
+class CoreAloneTests(unittest.SynchronousTestCase):
+    def test_a_batch_reaching_the_core_is_an_unknown_type(self) -> None:
+        """Batches are taken apart before the core (server/batches.py); the
+        core alone answers one as it answers any type it was not given."""
+        server = make_server()
+        server.open(1, T0)
+        server.receive(1, hello_with(None), T0)
+        batch = Envelope(type=MessageType.BATCH, id="b1", timestamp=T0, data=[])
+        error = only_sent(server.receive(1, batch, T0))
+        self.assertEqual((error.code, error.ref), (4002, "b1"))

@@ -123,6 +123,19 @@ class RawSignedTests(unittest.TestCase):
         for message in events:
             self.assertEqual(self.keys.verify(message), "server")
 
+    async def test_a_signature_covers_the_trace_as_sent(self) -> None:
+        """An invalid ``trace`` (ignored, protocol.md 14) or one with extra keys
+        is still part of what was signed: the envelope verifies as received."""
+        self.start()
+        client, _ = await self.client()
+        valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        for trace in (
+            {"traceparent": "not a traceparent"},
+            {"traceparent": valid, "tracestate": "\u00e9 not ascii", "more": 1},
+            "just a string",
+        ):
+            await self.acked(client, self.signed(self.event(data=1, trace=trace)))
+
     async def test_each_failure_has_its_code_and_costs_only_itself(self) -> None:
         self.start()
         client, _ = await self.client()

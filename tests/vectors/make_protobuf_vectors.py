@@ -52,6 +52,18 @@ ENVELOPES = {
         "ref": "m-2",
         "code": 4001,
     },
+    "event_with_trace": {
+        "type": "event",
+        "id": "m-2",
+        "timestamp": 1764300000004,
+        "data": "hi",
+        "event": "note",
+        "room": "chat",
+        "trace": {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "vendor=value",
+        },
+    },
     "call_min_int": {
         "type": "call",
         "id": "c-1",

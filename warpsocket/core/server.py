@@ -459,6 +459,11 @@ class ServerCore:
                     ),
                 )
             ]
+        if kind is MessageType.BATCH:
+            # Taken apart before the core where negotiated (server/batches.py);
+            # here, as unknown as any other extension type (protocol.md 4.4).
+            error = self._error(now_ms, ErrorCode.UNKNOWN_TYPE, "unknown type 'batch'", envelope.id)
+            return [Send(conn_id, error)]
         reason = "second hello" if kind is MessageType.HELLO else f"{kind.value} is server-only"
         return [Send(conn_id, self._error(now_ms, ErrorCode.BAD_STATE, reason, envelope.id))]
 

@@ -279,7 +279,12 @@ class Envelope:
         if trace is not None:
             # Held to the data model like any field, then ignored if invalid.
             extra_checked: Mapping[str, Any] = {**extra, "trace": trace}
-            values["trace"] = parse_trace(trace)
+            parsed = parse_trace(trace)
+            values["trace"] = parsed
+            if parsed is None or parsed.to_wire() != trace:
+                # Kept as received too (never sent on): a signature covers
+                # the envelope as its sender wrote it (protocol.md 16).
+                extra = extra_checked
         else:
             extra_checked = extra
         if not values_checked:
