@@ -1,5 +1,5 @@
 """The ``warpsocket`` command: one-shot ``send``, ``call`` and ``listen``, and
-``serve`` (``twistd -n warpsocket``) (docs/cli.md).
+``serve`` (``twistd -n warpsocket``, command_serve.py) (docs/cli.md).
 
 Built on ``BlockingClient``: the reactor runs in a daemon thread and this
 module's code in the main thread, so a script gets an exit code that says
@@ -19,6 +19,7 @@ from warpsocket import command_bench, command_connect
 from warpsocket.client.blocking import BlockingClient
 from warpsocket.client.client import ClientClosedError, ConnectTimeoutError, DeliveryError, Message
 from warpsocket.client.options import ClientOptions
+from warpsocket.command_serve import serve
 from warpsocket.core.client import Status
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from warpsocket.protocol.codes import ErrorCode
@@ -143,29 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = run(args, sys.stdout, sys.stderr)
     sys.stdout.flush()
     return code
-
-
-def serve(options: Sequence[str]) -> int:
-    """``twistd --nodaemon --pidfile= warpsocket OPTIONS``: in the foreground,
-    without a pid file; twistd exits itself on a usage error."""
-    from twisted.python import usage
-    from twisted.scripts.twistd import run as twistd
-
-    from warpsocket.server.cli import Options
-
-    class Syntax(Options):
-        def postOptions(self) -> None:
-            pass  # names and values only: twistd runs the full check
-
-    try:
-        # Twisted before 26.10 exits 0 on an unknown plugin option: say no here.
-        Syntax().parseOptions(list(options))  # type: ignore[no-untyped-call]
-    except usage.UsageError as error:
-        print(f"warpsocket serve: {error}", file=sys.stderr)
-        return 1
-    sys.argv = ["warpsocket serve", "--nodaemon", "--pidfile=", "warpsocket", *options]
-    twistd()
-    return OK
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

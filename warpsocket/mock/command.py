@@ -61,7 +61,7 @@ def main(arguments: Sequence[str]) -> int:
         options += ["--endpoint", DEFAULT_ENDPOINT]
     if not any(o == "--allow-origin" or o.startswith("--allow-origin=") for o in options):
         options += ["--allow-origin", "*"]
-    from warpsocket.command import serve
+    from warpsocket.command_serve import serve
 
     return serve([*options, "--mock", scenario])
 

@@ -12,17 +12,43 @@ with 4xx and a message naming the field, and changes nothing.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from warpsocket.mock.scenario import ScenarioError, emit_action, fault_action
-
-if TYPE_CHECKING:
-    from warpsocket.mock.server import MockService
+from warpsocket.mock.engine import Values
+from warpsocket.mock.scenario import (
+    EventAction,
+    FaultAction,
+    Scenario,
+    ScenarioError,
+    emit_action,
+    fault_action,
+)
+from warpsocket.server.hub import Hub
 
 MAX_BODY = 64 * 1024
+
+
+class Controlled(Protocol):
+    """What the endpoint drives: server.py's ``MockService``, which mounts it."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def scenario(self) -> Scenario: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def fault(self, action: FaultAction, session: str | None) -> int: ...
+
+    def emit(self, action: EventAction, values: Values, session: str | None) -> object: ...
 
 
 class ControlError(Exception):
@@ -35,7 +61,7 @@ class ControlError(Exception):
 class ControlResource(Resource):
     isLeaf = True
 
-    def __init__(self, service: MockService) -> None:
+    def __init__(self, service: Controlled) -> None:
         super().__init__()
         self.service = service
 
@@ -153,7 +179,7 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
-def mount_control(site: Site, service: MockService) -> None:
+def mount_control(site: Site, service: Controlled) -> None:
     """Serve ``/mock/`` on ``site``; bodies bounded as they arrive."""
     from twisted.web.server import Request as PlainRequest
 

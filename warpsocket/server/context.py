@@ -4,14 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from warpsocket.protocol.envelope import Envelope
 
-if TYPE_CHECKING:
-    from warpsocket.server.hub import Hub
+
+class ContextHub(Protocol):
+    """The hub as a ``Context`` reaches it (hub.py's ``Hub`` is one): declared
+    here so that this module, which nearly every part imports, stays below
+    hub.py. ``publish`` is here for handlers (``ctx.hub.publish``)."""
+
+    def send(
+        self,
+        session: str,
+        event: str,
+        data: Any = None,
+        *,
+        ack: bool = False,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> Deferred[None]: ...
+
+    def publish(
+        self, room: str, event: str, data: Any = None, *, ttl: float | None = None
+    ) -> Deferred[Envelope]: ...
+
+    def join(self, session: str, room: str) -> Deferred[None]: ...
+
+    def leave(self, session: str, room: str) -> None: ...
 
 
 @dataclass
@@ -26,7 +48,7 @@ class Context:
     on this client's session.
     """
 
-    hub: Hub
+    hub: ContextHub
     session: str
     user: str | None
     claims: Mapping[str, Any]

@@ -23,7 +23,7 @@ from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.datamodel import DataModelError, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
-from warpsocket.server.context import Context
+from warpsocket.server.context import Context, ContextHub
 from warpsocket.server.metrics import HandlerSeries, HubMetrics
 from warpsocket.server.middleware import Reject
 
@@ -52,7 +52,7 @@ class Dispatcher:
         send: Callable[[ConnId, Envelope], None],
         now_ms: Callable[[], int],
         connection: Callable[[ConnId], Connection | None],
-        hub: Any,
+        hub: ContextHub,
     ) -> None:
         self.core = core
         self.metrics = metrics
@@ -60,8 +60,8 @@ class Dispatcher:
         self._send = send
         self._now_ms = now_ms
         self._connection = connection
-        # The facade handed to handlers as ``ctx.hub`` (typed loosely: this
-        # module sits below hub.py and does not import it).
+        # The facade handed to handlers as ``ctx.hub`` (this module sits below
+        # hub.py and does not import it).
         self._hub = hub
         self.handlers: dict[str, Handler] = {}
         self.on_open_hooks: list[OpenHook] = []

@@ -11,7 +11,7 @@ backend (``Dispatch``, ``Publish``, ``AckResult``, ``SessionOpened``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,8 +35,13 @@ from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.connection import Connection
 from warpsocket.server.metrics import HubMetrics
 
-if TYPE_CHECKING:
-    from warpsocket.server.batches import BatchReplies
+
+class Collector(Protocol):
+    """Gathers replies instead of writing them (batches.py's ``BatchReplies``)."""
+
+    def take(self, conn_id: ConnId, envelope: Envelope) -> bool: ...
+
+    def flush(self) -> None: ...
 
 
 def _unrouted(*_: object) -> None:
@@ -57,7 +62,7 @@ class ActionRunner:
     tap: Callable[[tuple[ConnId, ...], Envelope], None] | None = None
     # The batch extension (batches.py), only while a batch is taken: gathers
     # the replies to its connection into one frame. None: nothing to do.
-    collect: BatchReplies | None = None
+    collect: Collector | None = None
 
     def __init__(self, metrics: HubMetrics) -> None:
         self.metrics = metrics
