@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from warpsocket.protocol.envelope import Envelope
+from warpsocket.server.session_info import SessionInfo
 
 
 class ContextHub(Protocol):
     """The hub as a ``Context`` reaches it (hub.py's ``Hub`` is one): declared
     here so that this module, which nearly every part imports, stays below
-    hub.py. ``publish`` is here for handlers (``ctx.hub.publish``)."""
+    hub.py. It names the hub's public sending and lookup API, which handlers
+    reach as ``ctx.hub``."""
 
     def send(
         self,
@@ -34,6 +36,30 @@ class ContextHub(Protocol):
     def join(self, session: str, room: str) -> Deferred[None]: ...
 
     def leave(self, session: str, room: str) -> None: ...
+
+    # The rest of the hub's sending and lookup API, so that typed handlers
+    # may call it through ``ctx.hub`` as before.
+    def send_user(
+        self, user: str, event: str, data: Any = None, *, ttl: float | None = None
+    ) -> Deferred[int]: ...
+
+    def send_group(
+        self, sessions: Iterable[str], event: str, data: Any = None, *, ttl: float | None = None
+    ) -> Deferred[None]: ...
+
+    def broadcast(
+        self, event: str, data: Any = None, *, ttl: float | None = None
+    ) -> Deferred[Envelope]: ...
+
+    def room_members(self, room: str) -> set[str]: ...
+
+    def presence(self, room: str) -> Deferred[set[str]]: ...
+
+    def sessions_of_user(self, user: str) -> set[str]: ...
+
+    def session_info(self, session: str) -> SessionInfo | None: ...
+
+    def is_connected(self, session: str) -> bool: ...
 
 
 @dataclass
