@@ -24,7 +24,7 @@ from twisted.trial import unittest
 
 from warpsocket.core.dedup import DedupLimits, DedupRecord, DedupWindow
 from warpsocket.protocol import envelope as envelope_module
-from warpsocket.protocol.codecs import JsonCodec, _no_scanner
+from warpsocket.protocol.codecs import JsonCodec, _no_scanner, packed_result
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
 from warpsocket.protocol.datamodel import DataLimits, DataModelError, _scan, check_value, valid_text
@@ -251,6 +251,64 @@ class DataModelTests(unittest.TestCase):
         if strings_checked and type(value) is str and not valid_text(value):
             return  # (a decoder's promise the generator broke)
         self.assertEqual(found, walked)
+
+
+results = st.one_of(
+    values,
+    st.lists(values, max_size=4),
+    st.dictionaries(st.text(max_size=3), st.lists(scalars, max_size=4), max_size=3),
+    st.lists(st.lists(st.integers(-(2**54), 2**54), max_size=3), max_size=3),
+    st.sampled_from([{"a": "{"}, ["}", "{"], [[[[[1]]]]], {"k": [2**53 - 1, -(2**53 - 1)]}]),
+)
+
+
+class PackedResultTests(unittest.TestCase):
+    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(results, st.integers(min_value=2, max_value=8), st.integers(min_value=1, max_value=64))
+    def test_packed_only_what_check_value_accepts_as_compact_encodes_it(
+        self, value: Any, depth: int, count: int
+    ) -> None:
+        limits = DataLimits(max_depth=depth, max_values=count)
+        packed = packed_result(value, limits)
+        try:
+            check_value(value, limits)
+            inside = True
+        except DataModelError:
+            inside = False
+        if packed is None:
+            return  # check_value decides (the caller's fallback)
+        self.assertTrue(inside, value)
+        self.assertEqual(packed.json, compact(value).encode("utf-8"))
+
+    def test_the_plain_shapes_are_packed(self) -> None:
+        limits = DataLimits()
+        for value in ({"seq": 1, "pad": "x" * 90}, [1, "a", None, 2.5], {"l": [1, [2]]}, [], {}):
+            self.assertIsNotNone(packed_result(value, limits), value)
+        for value in ({1: "a"}, {"a": {"b": 1}}, [float("nan")], ["\ud800"], [2**53], "s", 3):
+            self.assertIsNone(packed_result(value, limits), value)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(results, min_size=1, max_size=4))
+    def test_a_packed_answer_is_the_checked_one(self, returned: list[Any]) -> None:
+        """Results, their retries' replays and refusals, with and without packing."""
+        from warpsocket.server import dispatcher
+
+        seen = []
+        for patch in (False, True):
+            harness = HubHarness()
+            queue = list(returned)
+            harness.hub.on("give", lambda ctx, data, queue=queue: queue.pop(0))
+            client = harness.connect()
+            sent = []
+            packer = (lambda value, limits: None) if patch else packed_result
+            with mock.patch.object(dispatcher, "packed_result", packer):
+                for index in range(len(returned)):
+                    call = {"type": "call", "id": f"c{index}", "timestamp": 0, "event": "give"}
+                    payload = json.dumps(call).encode()
+                    sent += client.feed_payload(payload) + client.feed_payload(payload)
+            seen.append([(e.type, e.ref, e.code, json.dumps(e.data, default=repr)) for e in sent])
+        self.assertEqual(seen[0], seen[1])
+        self.flushLoggedErrors(DataModelError)
 
 
 class ReferenceWindow:
