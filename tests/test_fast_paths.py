@@ -502,3 +502,55 @@ class HotPathTests(unittest.TestCase):
             )
             self.assertEqual((reply.type, reply.code), (MessageType.ERROR, 4300))
         self.flushLoggedErrors()
+
+
+class GuardDeclarationTests(unittest.TestCase):
+    def test_a_guard_declares_what_it_always_declared(self) -> None:
+        """Made once per transport declaration: the same interfaces as made
+        per connection (the transport's, less the TLS ones, plus TCP)."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+        from twisted.web.resource import Resource
+        from zope.interface import directlyProvides, implementer, providedBy
+
+        from warpsocket.server.hub import Hub
+        from warpsocket.server.protocol import WarpSocketServerFactory
+        from warpsocket.server.web import GuardedSite
+
+        @implementer(ITCPTransport)
+        class TCPish(StringTransport):
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                pass
+
+        def tls() -> StringTransport:
+            transport = TCPish()
+            directlyProvides(transport, ISSLTransport)
+            return transport
+
+        from warpsocket.server.security import gate
+
+        clock = Clock()
+        hub = Hub(reactor=clock, clock=clock)
+        factory = WarpSocketServerFactory(hub, "ws://127.0.0.1:1")
+        site = GuardedSite(Resource(), factory.gate, reactor=clock)
+        addr = IPv4Address("TCP", "127.0.0.1", 1)
+        gate._DECLARED.clear()
+        for make in (StringTransport, TCPish, tls):
+            declared = []
+            for _ in range(2):  # the first made, the second from the cache
+                transport = make()
+                guard = site.buildProtocol(addr)
+                guard.makeConnection(transport)
+                declared.append(list(providedBy(guard)))
+                self.assertFalse(ISSLTransport.providedBy(guard))
+                self.assertEqual(
+                    ITCPTransport.providedBy(guard), ITCPTransport.providedBy(transport)
+                )
+                for interface in providedBy(transport):
+                    if not interface.isOrExtends(ISSLTransport):
+                        self.assertTrue(interface.providedBy(guard))
+                guard.connectionLost()
+            self.assertEqual(declared[0], declared[1])
+        self.assertEqual(len(gate._DECLARED), 3)

@@ -288,10 +288,22 @@ class GuardProtocol(ProtocolWrapper):
         # copied: Autobahn takes any ISSLTransport for a TLSMemoryBIOProtocol
         # (to read the channel id) and would fail the upgrade. Nothing above
         # the guard needs it (the WebSocket factory knows it is wss://).
-        provided = [i for i in providedBy(transport) if not i.isOrExtends(ISSLTransport)]
-        if ITCPTransport.providedBy(transport):
-            provided.append(ITCPTransport)
-        directlyProvides(self, *provided)
+        # What ``directlyProvides`` would declare depends only on what the
+        # transport provides (its class's declaration, nearly always): made
+        # once per declaration, not per connection (it walks every interface).
+        spec = providedBy(transport)
+        key = (type(self), spec)
+        declared = _DECLARED.get(key)
+        me: Any = self
+        if declared is None:
+            provided = [i for i in spec if not i.isOrExtends(ISSLTransport)]
+            if ITCPTransport.providedBy(transport):
+                provided.append(ITCPTransport)
+            directlyProvides(self, *provided)
+            if len(_DECLARED) < _MAX_DECLARED:
+                _DECLARED[key] = me.__provides__
+        else:
+            me.__provides__ = declared  # what ``directlyProvides`` sets
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(cast(ITransport, self))
@@ -392,6 +404,12 @@ class GuardProtocol(ProtocolWrapper):
             self.gate.release_address(self.address_key)
             self.address_key = None
         super().connectionLost(reason)
+
+
+# (guard class, transport's declaration) -> the guard's declaration; bounded
+# (transports with declarations of their own each would add one).
+_DECLARED: dict[tuple[type, Any], Any] = {}
+_MAX_DECLARED = 64
 
 
 def find_guard(transport: ITransport | None) -> GuardProtocol | None:
