@@ -554,3 +554,67 @@ class GuardDeclarationTests(unittest.TestCase):
                 guard.connectionLost()
             self.assertEqual(declared[0], declared[1])
         self.assertEqual(len(gate._DECLARED), 3)
+
+
+class FakeGuard:
+    """What ``UpgradeDeadlines`` needs of a guard: ``_timed_out`` and ``_deadline``."""
+
+    def __init__(self, name: int, fired: list[tuple[int, float]], clock: Any) -> None:
+        self.name = name
+        self.fired = fired
+        self.clock = clock
+        self._deadline: Any = None
+
+    def _timed_out(self) -> None:
+        self.fired.append((self.name, self.clock.seconds()))
+
+
+upgrade_script = st.lists(
+    st.one_of(
+        st.tuples(st.just("connect"), st.sampled_from([2.0, 2.0, 2.0, 0.5, 10.0])),
+        st.tuples(st.just("upgrade"), st.integers(0, 30)),
+        st.tuples(st.just("advance"), st.floats(0.0, 3.0)),
+    ),
+    max_size=40,
+)
+
+
+class UpgradeDeadlineTests(unittest.TestCase):
+    @settings(max_examples=400, deadline=None)
+    @given(upgrade_script)
+    def test_one_timer_fires_each_deadline_as_its_own_call_later(self, script: list[Any]) -> None:
+        from twisted.internet.task import Clock
+
+        from warpsocket.server.security.gate import UpgradeDeadlines
+
+        outcomes = []
+        for wheel in (False, True):
+            clock = Clock()
+            fired: list[tuple[int, float]] = []
+            deadlines = UpgradeDeadlines(clock)
+            guards: list[FakeGuard] = []
+            calls: dict[int, Any] = {}
+            for step, value in script:
+                if step == "connect":
+                    guard = FakeGuard(len(guards), fired, clock)
+                    guards.append(guard)
+                    if wheel:
+                        deadlines.arm(guard, value)  # type: ignore[arg-type]
+                    else:
+                        calls[guard.name] = clock.callLater(value, guard._timed_out)
+                elif step == "upgrade" and value < len(guards):
+                    guard = guards[value]
+                    if wheel:
+                        deadlines.disarm(guard)  # type: ignore[arg-type]
+                        if guard._deadline is not None and guard._deadline.active():
+                            guard._deadline.cancel()
+                    elif calls[value].active():
+                        calls[value].cancel()
+                elif step == "advance":
+                    clock.advance(value)
+            clock.advance(20)
+            outcomes.append(sorted(fired))
+            if wheel:
+                self.assertEqual(len(deadlines), 0)
+                self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(outcomes[0], outcomes[1])
