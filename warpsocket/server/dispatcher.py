@@ -220,11 +220,15 @@ class Dispatcher:
     # ------------------------------------------------------------ hooks
 
     def opened(self, session: str, connection: Connection, resumed: bool) -> None:
+        if not self.on_open_hooks:
+            return  # (no context to build per connection for nobody)
         ctx = self.context(session, connection)
         for hook in self.on_open_hooks:
             self._call_hook(ctx, hook, ctx, resumed)
 
     def closed(self, session: str, connection: Connection, code: int | None) -> None:
+        if not self.on_close_hooks:
+            return
         ctx = self.context(session, connection)
         for hook in self.on_close_hooks:
             self._call_hook(ctx, hook, ctx, code)
