@@ -24,7 +24,7 @@ from twisted.trial import unittest
 
 from warpsocket.core.dedup import DedupLimits, DedupRecord, DedupWindow
 from warpsocket.protocol import envelope as envelope_module
-from warpsocket.protocol.codecs import JsonCodec, _no_scanner
+from warpsocket.protocol.codecs import JsonCodec, _no_scanner, packed_result
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
 from warpsocket.protocol.datamodel import DataLimits, DataModelError, _scan, check_value, valid_text
@@ -253,6 +253,64 @@ class DataModelTests(unittest.TestCase):
         self.assertEqual(found, walked)
 
 
+results = st.one_of(
+    values,
+    st.lists(values, max_size=4),
+    st.dictionaries(st.text(max_size=3), st.lists(scalars, max_size=4), max_size=3),
+    st.lists(st.lists(st.integers(-(2**54), 2**54), max_size=3), max_size=3),
+    st.sampled_from([{"a": "{"}, ["}", "{"], [[[[[1]]]]], {"k": [2**53 - 1, -(2**53 - 1)]}]),
+)
+
+
+class PackedResultTests(unittest.TestCase):
+    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(results, st.integers(min_value=2, max_value=8), st.integers(min_value=1, max_value=64))
+    def test_packed_only_what_check_value_accepts_as_compact_encodes_it(
+        self, value: Any, depth: int, count: int
+    ) -> None:
+        limits = DataLimits(max_depth=depth, max_values=count)
+        packed = packed_result(value, limits)
+        try:
+            check_value(value, limits)
+            inside = True
+        except DataModelError:
+            inside = False
+        if packed is None:
+            return  # check_value decides (the caller's fallback)
+        self.assertTrue(inside, value)
+        self.assertEqual(packed.json, compact(value).encode("utf-8"))
+
+    def test_the_plain_shapes_are_packed(self) -> None:
+        limits = DataLimits()
+        for value in ({"seq": 1, "pad": "x" * 90}, [1, "a", None, 2.5], {"l": [1, [2]]}, [], {}):
+            self.assertIsNotNone(packed_result(value, limits), value)
+        for value in ({1: "a"}, {"a": {"b": 1}}, [float("nan")], ["\ud800"], [2**53], "s", 3):
+            self.assertIsNone(packed_result(value, limits), value)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(results, min_size=1, max_size=4))
+    def test_a_packed_answer_is_the_checked_one(self, returned: list[Any]) -> None:
+        """Results, their retries' replays and refusals, with and without packing."""
+        from warpsocket.server import dispatcher
+
+        seen = []
+        for patch in (False, True):
+            harness = HubHarness()
+            queue = list(returned)
+            harness.hub.on("give", lambda ctx, data, queue=queue: queue.pop(0))
+            client = harness.connect()
+            sent = []
+            packer = (lambda value, limits: None) if patch else packed_result
+            with mock.patch.object(dispatcher, "packed_result", packer):
+                for index in range(len(returned)):
+                    call = {"type": "call", "id": f"c{index}", "timestamp": 0, "event": "give"}
+                    payload = json.dumps(call).encode()
+                    sent += client.feed_payload(payload) + client.feed_payload(payload)
+            seen.append([(e.type, e.ref, e.code, json.dumps(e.data, default=repr)) for e in sent])
+        self.assertEqual(seen[0], seen[1])
+        self.flushLoggedErrors(DataModelError)
+
+
 class ReferenceWindow:
     """The dedup window's trim as it was: look at the first record every time."""
 
@@ -444,3 +502,119 @@ class HotPathTests(unittest.TestCase):
             )
             self.assertEqual((reply.type, reply.code), (MessageType.ERROR, 4300))
         self.flushLoggedErrors()
+
+
+class GuardDeclarationTests(unittest.TestCase):
+    def test_a_guard_declares_what_it_always_declared(self) -> None:
+        """Made once per transport declaration: the same interfaces as made
+        per connection (the transport's, less the TLS ones, plus TCP)."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+        from twisted.web.resource import Resource
+        from zope.interface import directlyProvides, implementer, providedBy
+
+        from warpsocket.server.hub import Hub
+        from warpsocket.server.protocol import WarpSocketServerFactory
+        from warpsocket.server.web import GuardedSite
+
+        @implementer(ITCPTransport)
+        class TCPish(StringTransport):
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                pass
+
+        def tls() -> StringTransport:
+            transport = TCPish()
+            directlyProvides(transport, ISSLTransport)
+            return transport
+
+        from warpsocket.server.security import gate
+
+        clock = Clock()
+        hub = Hub(reactor=clock, clock=clock)
+        factory = WarpSocketServerFactory(hub, "ws://127.0.0.1:1")
+        site = GuardedSite(Resource(), factory.gate, reactor=clock)
+        addr = IPv4Address("TCP", "127.0.0.1", 1)
+        gate._DECLARED.clear()
+        for make in (StringTransport, TCPish, tls):
+            declared = []
+            for _ in range(2):  # the first made, the second from the cache
+                transport = make()
+                guard = site.buildProtocol(addr)
+                guard.makeConnection(transport)
+                declared.append(list(providedBy(guard)))
+                self.assertFalse(ISSLTransport.providedBy(guard))
+                self.assertEqual(
+                    ITCPTransport.providedBy(guard), ITCPTransport.providedBy(transport)
+                )
+                for interface in providedBy(transport):
+                    if not interface.isOrExtends(ISSLTransport):
+                        self.assertTrue(interface.providedBy(guard))
+                guard.connectionLost()
+            self.assertEqual(declared[0], declared[1])
+        self.assertEqual(len(gate._DECLARED), 3)
+
+
+class FakeGuard:
+    """What ``UpgradeDeadlines`` needs of a guard: ``_timed_out`` and ``_deadline``."""
+
+    def __init__(self, name: int, fired: list[tuple[int, float]], clock: Any) -> None:
+        self.name = name
+        self.fired = fired
+        self.clock = clock
+        self._deadline: Any = None
+
+    def _timed_out(self) -> None:
+        self.fired.append((self.name, self.clock.seconds()))
+
+
+upgrade_script = st.lists(
+    st.one_of(
+        st.tuples(st.just("connect"), st.sampled_from([2.0, 2.0, 2.0, 0.5, 10.0])),
+        st.tuples(st.just("upgrade"), st.integers(0, 30)),
+        st.tuples(st.just("advance"), st.floats(0.0, 3.0)),
+    ),
+    max_size=40,
+)
+
+
+class UpgradeDeadlineTests(unittest.TestCase):
+    @settings(max_examples=400, deadline=None)
+    @given(upgrade_script)
+    def test_one_timer_fires_each_deadline_as_its_own_call_later(self, script: list[Any]) -> None:
+        from twisted.internet.task import Clock
+
+        from warpsocket.server.security.gate import UpgradeDeadlines
+
+        outcomes = []
+        for wheel in (False, True):
+            clock = Clock()
+            fired: list[tuple[int, float]] = []
+            deadlines = UpgradeDeadlines(clock)
+            guards: list[FakeGuard] = []
+            calls: dict[int, Any] = {}
+            for step, value in script:
+                if step == "connect":
+                    guard = FakeGuard(len(guards), fired, clock)
+                    guards.append(guard)
+                    if wheel:
+                        deadlines.arm(guard, value)  # type: ignore[arg-type]
+                    else:
+                        calls[guard.name] = clock.callLater(value, guard._timed_out)
+                elif step == "upgrade" and value < len(guards):
+                    guard = guards[value]
+                    if wheel:
+                        deadlines.disarm(guard)  # type: ignore[arg-type]
+                        if guard._deadline is not None and guard._deadline.active():
+                            guard._deadline.cancel()
+                    elif calls[value].active():
+                        calls[value].cancel()
+                elif step == "advance":
+                    clock.advance(value)
+            clock.advance(20)
+            outcomes.append(sorted(fired))
+            if wheel:
+                self.assertEqual(len(deadlines), 0)
+                self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(outcomes[0], outcomes[1])

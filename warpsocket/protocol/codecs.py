@@ -90,6 +90,15 @@ class JsonCodec:
                     _json_string(envelope.ref),
                 )
                 return text.encode("utf-8")
+            # A result encoded once when it was checked (``packed_result``):
+            # the splice below, byte for byte, without the mapping.
+            return _REPLY_WITH_PACKED % (
+                _TYPE_BYTES[envelope.type],
+                _json_string(envelope.id).encode("utf-8"),
+                envelope.timestamp,
+                _json_string(envelope.ref).encode("utf-8"),
+                data.json,
+            )
         if type(data) is CompactData:
             # A stored payload is JSON already: splice it in, unchanged.
             head = compact(envelope.to_wire(with_data=False)).encode("utf-8")
@@ -172,10 +181,50 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # and with data too (to_wire's order: data before ref).
 _REPLY_ONLY = '{"type":"%s","id":%s,"timestamp":%d,"ref":%s}'
 _REPLY_WITH_DATA = '{"type":"%s","id":%s,"timestamp":%d,"data":%s,"ref":%s}'
+_REPLY_WITH_PACKED = b'{"type":"%s","id":%s,"timestamp":%d,"ref":%s,"data":%s}'
 # json's own string encoder (ensure_ascii=False), as JsonCodec's encoder uses.
 _json_string = json.encoder.encode_basestring
 # The wire name of each type (``MessageType.value`` is a slower property).
 _TYPE_NAMES = {kind: kind.value for kind in MessageType}
+_TYPE_BYTES = {kind: kind.value.encode("ascii") for kind in MessageType}
+_ONLY_STR = frozenset({str})
+
+
+def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
+    """A handler's result checked against the data model and encoded in one go.
+
+    For the plain shapes most results have (an object whose members hold no
+    further object, or an array holding none) the compact JSON text shows
+    what the walk of ``check_value`` would: the encoder refuses NaN and
+    infinities, UTF-8 refuses lone surrogates, and the text bounds the depth
+    (its brackets), the value count (its length) and the integers (no 16
+    digits in a row). What it cannot show is the type of an object's keys
+    (the encoder turns ``{1: "a"}`` into ``{"1":"a"}``): those of the one
+    object allowed are checked here. None: not such a shape, or not
+    plainly inside; the caller checks with ``check_value`` instead (which
+    also names what is wrong).
+    """
+    kind = type(value)
+    if kind is dict:
+        if not _ONLY_STR.issuperset(map(type, value)):
+            return None
+        objects = 1
+    elif kind is list:
+        objects = 0
+    else:
+        return None
+    try:
+        payload = compact(value).encode("utf-8")
+    except Exception:  # NaN, a lone surrogate, an object JSON cannot hold ...
+        return None
+    if (
+        payload.count(b"{") != objects  # (a brace inside a string: only a false alarm)
+        or len(payload) >= limits.max_values
+        or len(payload.translate(None, _NOT_BRACKETS)) >= limits.max_depth - 2
+        or b"1111111111111111" in payload.translate(_NUMBER_SHAPE, b"+-")
+    ):
+        return None
+    return CompactData(payload)
 
 
 def _is_reply(envelope: Envelope) -> bool:

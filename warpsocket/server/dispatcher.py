@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from warpsocket._deferreds import invoke
 from warpsocket.core.server import ConnId, Dispatch, QueueFullError, ServerCore, Session
+from warpsocket.protocol.codecs import JsonCodec, packed_result
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.datamodel import DataModelError, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
@@ -151,8 +152,19 @@ class Dispatcher:
             and value is not True
             and value is not False
         ):
+            # Checked and encoded in one pass where the text can tell (a JSON
+            # connection): the answer and its dedup record hold the bytes.
+            connection = self._connection(dispatch.conn)
+            packed = (
+                packed_result(value, self._data_limits)
+                if connection is not None and type(connection.codec) is JsonCodec
+                else None
+            )
             try:
-                check_value(value, self._data_limits)
+                if packed is None:
+                    check_value(value, self._data_limits)
+                else:
+                    value = packed
             except DataModelError:
                 # Unencodable results would be recorded for dedup and then
                 # fail to encode on every answer: answer 4300 instead.
@@ -208,11 +220,15 @@ class Dispatcher:
     # ------------------------------------------------------------ hooks
 
     def opened(self, session: str, connection: Connection, resumed: bool) -> None:
+        if not self.on_open_hooks:
+            return  # (no context to build per connection for nobody)
         ctx = self.context(session, connection)
         for hook in self.on_open_hooks:
             self._call_hook(ctx, hook, ctx, resumed)
 
     def closed(self, session: str, connection: Connection, code: int | None) -> None:
+        if not self.on_close_hooks:
+            return
         ctx = self.context(session, connection)
         for hook in self.on_close_hooks:
             self._call_hook(ctx, hook, ctx, code)

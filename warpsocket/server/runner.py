@@ -11,7 +11,7 @@ backend (``Dispatch``, ``Publish``, ``AckResult``, ``SessionOpened``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -72,6 +72,8 @@ class ActionRunner:
         self._ack_result: Callable[[AckResult], None] = _unrouted
         self._opened: Callable[[SessionOpened, Connection], None] = _unrouted
         self._expired: Callable[[str], None] = _unrouted
+        # metrics.resumes' two children, by ``SessionOpened.resumed``.
+        self._resumes: dict[bool, Any] = {}
 
     def route(
         self,
@@ -110,7 +112,12 @@ class ActionRunner:
                 self._expired(action.session)
 
     def _session_opened(self, opened: SessionOpened) -> None:
-        self.metrics.resumes.labels("resumed" if opened.resumed else "new").inc()
+        # The two series, looked up once (``labels`` takes a lock and a tuple per call).
+        series = self._resumes.get(opened.resumed)
+        if series is None:
+            label = "resumed" if opened.resumed else "new"
+            series = self._resumes[opened.resumed] = self.metrics.resumes.labels(label)
+        series.inc()
         connection = self.connections.get(opened.conn)
         if connection is not None:
             self._opened(opened, connection)

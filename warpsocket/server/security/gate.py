@@ -16,6 +16,7 @@ so it also sees the end of every WebSocket connection.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -103,6 +104,8 @@ class Gate:
         self.per_address: dict[str, int] = {}
         # The open connections, for the token refresh (the ``auth`` envelope).
         self.protocols: dict[ConnId, TokenHolder] = {}
+        # Every guarded connection's upgrade deadline, on one timer.
+        self.upgrade_deadlines = UpgradeDeadlines(self.clock)
 
     def now(self) -> float:
         return float(self.clock.seconds())
@@ -269,6 +272,64 @@ async def _await(awaitable: Awaitable[Identity]) -> Identity:
     return await awaitable
 
 
+class UpgradeDeadlines:
+    """The upgrade deadlines of the guarded connections, on one timer.
+
+    A ``callLater`` per connection, armed when it connects and cancelled when
+    it upgrades, cost each connection a ``DelayedCall`` and the reactor's
+    heap churn (cancelled calls stay in the heap). Every deadline is the same
+    ``upgrade_timeout`` after its connection, so they fall due in the order
+    they were armed: one timer, set for the earliest, serves them all, each
+    at its own time. One armed earlier than the last (a shorter timeout)
+    gets a ``callLater`` of its own.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._due: dict[GuardProtocol, float] = {}
+        self._last = -math.inf
+        self._call: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def arm(self, guard: GuardProtocol, timeout: float) -> None:
+        due = self._clock.seconds() + timeout
+        if due < self._last:
+            guard._deadline = self._clock.callLater(timeout, guard._timed_out)
+            return
+        self._last = due
+        self._due[guard] = due
+        if self._call is None:
+            self._call = self._clock.callLater(timeout, self._fire)
+
+    def disarm(self, guard: GuardProtocol) -> None:
+        due = self._due
+        due.pop(guard, None)
+        # While others wait the timer stays: when it fires it finds the next.
+        if not due and self._call is not None:
+            call, self._call = self._call, None
+            call.cancel()
+
+    def _fire(self) -> None:
+        self._call = None
+        due = self._due
+        # (A nanosecond's slack: the timer's own time went through a subtraction.)
+        now = self._clock.seconds() + 1e-9
+        while due:
+            guard, when = next(iter(due.items()))
+            if when > now:
+                self._call = self._clock.callLater(when - now + 1e-9, self._fire)
+                return
+            del due[guard]
+            try:
+                guard._timed_out()
+            except Exception:
+                self.log.failure("upgrade deadline failed")
+
+
 class GuardProtocol(ProtocolWrapper):
     """Wraps one TCP connection of the site (see the module docstring)."""
 
@@ -288,10 +349,22 @@ class GuardProtocol(ProtocolWrapper):
         # copied: Autobahn takes any ISSLTransport for a TLSMemoryBIOProtocol
         # (to read the channel id) and would fail the upgrade. Nothing above
         # the guard needs it (the WebSocket factory knows it is wss://).
-        provided = [i for i in providedBy(transport) if not i.isOrExtends(ISSLTransport)]
-        if ITCPTransport.providedBy(transport):
-            provided.append(ITCPTransport)
-        directlyProvides(self, *provided)
+        # What ``directlyProvides`` would declare depends only on what the
+        # transport provides (its class's declaration, nearly always): made
+        # once per declaration, not per connection (it walks every interface).
+        spec = providedBy(transport)
+        key = (type(self), spec)
+        declared = _DECLARED.get(key)
+        me: Any = self
+        if declared is None:
+            provided = [i for i in spec if not i.isOrExtends(ISSLTransport)]
+            if ITCPTransport.providedBy(transport):
+                provided.append(ITCPTransport)
+            directlyProvides(self, *provided)
+            if len(_DECLARED) < _MAX_DECLARED:
+                _DECLARED[key] = me.__provides__
+        else:
+            me.__provides__ = declared  # what ``directlyProvides`` sets
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(cast(ITransport, self))
@@ -300,7 +373,7 @@ class GuardProtocol(ProtocolWrapper):
         gate = self.gate
         # Armed for refused connections too: they linger until the client
         # has read the refusal and closed, at most this long.
-        self._deadline = gate.clock.callLater(gate.options.upgrade_timeout, self._timed_out)
+        gate.upgrade_deadlines.arm(self, gate.options.upgrade_timeout)
         code = gate.open_connection()
         if code is not None:
             self.refuse(code)
@@ -379,6 +452,7 @@ class GuardProtocol(ProtocolWrapper):
             transport.abortConnection()
 
     def _cancel_deadline(self) -> None:
+        self.gate.upgrade_deadlines.disarm(self)
         deadline, self._deadline = self._deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
@@ -392,6 +466,12 @@ class GuardProtocol(ProtocolWrapper):
             self.gate.release_address(self.address_key)
             self.address_key = None
         super().connectionLost(reason)
+
+
+# (guard class, transport's declaration) -> the guard's declaration; bounded
+# (transports with declarations of their own each would add one).
+_DECLARED: dict[tuple[type, Any], Any] = {}
+_MAX_DECLARED = 64
 
 
 def find_guard(transport: ITransport | None) -> GuardProtocol | None:
