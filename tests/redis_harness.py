@@ -8,6 +8,7 @@ binaries are missing.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -15,11 +16,36 @@ import tempfile
 import time
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free port for a Redis that may be restarted on it, with its cluster
+    bus port (+10000) free too. Both lie below the kernel's ephemeral range:
+    a port from that range can be taken, while its Redis is down, as the
+    source port of some other test's outgoing connection, and the restart
+    would fail to bind."""
+    high = _ephemeral_low() - 10_000
+    for _ in range(200):
+        port = random.randrange(10_000, high)
+        if _bindable(port) and _bindable(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair below the ephemeral range")
 
 
 def _binary(name: str) -> str:
