@@ -14,13 +14,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
+from tests.helpers.processes import ServerProcess
 from tests.wsclient import ServerTestCase, async_test, http_get, reactor, sleep, wait_until
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.server.context import Context
@@ -146,21 +145,6 @@ class CommandTests(ServerTestCase):
             out, err, code = await self.warpsocket(*args)
             self.assertEqual(code, 2, (args, err))
             self.assertEqual(out, b"")
-
-
-class ServerProcess(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.ended: Deferred[BaseException] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output.extend(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.output.extend(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason.value)
 
 
 class ServeTests(unittest.TestCase):

@@ -20,7 +20,7 @@ from twisted.logger import ILogObserver
 from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
-from tests.test_command import ServerProcess
+from tests.helpers.processes import ServerProcess
 from tests.wsclient import async_test, http_get, sleep
 from twisted import version as twisted_version
 from warpsocket.mock import MockService

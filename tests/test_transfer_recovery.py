@@ -60,6 +60,30 @@ class HostileClientTests(TransferTestCase):
         return credit
 
     @inlineCallbacks
+    def test_downloads_per_connection_are_bounded(self) -> Any:
+        """Each pull holds an open spool file: a connection gets at most
+        ``max_transfers`` at once, the next is refused with 4624 (busy)."""
+        client = yield self.raw()
+        (session,) = self.hub.core.sessions  # the raw client's
+        limit = self.transfers.options.max_transfers
+        ids = []
+        for index in range(limit + 1):
+            path = self.mktemp()
+            with open(path, "wb") as out:
+                out.write(payload(8 * CHUNK, seed=index))
+            ids.append((yield self.transfers.share(path, session=session)))
+        for transfer in ids:  # pulled, never credited: every reader stays open
+            client.send(
+                {
+                    "type": "transfer",
+                    "data": {"op": "pull", "transfer": transfer, "next": 0, "limit": 1},
+                }
+            )
+        busy = yield client.wait_for(op_of("cancel", ids[-1]))
+        self.assertEqual(busy["code"], ErrorCode.TRANSFER_BUSY)
+        self.assertEqual(len(self.transfers._readers), limit)
+
+    @inlineCallbacks
     def test_not_negotiated_is_an_unknown_type(self) -> Any:
         client = yield self.raw(extensions=[])
         answer = yield client.request(

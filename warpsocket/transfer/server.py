@@ -56,7 +56,8 @@ class TransferOptions:
     - ``chunk_size``, ``window``: the largest chunk and the credit (in
       chunks) per transfer; the server buffers at most one window.
     - ``max_size``: the largest transfer; ``max_transfers``: uploads one
-      session may have open at once.
+      session may have open at once, and downloads one connection may pull
+      at once (each holds an open spool file).
     - ``spool_dir``: where relayed transfers are kept (a fresh temporary
       directory when None); ``spool_max_bytes`` bounds it; a finished relay
       stays ``spool_ttl`` seconds for its receivers to pull.
@@ -626,6 +627,14 @@ class TransferServer:
             self._cancel(conn, op.transfer, ErrorCode.TRANSFER_UNKNOWN, "no such transfer")
             return
         reader = self._readers.get((conn, op.transfer))
+        if reader is None and len(self._by_conn.get(conn, ())) >= self.options.max_transfers:
+            self._cancel(
+                conn,
+                op.transfer,
+                ErrorCode.TRANSFER_BUSY,
+                f"at most {self.options.max_transfers} downloads at once",
+            )
+            return
         if reader is None:
             reader = _Reader(entry, conn, open(entry.path, "rb"))  # noqa: SIM115 (closed with the reader)
             self._readers[(conn, op.transfer)] = reader
