@@ -7,16 +7,14 @@ signed envelope is written from its mapping by the codec's own format
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgpack
 
 from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Codec
 from warpsocket.protocol.envelope import Envelope
+from warpsocket.protocol.jsontext import compact
 from warpsocket.protocol.protobuf import PROTOBUF_SUBPROTOCOL, encode_mapping
-
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def wire_of(envelope: Envelope) -> dict[str, Any]:
@@ -30,7 +28,7 @@ def wire_of(envelope: Envelope) -> dict[str, Any]:
 def encode_wire(codec: Codec, wire: dict[str, Any]) -> bytes:
     """A wire mapping in ``codec``'s format; only the built-in codecs can."""
     if codec.subprotocol == JSON_SUBPROTOCOL:
-        return _JSON.encode(wire).encode("utf-8")
+        return compact(wire).encode("utf-8")
     if codec.subprotocol == MSGPACK_SUBPROTOCOL:
         packed: bytes = msgpack.packb(wire, use_bin_type=True)
         return packed
