@@ -240,6 +240,17 @@ class AutobahnTests(TestCase):
         self.assertFalse(_compat.defer_option_dump(module))
         self.assertFalse(hasattr(module, "pformat"))
 
+    def test_type_names_are_deferred(self) -> None:
+        from autobahn.util import hltype
+
+        module, other = Stub(hltype=hltype), Stub(hltype=len)
+        self.assertEqual(_compat.defer_type_names(module, other), 1)
+        lazy = module.hltype(self.test_masker)
+        self.assertNotIsInstance(lazy, str)
+        self.assertEqual(str(lazy), hltype(self.test_masker))
+        self.assertEqual(f"{lazy}", hltype(self.test_masker))
+        self.assertIs(other.hltype, len)
+
     def test_masker(self) -> None:
         rng = random.Random(7)
         unmask = _compat.xor_masker()

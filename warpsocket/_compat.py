@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pprint
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet import tcp
@@ -51,36 +52,49 @@ def eager_tcp_write(transport: Any) -> Write | None:
     Relies on ``tcp.Connection``'s private write state (``_TCP_WRITE_STATE``).
     Fallback: None when any of it is missing (or for TLS and other
     transports), and the caller uses the transport's own ``write``.
+
+    The ``write`` is a ``partial`` of ``_eager_write``: one object per
+    connection for the garbage collector to visit, where a closure over the
+    transport, its socket's ``send`` and its ``write`` kept seven.
     """
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
         return None
-    if not all(hasattr(transport, name) for name in _TCP_WRITE_STATE):
+    kind = type(transport)
+    usable = _EAGER_TYPES.get(kind)
+    if usable is None:
+        # (Checked on an instance: some of the state is set in ``__init__``.)
+        usable = all(hasattr(transport, name) for name in _TCP_WRITE_STATE)
+        if len(_EAGER_TYPES) < 64:
+            _EAGER_TYPES[kind] = usable
+    if not usable:
         return None
-    send = transport.socket.send
-    buffered: Write = transport.write
+    return partial(_eager_write, transport)
 
-    def write(data: bytes) -> None:
-        if (
-            transport._tempDataLen
-            or transport.offset != len(transport.dataBuffer)
-            or transport.disconnecting
-            or transport._aborting
-            or transport._writeDisconnected
-            or not transport.connected
-        ):
-            buffered(data)  # keep the order behind what is already waiting
-            return
-        try:
-            sent = send(data)
-        except OSError:
-            # EAGAIN, or the connection is failing: the transport's own write
-            # path queues it, or finds the error and reports connectionLost.
-            buffered(data)
-            return
-        if sent < len(data):
-            buffered(data[sent:])
 
-    return write
+# Transport class -> whether it has every attribute of ``_TCP_WRITE_STATE``.
+_EAGER_TYPES: dict[type, bool] = {}
+
+
+def _eager_write(transport: Any, data: bytes) -> None:
+    if (
+        transport._tempDataLen
+        or transport.offset != len(transport.dataBuffer)
+        or transport.disconnecting
+        or transport._aborting
+        or transport._writeDisconnected
+        or not transport.connected
+    ):
+        transport.write(data)  # keep the order behind what is already waiting
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        # EAGAIN, or the connection is failing: the transport's own write
+        # path queues it, or finds the error and reports connectionLost.
+        transport.write(data)
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 def socket_buffered(fd: FileDescriptor) -> int:
@@ -96,15 +110,9 @@ def socket_buffered(fd: FileDescriptor) -> int:
 
 
 def socket_meter(fd: FileDescriptor) -> Callable[[], int]:
-    """``socket_buffered(fd)`` as a function of no argument, resolved once
-    (the outbound meter runs after every write of a congested connection)."""
-    if not hasattr(fd, "_tempDataLen"):
-        return lambda: len(fd.dataBuffer) - fd.offset
-
-    def buffered() -> int:
-        return len(fd.dataBuffer) - fd.offset + fd._tempDataLen
-
-    return buffered
+    """``socket_buffered(fd)`` as a function of no argument (a ``partial``:
+    one object, no closure, for the connection's lifetime)."""
+    return partial(socket_buffered, fd)
 
 
 def tls_buffered(tls: Any) -> int:
@@ -253,6 +261,17 @@ def traffic_stats(protocol: Any) -> Any | None:
     return None
 
 
+def count_preopen_outgoing(stats: Any, size: int) -> None:
+    """Add ``size`` bytes written before the WebSocket opened (the upgrade
+    response) to Autobahn's traffic statistics, as its ``sendData`` does.
+
+    Relies on ``TrafficStats.preopenOutgoingOctetsWireLevel`` (undocumented).
+    Fallback: nothing is counted.
+    """
+    if hasattr(stats, "preopenOutgoingOctetsWireLevel"):
+        stats.preopenOutgoingOctetsWireLevel += size
+
+
 def count_incoming_octets(protocol: Any, size: int) -> None:
     """Add ``size`` wire bytes to Autobahn's traffic statistics (``traffic_stats``)."""
     stats = traffic_stats(protocol)
@@ -317,6 +336,52 @@ def defer_option_dump(module: Any) -> bool:
         return False
     setattr(module, "pformat", _pformat)  # noqa: B010
     return True
+
+
+class _LazyTypeName:
+    """``autobahn.util.hltype(obj)``, computed only if a log event is ever rendered."""
+
+    __slots__ = ("hltype", "obj")
+
+    def __init__(self, hltype: Callable[[Any], str], obj: object) -> None:
+        self.hltype = hltype
+        self.obj = obj
+
+    def __str__(self) -> str:
+        return self.hltype(self.obj)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def defer_type_names(*modules: Any) -> int:
+    """Autobahn formats a highlighted type name (``hltype``) for a debug log
+    line four times per accepted connection (``connectionMade``,
+    ``_connectionMade``, ``dataReceived``, ``processHandshake``), logged or
+    not: rebind each module's ``hltype`` to one that formats only when the
+    line is rendered. The number of modules changed.
+
+    Relies on those modules importing ``autobahn.util.hltype`` by name.
+    Fallback: a module without it is left as it is (the cost stays, nothing
+    breaks).
+    """
+    try:
+        from autobahn.util import hltype
+    except ImportError:
+        return 0
+
+    def lazy_hltype(obj: object) -> Any:
+        return _LazyTypeName(hltype, obj)
+
+    changed = 0
+    for module in modules:
+        if getattr(module, "hltype", None) is hltype:
+            setattr(module, "hltype", lazy_hltype)  # noqa: B010
+            changed += 1
+    return changed
 
 
 def _python_unmask(payload: bytes, mask: bytes) -> bytes:

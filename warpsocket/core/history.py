@@ -140,7 +140,16 @@ class StreamHistory:
     ``direct`` stream) are asked for their position and never written.
     """
 
-    __slots__ = ("_entries", "budget", "bytes", "epoch", "last_offset", "limits", "wire_name")
+    __slots__ = (
+        "_entries",
+        "_position",
+        "budget",
+        "bytes",
+        "epoch",
+        "last_offset",
+        "limits",
+        "wire_name",
+    )
 
     def __init__(
         self,
@@ -157,13 +166,19 @@ class StreamHistory:
         self.bytes = 0
         # (appended_at_ms, envelope, size); offsets are consecutive inside the deque.
         self._entries: deque[tuple[int, Envelope, int]] | None = None
+        # The latest ``position``, shared by every reader that asks before the
+        # next append (each session keeps the one it started from).
+        self._position: Position | None = None
 
     def __len__(self) -> int:
         return len(self._entries) if self._entries is not None else 0
 
     @property
     def position(self) -> Position:
-        return Position(self.last_offset, self.epoch)
+        position = self._position
+        if position is None or position.offset != self.last_offset:
+            position = self._position = Position(self.last_offset, self.epoch)
+        return position
 
     def append(self, template: Envelope, now_ms: int) -> Envelope:
         """Assign the next offset to ``template`` and remember it (compactly).

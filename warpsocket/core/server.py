@@ -228,6 +228,10 @@ class QueueFullError(Exception):
 # ---------------------------------------------------------------- state
 
 
+# What a connection that asked for no extension was granted (one shared set).
+_NO_EXTENSIONS: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True)
 class PendingAck:
     envelope: Envelope
@@ -279,7 +283,7 @@ class Connection:
     # A timer closed it (4203, 4204, 4205): no further timer acts on it.
     timed_out: bool = False
     # Extensions agreed in the handshake (protocol.md 4.4).
-    extensions: frozenset[str] = frozenset()
+    extensions: frozenset[str] = _NO_EXTENSIONS
 
 
 JoinPolicy = Callable[[Session, str], bool]
@@ -475,7 +479,9 @@ class ServerCore:
             offered = _parse_extensions(hello.data)
         except ProtocolError as exc:
             return [Send(conn.id, self._error(now_ms, exc.code, exc.message, hello.id))]
-        conn.extensions = frozenset(offered & self.options.extensions.keys())
+        granted = offered & self.options.extensions.keys()
+        # (The common case, none, shares one empty set: nothing per connection.)
+        conn.extensions = frozenset(granted) if granted else _NO_EXTENSIONS
         actions: list[Action] = []
         session = self.sessions.get(wanted_session) if wanted_session else None
         if session is not None and (

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from typing import Any, NoReturn, cast
 
+import autobahn.twisted.websocket as _autobahn_twisted
 import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -41,8 +43,10 @@ from warpsocket.server.security.outbound import OutboundGuard
 from warpsocket.server.wire import framing
 from warpsocket.server.wire.fastpath import FastPathProtocol
 
-# Autobahn's per-connection debug dump of its options, formatted only if logged.
+# Autobahn's per-connection debug dump of its options, and the type names of
+# its other debug lines, formatted only if logged.
 _compat.defer_option_dump(_autobahn_protocol)
+_compat.defer_type_names(_autobahn_protocol, _autobahn_twisted)
 
 # HTTP status for a refused handshake, by the reason's code.
 _DENY_STATUS = HTTP_STATUS
@@ -83,8 +87,16 @@ class WarpSocketServerProtocol(FastPathProtocol):
     # ------------------------------------------------------------ handshake
 
     def connectionMade(self) -> None:
-        _release_http_channel(self.transport)
+        below = self._below_guard()
+        _release_http_channel(self.transport, below)
+        # The guard is a pass-through for writes; below it, a plain socket
+        # (not TLS) is written to directly when its buffer is empty.
+        self.use_socket(below)
         super().connectionMade()
+
+    def _below_guard(self) -> Any:
+        transport: Any = self.transport
+        return transport.transport if isinstance(transport, GuardProtocol) else transport
 
     def onConnect(  # type: ignore[override]  # autobahn also takes a Deferred
         self, request: ConnectionRequest
@@ -107,15 +119,17 @@ class WarpSocketServerProtocol(FastPathProtocol):
         )
         self.handshake_in_progress = handshake
         self.guard = find_guard(self.transport)
-        auth = self.auth = HelloAuth(
-            self, gate, self.factory.port, origin_missing=handshake.origin is None
-        )
         try:
             gate.check_request(handshake, self.guard, self.transport, handshake.headers)
         except Reject as reject:
             self._deny(reject.code, reject.message)
+        if gate.authenticator is None:
+            # No tokens to check: no ``HelloAuth`` unless a refresh brings an
+            # identity (``set_identity``).
+            return self._accept(handshake, codec, request, None)
+        auth = self._hello_auth(handshake)
         token = gate.request_token(handshake.headers, handshake.params)
-        if token is None or gate.authenticator is None:
+        if token is None:
             return self._accept(handshake, codec, request, None)
 
         def refused(failure: Failure) -> str | None:
@@ -131,6 +145,14 @@ class WarpSocketServerProtocol(FastPathProtocol):
             lambda identity: self._accept(handshake, codec, request, identity), refused
         )
 
+    def _hello_auth(self, handshake: Handshake) -> HelloAuth:
+        auth = self.auth
+        if auth is None:
+            auth = self.auth = HelloAuth(
+                self, self.gate, self.factory.port, origin_missing=handshake.origin is None
+            )
+        return auth
+
     def _deny(self, code: ErrorCode, message: str = "") -> NoReturn:
         self.factory.hub.metrics.rejected_handshakes.labels(code.wire_name).inc()
         raise ConnectionDeny(_DENY_STATUS.get(code, 403), _reason(code, message))
@@ -145,8 +167,7 @@ class WarpSocketServerProtocol(FastPathProtocol):
         if identity is not None:
             handshake.user = identity.user
             handshake.claims = dict(identity.claims)
-            assert self.auth is not None
-            self.auth.identity = identity
+            self._hello_auth(handshake).identity = identity
         try:
             self.factory.port.check_handshake(handshake)
         except Reject as reject:
@@ -156,21 +177,18 @@ class WarpSocketServerProtocol(FastPathProtocol):
         return codec.subprotocol if request.protocols else None
 
     def onOpen(self) -> None:
-        assert self.handshake is not None and self.auth is not None
+        assert self.handshake is not None
         gate = self.gate
         if self.guard is not None:
             self.guard.mark_upgraded()
         self.rate = MessageRate(self, gate)
         outbound = self.outbound = OutboundGuard(self, gate, self.factory.hub.reactor)
-        # The guard is a pass-through for writes; below it, a plain socket
-        # (not TLS) is written to directly when its buffer is empty.
-        transport: Any = self.transport
-        below = transport.transport if isinstance(transport, GuardProtocol) else transport
-        self.start_fast_path(self.factory.port.write_batch, below, outbound)
-        outbound.watch()
+        self.start_fast_path(self.factory.port.write_batch, outbound)
+        outbound.watch(self._below_guard())
         self.conn_id = self.factory.port.attach(self, self.handshake)
         gate.protocols[self.conn_id] = self
-        self.auth.arm_expiry()
+        if self.auth is not None:
+            self.auth.arm_expiry()
 
     # ------------------------------------------------------------ inbound
 
@@ -181,9 +199,9 @@ class WarpSocketServerProtocol(FastPathProtocol):
         rate = self.rate
         if rate is not None and not rate.allow(payload, isBinary):
             return
-        if self.session is None and self.gate.authenticator is not None:
-            assert self.auth is not None
-            self.auth.before_welcome(payload, isBinary)
+        auth = self.auth
+        if self.session is None and auth is not None and self.gate.authenticator is not None:
+            auth.before_welcome(payload, isBinary)
             return
         if self.own_request:
             # (Read by ``dataReceived``, which set the exemption already.)
@@ -251,8 +269,9 @@ class WarpSocketServerProtocol(FastPathProtocol):
 
     def set_identity(self, identity: Identity) -> None:
         """A refreshed token (the ``auth`` envelope): new claims, new expiry."""
-        if self.auth is not None:
-            self.auth.set_identity(identity)
+        handshake = self.handshake
+        if handshake is not None:
+            self._hello_auth(handshake).set_identity(identity)
 
     # ------------------------------------------------------------ closing
 
@@ -344,14 +363,18 @@ class WarpSocketServerProtocol(FastPathProtocol):
             self.conn_id = None
 
 
-def _release_http_channel(transport: Any) -> None:
+def _release_http_channel(transport: Any, below: Any) -> None:
     """After ``WebSocketResource`` took the transport over from twisted.web,
     the abandoned ``HTTPChannel`` is still the TCP transport's registered
     producer, which keeps it, its ``Request`` and the request headers alive
     for the life of the WebSocket (and has it paused and resumed for nothing
-    whenever the send buffer fills). Unregister it, so they are freed."""
-    chain = transport_chain(transport)
-    producer = getattr(chain[-1], "producer", None) if chain else None
+    whenever the send buffer fills). Unregister it, so they are freed.
+    (``below``: the level under the guard; a plain socket is the common case.)"""
+    socket: Any = below
+    if not isinstance(below, FileDescriptor):
+        chain = transport_chain(transport)
+        socket = chain[-1] if chain else None
+    producer = getattr(socket, "producer", None)
     # Under TLS the socket's producer is a membrane around the channel.
     producer = _compat.tls_membrane_producer(producer)
     if isinstance(producer, HTTPChannel):

@@ -475,6 +475,8 @@ _MAX_DECLARED = 64
 
 
 def find_guard(transport: ITransport | None) -> GuardProtocol | None:
+    if isinstance(transport, GuardProtocol):
+        return transport  # (the WebSocket's own transport: the common case)
     for level in transport_chain(transport):
         if isinstance(level, GuardProtocol):
             return level

@@ -106,11 +106,15 @@ def drop_unsent(transport: Any) -> int:
 
 
 def behind_tls(transport: Any) -> bool:
+    if isinstance(transport, FileDescriptor):
+        return False  # (a plain socket: nothing above it, the common case)
     return any(isinstance(level, TLSMemoryBIOProtocol) for level in transport_chain(transport))
 
 
 def behind_proxy_protocol(transport: Any) -> bool:
     """True under a ``haproxy:`` endpoint, whose peer is known only after its header."""
+    if isinstance(transport, FileDescriptor):
+        return False  # (a plain socket: nothing above it, the common case)
     return any(_compat.is_haproxy_wrapper(level) for level in transport_chain(transport))
 
 

@@ -19,20 +19,22 @@ from warpsocket.server.security.ratelimit import Refusals, TokenBucket
 FRAME_OVERHEAD = 6
 
 
-class MessageRate:
-    __slots__ = ("bucket", "connection", "gate", "refusals")
+class MessageRate(TokenBucket):
+    """The connection's token bucket itself (one object per connection, not two)."""
+
+    __slots__ = ("connection", "gate", "refusals")
 
     def __init__(self, connection: GuardedConnection, gate: Gate) -> None:
+        options = gate.options
+        super().__init__(options.message_rate, options.message_bucket, gate.now())
         self.connection = connection
         self.gate = gate
-        options = gate.options
-        self.bucket = TokenBucket(options.message_rate, options.message_bucket, gate.now())
         # (Made at the first refusal: most connections never see one.)
         self.refusals: Refusals | None = None
 
     def allow(self, payload: bytes, is_binary: bool) -> bool:
         """A token for a message; else refuse it with 4200 (False)."""
-        if self.bucket.take(self.gate.now()):
+        if self.take(self.gate.now()):
             return True  # (the common case, without a call more per message)
         self._refused(len(payload))
         refusals = self.refusals
@@ -49,18 +51,17 @@ class MessageRate:
     def charge(self, size: int) -> bool:
         """One token, for a frame that is not a whole message (ping, pong,
         fragment). False if over the rate."""
-        if self.bucket.take(self.gate.now()):
+        if self.take(self.gate.now()):
             return True
         self._refused(size)
         return False
 
     def _refused(self, size: int) -> None:
         """Count a refusal of ``size`` payload bytes; close 4200 if they persist."""
-        bucket = self.bucket
         self.gate.metrics.rate_limited.labels("message").inc()
         refusals = self.refusals
         if refusals is None:
-            refusals = self.refusals = Refusals(bucket.burst, bucket.burst / bucket.rate)
+            refusals = self.refusals = Refusals(self.burst, self.burst / self.rate)
         if refusals.refused(self.gate.now(), size + FRAME_OVERHEAD) and self.connection.can_send:
             # Another whole burst refused, without pausing: not slowing down.
             self.connection.close_with(ErrorCode.RATE_LIMITED)

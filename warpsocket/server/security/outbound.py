@@ -38,11 +38,25 @@ BACKLOG_CLOSE_TIMEOUT = 5.0
 
 @implementer(IPushProducer)
 class OutboundGuard:
+    __slots__ = (
+        "_meter",
+        "backlog_close",
+        "close_deadline",
+        "congested",
+        "connection",
+        "gate",
+        "grace_call",
+        "pong_pending",
+        "reactor",
+    )
+
     def __init__(self, connection: GuardedConnection, gate: Gate, reactor: Any) -> None:
         self.connection = connection
         self.gate = gate
         self.reactor = reactor
-        self.meter = OutboundMeter(connection.transport)
+        # Made when first read (most connections never back up): one object
+        # less per connection for the garbage collector to visit.
+        self._meter: OutboundMeter | None = None
         # True while the outbound buffer must be metered after every frame:
         # from the moment the socket pauses us until it has drained; always,
         # if we could not register as its producer.
@@ -55,11 +69,22 @@ class OutboundGuard:
         self.close_deadline: IDelayedCall | None = None
         self.backlog_close = False
 
-    def watch(self) -> None:
-        """Register as the socket's streaming producer (see the module docstring)."""
+    @property
+    def meter(self) -> OutboundMeter:
+        meter = self._meter
+        if meter is None:
+            meter = self._meter = OutboundMeter(self.connection.transport)
+        return meter
+
+    def watch(self, below: Any = None) -> None:
+        """Register as the socket's streaming producer (see the module docstring).
+        ``below``: the level under the connection's transport, when known."""
         transport: Any = self.connection.transport
-        chain = transport_chain(transport)
-        socket = chain[-1] if chain else None
+        if isinstance(below, FileDescriptor) or isinstance(transport, FileDescriptor):
+            socket = below if isinstance(below, FileDescriptor) else transport
+        else:
+            chain = transport_chain(transport)
+            socket = chain[-1] if chain else None
         if not isinstance(socket, FileDescriptor) or socket.producer is not None:
             return  # not a socket we can watch (or taken): meter every frame
         bound = self.gate.options.max_outbound_buffer

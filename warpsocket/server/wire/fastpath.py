@@ -69,8 +69,10 @@ class FastPathProtocol(WebSocketServerProtocol):
     _corked: list[bytes] | None = None
     _batch: WriteBatch | None = None
     _watch: WriteWatch | None = None
-    # Data frames of an open connection: the socket first when nothing waits.
+    # Every write of the connection once ``use_socket`` ran (the upgrade
+    # response, then the frames): the socket first when nothing waits.
     _write: Write
+    _direct = False
     _plain_config = False
     # permessage-deflate was negotiated (set when the WebSocket opens).
     _compressed = False
@@ -85,13 +87,21 @@ class FastPathProtocol(WebSocketServerProtocol):
     logOctets: bool
     logFrames: bool
 
-    def start_fast_path(self, batch: WriteBatch, socket: Any, watch: WriteWatch) -> None:
-        """The WebSocket is open: ``socket`` is the transport the frames go to
-        (below any pass-through wrapper), ``watch`` is told about the writes."""
-        self._batch = batch
-        self._watch = watch
+    def use_socket(self, socket: Any) -> None:
+        """The connection is made: ``socket`` is the transport the bytes go to
+        (below any pass-through wrapper). From here on Autobahn's own writes
+        (the upgrade response first) take the eager path too."""
         transport: Any = self.transport
         self._write = eager_writer(socket) or transport.write
+        self._direct = True
+
+    def start_fast_path(self, batch: WriteBatch, watch: WriteWatch) -> None:
+        """The WebSocket is open (``use_socket`` ran): ``watch`` is told about
+        the writes."""
+        self._batch = batch
+        self._watch = watch
+        if not self._direct:
+            self.use_socket(self.transport)
         self._stats = _compat.traffic_stats(self)
         # Fixed from here on: the options are the class's, compression was negotiated.
         self._compressed = _compat.compression_negotiated(self)
@@ -240,6 +250,16 @@ class FastPathProtocol(WebSocketServerProtocol):
         """Forget the frames held for the batch (a slow consumer's: see limits.drop_unsent)."""
         self._corked = None
 
+    def _count_written(self, size: int) -> None:
+        stats = self._stats or _compat.traffic_stats(self)
+        if stats is None:
+            return
+        state = self.state
+        if state == WebSocketServerProtocol.STATE_OPEN:
+            stats.outgoingOctetsWireLevel += size
+        elif state == WebSocketServerProtocol.STATE_CONNECTING:
+            _compat.count_preopen_outgoing(stats, size)
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own writes (control frames, the close handshake, the slow
         # path) go after any frames this connection has waiting in a batch.
@@ -250,7 +270,14 @@ class FastPathProtocol(WebSocketServerProtocol):
         watch = self._watch
         if watch is not None and data[:1] == _CLOSE_FRAME:
             watch.closing()
-        super().sendData(data, sync, chopsize)
+        if self._direct and not (sync or chopsize or self.send_queue or self.logOctets):
+            # Autobahn's ``sendData`` for this case is ``transport.write``, its
+            # traffic count and a debug line whose arguments it formats every
+            # time (a few microseconds of each upgrade response).
+            self._write(data)
+            self._count_written(len(data))
+        else:
+            super().sendData(data, sync, chopsize)
         # Pings and pongs are metered here; data frames by the caller
         # (sendMessage, sendPreparedMessage) once the whole message is out.
         # Never after a close frame: autobahn changes its state only after
