@@ -45,17 +45,13 @@ _TCP_WRITE_STATE = (
 )
 
 
-def eager_tcp_write(transport: Any) -> Write | None:
-    """A ``write`` for a plain TCP/UNIX ``tcp.Connection`` that sends on the
-    socket at once when the transport has nothing waiting (server/wire/eager.py).
+def eager_socket(transport: Any) -> Any | None:
+    """``transport`` if it is a plain TCP/UNIX ``tcp.Connection`` that can be
+    written eagerly (``write_socket_first``), else None.
 
     Relies on ``tcp.Connection``'s private write state (``_TCP_WRITE_STATE``).
     Fallback: None when any of it is missing (or for TLS and other
     transports), and the caller uses the transport's own ``write``.
-
-    The ``write`` is a ``partial`` of ``_eager_write``: one object per
-    connection for the garbage collector to visit, where a closure over the
-    transport, its socket's ``send`` and its ``write`` kept seven.
     """
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
         return None
@@ -66,13 +62,31 @@ def eager_tcp_write(transport: Any) -> Write | None:
         usable = all(hasattr(transport, name) for name in _TCP_WRITE_STATE)
         if len(_EAGER_TYPES) < 64:
             _EAGER_TYPES[kind] = usable
-    if not usable:
-        return None
-    return partial(_eager_write, transport)
+    return transport if usable else None
 
 
 # Transport class -> whether it has every attribute of ``_TCP_WRITE_STATE``.
 _EAGER_TYPES: dict[type, bool] = {}
+
+
+def eager_tcp_write(transport: Any) -> Write | None:
+    """A ``write`` for ``transport`` that sends on the socket at once when the
+    transport has nothing waiting, or None (see ``eager_socket``)."""
+    socket = eager_socket(transport)
+    return None if socket is None else partial(_eager_write, socket)
+
+
+def write_socket_first(protocol: Any, data: bytes) -> None:
+    """The body of ``FastPathProtocol._write`` (server/wire/fastpath.py):
+    ``protocol._socket`` (from ``eager_socket``) is sent to at once when
+    nothing waits in it, else ``protocol.transport.write``. A method of the
+    protocol's class, not a per-connection callable: nothing for the garbage
+    collector to visit per connection, and one call per write."""
+    transport = protocol._socket
+    if transport is None:
+        protocol.transport.write(data)
+    else:
+        _eager_write(transport, data)
 
 
 def _eager_write(transport: Any, data: bytes) -> None:

@@ -26,12 +26,20 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from heapq import heapify, heappop, heappush
 from typing import Any
 
 from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
 from warpsocket.core.history import HistoryLimits, Position
-from warpsocket.core.keys import BROADCAST, DIRECT, direct_key, room_key, wire_name
+from warpsocket.core.keys import (
+    BROADCAST,
+    DIRECT,
+    DIRECT_PREFIX,
+    direct_key,
+    room_key,
+    wire_name,
+)
 from warpsocket.core.messages import (
     ack_envelope,
     error_envelope,
@@ -145,7 +153,7 @@ class CoreOptions:
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
             raise ValueError("heartbeat_timeout_ms must exceed heartbeat_interval_ms")
 
-    @property
+    @cached_property
     def data_limits(self) -> DataLimits:
         """The data model's depth and value-count bounds for this message size."""
         return DataLimits.for_message_size(self.max_message_size)
@@ -331,6 +339,9 @@ class ServerCore:
         self.dedup = DedupWindow(options.dedup)
         self.connections: dict[ConnId, Connection] = {}
         self.sessions: dict[str, Session] = {}
+        # Stream key -> the connections reading it here. A session's own
+        # stream (``direct:<session>``) is not in it: its one reader is the
+        # session's connection (``session.conn``), one set less per session.
         self.members: dict[str, set[ConnId]] = {}
         self.room_sessions: dict[str, set[str]] = {}
         self.user_sessions: dict[str, set[str]] = {}
@@ -550,7 +561,8 @@ class ServerCore:
                 "epoch": resume_at.epoch,
                 "recovered": recovered,
             }
-            self._member(conn, key)
+            if wire != DIRECT:  # (its reader is ``session.conn``, see ``members``)
+                self._member(conn, key)
 
         data_limits = self.options.data_limits
         welcome = Envelope(
@@ -853,9 +865,21 @@ class ServerCore:
     def deliver(self, key: str, stored: Envelope) -> list[Action]:
         """A stream message (from this node or the cluster) reached this node."""
         members = self.members.get(key)
-        if not members:
-            return []
-        return [Fanout(tuple(members), stored)]
+        if members:
+            return [Fanout(tuple(members), stored)]
+        reader = self._direct_reader(key)
+        return [] if reader is None else [Fanout((reader,), stored)]
+
+    def _direct_reader(self, key: str) -> ConnId | None:
+        """The connection reading a session's own stream here, if any."""
+        if not key.startswith(DIRECT_PREFIX):
+            return None
+        session = self.sessions.get(key[len(DIRECT_PREFIX) :])
+        return None if session is None else session.conn
+
+    def is_read_here(self, key: str) -> bool:
+        """Whether a connection of this node reads the stream ``key``."""
+        return key in self.members or self._direct_reader(key) is not None
 
     def check_send(self, session_id: str, ack: bool) -> None:
         """Raise if a direct send to this session cannot be taken (before its append)."""

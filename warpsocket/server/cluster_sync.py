@@ -81,7 +81,7 @@ class ClusterSync:
     def tick(self, now: int) -> None:
         # Streams no local connection reads any more are not followed.
         for key in list(self.backend.following()):
-            if key not in self.core.members:
+            if not self.core.is_read_here(key):
                 self.backend.release(key)
         self.sync_presence()
         if now >= self._next_session_save:

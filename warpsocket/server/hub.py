@@ -456,7 +456,6 @@ class Hub:
 
         def joined(_: object) -> None:
             self._run(self.core.join(session, room, self.now_ms()))
-            self.port.update_gauges()
             self._cluster.session_changed(session)
 
         return self.backend.prepare([room_key(room)]).addCallback(joined)
@@ -464,7 +463,6 @@ class Hub:
     @threadsafe
     def leave(self, session: str, room: str) -> None:
         self._run(self.core.leave(session, room, self.now_ms()))
-        self.port.update_gauges()
         self._cluster.session_changed(session)
 
     @threadsafe  # copies state the reactor thread mutates

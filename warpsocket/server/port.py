@@ -94,6 +94,12 @@ class HubPort:
         # authenticated hello), so that it is not decoded twice.
         self.received: Callable[[ConnId, bytes, bool], None] = inbound.received
         self.decoded: Callable[[ConnId, Envelope, int], None] = inbound.decoded
+        # The gauges are counted when /metrics is scraped, not set on every
+        # connect, welcome and close.
+        connections = self._connections
+        metrics.connections.set_function(lambda: len(connections))
+        metrics.sessions.set_function(lambda: len(core.sessions))
+        metrics.rooms.set_function(lambda: len(core.room_sessions))
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -117,7 +123,6 @@ class HubPort:
         conn_id = self._next_conn
         self._connections[conn_id] = connection
         self.core.open(conn_id, self.now_ms(), handshake.user, handshake.claims)
-        self.metrics.connections.set(len(self._connections))
         return conn_id
 
     def heard(self, conn_id: ConnId) -> None:
@@ -143,7 +148,6 @@ class HubPort:
         connection = self._connections.pop(conn_id, None)
         if connection is None:
             return
-        self.metrics.connections.set(len(self._connections))
         if conn_id in self._closing:
             self._closing.discard(conn_id)  # counted when we decided to close it
         else:
@@ -153,7 +157,6 @@ class HubPort:
         if session is not None:
             self._cluster.detached(session)
             self._dispatcher.closed(session.id, connection, code)
-        self.update_gauges()
         # Last: a graceful stop may complete as soon as this fires, and the
         # on_close hooks of the last connection belong before that.
         if not self._connections:
@@ -167,12 +170,7 @@ class HubPort:
             return
         connection.session = opened.session
         self._dispatcher.opened(opened.session, connection, opened.resumed)
-        self.update_gauges()
         self._cluster.session_changed(opened.session)
-
-    def update_gauges(self) -> None:
-        self.metrics.sessions.set(len(self.core.sessions))
-        self.metrics.rooms.set(len(self.core.room_sessions))
 
     # ------------------------------------------------------------ timers
 
@@ -189,7 +187,6 @@ class HubPort:
         try:
             now = self.now_ms()
             self._runner.run(self.core.tick(now))
-            self.update_gauges()
             store = self.core.store
             if isinstance(store, LocalStreamStore):
                 self.metrics.history_bytes.set(store.bytes)

@@ -28,7 +28,6 @@ the security rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -36,8 +35,6 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from warpsocket import _compat
 from warpsocket.server.wire import framing
 from warpsocket.server.wire.batching import WriteBatch
-
-Write = Callable[[bytes], None]
 
 # The first byte of a ping and of a pong frame (FIN, opcode 9 / 10).
 _METERED_CONTROL = (b"\x89", b"\x8a")
@@ -58,20 +55,16 @@ class WriteWatch(Protocol):
         """Our close frame (or our answer to the peer's) is being written."""
 
 
-def eager_writer(transport: Any) -> Write | None:
-    """A ``write`` for ``transport`` that tries the socket first, or None if
-    ``transport`` is not a plain TCP/UNIX connection (see the module docstring)."""
-    return _compat.eager_tcp_write(transport)
-
-
 class FastPathProtocol(WebSocketServerProtocol):
     # Frames held while the hub's write batch is open (see write_frame).
     _corked: list[bytes] | None = None
     _batch: WriteBatch | None = None
     _watch: WriteWatch | None = None
-    # Every write of the connection once ``use_socket`` ran (the upgrade
-    # response, then the frames): the socket first when nothing waits.
-    _write: Write
+    # Once ``use_socket`` ran (``_direct``), every write of the connection (the
+    # upgrade response, then the frames) goes through ``_write``: to
+    # ``_socket`` at once when nothing waits in it, else to the transport.
+    _write = _compat.write_socket_first
+    _socket: Any = None
     _direct = False
     _plain_config = False
     # permessage-deflate was negotiated (set when the WebSocket opens).
@@ -91,8 +84,7 @@ class FastPathProtocol(WebSocketServerProtocol):
         """The connection is made: ``socket`` is the transport the bytes go to
         (below any pass-through wrapper). From here on Autobahn's own writes
         (the upgrade response first) take the eager path too."""
-        transport: Any = self.transport
-        self._write = eager_writer(socket) or transport.write
+        self._socket = _compat.eager_socket(socket)
         self._direct = True
 
     def start_fast_path(self, batch: WriteBatch, watch: WriteWatch) -> None:
