@@ -390,12 +390,16 @@ def start_server(
     log_path: Path,
     extra: tuple[str, ...] = (),
     name: str | None = None,
+    wrapper: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
+    """``wrapper``: a script (and its arguments) the server script runs under
+    (bench/gcprofile.py)."""
     command = [
         "taskset",
         "-c",
         SERVER_CORE,
         str(VENV_PY),
+        *wrapper,
         str(SERVER_DIR / f"{server}_server.py"),
         "--port",
         str(port),
