@@ -190,6 +190,7 @@ _TYPE_BYTES = {kind: kind.value.encode("ascii") for kind in MessageType}
 _ONLY_STR = frozenset({str})
 # The scalars a flat result may hold besides integers (whose range is checked).
 _LEAVES = frozenset({str, float, bool, type(None)})
+_MIN_SAFE = -MAX_SAFE_INTEGER
 
 
 def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
@@ -219,7 +220,7 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
                     break
                 leaf = type(member)
                 if leaf is int:
-                    if not -MAX_SAFE_INTEGER <= member <= MAX_SAFE_INTEGER:
+                    if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
                         break
                 elif leaf not in _LEAVES:
                     break
@@ -236,7 +237,7 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
             for member in value:
                 leaf = type(member)
                 if leaf is int:
-                    if not -MAX_SAFE_INTEGER <= member <= MAX_SAFE_INTEGER:
+                    if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
                         break
                 elif leaf not in _LEAVES:
                     break
