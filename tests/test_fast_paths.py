@@ -262,6 +262,28 @@ results = st.one_of(
 )
 
 
+# Flat results (the members' loop of ``packed_result``), hostile members included.
+flat_members = st.one_of(
+    scalars,
+    st.sampled_from([2**53 - 1, -(2**53 - 1), 2**53, -(2**53), 1e308, -0.0, True, '\\"\x00']),
+    st.builds(lambda v: [v], scalars),
+    st.builds(lambda v: {"k": v}, scalars),
+    st.builds(lambda n: MessageType.ACK if n else ErrorCode.BAD_FRAME, st.booleans()),
+    st.builds(tuple, st.lists(scalars, max_size=2)),
+)
+flat_results = st.one_of(
+    st.dictionaries(st.text(max_size=3), flat_members, max_size=6),
+    st.dictionaries(
+        st.one_of(
+            st.text(max_size=2), st.integers(0, 2), st.sampled_from([None, True, 1.5, "\udfff"])
+        ),
+        flat_members,
+        max_size=3,
+    ),
+    st.lists(flat_members, max_size=6),
+)
+
+
 class PackedResultTests(unittest.TestCase):
     @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(results, st.integers(min_value=2, max_value=8), st.integers(min_value=1, max_value=64))
@@ -286,6 +308,30 @@ class PackedResultTests(unittest.TestCase):
             self.assertIsNotNone(packed_result(value, limits), value)
         for value in ({1: "a"}, {"a": {"b": 1}}, [float("nan")], ["\ud800"], [2**53], "s", 3):
             self.assertIsNone(packed_result(value, limits), value)
+
+    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(flat_results, st.integers(min_value=2, max_value=4), st.integers(1, 6))
+    def test_a_flat_result_is_packed_exactly_when_check_value_accepts_it(
+        self, value: Any, depth: int, count: int
+    ) -> None:
+        """The members' loop (flat objects and arrays of scalars), at the edges
+        of the limits: packed as the encoder writes it whenever the walk
+        accepts it and its members are of the exact plain types; refused
+        (None, then check_value's verdict) otherwise."""
+        limits = DataLimits(max_depth=depth, max_values=count)
+        packed = packed_result(value, limits)
+        try:
+            check_value(value, limits)
+            inside = True
+        except DataModelError:
+            inside = False
+        members = value.values() if type(value) is dict else value
+        plain = all(type(m) in (str, int, float, bool, type(None)) for m in members)
+        if packed is None:
+            self.assertFalse(inside and plain and depth > 2 and all(type(k) is str for k in value))
+            return
+        self.assertTrue(inside, value)
+        self.assertEqual(packed.json, ENCODER.encode(value).encode("utf-8"))
 
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(results, min_size=1, max_size=4))

@@ -18,7 +18,7 @@ import msgpack
 
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
-from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits
+from warpsocket.protocol.datamodel import DEFAULT_LIMITS, MAX_SAFE_INTEGER, DataLimits
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.protocol.jsontext import compact
 
@@ -188,28 +188,64 @@ _json_string = json.encoder.encode_basestring
 _TYPE_NAMES = {kind: kind.value for kind in MessageType}
 _TYPE_BYTES = {kind: kind.value.encode("ascii") for kind in MessageType}
 _ONLY_STR = frozenset({str})
+# The scalars a flat result may hold besides integers (whose range is checked).
+_LEAVES = frozenset({str, float, bool, type(None)})
+_MIN_SAFE = -MAX_SAFE_INTEGER
 
 
 def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     """A handler's result checked against the data model and encoded in one go.
 
-    For the plain shapes most results have (an object whose members hold no
-    further object, or an array holding none) the compact JSON text shows
-    what the walk of ``check_value`` would: the encoder refuses NaN and
-    infinities, UTF-8 refuses lone surrogates, and the text bounds the depth
-    (its brackets), the value count (its length) and the integers (no 16
-    digits in a row). What it cannot show is the type of an object's keys
-    (the encoder turns ``{1: "a"}`` into ``{"1":"a"}``): those of the one
-    object allowed are checked here. None: not such a shape, or not
-    plainly inside; the caller checks with ``check_value`` instead (which
-    also names what is wrong).
+    A flat object or array (members that are plain scalars: exact ``str``,
+    ``int``, ``float``, ``bool`` or None; the shape of most results) is
+    checked by one loop over its members that looks only at what the
+    encoding cannot show: the keys' type (the encoder turns ``{1: "a"}``
+    into ``{"1":"a"}``) and each integer's range. The encoder refuses NaN
+    and infinities and UTF-8 refuses lone surrogates; the shape bounds the
+    depth and the count.
+
+    For the other plain shapes (an object whose members hold no further
+    object, or an array holding none) the compact JSON text shows what the
+    walk of ``check_value`` would: the brackets bound the depth, the length
+    bounds the value count, and no 16 digits in a row means no integer past
+    2^53-1; the keys of the one object allowed are checked by type. None:
+    not such a shape, or not plainly inside; the caller checks with
+    ``check_value`` instead (which also names what is wrong).
     """
     kind = type(value)
     if kind is dict:
+        if len(value) < limits.max_values and limits.max_depth > 2:
+            for key, member in value.items():
+                if type(key) is not str:
+                    break
+                leaf = type(member)
+                if leaf is int:
+                    if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
+                        break
+                elif leaf not in _LEAVES:
+                    break
+            else:
+                try:  # (NaN, infinities and lone surrogates are refused here)
+                    return CompactData(compact(value).encode("utf-8"))
+                except Exception:
+                    return None
         if not _ONLY_STR.issuperset(map(type, value)):
             return None
         objects = 1
     elif kind is list:
+        if len(value) < limits.max_values and limits.max_depth > 2:
+            for member in value:
+                leaf = type(member)
+                if leaf is int:
+                    if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
+                        break
+                elif leaf not in _LEAVES:
+                    break
+            else:
+                try:
+                    return CompactData(compact(value).encode("utf-8"))
+                except Exception:
+                    return None
         objects = 0
     else:
         return None

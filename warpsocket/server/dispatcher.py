@@ -37,6 +37,8 @@ ErrorHook = Callable[[Context | None, Failure], Any]
 MAX_LATENCY_LABELS = 256
 # Handler results that are plainly not a Deferred or an awaitable.
 _PLAIN = frozenset({type(None), bool, int, float, str, dict, list})
+# (A module global: one lookup per answer, not two.)
+_CALL = MessageType.CALL
 
 
 class Dispatcher:
@@ -146,36 +148,38 @@ class Dispatcher:
         )
 
     def _done(self, value: Any, dispatch: Dispatch, ctx: Context, started: float) -> None:
+        envelope = dispatch.envelope
         if (
-            dispatch.envelope.type is MessageType.CALL
+            envelope.type is _CALL
             and value is not None
             and value is not True
             and value is not False
         ):
             # Checked and encoded in one pass where the text can tell (a JSON
             # connection): the answer and its dedup record hold the bytes.
+            limits = self._data_limits
             connection = self._connection(dispatch.conn)
             packed = (
-                packed_result(value, self._data_limits)
+                packed_result(value, limits)
                 if connection is not None and type(connection.codec) is JsonCodec
                 else None
             )
-            try:
-                if packed is None:
-                    check_value(value, self._data_limits)
-                else:
-                    value = packed
-            except DataModelError:
-                # Unencodable results would be recorded for dedup and then
-                # fail to encode on every answer: answer 4300 instead.
-                self._failed(Failure(), dispatch, ctx, started)
-                return
-        self._observe_latency(dispatch.envelope, started)
+            if packed is not None:
+                value = packed
+            else:
+                try:
+                    check_value(value, limits)
+                except DataModelError:
+                    # Unencodable results would be recorded for dedup and then
+                    # fail to encode on every answer: answer 4300 instead.
+                    self._failed(Failure(), dispatch, ctx, started)
+                    return
+        self._observe_latency(envelope, started)
         if not self.settle_inline:  # ``settle`` is wrapped (tracing: the ack span)
             self.settle(dispatch, result=value)
             return
         # ``settle``, inlined: once per handled message.
-        answer = self.core.answer(dispatch.session, dispatch.envelope, self._now_ms(), result=value)
+        answer = self.core.answer(dispatch.session, envelope, self._now_ms(), result=value)
         if answer is not None:
             self._send(*answer)
 

@@ -18,6 +18,8 @@ frame is bad; it only takes the fast path when a frame is plainly good.
 
 from __future__ import annotations
 
+import struct
+
 from warpsocket import _compat
 
 OPCODE_TEXT = 0x1
@@ -28,6 +30,9 @@ _FIN_BINARY = 0x80 | OPCODE_BINARY
 # Above this, Autobahn's C masker is faster than Python's big-integer XOR.
 _INT_UNMASK_MAX = 512
 _masker = _compat.xor_masker()
+# Headers with a 16-bit and a 64-bit payload length (network byte order).
+_HEAD_16 = struct.Struct("!BBH").pack
+_HEAD_64 = struct.Struct("!BBQ").pack
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
@@ -92,9 +97,8 @@ def frame(payload: bytes, is_binary: bool) -> bytes:
     size = len(payload)
     first = _FIN_BINARY if is_binary else _FIN_TEXT
     if size < 126:
-        header = bytes((first, size))
-    elif size < 0x10000:
-        header = bytes((first, 126, size >> 8, size & 0xFF))
-    else:
-        header = bytes((first, 127)) + size.to_bytes(8, "big")
-    return header + payload
+        return bytes((first, size)) + payload
+    if size < 0x10000:
+        # (A result of a call, most often: one C call for the 4-byte header.)
+        return _HEAD_16(first, 126, size) + payload
+    return _HEAD_64(first, 127, size) + payload
