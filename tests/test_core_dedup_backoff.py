@@ -2,14 +2,67 @@
 
 from __future__ import annotations
 
+import gc
+
 from twisted.trial import unittest
 
 from warpsocket.core.backoff import Backoff
 from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
-from warpsocket.core.messages import ack_envelope
+from warpsocket.core.messages import ack_envelope, error_envelope, result_envelope
+from warpsocket.protocol.codecs import JsonCodec
+from warpsocket.protocol.codes import ErrorCode
+from warpsocket.protocol.compact import CompactData
+from warpsocket.protocol.envelope import Envelope, MessageType
 
 T0 = 1_764_300_000_000
 KEY: DedupKey = ("s:sess-1", "m-1")
+
+
+class KeptReplyTests(unittest.SynchronousTestCase):
+    """What the window keeps of a reply: the collector stops tracking a plain
+    ack or result; every reply comes back equal, and encodes to the same bytes."""
+
+    def replies(self) -> list[Envelope]:
+        packed = CompactData(b'{"a":1,"b":"\\u00e9"}')
+        return [
+            ack_envelope("n-1", T0, "m-1"),
+            ack_envelope("n-2", T0, "m-2", data="ok"),
+            result_envelope("n-3", T0, "m-3", packed),
+            result_envelope("n-4", T0, "m-4", 2.5),
+            result_envelope("n-5", T0, "m-5", None),
+            result_envelope("n-6", T0, "m-6", True),
+            result_envelope("n-7", T0, "m-7", {"nested": [1, {"x": None}]}),
+            error_envelope("n-8", T0, ErrorCode.INTERNAL_ERROR, "internal error", "m-8"),
+            Envelope(MessageType.RESULT, "n-9", T0, 1, ref="m-9", trace=None, ttl=5),
+        ]
+
+    def test_a_reply_comes_back_equal_and_encodes_the_same(self) -> None:
+        codec = JsonCodec()
+        window = DedupWindow(DedupLimits())
+        for reply in self.replies():
+            key = ("p", reply.ref or "")
+            window.begin(key, T0)
+            window.settle(key, reply)
+            found = window.lookup(key, T0 + 1)
+            assert found is not None and found.reply is not None
+            self.assertEqual(found.reply, reply)
+            self.assertEqual(codec.encode(found.reply), codec.encode(reply))
+
+    def test_plain_replies_are_not_tracked_by_the_collector(self) -> None:
+        window = DedupWindow(DedupLimits())
+        tracked = {}
+        for reply in self.replies():
+            key = ("p", reply.ref or "")
+            window.begin(key, T0)
+            window.settle(key, reply)
+        gc.collect()
+        for key, entry in window._records.items():
+            tracked[key[1]] = gc.is_tracked(entry)
+        # Acks and results of atoms or encoded JSON: untracked; a result of
+        # containers, an error (its data is a dict) and an unusual envelope
+        # are kept as they are.
+        expected = {f"m-{n}": n >= 7 for n in range(1, 10)}
+        self.assertEqual(tracked, expected)
 
 
 class DedupTests(unittest.SynchronousTestCase):
@@ -21,11 +74,10 @@ class DedupTests(unittest.SynchronousTestCase):
     def test_begin_settle_lookup(self) -> None:
         window = DedupWindow(DedupLimits())
         self.assertIsNone(window.lookup(KEY, T0))
-        record = window.begin(KEY, T0)
-        self.assertEqual((record.created_ms, record.reply), (T0, None))
+        window.begin(KEY, T0)
         found = window.lookup(KEY, T0 + 1)
         assert found is not None
-        self.assertIsNone(found.reply, "in progress: no reply yet")
+        self.assertEqual((found.created_ms, found.reply), (T0, None), "in progress: no reply yet")
         reply = ack_envelope("n-1", T0 + 2, "m-1")
         window.settle(KEY, reply)
         found = window.lookup(KEY, T0 + 3)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
-from warpsocket.protocol.envelope import Envelope
+from warpsocket.protocol.compact import CompactData
+from warpsocket.protocol.envelope import Envelope, MessageType
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +36,64 @@ class DedupRecord:
 
 DedupKey = tuple[str, str]  # (principal, message id)
 
+# A record as the window keeps it: ``(created_ms, reply)`` with the reply
+# envelope (None while the first copy is being handled) or, for a plain ack
+# or result, ``(created_ms, type, id, timestamp, ref, encoded, data)``: its
+# fields, strings, numbers and bytes only. The collector stops tracking a
+# tuple of such atoms the first time it sees it; an envelope (and a result's
+# ``CompactData``) it visits at every full collection for as long as the
+# window keeps it: with a full window of 100,000 records, that was most of
+# what an acknowledged message cost it.
+_Entry = tuple[Any, ...]
+_FLAT_TYPES = frozenset({MessageType.ACK, MessageType.RESULT})
+_ATOMS = (str, int, float, bool, type(None))
+
+
+def _entry(created_ms: int, reply: Envelope) -> _Entry:
+    data = reply.data
+    if type(data) is CompactData:
+        encoded, data = True, data.json
+    elif type(data) in _ATOMS:
+        encoded = False
+    else:
+        return (created_ms, reply)  # (a result of containers: kept as it is)
+    if (
+        reply.type not in _FLAT_TYPES
+        or reply.ref is None
+        or reply.event is not None
+        or reply.room is not None
+        or reply.stream is not None
+        or reply.offset is not None
+        or reply.epoch is not None
+        or reply.ack
+        or reply.ttl is not None
+        or reply.code is not None
+        or reply.deadline is not None
+        or reply.trace is not None
+        or reply.extra
+    ):
+        return (created_ms, reply)
+    return (created_ms, reply.type.value, reply.id, reply.timestamp, reply.ref, encoded, data)
+
+
+def _record(entry: _Entry) -> DedupRecord:
+    if len(entry) == 2:
+        return DedupRecord(entry[0], entry[1])
+    created_ms, kind, ident, timestamp, ref, encoded, data = entry
+    value = CompactData(data) if encoded else data
+    return DedupRecord(created_ms, Envelope(MessageType(kind), ident, timestamp, value, ref=ref))
+
 
 class DedupWindow:
-    """Bounded by count and age; the oldest records are forgotten first."""
+    """Bounded by count and age; the oldest records are forgotten first.
+
+    Records are kept as tuples (see ``_entry``); ``lookup`` hands out a
+    ``DedupRecord``.
+    """
 
     def __init__(self, limits: DedupLimits) -> None:
         self.limits = limits
-        self._records: OrderedDict[DedupKey, DedupRecord] = OrderedDict()
+        self._records: OrderedDict[DedupKey, _Entry] = OrderedDict()
         # At most the first record's ``created_ms`` (inf: none): ``trim``,
         # called for every tracked message, looks at the records only when
         # the first may be due, as it would find out by looking.
@@ -51,24 +104,24 @@ class DedupWindow:
 
     def lookup(self, key: DedupKey, now_ms: int) -> DedupRecord | None:
         self.trim(now_ms)
-        return self._records.get(key)
+        entry = self._records.get(key)
+        return None if entry is None else _record(entry)
 
-    def begin(self, key: DedupKey, now_ms: int) -> DedupRecord:
+    def begin(self, key: DedupKey, now_ms: int) -> None:
         """Record that ``key`` is being handled; the caller checked lookup first."""
-        record = DedupRecord(now_ms)
         records = self._records
-        records[key] = record
+        records[key] = (now_ms, None)
         if now_ms < self._oldest_ms:
             self._oldest_ms = now_ms  # (the first record)
         while len(records) > self.limits.max_records:
             records.popitem(last=False)
             self._oldest_ms = -math.inf  # another one is first: look next time
-        return record
 
     def settle(self, key: DedupKey, reply: Envelope) -> None:
-        record = self._records.get(key)
-        if record is not None:
-            record.reply = reply
+        records = self._records
+        entry = records.get(key)
+        if entry is not None:
+            records[key] = _entry(entry[0], reply)  # (in place: the order stays)
 
     def forget(self, key: DedupKey) -> None:
         self._records.pop(key, None)
@@ -80,7 +133,7 @@ class DedupWindow:
             return
         records = self._records
         while records:
-            created = next(iter(records.values())).created_ms
+            created = next(iter(records.values()))[0]
             if created >= horizon:
                 self._oldest_ms = created
                 return
