@@ -287,7 +287,10 @@ class Connection:
     user: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
     session: Session | None = None
-    keys: set[str] = field(default_factory=set)
+    # The streams it reads here (``members``): a tuple of strings, which the
+    # collector stops tracking; a set it would visit at every full collection.
+    # (At most ``max_rooms`` + 1; joins and leaves are rare.)
+    keys: tuple[str, ...] = ()
     # A timer closed it (4203, 4204, 4205): no further timer acts on it.
     timed_out: bool = False
     # Extensions agreed in the handshake (protocol.md 4.4).
@@ -404,14 +407,15 @@ class ServerCore:
                 members.discard(conn.id)
                 if not members:
                     del self.members[key]
-        conn.keys.clear()
+        conn.keys = ()
 
     def _member(self, conn: Connection, key: str) -> None:
         self.members.setdefault(key, set()).add(conn.id)
-        conn.keys.add(key)
+        if key not in conn.keys:
+            conn.keys += (key,)
 
     def _not_member(self, conn: Connection, key: str) -> None:
-        conn.keys.discard(key)
+        conn.keys = tuple(k for k in conn.keys if k != key)
         members = self.members.get(key)
         if members is not None:
             members.discard(conn.id)
