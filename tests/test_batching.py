@@ -273,6 +273,26 @@ class EndOfTurnTests(ServerTestCase):
         self.assertIn(b'"result"', frames[0].split(b'"after"')[0])
 
 
+class WelcomeTests(ServerTestCase):
+    @async_test
+    async def test_the_welcome_leaves_during_the_read_of_the_hello(self) -> None:
+        self.start_server(open_rooms=True)
+        client = await self.connect(hello=False)
+        server_side = self.server_side(client)
+        frames: list[bytes] = []
+        server_side._write = frames.append  # type: ignore[method-assign]
+        server_side.dataReceived(masked_frame({"type": "hello", "data": {"rooms": ["r"]}}))
+        # Written before the read returned, not at the end of the reactor turn.
+        self.assertEqual(len(frames), 1)
+        self.assertIn(b'"welcome"', frames[0])
+        # An answer to a later read waits for the end of the turn again.
+        server_side.dataReceived(masked_frame({"type": "heartbeat"}))
+        self.assertEqual(len(frames), 1)
+        await sleep(0)
+        self.assertEqual(len(frames), 2)
+        self.assertIn(b'"heartbeat"', frames[1])
+
+
 class RedisDeliveryBatchTests(ServerTestCase):
     def test_one_read_of_published_messages_is_delivered_in_one_batch(self) -> None:
         """The Redis subscriber wraps each read in the hub's batch: the messages

@@ -16,6 +16,9 @@ own transport sends them (on its next iteration), and it matters: a
 answer, each between two reads, cost a round trip about 10 us of kernel
 time (an IPI per wake-up in a VM) where answers sent together wake the
 reader once. One ``callLater(0)`` per turn schedules it, not one per frame.
+The one exception is a connection's welcome, which its protocol writes at
+once (``WarpSocketServerProtocol.onMessage``): its client waits for nothing
+else, and nothing else of that connection can be waiting.
 
 Order is kept: every other write to a connection (autobahn's control and
 close frames, a frame written outside any batch) goes after what that
