@@ -263,7 +263,18 @@ class Session:
     resume_hash: str = ""
     # stream key -> the position the session started from, used when the
     # client cannot present one (it never saw an event of that stream).
-    starts: dict[str, Position] = field(default_factory=dict)
+    # Kept as (offset, epoch) tuples (``start_position`` reads one): a dict
+    # of strings and tuples of atoms the collector stops tracking, where
+    # ``Position`` objects it would visit at every full collection.
+    starts: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def start_position(self, key: str) -> Position | None:
+        start = self.starts.get(key)
+        return None if start is None else Position(*start)
+
+    def start_positions(self) -> dict[str, Position]:
+        return {key: Position(*start) for key, start in self.starts.items()}
+
     rooms: set[str] = field(default_factory=set)
     conn: ConnId | None = None
     pending: dict[int, PendingAck] = field(default_factory=dict)
@@ -537,7 +548,7 @@ class ServerCore:
         for key in keys:
             wire = wire_name(key)
             own = presented.get(wire)
-            start = own or session.starts.get(key)
+            start = own or session.start_position(key)
             current = self.store.position(key)
             missed = self.store.read_after(key, start, now_ms) if start is not None else None
             whole = None
@@ -621,7 +632,8 @@ class ServerCore:
         if user is not None:
             self.user_sessions.setdefault(user, set()).add(session.id)
         for key in (direct_key(session.id), BROADCAST):
-            session.starts[key] = self.store.position(key)
+            position = self.store.position(key)
+            session.starts[key] = (position.offset, position.epoch)
         return session, token
 
     def _join_refusal(self, session: Session, room: str) -> ErrorCode | None:
@@ -635,7 +647,7 @@ class ServerCore:
         key = room_key(room)
         position = self.store.position(key)
         session.rooms.add(room)
-        session.starts[key] = position
+        session.starts[key] = (position.offset, position.epoch)
         self.room_sessions.setdefault(room, set()).add(session.id)
         return position
 
@@ -973,7 +985,8 @@ class ServerCore:
         existing = self.sessions.get(session_id)
         if existing is not None:
             return existing
-        session = Session(session_id, user, dict(claims), resume_hash, dict(starts))
+        kept = {key: (start.offset, start.epoch) for key, start in starts.items()}
+        session = Session(session_id, user, dict(claims), resume_hash, kept)
         self.sessions[session_id] = session
         if user is not None:
             self.user_sessions.setdefault(user, set()).add(session_id)

@@ -110,7 +110,7 @@ class ClusterSync:
             session.user,
             dict(session.claims),
             tuple(sorted(session.rooms)),
-            dict(session.starts),
+            session.start_positions(),
             session.resume_hash,
         )
         self.backend.save_session(record, self._record_ttl_ms)
