@@ -775,7 +775,10 @@ export class WarpSocketClient {
     if (tracked !== null && threshold !== undefined && threshold > 0) {
       const timer = setTimeout(() => {
         this.slowTimers.delete(id);
-        this.emitTo("slow", { id, event: tracked, ms: Date.now() - started, thresholdMs: threshold });
+        // The timer measured at least the threshold; Date.now() can read a
+        // millisecond less (whole milliseconds on another clock).
+        const ms = Math.max(threshold, Date.now() - started);
+        this.emitTo("slow", { id, event: tracked, ms, thresholdMs: threshold });
       }, threshold);
       this.slowTimers.set(id, timer);
     }
