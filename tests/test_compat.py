@@ -64,22 +64,22 @@ class TCPFixture:
 class EagerWriteTests(TestCase):
     def test_sends_at_once_when_the_state_is_there(self) -> None:
         fixture = TCPFixture(self)
-        write = _compat.eager_tcp_write(fixture.connection)
-        assert write is not None
-        write(b"frame")
+        socket = _compat.eager_socket(fixture.connection)
+        assert socket is not None
+        _compat.write_socket_first(Stub(_socket=socket, transport=None), b"frame")
         self.assertEqual(fixture.peer.recv(100), b"frame")
 
     def test_a_missing_private_turns_eager_writes_off(self) -> None:
         for name in ("_tempDataLen", "_aborting", "_writeDisconnected"):
             fixture = TCPFixture(self)
             hide(fixture.connection, name)
-            self.assertIsNone(_compat.eager_tcp_write(fixture.connection), name)
+            self.assertIsNone(_compat.eager_socket(fixture.connection), name)
 
     def test_other_transports_are_not_written_eagerly(self) -> None:
-        self.assertIsNone(_compat.eager_tcp_write(Stub(write=print)))
+        self.assertIsNone(_compat.eager_socket(Stub(write=print)))
         fixture = TCPFixture(self)
         fixture.connection.TLS = True
-        self.assertIsNone(_compat.eager_tcp_write(fixture.connection))
+        self.assertIsNone(_compat.eager_socket(fixture.connection))
 
 
 def waiting_fd(chunks: list[bytes], sent: bytes = b"", offset: int = 0) -> FileDescriptor:

@@ -25,7 +25,6 @@ from twisted.logger import Logger
 
 log = Logger()
 
-Write = Callable[[bytes], None]
 Masker = Callable[[bytes, bytes], bytes]
 
 # ------------------------------------------------------------------ Twisted
@@ -67,13 +66,6 @@ def eager_socket(transport: Any) -> Any | None:
 
 # Transport class -> whether it has every attribute of ``_TCP_WRITE_STATE``.
 _EAGER_TYPES: dict[type, bool] = {}
-
-
-def eager_tcp_write(transport: Any) -> Write | None:
-    """A ``write`` for ``transport`` that sends on the socket at once when the
-    transport has nothing waiting, or None (see ``eager_socket``)."""
-    socket = eager_socket(transport)
-    return None if socket is None else partial(_eager_write, socket)
 
 
 def write_socket_first(protocol: Any, data: bytes) -> None:

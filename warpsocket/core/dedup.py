@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warpsocket.protocol.compact import CompactData
-from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.protocol.envelope import Envelope, MessageType, is_plain_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +57,7 @@ def _entry(created_ms: int, reply: Envelope) -> _Entry:
         encoded = False
     else:
         return (created_ms, reply)  # (a result of containers: kept as it is)
-    if (
-        reply.type not in _FLAT_TYPES
-        or reply.ref is None
-        or reply.event is not None
-        or reply.room is not None
-        or reply.stream is not None
-        or reply.offset is not None
-        or reply.epoch is not None
-        or reply.ack
-        or reply.ttl is not None
-        or reply.code is not None
-        or reply.deadline is not None
-        or reply.trace is not None
-        or reply.extra
-    ):
+    if reply.type not in _FLAT_TYPES or not is_plain_reply(reply) or reply.extra:
         return (created_ms, reply)
     return (created_ms, reply.type.value, reply.id, reply.timestamp, reply.ref, encoded, data)
 

@@ -19,7 +19,7 @@ import msgpack
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
 from warpsocket.protocol.datamodel import DEFAULT_LIMITS, MAX_SAFE_INTEGER, DataLimits
-from warpsocket.protocol.envelope import Envelope, MessageType
+from warpsocket.protocol.envelope import Envelope, MessageType, is_plain_reply
 from warpsocket.protocol.jsontext import compact
 
 JSON_SUBPROTOCOL = "warpsocket.v1.json"
@@ -68,7 +68,7 @@ class JsonCodec:
 
     def encode(self, envelope: Envelope) -> bytes:
         data = envelope.data
-        if _is_reply(envelope):
+        if is_plain_reply(envelope):
             # Most envelopes a server sends are acks and results: type, id,
             # timestamp, data and ref, formatted in to_wire's order without
             # building the mapping (byte for byte what the encoder writes).
@@ -193,6 +193,18 @@ _LEAVES = frozenset({str, float, bool, type(None)})
 _MIN_SAFE = -MAX_SAFE_INTEGER
 
 
+def _plain_leaves(members: Iterable[Any]) -> bool:
+    """Every member a plain scalar, integers within +-(2^53-1)."""
+    for member in members:
+        leaf = type(member)
+        if leaf is int:
+            if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
+                return False
+        elif leaf not in _LEAVES:
+            return False
+    return True
+
+
 def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     """A handler's result checked against the data model and encoded in one go.
 
@@ -214,41 +226,20 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     """
     kind = type(value)
     if kind is dict:
-        if len(value) < limits.max_values and limits.max_depth > 2:
-            for key, member in value.items():
-                if type(key) is not str:
-                    break
-                leaf = type(member)
-                if leaf is int:
-                    if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
-                        break
-                elif leaf not in _LEAVES:
-                    break
-            else:
-                try:  # (NaN, infinities and lone surrogates are refused here)
-                    return CompactData(compact(value).encode("utf-8"))
-                except Exception:
-                    return None
         if not _ONLY_STR.issuperset(map(type, value)):
-            return None
+            return None  # (the encoder would turn {1: "a"} into {"1":"a"})
+        members: Any = value.values()
         objects = 1
     elif kind is list:
-        if len(value) < limits.max_values and limits.max_depth > 2:
-            for member in value:
-                leaf = type(member)
-                if leaf is int:
-                    if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
-                        break
-                elif leaf not in _LEAVES:
-                    break
-            else:
-                try:
-                    return CompactData(compact(value).encode("utf-8"))
-                except Exception:
-                    return None
+        members = value
         objects = 0
     else:
         return None
+    if len(value) < limits.max_values and limits.max_depth > 2 and _plain_leaves(members):
+        try:  # (NaN, infinities and lone surrogates are refused here)
+            return CompactData(compact(value).encode("utf-8"))
+        except Exception:
+            return None
     try:
         payload = compact(value).encode("utf-8")
     except Exception:  # NaN, a lone surrogate, an object JSON cannot hold ...
@@ -261,23 +252,6 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     ):
         return None
     return CompactData(payload)
-
-
-def _is_reply(envelope: Envelope) -> bool:
-    """Only type, id, timestamp, ref and maybe data (an ack, a result)."""
-    return (
-        envelope.ref is not None
-        and envelope.event is None
-        and envelope.room is None
-        and envelope.stream is None
-        and envelope.offset is None
-        and envelope.epoch is None
-        and not envelope.ack
-        and envelope.ttl is None
-        and envelope.code is None
-        and envelope.deadline is None
-        and envelope.trace is None
-    )
 
 
 def _encodable(value: object) -> bool:

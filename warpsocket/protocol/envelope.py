@@ -304,6 +304,25 @@ class Envelope:
         return envelope
 
 
+def is_plain_reply(envelope: Envelope) -> bool:
+    """Only type, id, timestamp, ref and maybe data: how an ack or a result is
+    built (the codec formats these without the mapping; the dedup window
+    keeps them as a tuple of their fields)."""
+    return (
+        envelope.ref is not None
+        and envelope.event is None
+        and envelope.room is None
+        and envelope.stream is None
+        and envelope.offset is None
+        and envelope.epoch is None
+        and not envelope.ack
+        and envelope.ttl is None
+        and envelope.code is None
+        and envelope.deadline is None
+        and envelope.trace is None
+    )
+
+
 def batch_limits(limits: DataLimits) -> DataLimits:
     """The data model's bounds for a ``batch`` envelope: its inner envelopes
     sit two levels down (its ``data`` array, then the envelope), so the depth

@@ -80,9 +80,8 @@ class OutboundGuard:
         """Register as the socket's streaming producer (see the module docstring).
         ``below``: the level under the connection's transport, when known."""
         transport: Any = self.connection.transport
-        if isinstance(below, FileDescriptor) or isinstance(transport, FileDescriptor):
-            socket = below if isinstance(below, FileDescriptor) else transport
-        else:
+        socket = below
+        if not isinstance(socket, FileDescriptor):
             chain = transport_chain(transport)
             socket = chain[-1] if chain else None
         if not isinstance(socket, FileDescriptor) or socket.producer is not None:

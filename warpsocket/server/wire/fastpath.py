@@ -18,7 +18,7 @@ WarpSocket protocol (protocol.py) derives from it and adds the glue.
   do next anyway; whatever the socket does not take goes to the transport's
   buffer as before, so order, flow control (producers, ``bufferSize``) and
   error handling are unchanged. Only plain TCP and UNIX connections qualify:
-  TLS has its own buffering (and ``_compat.eager_tcp_write`` falls back to
+  TLS has its own buffering (and ``_compat.eager_socket`` falls back to
   the transport's own write if this Twisted lacks what it reads).
 
 What watches the writes (the outbound bound, the close deadline) is a
