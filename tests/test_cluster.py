@@ -8,6 +8,7 @@ on the real reactor (their clocks must agree, as real nodes' do).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -253,6 +254,97 @@ class DedupClaimTests(ClusterCase):
         self.assertTrue(claimed.first)
         ttl = int(redis.command("PTTL", key).strip(b":\r\n"))
         self.assertTrue(0 < ttl <= CLAIM_TTL_MS, ttl)
+
+
+class HotClaimTests(ClusterCase):
+    """Tracked events and calls of a clustered node take the inbound hot path
+    (inbound.py ``_hot_claim``): claimed in Redis without a Deferred each,
+    the connection's later frames held, every guarantee of the general path kept."""
+
+    @async_test
+    async def test_a_retry_on_another_node_gets_the_recorded_result(self) -> None:
+        self.start_redis()
+        a, b = self.node("a"), self.node("b")
+        await self.healthy(a, b)
+        handled: list[Any] = []
+
+        def lookup(ctx: Any, data: Any) -> Any:
+            handled.append(data)
+            return {"name": "Zoë ✓", "n": data, "tags": ["a", {"b": None}], "ok": True}
+
+        a.hub.on("lookup", lookup)
+        b.hub.on("lookup", lookup)
+        first = await self.client(a)
+        call = {"type": "call", "id": "c-1", "event": "lookup", "data": 7}
+        result = await first.request(dict(call))
+        self.assertEqual(result["type"], "result")
+        event = {"type": "event", "id": "e-1", "event": "lookup", "data": 8, "ack": True}
+        ack = await first.request(dict(event))
+        self.assertEqual((ack["type"], ack["ref"]), ("ack", "e-1"))
+        second = await self.client(b, session=first.session)
+        again = await second.request(dict(call))
+        self.assertEqual((again["type"], again["ref"]), ("result", "c-1"))
+        self.assertEqual(again["data"], result["data"])
+        self.assertEqual(again["id"], result["id"])
+        ack_again = await second.request(dict(event))
+        self.assertEqual((ack_again["type"], ack_again["id"]), ("ack", ack["id"]))
+        self.assertEqual(handled, [7, 8])
+
+    @async_test
+    async def test_pipelined_messages_keep_their_order_while_claims_wait(self) -> None:
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        seen: list[Any] = []
+        a.hub.on("n", lambda ctx, data: seen.append(data))
+        a.hub.on("c", lambda ctx, data: seen.append(data) or data)
+        client = await self.client(a)
+        deferred_claims: list[str] = []
+        claim = a.backend.claim
+        a.backend.claim = lambda p, m, now: deferred_claims.append(m) or claim(p, m, now)  # type: ignore[method-assign]
+        redis.command("CLIENT", "PAUSE", "300", "WRITE")  # the claims wait
+        sent = []
+        for n in range(30):
+            if n % 3 == 0:
+                sent.append(client.send({"type": "call", "id": f"m{n}", "event": "c", "data": n}))
+            elif n % 3 == 1:
+                sent.append(
+                    client.send(
+                        {"type": "event", "id": f"m{n}", "event": "n", "data": n, "ack": True}
+                    )
+                )
+            else:  # untracked: held behind the tracked ones all the same
+                client.send({"type": "event", "id": f"m{n}", "event": "n", "data": n})
+        replies = [await client.reply_to(m["id"]) for m in sent]
+        await wait_until(lambda: len(seen) == 30, what="every message handled")
+        self.assertEqual(seen, list(range(30)))
+        self.assertEqual([r["ref"] for r in replies], [m["id"] for m in sent])
+        self.assertEqual({r["type"] for r in replies}, {"ack", "result"})
+        self.assertEqual(deferred_claims, [])  # all hot: no Deferred per claim
+
+    @async_test
+    async def test_an_id_another_node_is_handling_is_answered_as_it_answers(self) -> None:
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        handled: list[Any] = []
+        a.hub.on("n", lambda ctx, data: handled.append(data))
+        client = await self.client(a)
+        principal = a.hub.core.sessions[client.session].principal
+        key = a.backend.keys.dedup(principal, "m-1")
+        redis.command("SET", key, "", "PX", "5000")  # claimed elsewhere, no answer yet
+        client.send({"type": "event", "id": "m-1", "event": "n", "data": 1, "ack": True})
+        client.send({"type": "event", "id": "m-2", "event": "n", "data": 2, "ack": True})
+        await sleep(0.4)
+        self.assertEqual(handled, [])  # m-2 waits behind m-1
+        answer = Envelope(type=MessageType.ACK, id="other-node", timestamp=1, ref="m-1")
+        stored = json.dumps(answer.to_wire())
+        redis.command("SET", key, stored, "PX", "5000")
+        first = await client.reply_to("m-1")
+        self.assertEqual(first["id"], "other-node")
+        second = await client.reply_to("m-2")
+        self.assertEqual(second["type"], "ack")
+        self.assertEqual(handled, [2])
 
 
 class RedisTroubleTests(ClusterCase):

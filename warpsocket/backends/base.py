@@ -71,6 +71,13 @@ class Claim:
     reply: Envelope | None = None
 
 
+#: The answers without a reply, shared (a claim is answered once per tracked message).
+FIRST = Claim(True)
+TAKEN = Claim(False)
+#: Hears a claim's answer, with the context given to ``Backend.claim_then``.
+Decided = Callable[[Claim, Any], None]
+
+
 class Backend(Protocol):
     """Where a hub keeps streams, sessions, dedup records and presence.
 
@@ -130,6 +137,13 @@ class Backend(Protocol):
     def load_session(self, session_id: str) -> Deferred[SessionRecord | None]: ...
 
     def claim(self, principal: str, message_id: str, now_ms: int) -> Deferred[Claim]: ...
+
+    def claim_then(
+        self, principal: str, message_id: str, now_ms: int, decided: Decided, context: Any
+    ) -> None:
+        """``claim``, answered by calling ``decided(claim, context)``, maybe at
+        once; never with a failure (a backend in trouble answers ``FIRST``:
+        the node's own dedup window applies). Saves a Deferred per message."""
 
     def unclaim(self, principal: str, message_id: str) -> None: ...
 

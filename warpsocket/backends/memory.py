@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from warpsocket.backends.base import AckListener, AckNotice, Claim, Delivery, SessionRecord
+from warpsocket.backends.base import (
+    FIRST,
+    AckListener,
+    AckNotice,
+    Claim,
+    Decided,
+    Delivery,
+    SessionRecord,
+)
 from warpsocket.core.history import HistoryLimits
 from warpsocket.core.ids import random_id
 from warpsocket.core.store import MemoryStreamStore, StreamStore
@@ -89,7 +98,12 @@ class MemoryBackend:
         return succeed(None)
 
     def claim(self, principal: str, message_id: str, now_ms: int) -> Deferred[Claim]:
-        return succeed(Claim(True))
+        return succeed(FIRST)
+
+    def claim_then(
+        self, principal: str, message_id: str, now_ms: int, decided: Decided, context: Any
+    ) -> None:
+        decided(FIRST, context)  # one node: its own dedup window is the whole truth
 
     def unclaim(self, principal: str, message_id: str) -> None:
         pass

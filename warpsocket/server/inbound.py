@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -163,17 +163,7 @@ class Inbound:
                 self.metrics.protocol_errors.labels(str(int(refusal.code))).inc()
                 self._run(self.core.protocol_error(conn_id, refusal, now))
                 return
-        if (
-            (kind is MessageType.EVENT or kind is MessageType.CALL)
-            and conn is not None
-            and conn.session is not None
-            and not self._middleware
-            and not self.backend.clustered
-            and envelope.room is None
-            and envelope.stream is None
-            and conn_id not in self._held
-        ):
-            self._hot(conn_id, conn, conn.session, connection, envelope, now)
+        if conn_id not in self._held and self._took_hot(conn_id, conn, connection, envelope, now):
             return
         if self._middleware and conn is not None and conn.session is not None:
             ctx = self._context(conn.session.id, connection, envelope)
@@ -226,6 +216,33 @@ class Inbound:
             return
         self._feed(conn_id, envelope)
 
+    def _took_hot(
+        self,
+        conn_id: ConnId,
+        conn: CoreConnection | None,
+        connection: Connection,
+        envelope: Envelope,
+        now: int,
+    ) -> bool:
+        """Take an event or call (no room, no stream position) of a welcomed
+        session, with no middleware configured, on a hot path; False: the
+        general pipeline takes it."""
+        kind = envelope.type
+        if (
+            (kind is MessageType.EVENT or kind is MessageType.CALL)
+            and conn is not None
+            and conn.session is not None
+            and not self._middleware
+            and envelope.room is None
+            and envelope.stream is None
+        ):
+            if self.backend.clustered and (envelope.ack or kind is MessageType.CALL):
+                self._hot_claim(conn_id, conn, conn.session, envelope, now)
+            else:
+                self._hot(conn_id, conn, conn.session, connection, envelope, now)
+            return True
+        return False
+
     def _hot(
         self,
         conn_id: ConnId,
@@ -235,9 +252,8 @@ class Inbound:
         envelope: Envelope,
         now: int,
     ) -> None:
-        """An event or call (no room) of a welcomed session, on one node,
-        without middleware and with nothing held: ``core.receive`` without
-        its ``Dispatch`` action, straight to the handler."""
+        """``core.receive`` without its ``Dispatch`` action: the core's
+        checks, then straight to the handler."""
         conn.last_rx_ms = now  # as ``receive`` marks them
         conn.last_app_ms = now
         answered = self.core.check_message(conn, session, envelope, now)
@@ -245,6 +261,56 @@ class Inbound:
             self._run(answered)  # a retry's reply, an error
             return
         self._dispatch(conn_id, session, envelope, connection)
+
+    def _hot_claim(
+        self, conn_id: ConnId, conn: CoreConnection, session: Session, envelope: Envelope, now: int
+    ) -> None:
+        """``_hot`` on a clustered node, for a tracked event or call: its id is
+        claimed in the cluster's dedup records first (the claims of a reactor
+        turn go in one script call, with no Deferred per message), and the
+        connection's later frames are held until the answer."""
+        principal = session.principal
+        if self.core.dedup.lookup((principal, envelope.id), now) is not None:
+            # This node knows it: the core answers the retry (no claim needed).
+            self._hot(conn_id, conn, session, self._connections[conn_id], envelope, now)
+            return
+        self._held[conn_id] = []
+        self.backend.claim_then(
+            principal, envelope.id, now, self._hot_claimed, (conn_id, envelope, principal)
+        )
+
+    def _hot_claimed(self, claim: Claim, claimed: tuple[ConnId, Envelope, str]) -> None:
+        conn_id, envelope, principal = claimed
+        self._claim_decided(conn_id, envelope, claim, principal)
+
+    def _claim_decided(
+        self, conn_id: ConnId, envelope: Envelope, claim: Claim, principal: str
+    ) -> None:
+        """The cluster answered ``_hot_claim``'s claim (a step that tracing
+        wraps, as it wraps ``_after_step``: it runs outside the receive span)."""
+        connection = self._connections.get(conn_id)
+        if connection is None:
+            self._held.pop(conn_id, None)
+            if claim.first:
+                # The connection went before it could be handled: free the id
+                # so that the client's retry is handled.
+                self.backend.unclaim(principal, envelope.id)
+            return
+        if not claim.first and claim.reply is None:
+            # Another node is handling it: ask again until it answers (the
+            # general pipeline's way), the later frames still held.
+            self._claims[(conn_id, envelope.id)] = principal
+            asked = self._ask_until_decided(succeed(claim), principal, envelope.id)
+            asked.addBoth(lambda result: self._resume(conn_id, envelope, result))
+            return
+        conn = self.core.connections.get(conn_id)
+        if not claim.first:
+            self._send(conn_id, cast(Envelope, claim.reply))  # answered as the other node did
+        elif conn is not None and conn.session is not None:
+            self._hot(conn_id, conn, conn.session, connection, envelope, self._now_ms())
+        else:
+            self._run(self.core.receive(conn_id, envelope, self._now_ms()))
+        self._release_held(conn_id)
 
     def _feed(self, conn_id: ConnId, envelope: Envelope) -> None:
         """Feed the core, after whatever the backend must do first."""
@@ -262,18 +328,32 @@ class Inbound:
             self._after_step(conn_id, envelope, outcome[0])
             return
         self._held[conn_id] = []
+        step.addCallback(lambda _: self._resume(conn_id, envelope, outcome[0]))
 
-        def resume(_: object) -> None:
-            self._after_step(conn_id, envelope, outcome[0])
-            waiting = self._held.pop(conn_id, [])
-            while waiting and conn_id in self._connections:
-                self._feed(conn_id, waiting.pop(0))
-                if conn_id in self._held:
-                    # That one waits for the backend too: the rest follow it.
-                    self._held[conn_id].extend(waiting)
-                    return
+    def _resume(self, conn_id: ConnId, envelope: Envelope, result: Any) -> None:
+        """The backend step ``envelope`` waited for gave ``result``: feed the
+        core, then the frames held meanwhile."""
+        self._after_step(conn_id, envelope, result)
+        self._release_held(conn_id)
 
-        step.addCallback(resume)
+    def _release_held(self, conn_id: ConnId) -> None:
+        """The backend step a connection waited for is done: its held frames
+        go on in order, until one of them waits for the backend again."""
+        waiting = self._held.pop(conn_id, None)
+        while waiting and conn_id in self._connections:
+            envelope = waiting.pop(0)
+            if not self._took_hot(
+                conn_id,
+                self.core.connections.get(conn_id),
+                self._connections[conn_id],
+                envelope,
+                self._now_ms(),
+            ):
+                self._feed(conn_id, envelope)
+            if conn_id in self._held:
+                # That one waits for the backend too: the rest follow it.
+                self._held[conn_id].extend(waiting)
+                return
 
     def _before_core(self, conn_id: ConnId, envelope: Envelope) -> Deferred[Any] | None:
         backend = self.backend
@@ -300,7 +380,15 @@ class Inbound:
         return None
 
     def _claim_when_decided(self, principal: str, message_id: str) -> Deferred[Any]:
-        """Claim a message id; while another node still holds it, ask again.
+        """Claim a message id; while another node still holds it, ask again."""
+        claimed = self.backend.claim(principal, message_id, self._now_ms())
+        return self._ask_until_decided(claimed, principal, message_id)
+
+    def _ask_until_decided(
+        self, claimed: Deferred[Claim], principal: str, message_id: str
+    ) -> Deferred[Any]:
+        """Fires with ``claimed``'s answer once it is decided: this node handles
+        the id, or another recorded its reply, or the wait is over.
 
         Answering nothing and moving on to the connection's next frames would
         let them overtake this one; waiting (with the later frames held, in
@@ -320,7 +408,7 @@ class Inbound:
             result = decided(claim)
             return result.addCallback(loop) if isinstance(result, Deferred) else result
 
-        return self.backend.claim(principal, message_id, self._now_ms()).addCallback(loop)
+        return claimed.addCallback(loop)
 
     def _prepare_hello(self, user: str | None, hello: Envelope) -> Deferred[Any]:
         data = hello.data if isinstance(hello.data, dict) else {}

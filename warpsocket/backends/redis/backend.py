@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from warpsocket.backends.base import AckListener, AckNotice, Claim, Delivery, SessionRecord
+from warpsocket.backends.base import AckListener, AckNotice, Claim, Decided, Delivery, SessionRecord
 from warpsocket.backends.redis.acks import Acks
 from warpsocket.backends.redis.cluster import ClusterConnections
 from warpsocket.backends.redis.connection import Connections, RedisLink
@@ -234,6 +234,11 @@ class RedisBackend:
 
     def claim(self, principal: str, message_id: str, now_ms: int) -> Deferred[Claim]:
         return self.dedup.claim(principal, message_id, now_ms)
+
+    def claim_then(
+        self, principal: str, message_id: str, now_ms: int, decided: Decided, context: Any
+    ) -> None:
+        self.dedup.claim_then(principal, message_id, now_ms, decided, context)
 
     def unclaim(self, principal: str, message_id: str) -> None:
         """Give up a claim whose message will not be handled here (its connection went)."""

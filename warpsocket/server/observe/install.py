@@ -57,6 +57,7 @@ def install(
         inbound._middleware = tracer.middleware(inbound._middleware)
         inbound._feed = tracer.continued(inbound._feed)
         inbound._after_step = tracer.continued(inbound._after_step)
+        inbound._claim_decided = tracer.continued(inbound._claim_decided)
         outbox.backend = _Backend(outbox.backend, tracer.publish(outbox.backend.publish))
     if tracer is not None or tap is not None:
         take = inbound._take
