@@ -215,3 +215,43 @@ class CollectTests(unittest.SynchronousTestCase):
         # Coming back, it is a new epoch: a reader of the old one is told.
         self.assertNotEqual(store.position("room:gone").epoch, old.epoch)
         self.assertIsNone(store.read_after("room:gone", old, T0 + 2_001))
+
+
+class UnwrittenStreamTests(unittest.SynchronousTestCase):
+    """A stream read but never written keeps only its epoch (``MemoryStreamStore._epochs``)
+    and answers exactly as an empty history would."""
+
+    def test_never_written_streams_answer_as_empty_histories(self) -> None:
+        limits = HistoryLimits(max_messages=10)
+        epochs = iter(f"e{i}" for i in range(100))
+        store = MemoryStreamStore(limits, lambda: next(epochs))
+        empty = StreamHistory("direct", "x", limits)
+        start = store.position("direct:s1")
+        self.assertEqual(start, Position(empty.position.offset, start.epoch))
+        self.assertEqual(store.position("direct:s1"), start)  # the same epoch, kept
+        self.assertEqual(store.read_after("direct:s1", start, T0), [])
+        self.assertEqual(empty.read_after(Position(0, "x"), T0), [])
+        for offset, same_epoch in ((1, True), (0, False), (-1, True)):
+            epoch = start.epoch if same_epoch else "other"
+            self.assertIsNone(store.read_after("direct:s1", Position(offset, epoch), T0))
+            # ... as the empty history answers the same question.
+            theirs = Position(offset, "x" if same_epoch else "other")
+            self.assertIsNone(empty.read_after(theirs, T0))
+        self.assertEqual(store._streams, {})
+        # The first append continues the epoch readers were given.
+        stored = store.append("direct:s1", template("m1"), T0)
+        self.assertEqual((stored.offset, stored.epoch, stored.stream), (1, start.epoch, "direct"))
+        self.assertEqual(store.read_after("direct:s1", start, T0), [stored])
+        self.assertEqual(store._epochs, {})
+
+    def test_dropped_or_collected_unwritten_streams_come_back_with_a_new_epoch(self) -> None:
+        epochs = iter(f"e{i}" for i in range(100))
+        store = MemoryStreamStore(HistoryLimits(), lambda: next(epochs))
+        first = store.position("direct:s1")
+        store.position("direct:s2")
+        store.drop("direct:s1")
+        self.assertNotEqual(store.position("direct:s1").epoch, first.epoch)
+        self.assertEqual(len(store), 2)
+        in_use = {"direct:s1"}.__contains__
+        self.assertEqual(store.collect(in_use, T0), 1)
+        self.assertEqual(len(store), 1)

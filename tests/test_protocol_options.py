@@ -47,3 +47,46 @@ class ProtocolOptionTests(ServerTestCase):
         client.send_raw(b"x" * 8192)
         code, _ = await client.wait_closed()
         self.assertEqual(code, 1009)
+
+
+class HandshakeListTests(ServerTestCase):
+    """Once open, Autobahn's lists from the opening handshake are tuples
+    (``_compat.shed_handshake_lists``): fewer objects for the collector."""
+
+    @async_test
+    async def test_an_open_connection_keeps_tuples_that_still_work(self) -> None:
+        self.start_server(open_rooms=True)
+        client = await self.connect(rooms=["r"])
+        protocol = self.server_side(client)
+        self.assertEqual(protocol.websocket_protocols, ("warpsocket.v1.json",))
+        self.assertEqual(protocol.websocket_protocol_in_use, "warpsocket.v1.json")
+        self.assertEqual(protocol.websocket_extensions, ())
+        self.assertEqual(protocol.websocket_extensions_in_use, ())
+        self.assertEqual(protocol._valid_events, ("message",))
+        # Autobahn's observable API still validates event names against it.
+        protocol.on("message", lambda *args, **kwargs: None)
+        with self.assertRaises(RuntimeError):
+            protocol.on("no-such-event", lambda: None)
+        # A second connection shares the same (empty and valid-events) tuples.
+        other = self.server_side(await self.connect(rooms=["r"]))
+        self.assertIs(other._valid_events, protocol._valid_events)
+        self.assertIs(other.websocket_extensions, protocol.websocket_extensions)
+        reply = await client.request({"type": "subscribe", "id": "s-2", "room": "q"})
+        self.assertEqual(reply["type"], "ack")
+
+    def test_agreed_extensions_are_kept_and_other_valid_events_left_alone(self) -> None:
+        from warpsocket import _compat
+
+        class Opened:
+            pass
+
+        protocol = Opened()
+        deflate = object()
+        protocol.websocket_extensions_in_use = [deflate]  # type: ignore[attr-defined]
+        protocol.websocket_protocols = ["a", "b"]  # type: ignore[attr-defined]
+        protocol._valid_events = ["message", "custom"]  # type: ignore[attr-defined]
+        _compat.shed_handshake_lists(protocol)
+        self.assertEqual(protocol.websocket_extensions_in_use, (deflate,))  # type: ignore[attr-defined]
+        self.assertEqual(protocol.websocket_protocols, ("a", "b"))  # type: ignore[attr-defined]
+        self.assertEqual(protocol._valid_events, ["message", "custom"])  # type: ignore[attr-defined]
+        self.assertFalse(hasattr(protocol, "websocket_extensions"))

@@ -252,6 +252,37 @@ def compression_negotiated(protocol: Any) -> bool:
     return getattr(protocol, "_perMessageCompress", True) is not None
 
 
+# Autobahn's per-connection lists that are only read during the opening
+# handshake (the subprotocols and extensions the client asked for, the
+# extensions agreed on). Once open, each becomes a tuple: a tuple of strings
+# is untracked by the garbage collector, an empty one is shared.
+_HANDSHAKE_LISTS = ("websocket_protocols", "websocket_extensions", "websocket_extensions_in_use")
+# What ``WebSocketProtocol.__init__`` passes to ``set_valid_events``: one
+# shared tuple instead of a list per connection (``ObservableMixin`` only
+# tests membership and joins it into an error message).
+_VALID_EVENTS = ("message",)
+
+
+def shed_handshake_lists(protocol: Any) -> None:
+    """Make the lists Autobahn keeps from the opening handshake tuples (a
+    connection then keeps fewer objects for the collector to visit).
+
+    Relies on ``WebSocketServerProtocol`` reading ``websocket_protocols``,
+    ``websocket_extensions`` and ``websocket_extensions_in_use`` during the
+    handshake only, and on ``ObservableMixin._valid_events`` being read only
+    (checked by tests/test_protocol_options.py). Fallback: an attribute that
+    is not a list, or a valid-events list other than Autobahn's default, is
+    left as it is.
+    """
+    attributes = protocol.__dict__
+    for name in _HANDSHAKE_LISTS:
+        value = attributes.get(name)
+        if type(value) is list:
+            attributes[name] = tuple(value) if value else ()
+    if attributes.get("_valid_events") == ["message"]:
+        attributes["_valid_events"] = _VALID_EVENTS
+
+
 def traffic_stats(protocol: Any) -> Any | None:
     """Autobahn's traffic statistics of an open connection, where the fast
     path adds the wire bytes of the frames it read without Autobahn

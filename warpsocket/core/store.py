@@ -46,29 +46,51 @@ class MemoryStreamStore:
         self.limits = limits
         self._new_epoch = new_epoch
         self._streams: dict[str, StreamHistory] = {}
+        # Streams read but never written yet (every session's own stream,
+        # most of them): only their epoch, a string, until the first append,
+        # instead of a history and a position per session for the collector.
+        self._epochs: dict[str, str] = {}
         # Every stream of this store together: bounded by max_node_bytes.
         self.budget = NodeBudget(limits.max_node_bytes)
 
     def __len__(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + len(self._epochs)
 
     def _stream(self, key: str) -> StreamHistory:
         stream = self._streams.get(key)
         if stream is None:
-            stream = StreamHistory(wire_name(key), self._new_epoch(), self.limits, self.budget)
+            epoch = self._epochs.pop(key, None) or self._new_epoch()
+            stream = StreamHistory(wire_name(key), epoch, self.limits, self.budget)
             self._streams[key] = stream
         return stream
 
+    def _epoch(self, key: str) -> str:
+        """The epoch of a stream never written: chosen on first sight, kept."""
+        epoch = self._epochs.get(key)
+        if epoch is None:
+            epoch = self._epochs[key] = self._new_epoch()
+        return epoch
+
     def position(self, key: str) -> Position:
-        return self._stream(key).position
+        stream = self._streams.get(key)
+        if stream is None:
+            return Position(0, self._epoch(key))  # as an empty history's
+        return stream.position
 
     def read_after(self, key: str, position: Position, now_ms: int) -> list[Envelope] | None:
-        return self._stream(key).read_after(position, now_ms)
+        stream = self._streams.get(key)
+        if stream is None:
+            # As an empty history answers: nothing after its start, else a gap.
+            if position.offset == 0 and position.epoch == self._epoch(key):
+                return []
+            return None
+        return stream.read_after(position, now_ms)
 
     def append(self, key: str, template: Envelope, now_ms: int) -> Envelope:
         return self._stream(key).append(template, now_ms)
 
     def drop(self, key: str) -> None:
+        self._epochs.pop(key, None)
         stream = self._streams.pop(key, None)
         if stream is not None:
             stream.clear()
@@ -86,6 +108,9 @@ class MemoryStreamStore:
         holding the old one is told ``recovered: false``: never a silent gap.
         """
         forgotten = 0
+        for key in [key for key in self._epochs if not in_use(key)]:
+            del self._epochs[key]
+            forgotten += 1
         for key in list(self._streams):
             if in_use(key):
                 continue

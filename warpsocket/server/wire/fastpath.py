@@ -92,6 +92,7 @@ class FastPathProtocol(WebSocketServerProtocol):
         the writes."""
         self._batch = batch
         self._watch = watch
+        _compat.shed_handshake_lists(self)
         if not self._direct:
             self.use_socket(self.transport)
         self._stats = _compat.traffic_stats(self)
