@@ -236,8 +236,11 @@ class DedupClaimTests(ClusterCase):
         message = {"type": "event", "id": "m-1", "event": "n", "data": 1, "ack": True}
         first.send(dict(message))
         await sleep(0.1)
+        principal = a.hub.core.sessions[first.session].principal
         first.drop()  # the claim is in flight when the connection dies
         await sleep(1.0)
+        # Released at once (not left to expire): the key is gone.
+        self.assertEqual(redis.command("EXISTS", a.backend.keys.dedup(principal, "m-1")), b":0\r\n")
         second = await self.client(a, session=first.session)
         reply = await second.request(dict(message))
         self.assertEqual((reply["type"], reply["ref"]), ("ack", "m-1"))
@@ -323,6 +326,27 @@ class HotClaimTests(ClusterCase):
         self.assertEqual(deferred_claims, [])  # all hot: no Deferred per claim
 
     @async_test
+    async def test_a_backend_without_claim_then_claims_by_deferred(self) -> None:
+        """``claim_then`` is new in the backend interface: a backend written
+        before it still works, through its Deferred ``claim``."""
+        self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        handled: list[Any] = []
+        a.hub.on("n", lambda ctx, data: handled.append(data))
+        inbound = a.hub.port._inbound
+        inbound._claim_then = inbound._claim_by_deferred  # as if the backend had none
+        claimed: list[str] = []
+        claim = a.backend.claim
+        a.backend.claim = lambda p, m, now: claimed.append(m) or claim(p, m, now)  # type: ignore[method-assign]
+        client = await self.client(a)
+        for n in range(3):
+            client.send({"type": "event", "id": f"m{n}", "event": "n", "data": n, "ack": True})
+        replies = [await client.reply_to(f"m{n}") for n in range(3)]
+        self.assertEqual([r["type"] for r in replies], ["ack"] * 3)
+        self.assertEqual((handled, claimed), ([0, 1, 2], ["m0", "m1", "m2"]))
+
+    @async_test
     async def test_an_id_another_node_is_handling_is_answered_as_it_answers(self) -> None:
         redis = self.start_redis()
         a = self.node("a")
@@ -345,6 +369,10 @@ class HotClaimTests(ClusterCase):
         second = await client.reply_to("m-2")
         self.assertEqual(second["type"], "ack")
         self.assertEqual(handled, [2])
+
+
+class RedisClusterHotClaimTests(HotClaimTests):
+    redis_cluster = True
 
 
 class RedisTroubleTests(ClusterCase):

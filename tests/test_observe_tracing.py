@@ -264,6 +264,46 @@ class ClusterTraceTests(ClusterCase):
         (deliver_b,) = by_name(spans_b.get_finished_spans(), "warpsocket.deliver room")
         self.assertEqual(deliver_b.parent.span_id, publish.context.span_id)
 
+    def test_frames_held_behind_a_claim_keep_their_own_traces(self) -> Deferred[None]:
+        """An acked event waits for its dedup claim (Redis paused); an event
+        sent after it is held meanwhile. Each handler span is in its own
+        sender's trace, not the one of the frame it waited behind."""
+        redis = self.start_redis()
+        spans_provider, spans = provider()
+        hub, port = self.traced_node("a", spans_provider)
+        hub.on("n", lambda ctx, data: None)
+        second_parent = "00-1bf7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01"
+
+        async def run() -> None:
+            await wait_until_healthy(hub)
+            client = await self.raw_client(port)
+            redis.command("CLIENT", "PAUSE", "300", "WRITE")  # the claim waits
+            first = {"type": "event", "id": "m-1", "timestamp": 1, "event": "n", "ack": True}
+            client.send({**first, "trace": {"traceparent": TRACEPARENT}})
+            client.send(
+                {
+                    "type": "event",
+                    "id": "m-2",
+                    "timestamp": 1,
+                    "event": "n",
+                    "trace": {"traceparent": second_parent},
+                }
+            )
+            await client.reply_to("m-1")
+            await ws_wait_until(
+                lambda: len(by_name(spans.get_finished_spans(), "warpsocket.handler n")) == 2,
+                10,
+                "both handled",
+            )
+
+        def check(_: object) -> None:
+            handled = by_name(spans.get_finished_spans(), "warpsocket.handler n")
+            traces = sorted(span.context.trace_id for span in handled)
+            expected = sorted(int(parent[3:35], 16) for parent in (TRACEPARENT, second_parent))
+            self.assertEqual(traces, expected)
+
+        return ensureDeferred(run()).addCallback(check)
+
     async def raw_client(self, port: int, **hello: Any) -> WsClient:
         from tests.wsclient import connect
 

@@ -25,7 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from warpsocket.backends.base import Backend, Claim, SessionRecord
+from warpsocket.backends.base import Backend, Claim, Decided, SessionRecord
 from warpsocket.core.keys import BROADCAST, direct_key, room_key
 from warpsocket.core.server import (
     Action,
@@ -113,6 +113,10 @@ class Inbound:
         # Connections waiting for the backend (prepare, dedup claim): their
         # later frames queue here and are fed to the core strictly in order.
         self._held: dict[ConnId, list[Envelope]] = {}
+        # ``Backend.claim_then``; a backend without it claims by Deferred.
+        self._claim_then: Callable[[str, str, int, Decided, Any], None] = getattr(
+            backend, "claim_then", self._claim_by_deferred
+        )
 
     def forget(self, conn_id: ConnId) -> None:
         """The connection is gone: its held frames with it."""
@@ -275,19 +279,18 @@ class Inbound:
             self._hot(conn_id, conn, session, self._connections[conn_id], envelope, now)
             return
         self._held[conn_id] = []
-        self.backend.claim_then(
+        self._claim_then(
             principal, envelope.id, now, self._hot_claimed, (conn_id, envelope, principal)
         )
 
+    def _claim_by_deferred(
+        self, principal: str, message_id: str, now: int, decided: Decided, context: Any
+    ) -> None:
+        """``claim_then`` for a backend written before it: its Deferred ``claim``."""
+        self.backend.claim(principal, message_id, now).addCallback(decided, context)
+
     def _hot_claimed(self, claim: Claim, claimed: tuple[ConnId, Envelope, str]) -> None:
         conn_id, envelope, principal = claimed
-        self._claim_decided(conn_id, envelope, claim, principal)
-
-    def _claim_decided(
-        self, conn_id: ConnId, envelope: Envelope, claim: Claim, principal: str
-    ) -> None:
-        """The cluster answered ``_hot_claim``'s claim (a step that tracing
-        wraps, as it wraps ``_after_step``: it runs outside the receive span)."""
         connection = self._connections.get(conn_id)
         if connection is None:
             self._held.pop(conn_id, None)
@@ -303,6 +306,18 @@ class Inbound:
             asked = self._ask_until_decided(succeed(claim), principal, envelope.id)
             asked.addBoth(lambda result: self._resume(conn_id, envelope, result))
             return
+        try:
+            self._claim_decided(conn_id, envelope, claim, connection)
+        finally:
+            # Even after a bug: the connection's later frames must not stay held.
+            self._release_held(conn_id)
+
+    def _claim_decided(
+        self, conn_id: ConnId, envelope: Envelope, claim: Claim, connection: Connection
+    ) -> None:
+        """The cluster decided ``_hot_claim``'s claim: answer as another node
+        did, or handle it here (a step that tracing wraps, as it wraps
+        ``_after_step``: it runs outside the frame's receive span)."""
         conn = self.core.connections.get(conn_id)
         if not claim.first:
             self._send(conn_id, cast(Envelope, claim.reply))  # answered as the other node did
@@ -310,7 +325,6 @@ class Inbound:
             self._hot(conn_id, conn, conn.session, connection, envelope, self._now_ms())
         else:
             self._run(self.core.receive(conn_id, envelope, self._now_ms()))
-        self._release_held(conn_id)
 
     def _feed(self, conn_id: ConnId, envelope: Envelope) -> None:
         """Feed the core, after whatever the backend must do first."""
@@ -333,27 +347,37 @@ class Inbound:
     def _resume(self, conn_id: ConnId, envelope: Envelope, result: Any) -> None:
         """The backend step ``envelope`` waited for gave ``result``: feed the
         core, then the frames held meanwhile."""
-        self._after_step(conn_id, envelope, result)
-        self._release_held(conn_id)
+        try:
+            self._after_step(conn_id, envelope, result)
+        finally:
+            self._release_held(conn_id)
 
     def _release_held(self, conn_id: ConnId) -> None:
         """The backend step a connection waited for is done: its held frames
         go on in order, until one of them waits for the backend again."""
         waiting = self._held.pop(conn_id, None)
         while waiting and conn_id in self._connections:
-            envelope = waiting.pop(0)
-            if not self._took_hot(
-                conn_id,
-                self.core.connections.get(conn_id),
-                self._connections[conn_id],
-                envelope,
-                self._now_ms(),
-            ):
-                self._feed(conn_id, envelope)
+            try:
+                self._take_held(conn_id, waiting.pop(0))
+            except Exception:
+                # A bug costs that frame, not the ones behind it.
+                self.log.failure("a held frame failed")
             if conn_id in self._held:
                 # That one waits for the backend too: the rest follow it.
                 self._held[conn_id].extend(waiting)
                 return
+
+    def _take_held(self, conn_id: ConnId, envelope: Envelope) -> None:
+        """One held frame, as ``_take`` would have fed it (a step that tracing
+        wraps: it gets its own span in its sender's trace)."""
+        if not self._took_hot(
+            conn_id,
+            self.core.connections.get(conn_id),
+            self._connections[conn_id],
+            envelope,
+            self._now_ms(),
+        ):
+            self._feed(conn_id, envelope)
 
     def _before_core(self, conn_id: ConnId, envelope: Envelope) -> Deferred[Any] | None:
         backend = self.backend

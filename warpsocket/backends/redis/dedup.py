@@ -65,7 +65,7 @@ class Dedup:
         claim, one per turn's script call (the inbound hot path's way)."""
         if self.connections.cmd is None:
             # Degraded: the node's own dedup window still applies.
-            decided(FIRST, context)
+            _answer(decided, context, FIRST)
             return
         self._claims.append((self.keys.dedup(principal, message_id), decided, context))
         self._schedule()

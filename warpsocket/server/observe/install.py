@@ -58,6 +58,7 @@ def install(
         inbound._feed = tracer.continued(inbound._feed)
         inbound._after_step = tracer.continued(inbound._after_step)
         inbound._claim_decided = tracer.continued(inbound._claim_decided)
+        inbound._take_held = tracer.continued(inbound._take_held)
         outbox.backend = _Backend(outbox.backend, tracer.publish(outbox.backend.publish))
     if tracer is not None or tap is not None:
         take = inbound._take
