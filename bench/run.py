@@ -424,9 +424,9 @@ def start_server(
     )
 
 
-def start_redis(port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """A private redis-server for one cluster case (core 0, no persistence),
-    returned once it answers PING."""
+def start_redis(port: int, log_path: Path, core: str = SERVER_CORE) -> subprocess.Popen[bytes]:
+    """A private redis-server for one cluster case (on ``core``, no
+    persistence), returned once it answers PING."""
     if not REDIS_SERVER:
         raise RuntimeError(
             "redis-server not found (install it, e.g. apt-get install redis-server, "
@@ -435,7 +435,7 @@ def start_redis(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     command = [
         "taskset",
         "-c",
-        SERVER_CORE,
+        core,
         REDIS_SERVER,
         "--port",
         str(port),
@@ -667,7 +667,13 @@ def run_case(
             log_path.write_text("")
             redis_port = ports.take()
             redis_log = logs / f"{stem}-redis.log"
-            started.append(("redis-server", start_redis(redis_port, redis_log), redis_log))
+            # Profiled, Redis leaves the nodes' core: py-spy counts a node
+            # that Redis preempted inside send() as busy in send(), which
+            # hides where the nodes' own time goes (docs/performance.md,
+            # "Fourth round: the clustered hot path").
+            redis_core = LOADGEN_CORE if profile_to is not None else SERVER_CORE
+            redis = start_redis(redis_port, redis_log, redis_core)
+            started.append(("redis-server", redis, redis_log))
             node_ports = []
             for node in ("a", "b"):
                 port = ports.take()
