@@ -12,7 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.trial import unittest
 
 from tests.helpers.cluster import ClusterCase, events, reactor
@@ -345,6 +345,12 @@ class HotClaimTests(ClusterCase):
         replies = [await client.reply_to(f"m{n}") for n in range(3)]
         self.assertEqual([r["type"] for r in replies], ["ack"] * 3)
         self.assertEqual((handled, claimed), ([0, 1, 2], ["m0", "m1", "m2"]))
+        # Its claim failing is answered as trouble is: handled here, nothing left held.
+        a.backend.claim = lambda p, m, now: fail(ConnectionError("redis gone"))  # type: ignore[method-assign]
+        client.send({"type": "event", "id": "m3", "event": "n", "data": 3, "ack": True})
+        client.send({"type": "event", "id": "m4", "event": "n", "data": 4, "ack": True})
+        self.assertEqual((await client.reply_to("m4"))["type"], "ack")
+        self.assertEqual(handled, [0, 1, 2, 3, 4])
 
     @async_test
     async def test_an_id_another_node_is_handling_is_answered_as_it_answers(self) -> None:

@@ -25,7 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from warpsocket.backends.base import Backend, Claim, Decided, SessionRecord
+from warpsocket.backends.base import FIRST, Backend, Claim, Decided, SessionRecord
 from warpsocket.core.keys import BROADCAST, direct_key, room_key
 from warpsocket.core.server import (
     Action,
@@ -286,18 +286,22 @@ class Inbound:
     def _claim_by_deferred(
         self, principal: str, message_id: str, now: int, decided: Decided, context: Any
     ) -> None:
-        """``claim_then`` for a backend written before it: its Deferred ``claim``."""
-        self.backend.claim(principal, message_id, now).addCallback(decided, context)
+        """``claim_then`` for a backend written before it: its Deferred ``claim``
+        (one that fails is answered as ``claim_then`` answers trouble: ``FIRST``,
+        the node's own dedup window applies; never left holding the frames)."""
+        claimed = self.backend.claim(principal, message_id, now)
+        claimed.addErrback(self._claim_failed).addCallback(decided, context)
+
+    def _claim_failed(self, failure: Failure) -> Claim:
+        self.log.warn("dedup claim failed: {reason}", reason=failure.getErrorMessage())
+        return FIRST
 
     def _hot_claimed(self, claim: Claim, claimed: tuple[ConnId, Envelope, str]) -> None:
         conn_id, envelope, principal = claimed
         connection = self._connections.get(conn_id)
         if connection is None:
             self._held.pop(conn_id, None)
-            if claim.first:
-                # The connection went before it could be handled: free the id
-                # so that the client's retry is handled.
-                self.backend.unclaim(principal, envelope.id)
+            self._drop_claim(claim, principal, envelope.id)
             return
         if not claim.first and claim.reply is None:
             # Another node is handling it: ask again until it answers (the
@@ -311,6 +315,12 @@ class Inbound:
         finally:
             # Even after a bug: the connection's later frames must not stay held.
             self._release_held(conn_id)
+
+    def _drop_claim(self, claim: Claim, principal: str, message_id: str) -> None:
+        """The connection went before its claimed message could be handled:
+        free the id (if this node holds it) so that the client's retry is handled."""
+        if claim.first:
+            self.backend.unclaim(principal, message_id)
 
     def _claim_decided(
         self, conn_id: ConnId, envelope: Envelope, claim: Claim, connection: Connection
@@ -492,10 +502,8 @@ class Inbound:
     def _after_step(self, conn_id: ConnId, envelope: Envelope, result: Any) -> None:
         principal = self._claims.pop((conn_id, envelope.id), None)
         if conn_id not in self._connections:
-            if isinstance(result, Claim) and result.first and principal is not None:
-                # Claimed, but the connection went before it could be handled:
-                # free the id so that the client's retry is handled.
-                self.backend.unclaim(principal, envelope.id)
+            if isinstance(result, Claim) and principal is not None:
+                self._drop_claim(result, principal, envelope.id)
             return
         now = self._now_ms()
         if isinstance(result, Failure):
