@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Connection set-up cost in process, counted in instructions: no sockets, no noise.
+
+    python bench/setup_cost.py [--connections 10000] [--servers warpsocket,autobahn]
+
+Each server, in a fresh process, opens ``--connections`` connections over
+``StringTransport``s and keeps them, as the connect scenario of ``run.py``
+does over real sockets: for WarpSocket through the site a running
+``WarpSocketService`` listens with (address guard, upgrade, ``hello`` and
+``welcome``; the start-up heap frozen, as a service does), for raw Autobahn
+its upgrade alone, as ``servers/autobahn_server.py`` serves it (the process
+imports no WarpSocket, so Autobahn runs as shipped). The cyclic collector runs
+with the interpreter's settings, so its share is counted as it falls.
+
+Run under valgrind's callgrind twice per server, once opening no connection
+(the start-up) and once opening them all: the difference over the count is
+the instructions one connection costs. Those counts hardly move from run to
+run (a shared machine moves ``run.py``'s rates by 10-20%); what they leave
+out is what both servers share: the system calls and Twisted's reactor.
+``--wall`` times the same loop instead (no valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PYTHON = HERE / ".venv" / "bin" / "python"
+
+
+def _masked(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + body  # (payload < 126 bytes)
+
+
+def _upgrade(subprotocol: str | None) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
+    return (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+def child(server: str, count: int) -> None:
+    """Open ``count`` connections in this process; print the seconds it took."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    host = IPv4Address("TCP", "127.0.0.1", 9000)
+    hello = b""
+    if server == "warpsocket":
+        from dataclasses import replace
+
+        from warpsocket import Hub, HubOptions, WarpSocketService
+        from warpsocket.server.security import SecurityOptions
+
+        security = replace(
+            SecurityOptions(),
+            max_connections=1_000_000,
+            max_connections_per_ip=1_000_000,
+            connection_rate=1_000_000.0,
+            message_rate=1_000_000.0,
+        )
+        service = WarpSocketService(Hub(HubOptions(open_rooms=True, security=security)), [])
+        service.startService()
+        factory: Any = service.site
+        subprotocol: str | None = "warpsocket.v1.json"
+        text = {"type": "hello", "id": "h", "timestamp": 1, "data": {"rooms": ["bench"]}}
+        hello = _masked(json.dumps(text, separators=(",", ":")).encode())
+    else:
+        from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+        clients: set[Any] = set()
+
+        class BenchProtocol(WebSocketServerProtocol):  # servers/autobahn_server.py's
+            def onOpen(self) -> None:
+                clients.add(self)
+
+        factory = WebSocketServerFactory("ws://127.0.0.1:9000")
+        factory.protocol = BenchProtocol
+        subprotocol = None
+    requests = [_upgrade(subprotocol) for _ in range(count)]
+    addresses = [IPv4Address("TCP", "127.0.0.1", 10000 + i % 50000) for i in range(count)]
+    kept = []
+    started = time.perf_counter()
+    for i in range(count):
+        transport = StringTransport(peerAddress=addresses[i], hostAddress=host)
+        protocol = factory.buildProtocol(addresses[i])
+        protocol.makeConnection(transport)
+        protocol.dataReceived(requests[i])
+        if hello:
+            protocol.dataReceived(hello)
+        kept.append(transport)
+    elapsed = time.perf_counter() - started
+    last = kept[-1].value() if kept else b""
+    if count and (b" 101 " not in last or (hello and b"welcome" not in last)):
+        raise SystemExit(f"{server}: the connection was not set up: {last[:200]!r}")
+    print(json.dumps({"seconds": elapsed}))
+
+
+def instructions(server: str, count: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                str(PYTHON),
+                __file__,
+                "--child",
+                server,
+                str(count),
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+        summary = re.search(r"^summary:\s*(\d+)", out.read_text(), re.MULTILINE)
+        if summary is None:
+            raise SystemExit("callgrind wrote no summary")
+        return int(summary.group(1))
+
+
+def wall(server: str, count: int) -> float:
+    done = subprocess.run(
+        ["taskset", "-c", "0", str(PYTHON), __file__, "--child", server, str(count)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds: float = json.loads(done.stdout)["seconds"]
+    return seconds
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--servers", default="warpsocket,autobahn")
+    parser.add_argument("--wall", action="store_true", help="time the loop, no valgrind")
+    args = parser.parse_args()
+    n = args.connections
+    costs: dict[str, float] = {}
+    for server in args.servers.split(","):
+        if args.wall:
+            costs[server] = wall(server, n) * 1e6 / n
+            print(f"{server:11} {costs[server]:8.1f} us per connection (wall, in process)")
+        else:
+            per = (instructions(server, n) - instructions(server, 0)) / n
+            costs[server] = per
+            print(f"{server:11} {per / 1000:8.1f}k instructions per connection")
+    if "warpsocket" in costs and "autobahn" in costs:
+        print(f"autobahn / warpsocket: {costs['autobahn'] / costs['warpsocket']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
