@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 from twisted.trial import unittest
 
 from tests.helpers.core import T0, TOKEN, event, hello, make_server
-from warpsocket.core.history import HistoryLimits, Position
+from warpsocket.core.history import HistoryLimits
 from warpsocket.core.keys import direct_key
 from warpsocket.core.server import (
     AckResult,
@@ -464,29 +463,6 @@ class ClientMessageTests(Base):
         self.assertEqual(
             (data["session"], data["resumed"], data["rooms"], data["resume_token"]),
             ("elsewhere", True, ["lobby"], TOKEN),
-        )
-
-    def test_adopted_start_positions_come_back_whole(self) -> None:
-        """Start positions kept as text read back equal, an epoch with colons too."""
-        starts = {
-            "room:lobby": Position(7, "ep:with:colons"),
-            "broadcast": Position(0, "b"),
-            direct_key("elsewhere"): Position(12_345_678_901, "d-1"),
-        }
-        session = self.server.adopt_session("elsewhere", None, {}, ["lobby"], starts, T0)
-        self.assertEqual(session.start_positions(), starts)
-        self.assertEqual(session.start_position("room:lobby"), Position(7, "ep:with:colons"))
-        self.assertIsNone(session.start_position("room:other"))
-
-    def test_start_positions_are_not_tracked_by_the_collector(self) -> None:
-        session_id, data, _ = self.connect(conn=5, rooms=["chat"])
-        session = self.server.sessions[session_id]
-        self.assertEqual(len(session.starts), 3)  # direct, broadcast, room:chat
-        gc.collect()
-        self.assertFalse(gc.is_tracked(session.starts))
-        chat = data["streams"]["room:chat"]
-        self.assertEqual(
-            session.start_position("room:chat"), Position(chat["offset"], chat["epoch"])
         )
 
     def test_a_session_id_alone_does_not_resume(self) -> None:

@@ -77,12 +77,6 @@ def resume_token_matches(resume_hash: str, token: str | None) -> bool:
     return hmac.compare_digest(resume_hash, hash_resume_token(token))
 
 
-def _unpack_start(start: str) -> Position:
-    """``Session.set_start``'s text back as a position (the offset has no colon)."""
-    offset, _, epoch = start.partition(":")
-    return Position(int(offset), epoch)
-
-
 @dataclass(frozen=True)
 class CoreOptions:
     """Reliability settings of a node (``HubOptions.core``); the defaults are
@@ -269,22 +263,17 @@ class Session:
     resume_hash: str = ""
     # stream key -> the position the session started from, used when the
     # client cannot present one (it never saw an event of that stream).
-    # Kept as "<offset>:<epoch>" text (``set_start``, ``start_position``): a
-    # dict of strings is never tracked by the cyclic collector, where
-    # ``Position`` objects would be visited at every full collection, and
-    # tuples are counted as new objects until a collection stops tracking
-    # them (every count brings the next full collection closer).
-    starts: dict[str, str] = field(default_factory=dict)
-
-    def set_start(self, key: str, offset: int, epoch: str) -> None:
-        self.starts[key] = f"{offset}:{epoch}"
+    # Kept as (offset, epoch) tuples (``start_position`` reads one): a dict
+    # of strings and tuples of atoms the collector stops tracking, where
+    # ``Position`` objects it would visit at every full collection.
+    starts: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def start_position(self, key: str) -> Position | None:
         start = self.starts.get(key)
-        return None if start is None else _unpack_start(start)
+        return None if start is None else Position(*start)
 
     def start_positions(self) -> dict[str, Position]:
-        return {key: _unpack_start(start) for key, start in self.starts.items()}
+        return {key: Position(*start) for key, start in self.starts.items()}
 
     rooms: set[str] = field(default_factory=set)
     conn: ConnId | None = None
@@ -644,7 +633,7 @@ class ServerCore:
             self.user_sessions.setdefault(user, set()).add(session.id)
         for key in (direct_key(session.id), BROADCAST):
             position = self.store.position(key)
-            session.set_start(key, position.offset, position.epoch)
+            session.starts[key] = (position.offset, position.epoch)
         return session, token
 
     def _join_refusal(self, session: Session, room: str) -> ErrorCode | None:
@@ -658,7 +647,7 @@ class ServerCore:
         key = room_key(room)
         position = self.store.position(key)
         session.rooms.add(room)
-        session.set_start(key, position.offset, position.epoch)
+        session.starts[key] = (position.offset, position.epoch)
         self.room_sessions.setdefault(room, set()).add(session.id)
         return position
 
@@ -996,9 +985,8 @@ class ServerCore:
         existing = self.sessions.get(session_id)
         if existing is not None:
             return existing
-        session = Session(session_id, user, dict(claims), resume_hash)
-        for key, start in starts.items():
-            session.set_start(key, start.offset, start.epoch)
+        kept = {key: (start.offset, start.epoch) for key, start in starts.items()}
+        session = Session(session_id, user, dict(claims), resume_hash, kept)
         self.sessions[session_id] = session
         if user is not None:
             self.user_sessions.setdefault(user, set()).add(session_id)
