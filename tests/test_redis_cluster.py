@@ -391,7 +391,12 @@ class RedisClusterTests(ClusterCase):
         for n in range(3):
             await a.hub.publish(room, "n", n)
         await wait_until(lambda: events(client, f"room:{room}") == [0, 1, 2])
-        replica.command("WAIT", "1", "1000")  # what it replicated is what survives
+        # What it replicated is what survives (replication is asynchronous):
+        # everything the master took so far reaches the replica first.
+        written = _replication(master, "master_repl_offset")
+        await wait_until(
+            lambda: _replication(replica, "slave_repl_offset") >= written, 10, "replica caught up"
+        )
         master.kill()
         sent = [0, 1, 2]
         refused = []
@@ -415,3 +420,13 @@ class RedisClusterTests(ClusterCase):
         self.assertEqual(set(sent) - set(got), set())  # nothing accepted lost
         stream = [m for m in client.messages if m.get("stream") == f"room:{room}"]
         self.assertEqual({m["epoch"] for m in stream}, {stream[0]["epoch"]})  # same epoch
+
+
+def _replication(redis: RedisProcess, field: str) -> int:
+    """A number from ``INFO replication`` (an offset: how far the stream of
+    writes got on this node)."""
+    text = redis.command("INFO", "replication").decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split(":", 1)[1])
+    raise AssertionError(f"no {field} in INFO replication: {text!r}")
