@@ -13,6 +13,9 @@ generator on core 1, as ``bench/run.py`` pins them:
 2. ``--objects`` connections opened and kept: the objects the collector tracks
    that they added, by type, per connection (``gc.get_objects()`` after a full
    collection, before and after), and the references those objects hold.
+   The same run reports the cyclic garbage they made (objects only the
+   collector frees, kept for counting with ``gc.DEBUG_SAVEALL``), per
+   connection.
 
 A full collection visits every tracked object and each of its references,
 and runs each time the objects that survived grew by a quarter: what a
@@ -65,6 +68,12 @@ def wrap(argv: list[str]) -> None:
 
     def on_signal(signum: int, frame: Any) -> None:
         gc.collect()
+        # Cycles kept by DEBUG_SAVEALL (BENCH_GCGARBAGE): counted, then freed,
+        # so that they are not counted as objects the connections keep.
+        garbage = Counter(_describe(o) for o in gc.garbage)
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
         objects = gc.get_objects()
         if not baseline:  # the first signal: the baseline, and the timing restarts
             baseline.append({id(o) for o in objects})
@@ -84,7 +93,7 @@ def wrap(argv: list[str]) -> None:
             "threshold": gc.get_threshold(),
             "objects": dict(added.most_common(60)),
             "references": references,
-            "garbage": dict(Counter(_describe(o) for o in gc.garbage).most_common(40)),
+            "garbage": dict(garbage.most_common(40)),
         }
         Path(out + ".tmp").write_text(json.dumps(report))
         os.replace(out + ".tmp", out)
