@@ -7,8 +7,8 @@ Each server, in a fresh process, opens ``--connections`` connections over
 ``StringTransport``s and keeps them, as the connect scenario of ``run.py``
 does over real sockets: for WarpSocket through the site a running
 ``WarpSocketService`` listens with (address guard, upgrade, ``hello`` and
-``welcome``), for raw Autobahn
-its upgrade alone, as ``servers/autobahn_server.py`` serves it (the process
+``welcome``; the start-up heap frozen, as a running service does), for raw
+Autobahn its upgrade alone, as ``servers/autobahn_server.py`` serves it (the process
 imports no WarpSocket, so Autobahn runs as shipped). The cyclic collector runs
 with the interpreter's settings, so its share is counted as it falls.
 

@@ -38,7 +38,9 @@ class Node:
             security=security if security is not None else SecurityOptions(),
         )
         self.hub = Hub(hub_options, clock=reactor, backend=self.backend)
-        self.service = WarpSocketService(self.hub, ["tcp:0:interface=127.0.0.1"])
+        # A node here is not a process: ``kill`` cannot take a frozen heap
+        # (server/heap.py) with it, so these nodes leave the collector alone.
+        self.service = WarpSocketService(self.hub, ["tcp:0:interface=127.0.0.1"], freeze_heap=False)
         self.service.startService()
         self.port = self.service.ports[0].getHost().port
 

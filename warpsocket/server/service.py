@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from warpsocket.protocol.codes import ErrorCode
+from warpsocket.server.heap import STARTUP_HEAP
 from warpsocket.server.hub import Hub
 from warpsocket.server.tls_reload import ReloadableTLS, reloadable_endpoint
 from warpsocket.server.web import build_site
@@ -33,13 +34,25 @@ class WarpSocketService(MultiService):
     pending acknowledged sends fail with that code. The ports close when the
     last connection is gone, or ``shutdown_timeout`` seconds later with the
     rest aborted. Both delays run on the hub's clock.
+
+    While it runs, what the process had when it started (modules, classes,
+    the application's set-up) is frozen out of the cyclic collector's full
+    collections (heap.py); ``freeze_heap=False`` leaves the collector alone.
     """
 
     def __init__(
-        self, hub: Hub, endpoints: Sequence[str], path: str = "/ws", reactor: Any = None
+        self,
+        hub: Hub,
+        endpoints: Sequence[str],
+        path: str = "/ws",
+        reactor: Any = None,
+        *,
+        freeze_heap: bool = True,
     ) -> None:
         super().__init__()
         self.hub = hub
+        self.freeze_heap = freeze_heap
+        self._holds_heap = False
         self.reactor = reactor if reactor is not None else hub.reactor
         self.site = build_site(hub, path)
         self.listeners: list[EndpointListener] = []
@@ -76,6 +89,10 @@ class WarpSocketService(MultiService):
         self.hub.backend.start()
         super().startService()
         self.hub.port.timers.start()
+        if self.freeze_heap and not self._holds_heap:
+            # Last: the listening ports and the timers are part of the start-up heap.
+            STARTUP_HEAP.freeze()
+            self._holds_heap = True
 
     def stopService(self) -> Deferred[None]:
         if self._stopping is None:
@@ -88,9 +105,14 @@ class WarpSocketService(MultiService):
         if hub.options.drain_delay > 0:
             await deferLater(hub.clock, hub.options.drain_delay, lambda: None)
         await self._send_clients_away()
-        await super().stopService()  # the ports close, the ticker stops
-        hub.port.timers.stop()
-        await hub.backend.stop()
+        try:
+            await super().stopService()  # the ports close, the ticker stops
+            hub.port.timers.stop()
+            await hub.backend.stop()
+        finally:
+            if self._holds_heap:
+                self._holds_heap = False
+                STARTUP_HEAP.thaw()
 
     def _send_clients_away(self) -> Deferred[None]:
         """4500 with the hint to everyone; fires when all are gone or given up on."""

@@ -1,0 +1,139 @@
+"""The start-up heap frozen out of the cyclic collector while a server runs (server/heap.py)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from twisted.trial import unittest
+
+from tests.wsclient import ServerTestCase, async_test
+from warpsocket.server.heap import StartupHeap
+from warpsocket.server.hub import Hub
+from warpsocket.server.service import WarpSocketService
+
+
+class Cycle:
+    """An object in a reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _require_thawed(case: unittest.TestCase) -> None:
+    # The freeze is per process: a frozen heap here means another server still
+    # holds it, and these tests could not tell our freeze from that one.
+    case.assertEqual(gc.get_freeze_count(), 0, "the heap is frozen before the test")
+    case.assertTrue(gc.isenabled())
+
+
+class StartupHeapTests(unittest.TestCase):
+    def setUp(self) -> None:
+        _require_thawed(self)
+        self.addCleanup(gc.unfreeze)
+        self.addCleanup(gc.enable)
+
+    def test_freeze_keeps_frozen_cycles_until_thawed(self) -> None:
+        heap = StartupHeap()
+        cycle = Cycle()
+        alive = weakref.ref(cycle)
+        heap.freeze()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertTrue(heap.frozen_by_us)
+        del cycle
+        gc.collect()
+        self.assertIsNotNone(alive(), "a frozen object is out of every collection")
+        heap.thaw()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        gc.collect()
+        self.assertIsNone(alive(), "thawed, it is collected again")
+
+    def test_objects_made_after_the_freeze_are_collected(self) -> None:
+        holder: list[Cycle] = []  # frozen with the heap
+        heap = StartupHeap()
+        heap.freeze()
+        self.addCleanup(heap.thaw)
+        cycle = Cycle()
+        garbage = weakref.ref(cycle)
+        del cycle
+        # Referred to only by a frozen object: reachable from outside, so kept.
+        holder.append(Cycle())
+        kept = weakref.ref(holder[0])
+        gc.collect()
+        self.assertIsNone(garbage())
+        self.assertIsNotNone(kept())
+        self.assertIs(holder[0].me, holder[0])
+
+    def test_garbage_at_the_start_is_collected_before_the_freeze(self) -> None:
+        cycle = Cycle()
+        alive = weakref.ref(cycle)
+        del cycle
+        heap = StartupHeap()
+        heap.freeze()
+        self.addCleanup(heap.thaw)
+        self.assertIsNone(alive(), "garbage frozen would never be freed")
+
+    def test_nested_holders_share_one_freeze(self) -> None:
+        heap = StartupHeap()
+        heap.freeze()
+        frozen = gc.get_freeze_count()
+        made_since = [[] for _ in range(1000)]
+        heap.freeze()
+        self.assertLess(gc.get_freeze_count(), frozen + len(made_since), "frozen once only")
+        heap.thaw()
+        self.assertGreater(gc.get_freeze_count(), 0, "the other holder still runs")
+        heap.thaw()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        heap.thaw()  # one too many: nothing to do
+        self.assertEqual(gc.get_freeze_count(), 0)
+
+    def test_a_disabled_collector_is_left_alone(self) -> None:
+        gc.disable()
+        heap = StartupHeap()
+        heap.freeze()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        self.assertFalse(heap.frozen_by_us)
+        heap.thaw()
+        self.assertFalse(gc.isenabled())
+
+    def test_an_application_freeze_is_kept(self) -> None:
+        gc.freeze()  # the application's own, before the server starts
+        heap = StartupHeap()
+        heap.freeze()
+        self.assertFalse(heap.frozen_by_us)
+        heap.thaw()
+        self.assertGreater(gc.get_freeze_count(), 0)
+
+
+class ServiceFreezeTests(ServerTestCase):
+    def setUp(self) -> None:
+        _require_thawed(self)
+
+    @async_test
+    async def test_a_running_server_freezes_its_start_up_heap(self) -> None:
+        before_start = Cycle()
+        alive = weakref.ref(before_start)
+        del before_start  # garbage: collected by the start, not frozen
+        self.start_server()
+        self.assertIsNone(alive())
+        self.assertGreater(gc.get_freeze_count(), 0)
+        client = await self.connect()
+        self.assertIsNotNone(client.session)
+        await self.service.stopService()
+        self.assertEqual(gc.get_freeze_count(), 0, "thawed when the server stopped")
+
+    def test_freeze_heap_false_leaves_the_collector_alone(self) -> None:
+        service = WarpSocketService(Hub(), ["tcp:0:interface=127.0.0.1"], freeze_heap=False)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(gc.get_freeze_count(), 0)
+
+    @async_test
+    async def test_two_servers_thaw_when_the_last_stops(self) -> None:
+        self.start_server()
+        other = WarpSocketService(Hub(), ["tcp:0:interface=127.0.0.1"])
+        other.startService()
+        await other.stopService()
+        self.assertGreater(gc.get_freeze_count(), 0, "the first server still runs")
+        await self.service.stopService()
+        self.assertEqual(gc.get_freeze_count(), 0)
