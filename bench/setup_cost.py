@@ -38,12 +38,6 @@ HERE = Path(__file__).resolve().parent
 PYTHON = HERE / ".venv" / "bin" / "python"
 
 
-def _masked(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes((0x81, 0x80 | len(payload))) + mask + body  # (payload < 126 bytes)
-
-
 def _upgrade(subprotocol: str | None) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     extra = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
@@ -62,24 +56,18 @@ def child(server: str, count: int) -> None:
     host = IPv4Address("TCP", "127.0.0.1", 9000)
     hello = b""
     if server == "warpsocket":
-        from dataclasses import replace
+        # (Imported here only: the Autobahn process must not import WarpSocket,
+        # which defers Autobahn's option dump; so ``_upgrade`` stays local.)
+        from inprocess import bench_options, masked
 
-        from warpsocket import Hub, HubOptions, WarpSocketService
-        from warpsocket.server.security import SecurityOptions
+        from warpsocket import Hub, WarpSocketService
 
-        security = replace(
-            SecurityOptions(),
-            max_connections=1_000_000,
-            max_connections_per_ip=1_000_000,
-            connection_rate=1_000_000.0,
-            message_rate=1_000_000.0,
-        )
-        service = WarpSocketService(Hub(HubOptions(open_rooms=True, security=security)), [])
+        service = WarpSocketService(Hub(bench_options()), [])
         service.startService()
         factory: Any = service.site
         subprotocol: str | None = "warpsocket.v1.json"
         text = {"type": "hello", "id": "h", "timestamp": 1, "data": {"rooms": ["bench"]}}
-        hello = _masked(json.dumps(text, separators=(",", ":")).encode())
+        hello = masked(json.dumps(text, separators=(",", ":")).encode())
     else:
         from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 

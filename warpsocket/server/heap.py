@@ -6,9 +6,9 @@ default server, more with an application on top) live as long as the
 process, yet each full collection visits them again. While connections
 arrive, full collections run every few thousand connections, so a server
 filling up (a start, a deploy, every client reconnecting after a failover)
-pays for its start-up heap many times over: 18-20 us of about 75 us per
-connection that the collector costs (``python bench/gcprofile.py``,
-docs/performance.md "Fifth round").
+pays for its start-up heap many times over: freezing it took the collector
+from 80.0 to 58.6 us per connection (medians of five runs each,
+``python bench/gcprofile.py``; docs/performance.md "Fifth round").
 
 ``gc.freeze()`` moves every tracked object to a permanent generation that
 collections skip. Objects made later are collected as before, including
