@@ -29,7 +29,7 @@ from twisted.web.http import HTTPChannel
 from warpsocket import _compat
 from warpsocket.core.messages import error_envelope
 from warpsocket.core.server import ConnId
-from warpsocket.protocol.codecs import Codec
+from warpsocket.protocol.codecs import JSON_SUBPROTOCOL, Codec, JsonCodec
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.envelope import Envelope
 from warpsocket.server.hub import Hub
@@ -40,6 +40,7 @@ from warpsocket.server.security.hello_auth import HelloAuth
 from warpsocket.server.security.limits import HTTP_STATUS, transport_chain
 from warpsocket.server.security.message_rate import MessageRate
 from warpsocket.server.security.outbound import OutboundGuard
+from warpsocket.server.url_hello import UrlHello, read_url_hello
 from warpsocket.server.wire import framing
 from warpsocket.server.wire.fastpath import FastPathProtocol
 
@@ -73,6 +74,8 @@ class WarpSocketServerProtocol(FastPathProtocol):
     auth: HelloAuth | None = None
     rate: MessageRate | None = None
     outbound: OutboundGuard | None = None
+    # The hello of the upgrade request (protocol.md 4.5), until the open.
+    url_hello: UrlHello | None = None
 
     @property
     def can_send(self) -> bool:
@@ -123,6 +126,10 @@ class WarpSocketServerProtocol(FastPathProtocol):
             gate.check_request(handshake, self.guard, self.transport, handshake.headers)
         except Reject as reject:
             self._deny(reject.code, reject.message)
+        try:
+            self.url_hello = read_url_hello(self.http_request_uri, self.factory.url_hello_codec)
+        except Reject as reject:
+            self._deny(reject.code, reject.message, status=400)
         if gate.authenticator is None:
             # No tokens to check: no ``HelloAuth`` unless a refresh brings an
             # identity (``set_identity``).
@@ -153,9 +160,10 @@ class WarpSocketServerProtocol(FastPathProtocol):
             )
         return auth
 
-    def _deny(self, code: ErrorCode, message: str = "") -> NoReturn:
+    def _deny(self, code: ErrorCode, message: str = "", status: int | None = None) -> NoReturn:
+        self.url_hello = None
         self.factory.hub.metrics.rejected_handshakes.labels(code.wire_name).inc()
-        raise ConnectionDeny(_DENY_STATUS.get(code, 403), _reason(code, message))
+        raise ConnectionDeny(status or _DENY_STATUS.get(code, 403), _reason(code, message))
 
     def _accept(
         self,
@@ -189,6 +197,35 @@ class WarpSocketServerProtocol(FastPathProtocol):
         gate.protocols[self.conn_id] = self
         if self.auth is not None:
             self.auth.arm_expiry()
+        url_hello = self.url_hello
+        if url_hello is not None:
+            self.url_hello = None
+            self._take_url_hello(url_hello)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if self.url_hello is not None and data.startswith(b"HTTP/1.1 101"):
+            # The upgrade's response waits for the welcome of the URL's hello
+            # (``_take_url_hello``), to leave with it in one write.
+            self._corked = [data]
+            self._count_written(len(data))
+            return
+        super().sendData(data, sync, chopsize)
+
+    def _take_url_hello(self, url_hello: UrlHello) -> None:
+        """The hello of the upgrade request, taken as the first message
+        (protocol.md 4.5); then the ``101`` and its answer leave together."""
+        try:
+            rate = self.rate
+            if rate is not None and not rate.allow(url_hello.text, False):
+                return
+            size = len(url_hello.text)
+            auth = self.auth
+            if auth is not None and self.gate.authenticator is not None:
+                auth.hello(url_hello.envelope, size)
+            else:
+                self.feed_decoded(url_hello.envelope, size)
+        finally:
+            self.uncork()
 
     # ------------------------------------------------------------ inbound
 
@@ -407,6 +444,12 @@ class WarpSocketServerFactory(WebSocketServerFactory):
         # The hub's plumbing (attach, receive, close...): not its public API.
         self.port = hub.port
         self.gate = Gate(hub.options.security, hub)
+        # The hello of an upgrade request is JSON text whatever the
+        # subprotocol (protocol.md 4.5), checked with the hub's limits.
+        json_codec = hub.codecs.get(JSON_SUBPROTOCOL)
+        self.url_hello_codec: Codec = (
+            json_codec if json_codec is not None else JsonCodec(hub.options.core.data_limits)
+        )
         if self.gate.authenticator is not None and hub.authenticator is None:
             # In-band refresh (the ``auth`` envelope) with the same authenticator.
             hub.authenticator = self.gate.refresh

@@ -56,8 +56,14 @@ class HelloAuth:
         except ProtocolError:
             connection.feed(payload, is_binary)  # the hub answers the bad frame
             return
+        self.hello(envelope, len(payload))
+
+    def hello(self, envelope: Envelope, size: int) -> None:
+        """A decoded message before the welcome (a frame's, or the hello of
+        the upgrade request, protocol.md 4.5)."""
+        connection = self.connection
         if envelope.type is not MessageType.HELLO:
-            connection.feed_decoded(envelope, len(payload))  # 4003 hello_required
+            connection.feed_decoded(envelope, size)  # 4003 hello_required
             return
         if self.hello_pending:
             connection.send_error(ErrorCode.BAD_STATE, "hello is being authenticated", envelope.id)
@@ -76,7 +82,7 @@ class HelloAuth:
                 self.gate.metrics.auth.labels("missing").inc()
                 connection.close_with(ErrorCode.UNAUTHORIZED)
                 return
-            connection.feed_decoded(envelope, len(payload))
+            connection.feed_decoded(envelope, size)
             self.sync_claims()
             return
         if not isinstance(token, str):
@@ -87,7 +93,7 @@ class HelloAuth:
         self.hello_pending = True
         verified = self.gate.authenticate(token)
         verified.addCallbacks(
-            lambda identity: self._authenticated(identity, envelope, len(payload)),
+            lambda identity: self._authenticated(identity, envelope, size),
             self._refused,
         )
 
