@@ -2,7 +2,7 @@
 // of tests/vectors/url_hello.json through this client's encoder, and the
 // client's decision (URL or frame), against a WebSocket the test plays the
 // server of. The whole vector list is read, so vectors added later run here.
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import {
@@ -14,16 +14,18 @@ import {
   withUrlHello,
 } from "../../dist/index.js";
 
+/** A broken handshake hangs rather than throws: fail in time instead. */
+const LIMIT = { timeout: 10000 };
 const VECTORS = JSON.parse(readFileSync(new URL("../../../../tests/vectors/url_hello.json", import.meta.url), "utf8"));
 
 // ------------------------------------------------------------------ encode vectors
 
-test("the vector file has encode vectors", () => {
+test("the vector file has encode vectors", LIMIT, () => {
   assert.ok(VECTORS.encode.length >= 6, `${VECTORS.encode.length} encode vectors`);
 });
 
 for (const vector of VECTORS.encode) {
-  test(`encode vector ${vector.name}: the query is exactly the vector's`, () => {
+  test(`encode vector ${vector.name}: the query is exactly the vector's`, LIMIT, () => {
     assert.equal(urlHelloQuery(vector.json), vector.query);
     // Appended to a URL: after "?" with nothing else, after "&" behind the parameters already there.
     assert.equal(withUrlHello("ws://h:8080/ws", vector.json), `ws://h:8080/ws?${vector.query}`);
@@ -35,7 +37,7 @@ for (const vector of VECTORS.encode) {
 
 // ------------------------------------------------------------------ URLs and texts
 
-test("the hello joins the URL's own query with &, before a fragment, and leaves the rest alone", () => {
+test("the hello joins the URL's own query with &, before a fragment, and leaves the rest alone", LIMIT, () => {
   const json = '{"type":"hello","id":"h1","timestamp":1,"data":{}}';
   const q = urlHelloQuery(json);
   assert.equal(withUrlHello("ws://h/ws", json), `ws://h/ws?${q}`);
@@ -48,7 +50,7 @@ test("the hello joins the URL's own query with &, before a fragment, and leaves 
   assert.equal(new URL(withUrlHello("ws://h/ws?token=abc", json)).searchParams.get("hello"), json);
 });
 
-test("urlHelloText: credentials (even null) and a session keep a hello out of URLs; 2,048 bytes at most", () => {
+test("urlHelloText: credentials (even null) and a session keep a hello out of URLs; 2,048 bytes at most", LIMIT, () => {
   const hello = (data) => ({ type: "hello", id: "h1", timestamp: 1, data });
   assert.equal(urlHelloText(hello({ rooms: [] })), '{"type":"hello","id":"h1","timestamp":1,"data":{"rooms":[]}}');
   assert.notEqual(urlHelloText(hello({ session: null, rooms: [] })), null);
@@ -78,7 +80,7 @@ function makeCore(options = {}) {
   return new ClientCore(options, () => `c${++n}`);
 }
 
-test("core: a fresh session's hello goes in the URL and its welcome completes the handshake", () => {
+test("core: a fresh session's hello goes in the URL and its welcome completes the handshake", LIMIT, () => {
   const core = makeCore({ extensions: ["batch"] });
   core.subscribe("chat", 0);
   const carried = core.urlHello(1000, { name: "t", version: "1" });
@@ -103,7 +105,7 @@ test("core: a fresh session's hello goes in the URL and its welcome completes th
   assert.deepEqual(actions.filter((a) => a.kind === "transmit"), [], "no hello (nor anything else) to transmit");
 });
 
-test("core: a session to resume, or a hello over 2,048 bytes, goes as a frame", () => {
+test("core: a session to resume, or a hello over 2,048 bytes, goes as a frame", LIMIT, () => {
   const core = makeCore();
   core.urlHello(0);
   core.receive({ type: "welcome", id: "w", timestamp: 0, ref: "c1", data: { session: "s1", resume_token: "R".repeat(43) } }, 0);
@@ -123,7 +125,7 @@ test("core: a session to resume, or a hello over 2,048 bytes, goes as a frame", 
   assert.equal(many.connected(0)[0].envelope.data.rooms.length, 200);
 });
 
-test("core: rooms joined or left after the hello was built are settled after the welcome, not refused", () => {
+test("core: rooms joined or left after the hello was built are settled after the welcome, not refused", LIMIT, () => {
   const core = makeCore();
   core.subscribe("early", 0);
   core.subscribe("gone", 0);
@@ -196,19 +198,28 @@ const flush = async () => {
 };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+const made = [];
+// A failed test leaves its client waiting: closed here, so the file still ends.
+after(() => Promise.all(made.map((client) => client.close())));
+
 function makeClient(url = "ws://test/ws", options = {}) {
-  return new WarpSocketClient(url, {
+  return remember(new WarpSocketClient(url, {
     WebSocket: FakeSocket,
     lifecycle: null,
     backoff: { initial: 1, max: 2, jitter: 0 },
     connectTimeout: 600000,
     ...options,
-  });
+  }));
+}
+
+function remember(client) {
+  made.push(client);
+  return client;
 }
 
 const welcomeData = (session = "s1", extra = {}) => ({ session, resume_token: "R".repeat(43), resumed: false, streams: {}, rooms: [], ...extra });
 
-test("client: a fresh token-less hello goes in the URL, is not sent again, and its welcome opens", async () => {
+test("client: a fresh token-less hello goes in the URL, is not sent again, and its welcome opens", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient("ws://test/ws?token=abc", { clientInfo: { name: "t", version: "1" }, rooms: ["chat"] });
   const opened = client.connect();
@@ -233,7 +244,7 @@ test("client: a fresh token-less hello goes in the URL, is not sent again, and i
   await client.close();
 });
 
-test("client: a subscribe right after connect() (the URL has gone) is asked for after the welcome", async () => {
+test("client: a subscribe right after connect() (the URL has gone) is asked for after the welcome", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient();
   const opened = client.connect();
@@ -253,7 +264,7 @@ test("client: a subscribe right after connect() (the URL has gone) is asked for 
   await client.close();
 });
 
-test("client: the reconnect resumes with a frame hello; the URL carries no hello, session or resume token", async () => {
+test("client: the reconnect resumes with a frame hello; the URL carries no hello, session or resume token", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient();
   const opened = client.connect();
@@ -275,7 +286,7 @@ test("client: the reconnect resumes with a frame hello; the URL carries no hello
   await client.close();
 });
 
-test("client: a token, urlHello: false, or a hello parameter already in the URL: the hello is a frame", async () => {
+test("client: a token, urlHello: false, or a hello parameter already in the URL: the hello is a frame", LIMIT, async () => {
   for (const [url, options] of [
     ["ws://test/ws", { token: "secret" }],
     ["ws://test/ws", { token: () => "secret" }],
@@ -299,7 +310,7 @@ test("client: a token, urlHello: false, or a hello parameter already in the URL:
   }
 });
 
-test("client: a hello over 2,048 bytes is a frame", async () => {
+test("client: a hello over 2,048 bytes is a frame", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient("ws://test/ws", { clientInfo: { name: "x".repeat(2048), version: "1" } });
   const opened = client.connect();
@@ -314,7 +325,7 @@ test("client: a hello over 2,048 bytes is a frame", async () => {
   await client.close();
 });
 
-test("client: closed with 4205 before a welcome (a server without 4.5): frames from then on", async () => {
+test("client: closed with 4205 before a welcome (a server without 4.5): frames from then on", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient();
   const opened = client.connect();
@@ -342,7 +353,7 @@ test("client: closed with 4205 before a welcome (a server without 4.5): frames f
   await client.close();
 });
 
-test("client: a 4205 after the welcome, or a close before the transport opened, does not give up on URL hellos", async () => {
+test("client: a 4205 after the welcome, or a close before the transport opened, does not give up on URL hellos", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient();
   const opened = client.connect();
@@ -362,7 +373,7 @@ test("client: a 4205 after the welcome, or a close before the transport opened, 
   await client.close();
 });
 
-test("client: the URL hello unanswered until the connect timeout: frames from then on", async () => {
+test("client: the URL hello unanswered until the connect timeout: frames from then on", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient("ws://test/ws", { connectTimeout: 50 });
   const opened = client.connect();
@@ -380,7 +391,7 @@ test("client: the URL hello unanswered until the connect timeout: frames from th
   await client.close();
 });
 
-test("client: an error answering the URL hello: the hello goes as a frame, once, and its welcome opens", async () => {
+test("client: an error answering the URL hello: the hello goes as a frame, once, and its welcome opens", LIMIT, async () => {
   FakeSocket.made = [];
   const client = makeClient();
   const opened = client.connect();
