@@ -23,11 +23,11 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+from base64 import urlsafe_b64encode
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from warpsocket.core.history import Position
 from warpsocket.core.keys import room_key
@@ -42,17 +42,15 @@ from warpsocket.protocol.tracecontext import TraceContext
 URL_HELLO_MAX_BYTES = 2048
 # The parameter of the WebSocket URL that carries it.
 URL_HELLO_PARAMETER = "hello"
-# Every byte but these becomes %XX, as JavaScript's encodeURIComponent does
-# (``quote`` keeps letters, digits and ``_.-~`` by itself).
-_URI_COMPONENT_SAFE = "!~*'()"
 _JSON = JsonCodec()
 
 
 def url_hello_query(text: str) -> str:
     """The query parameter that carries a hello's JSON text (protocol.md 4.5):
-    ``hello=`` and the text's UTF-8 bytes percent-encoded as JavaScript's
-    ``encodeURIComponent`` does (upper-case hex)."""
-    return URL_HELLO_PARAMETER + "=" + quote(text.encode("utf-8"), safe=_URI_COMPONENT_SAFE)
+    ``hello=`` and the text's UTF-8 bytes in base64url, without padding (an
+    alphabet no URL escapes)."""
+    encoded = urlsafe_b64encode(text.encode("utf-8")).rstrip(b"=").decode("ascii")
+    return f"{URL_HELLO_PARAMETER}={encoded}"
 
 
 class QueuePolicy(str, enum.Enum):
