@@ -83,6 +83,10 @@ FULL = {
     "rtt_warmup_seconds": 1.0,
     "idle_connections": 10_000,
     "connect_concurrency": 50,
+    # Where a WarpSocket client's hello travels: "url", in the upgrade
+    # request (protocol.md 4.5), as the clients send a fresh one; "frame",
+    # as the first message (a resume, or a hello with a token).
+    "hello": "url",
     "repeats": 3,
 }
 QUICK = {
@@ -571,6 +575,8 @@ def loadgen_args(server: str, scenario: str, params: dict[str, Any], mode: str) 
         str(params["payload_bytes"]),
         "--concurrency",
         str(params["connect_concurrency"]),
+        "--hello",
+        params["hello"],
     ]
     if scenario in FANOUTS:
         prefix = "cluster" if scenario == "fanout-cluster" else "fanout"
@@ -1073,6 +1079,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--idle", type=int, help="override the number of idle connections")
     parser.add_argument(
+        "--hello",
+        choices=("url", "frame"),
+        help="where WarpSocket's hello travels: in the upgrade request (url, the "
+        "default, protocol.md 4.5) or as the first frame",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         help="rounds of every case (default 3, quick 1): rates are the best round, "
@@ -1090,6 +1102,8 @@ def main() -> int:
         params["idle_connections"] = args.idle
     if args.repeat:
         params["repeats"] = max(1, args.repeat)
+    if args.hello:
+        params["hello"] = args.hello
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(servers) - set(SERVERS) | set(scenarios) - set(SCENARIOS)

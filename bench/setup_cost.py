@@ -18,6 +18,9 @@ the instructions one connection costs. Those counts hardly move from run to
 run (a shared machine moves ``run.py``'s rates by 10-20%); what they leave
 out is what both servers share: the system calls and Twisted's reactor.
 ``--wall`` times the same loop instead (no valgrind).
+
+``--hello url|frame`` says where WarpSocket's hello travels (protocol.md 4.5;
+the default is ``url``, as in ``run.py``).
 """
 
 from __future__ import annotations
@@ -38,23 +41,25 @@ HERE = Path(__file__).resolve().parent
 PYTHON = HERE / ".venv" / "bin" / "python"
 
 
-def _upgrade(subprotocol: str | None) -> bytes:
+def _upgrade(subprotocol: str | None, query: str = "") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     extra = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
     return (
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUpgrade: websocket\r\n"
+        f"GET /ws{query} HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     ).encode()
 
 
-def child(server: str, count: int) -> None:
-    """Open ``count`` connections in this process; print the seconds it took."""
+def child(server: str, count: int, hello_in: str = "frame") -> None:
+    """Open ``count`` connections in this process; print the seconds it took.
+    ``hello_in``: where WarpSocket's hello travels, ``url`` or ``frame``."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
     host = IPv4Address("TCP", "127.0.0.1", 9000)
     hello = b""
+    query = ""
     if server == "warpsocket":
         # (Imported here only: the Autobahn process must not import WarpSocket,
         # which defers Autobahn's option dump; so ``_upgrade`` stays local.)
@@ -67,7 +72,11 @@ def child(server: str, count: int) -> None:
         factory: Any = service.site
         subprotocol: str | None = "warpsocket.v1.json"
         text = {"type": "hello", "id": "h", "timestamp": 1, "data": {"rooms": ["bench"]}}
-        hello = masked(json.dumps(text, separators=(",", ":")).encode())
+        compact = json.dumps(text, separators=(",", ":")).encode()
+        if hello_in == "url":
+            query = "?hello=" + base64.urlsafe_b64encode(compact).decode().rstrip("=")
+        else:
+            hello = masked(compact)
     else:
         from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
@@ -80,7 +89,7 @@ def child(server: str, count: int) -> None:
         factory = WebSocketServerFactory("ws://127.0.0.1:9000")
         factory.protocol = BenchProtocol
         subprotocol = None
-    requests = [_upgrade(subprotocol) for _ in range(count)]
+    requests = [_upgrade(subprotocol, query) for _ in range(count)]
     addresses = [IPv4Address("TCP", "127.0.0.1", 10000 + i % 50000) for i in range(count)]
     kept = []
     started = time.perf_counter()
@@ -94,12 +103,12 @@ def child(server: str, count: int) -> None:
         kept.append(transport)
     elapsed = time.perf_counter() - started
     last = kept[-1].value() if kept else b""
-    if count and (b" 101 " not in last or (hello and b"welcome" not in last)):
+    if count and (b" 101 " not in last or (server == "warpsocket" and b"welcome" not in last)):
         raise SystemExit(f"{server}: the connection was not set up: {last[:200]!r}")
     print(json.dumps({"seconds": elapsed}))
 
 
-def instructions(server: str, count: int) -> int:
+def instructions(server: str, count: int, hello: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         subprocess.run(
@@ -112,6 +121,7 @@ def instructions(server: str, count: int) -> int:
                 "--child",
                 server,
                 str(count),
+                hello,
             ],
             check=True,
             capture_output=True,
@@ -123,9 +133,9 @@ def instructions(server: str, count: int) -> int:
         return int(summary.group(1))
 
 
-def wall(server: str, count: int) -> float:
+def wall(server: str, count: int, hello: str) -> float:
     done = subprocess.run(
-        ["taskset", "-c", "0", str(PYTHON), __file__, "--child", server, str(count)],
+        ["taskset", "-c", "0", str(PYTHON), __file__, "--child", server, str(count), hello],
         check=True,
         capture_output=True,
         text=True,
@@ -135,8 +145,8 @@ def wall(server: str, count: int) -> float:
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,15 +154,16 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--servers", default="warpsocket,autobahn")
     parser.add_argument("--wall", action="store_true", help="time the loop, no valgrind")
+    parser.add_argument("--hello", choices=("url", "frame"), default="url")
     args = parser.parse_args()
     n = args.connections
     costs: dict[str, float] = {}
     for server in args.servers.split(","):
         if args.wall:
-            costs[server] = wall(server, n) * 1e6 / n
+            costs[server] = wall(server, n, args.hello) * 1e6 / n
             print(f"{server:11} {costs[server]:8.1f} us per connection (wall, in process)")
         else:
-            per = (instructions(server, n) - instructions(server, 0)) / n
+            per = (instructions(server, n, args.hello) - instructions(server, 0, args.hello)) / n
             costs[server] = per
             print(f"{server:11} {per / 1000:8.1f}k instructions per connection")
     if "warpsocket" in costs and "autobahn" in costs:

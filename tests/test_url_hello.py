@@ -6,9 +6,9 @@ codecs, tokens, the drain)."""
 from __future__ import annotations
 
 import json
+from base64 import urlsafe_b64encode
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import msgpack
 from twisted.internet.address import IPv4Address
@@ -29,7 +29,7 @@ VECTORS = json.loads(
 
 def query_of(envelope: dict[str, Any]) -> str:
     text = json.dumps(envelope, separators=(",", ":"))
-    return "hello=" + quote(text.encode(), safe="!~*'()")
+    return "hello=" + urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def hello_query(hello_id: str = "h1", **data: Any) -> str:

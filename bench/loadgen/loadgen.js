@@ -12,7 +12,8 @@
 // --server-pid2 and --redis-pid add that node's and Redis's CPU time to the
 // measurement (server CPU = both nodes).
 //
-// Readiness: warpsocket = `welcome` received (hello with rooms ["bench"]);
+// Readiness: warpsocket = `welcome` received (hello with rooms ["bench"], in
+// the upgrade request's URL unless --hello frame);
 // autobahn / websockets = WebSocket open; socketio = socket.io `connect`
 // (the server's connect handler has put the socket in the room by then).
 
@@ -34,6 +35,7 @@ const DEFAULTS = {
   duration: 5, // rtt: measured seconds
   warmup: 1, // rtt: seconds before measuring
   mode: 'ack', // rtt on warpsocket: ack (acked event) | call (RPC)
+  hello: 'url', // warpsocket: url (in the upgrade request, protocol.md 4.5) | frame (first message)
   concurrency: 50, // handshakes in flight while opening connections
   settle: 2, // connect: seconds idle before reading the server's RSS
   stall: 15, // fanout: give up after this many seconds without a delivery
@@ -150,7 +152,7 @@ function portFor(index, control) {
 
 // ------------------------------------------------------------ protocol adapters
 
-// WarpSocket: JSON codec, hello first, answers heartbeats.
+// WarpSocket: JSON codec, hello first (in the URL, or as the first frame), answers heartbeats.
 class WarpClient {
   constructor(index, { control = false, onTick = null, onLost = null, mode = 'ack' } = {}) {
     this.index = index;
@@ -171,12 +173,15 @@ class WarpClient {
 
   open() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://${opts.host}:${this.port}/ws`, ['warpsocket.v1.json'], WS_OPTIONS);
+      const rooms = this.control ? [] : ['bench'];
+      const hello = JSON.stringify({ type: 'hello', id: 'h1', timestamp: Date.now(), data: { rooms } });
+      const inUrl = opts.hello === 'url';
+      const query = inUrl ? `?hello=${Buffer.from(hello).toString('base64url')}` : '';
+      const ws = new WebSocket(`ws://${opts.host}:${this.port}/ws${query}`, ['warpsocket.v1.json'], WS_OPTIONS);
       this.ws = ws;
       let ready = false;
       ws.on('open', () => {
-        const rooms = this.control ? [] : ['bench'];
-        ws.send(JSON.stringify({ type: 'hello', id: 'h1', timestamp: Date.now(), data: { rooms } }));
+        if (!inUrl) ws.send(hello);
       });
       ws.on('message', (raw) => {
         const msg = JSON.parse(raw);

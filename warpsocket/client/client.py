@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
+from urllib.parse import parse_qsl
 
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -32,6 +33,7 @@ from warpsocket.client.protocol import WarpSocketClientFactory, WarpSocketClient
 from warpsocket.client.state import ClientState, check_transition
 from warpsocket.client.tokens import RefreshPolicy
 from warpsocket.core.client import (
+    URL_HELLO_PARAMETER,
     ClientAction,
     ClientCore,
     Deliver,
@@ -42,6 +44,7 @@ from warpsocket.core.client import (
     StreamLost,
     Transmit,
     Welcomed,
+    url_hello_query,
 )
 from warpsocket.core.ids import random_id
 from warpsocket.core.messages import heartbeat_envelope
@@ -155,6 +158,9 @@ class ClientStats:
     # Batch frames sent (the batch extension): envelopes out per frame is
     # messages_out / (messages_out - envelopes in batches + batch_frames).
     batch_frames: int = 0
+    # Hellos carried in the upgrade request (protocol.md 4.5), not in frames
+    # (neither in messages_out).
+    url_hellos: int = 0
     reconnect_times: list[float] = field(default_factory=list)
 
     @property
@@ -203,8 +209,15 @@ class WarpSocketClient:
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.options = options if options is not None else ClientOptions()
         self.url = url
-        secure, host, port, _, _, _ = parse_url(url)
+        secure, host, port, resource, _, _ = parse_url(url)
         self._secure, self._host, self._port = secure, host, port
+        # The hello may ride in the upgrade request (protocol.md 4.5), after
+        # the URL's own parameters; not when the URL names one itself.
+        self._resource: str = resource
+        query = resource.partition("?")[2]
+        self._url_hello = self.options.url_hello and all(
+            name != URL_HELLO_PARAMETER for name, _ in parse_qsl(query, keep_blank_values=True)
+        )
         self._tls_options = tls_options
         if secure and tls_options is None:
             trust = None
@@ -649,6 +662,29 @@ class WarpSocketClient:
     def _tcp_connected(self, protocol: WarpSocketClientProtocol) -> None:
         self._attempt_protocol = protocol
 
+    def _connecting(self, protocol: WarpSocketClientProtocol) -> str | None:
+        """The upgrade request is about to be written: carry the hello in its
+        URL when it may (protocol.md 4.5), saving the round trip of a hello
+        frame, else ask for the URL as given (None).
+
+        Only a hello without credentials: not with a token provider (its
+        token goes in a hello frame), not for a resume (``core.url_hello``
+        decides that, the size, and the fallback to frames after an older
+        server ignored one).
+        """
+        if (
+            not self._url_hello
+            or self.token_provider is not None
+            or self.state is ClientState.CLOSED
+        ):
+            return None
+        text = self.core.url_hello(self._now_ms())
+        if text is None:
+            return None
+        self.stats.url_hellos += 1
+        separator = "&" if "?" in self._resource else "?"
+        return f"{self._resource}{separator}{url_hello_query(text)}"
+
     def _transport_connected(
         self, protocol: WarpSocketClientProtocol, subprotocol: str | None
     ) -> None:
@@ -708,7 +744,10 @@ class WarpSocketClient:
             self._batch.drop()
             self._batch = None
         self._crypto.disconnected()
-        self._run(self.core.disconnected(self._now_ms()))
+        refused = self.core.url_hello_refused
+        self._run(self.core.disconnected(self._now_ms(), code, timed_out=self._timed_out))
+        if self.core.url_hello_refused and not refused:
+            self.log.info("{url} ignored the hello in the URL: hellos go in frames", url=self.url)
         if self.state is not ClientState.CLOSED:
             self._set_state(ClientState.DISCONNECTED)
 
@@ -1143,6 +1182,9 @@ class _Events:
 
     def tcp_connected(self, protocol: WarpSocketClientProtocol) -> None:
         self._client._tcp_connected(protocol)
+
+    def connecting(self, protocol: WarpSocketClientProtocol) -> str | None:
+        return self._client._connecting(protocol)
 
     def upgraded(self, protocol: WarpSocketClientProtocol, subprotocol: str | None) -> None:
         self._client._transport_connected(protocol, subprotocol)

@@ -113,6 +113,10 @@ class ClientOptions:
     # this many milliseconds of the first leave in one frame. 0: those of the
     # same reactor turn (a loop of sends), with no added delay; None: off.
     batch_window_ms: float | None = 0.0
+    # The hello in the upgrade request (protocol.md 4.5): a fresh session's
+    # hello without a token rides in the URL's ``hello`` parameter and the
+    # welcome comes with the 101, one round trip sooner. False: always a frame.
+    url_hello: bool = True
 
     def __post_init__(self) -> None:
         if self.slow_ack is not None and not self.slow_ack > 0:

@@ -9,19 +9,26 @@ so this module does not import the client.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.types import ConnectionResponse
+from autobahn.websocket.types import ConnectingRequest, ConnectionResponse
 from twisted.internet.interfaces import IConnector, IDelayedCall
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from autobahn.wamp.types import TransportDetails
 
 
 class TransportEvents(Protocol):
     """What the client is told of its connection attempts and connections."""
 
     def tcp_connected(self, protocol: WarpSocketClientProtocol) -> None: ...
+
+    def connecting(self, protocol: WarpSocketClientProtocol) -> str | None:
+        """The upgrade request is about to be written: the resource (path and
+        query) to ask for, or None for the factory's (the URL's own)."""
 
     def upgraded(self, protocol: WarpSocketClientProtocol, subprotocol: str | None) -> None: ...
 
@@ -48,6 +55,22 @@ class WarpSocketClientProtocol(WebSocketClientProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.events.tcp_connected(self)
+
+    def onConnecting(self, transport_details: TransportDetails) -> ConnectingRequest | None:
+        # (Called by connectionMade, before the upgrade request is written.)
+        resource = self.factory.events.connecting(self)
+        if resource is None:
+            return None
+        factory = self.factory
+        return ConnectingRequest(
+            host=factory.host,
+            port=factory.port,
+            resource=resource,
+            headers=factory.headers,
+            useragent=factory.useragent,
+            origin=factory.origin,
+            protocols=factory.protocols,
+        )
 
     def onConnect(self, response: ConnectionResponse) -> None:
         self.factory.events.upgraded(self, response.protocol)

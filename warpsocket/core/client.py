@@ -13,6 +13,9 @@ the actions it returns:
 - ``Welcomed``: the handshake finished;
 - ``RoomChanged``: a room was joined or left, or a join was refused;
 - ``Reconnect``: drop this connection and resume on a new one.
+
+The hello may also ride in the upgrade request (protocol.md 4.5): ``url_hello``
+starts such a handshake and ``url_hello_query`` encodes its text for the URL.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+from base64 import urlsafe_b64encode
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +32,25 @@ from typing import Any
 from warpsocket.core.history import Position
 from warpsocket.core.keys import room_key
 from warpsocket.core.messages import heartbeat_envelope
+from warpsocket.protocol.codecs import JsonCodec
 from warpsocket.protocol.codes import ErrorCode
 from warpsocket.protocol.datamodel import DEFAULT_LIMITS, DataLimits, check_value
 from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.protocol.tracecontext import TraceContext
+
+# protocol.md 4.5: the most JSON text (in bytes) a hello may carry in the URL.
+URL_HELLO_MAX_BYTES = 2048
+# The parameter of the WebSocket URL that carries it.
+URL_HELLO_PARAMETER = "hello"
+_JSON = JsonCodec()
+
+
+def url_hello_query(text: str) -> str:
+    """The query parameter that carries a hello's JSON text (protocol.md 4.5):
+    ``hello=`` and the text's UTF-8 bytes in base64url, without padding (an
+    alphabet no URL escapes)."""
+    encoded = urlsafe_b64encode(text.encode("utf-8")).rstrip(b"=").decode("ascii")
+    return f"{URL_HELLO_PARAMETER}={encoded}"
 
 
 class QueuePolicy(str, enum.Enum):
@@ -202,6 +221,14 @@ class ClientCore:
         self._subscribing: dict[str, str] = {}  # subscribe id -> room
         self._hello_id: str | None = None
         self._hello_ms = 0
+        # The id of the hello that went in the upgrade request (protocol.md
+        # 4.5) while it awaits its answer; ``_url_hello_open``: and the
+        # WebSocket opened (``connected``) since.
+        self._url_hello_id: str | None = None
+        self._url_hello_open = False
+        # This server ignored a hello in the URL (an older server): every
+        # later hello is a frame.
+        self.url_hello_refused = False
         self._acked: OrderedDict[str, None] = OrderedDict()
         # A lower bound of (server clock - client clock) in ms on the current
         # connection, from envelopes this server stamped; None until welcomed.
@@ -222,11 +249,18 @@ class ClientCore:
 
     # ------------------------------------------------------------ connection
 
-    def connected(self, now_ms: int, token: str | None = None) -> list[ClientAction]:
-        """The WebSocket is open: say hello."""
+    def hello(self, now_ms: int, token: str | None = None) -> Envelope:
+        """Start a handshake: the next hello envelope (protocol.md 4.1).
+
+        Until its welcome the connection is not open; only the answer to
+        this hello (``ref`` = its id) opens it. ``connected`` sends it as a
+        frame; ``url_hello`` makes one for the upgrade request.
+        """
         self.open = False
         self._hello_id = self.new_id()
         self._hello_ms = now_ms
+        self._url_hello_id = None
+        self._url_hello_open = False
         self.clock_offset_ms = None
         data: dict[str, Any] = {
             "session": self.session,
@@ -241,11 +275,65 @@ class ClientCore:
             data["token"] = token
         if self.options.extensions:
             data["extensions"] = list(self.options.extensions)
-        hello = Envelope(type=MessageType.HELLO, id=self._hello_id, timestamp=now_ms, data=data)
-        return [Transmit(hello)]
+        return Envelope(type=MessageType.HELLO, id=self._hello_id, timestamp=now_ms, data=data)
 
-    def disconnected(self, now_ms: int) -> list[ClientAction]:
-        """The connection is gone: whatever awaited an answer goes back in the queue."""
+    def url_hello(self, now_ms: int) -> str | None:
+        """Start a handshake whose hello rides in the upgrade request (protocol.md 4.5).
+
+        Called just before the upgrade request is written. Returns the
+        hello's JSON text (the JSON codec's encoding, whatever the
+        connection's codec) for the URL's ``hello`` parameter
+        (``url_hello_query``), or None when this hello must be a frame: it
+        presents a session (a resume carries credentials, which URLs must
+        not), it is over ``URL_HELLO_MAX_BYTES``, or this server ignored a URL
+        hello before (``url_hello_refused``). A hello that brings a token is
+        a frame too: the caller, which has the token, does not ask.
+
+        After it, ``connected`` transmits nothing: the server answers this
+        hello with the welcome, or with an error after which ``receive``
+        transmits the hello as a frame.
+        """
+        if self.url_hello_refused or self.session is not None:
+            return None
+        hello = self.hello(now_ms)
+        data = hello.data
+        assert isinstance(data, dict) and "token" not in data and "resume_token" not in data
+        text = _JSON.encode(hello)
+        if len(text) > URL_HELLO_MAX_BYTES:
+            return None  # ``connected`` starts the handshake again, with a frame
+        self._url_hello_id = hello.id
+        return text.decode("utf-8")
+
+    def connected(self, now_ms: int, token: str | None = None) -> list[ClientAction]:
+        """The WebSocket is open: say hello.
+
+        Unless the upgrade request carried the hello (``url_hello``): then
+        nothing is sent until its answer arrives (and ``token`` is unused).
+        """
+        if self._url_hello_id is not None and self._url_hello_id == self._hello_id:
+            self._url_hello_open = True
+            return []
+        return [Transmit(self.hello(now_ms, token))]
+
+    def disconnected(
+        self, now_ms: int, code: int | None = None, *, timed_out: bool = False
+    ) -> list[ClientAction]:
+        """The connection is gone: whatever awaited an answer goes back in the queue.
+
+        ``code``: its close code, if any; ``timed_out``: the caller gave up
+        waiting for an answer. A hello that went in the URL and was not
+        answered, on a WebSocket closed with ``4205 handshake_timeout`` (the
+        server waited for a hello frame) or that opened and then timed out
+        (the caller's own handshake timeout came first), tells an older
+        server, which ignores the URL's hello (protocol.md 4.5): from then
+        on every hello is a frame (``url_hello_refused``).
+        """
+        if self._url_hello_id is not None and (
+            code == ErrorCode.HANDSHAKE_TIMEOUT or (timed_out and self._url_hello_open)
+        ):
+            self.url_hello_refused = True
+        self._url_hello_id = None
+        self._url_hello_open = False
         self.open = False
         self._hello_id = None
         self._subscribing.clear()
@@ -473,7 +561,7 @@ class ClientCore:
         if kind is MessageType.WELCOME:
             return self._welcome(envelope, now_ms)
         if kind is MessageType.ACK or kind is MessageType.RESULT or kind is MessageType.ERROR:
-            return self._answer(envelope)
+            return self._answer(envelope, now_ms)
         if kind is MessageType.HEARTBEAT:
             self.observe_clock(envelope, now_ms)
             if envelope.ref is None:
@@ -509,7 +597,7 @@ class ClientCore:
             return []  # not a welcome we can use; the handshake times out
         # A hello is answered once: a repeated (or stale) welcome must not
         # reset the positions that events have advanced since.
-        self._hello_id = None
+        self._hello_id = self._url_hello_id = None
         self.rtt_ms = max(0, now_ms - self._hello_ms)
         self.observe_clock(welcome, now_ms)
         actions: list[ClientAction] = []
@@ -574,10 +662,14 @@ class ClientCore:
             actions.append(StreamLost(stream, f"message {offset} undeliverable ({event.code})"))
         return actions
 
-    def _answer(self, answer: Envelope) -> list[ClientAction]:
+    def _answer(self, answer: Envelope, now_ms: int) -> list[ClientAction]:
         ref = answer.ref
         if ref is None:
             return []
+        if ref == self._url_hello_id and self._url_hello_open and answer.type is MessageType.ERROR:
+            # The server read the URL's hello and refused it (protocol.md 4.5):
+            # the connection still waits for a hello, which goes as a frame.
+            return [Transmit(self.hello(now_ms))]
         room = self._subscribing.pop(ref, None)
         if room is not None:
             return self._subscribe_answer(room, answer)

@@ -164,8 +164,13 @@ class _Downstream(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:  # type: ignore[override]
         proxy = self.factory
         headers = {name: request.headers[name] for name in _FORWARDED if name in request.headers}
+        # The client's query goes along: a hello in it (protocol.md 4.5), a token.
+        url = proxy.upstream_url
+        query = self.http_request_uri.partition("?")[2]
+        if query:
+            url += ("&" if "?" in url else "?") + query
         upstream = _UpstreamFactory(
-            proxy.upstream_url,
+            url,
             protocols=request.protocols,
             headers=headers,
             origin=request.origin or None,

@@ -127,7 +127,7 @@ class WarpSocketServerProtocol(FastPathProtocol):
         except Reject as reject:
             self._deny(reject.code, reject.message)
         try:
-            self.url_hello = read_url_hello(self.http_request_uri, self.factory.url_hello_codec)
+            self.url_hello = read_url_hello(handshake.params, self.factory.url_hello_codec)
         except Reject as reject:
             self._deny(reject.code, reject.message, status=400)
         if gate.authenticator is None:

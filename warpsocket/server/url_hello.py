@@ -1,17 +1,19 @@
 """The hello carried in the upgrade request (protocol.md 4.5), read and checked
 before the upgrade is answered.
 
-A client without credentials may put its whole ``hello`` envelope, as JSON
-text, in the query parameter ``hello`` of the WebSocket URL; the server then
-answers the ``101`` and the ``welcome`` in one write, and the client saves a
-round trip. URLs are logged, so a hello that carries a credential (a token,
+A client without credentials may put its whole ``hello`` envelope, its JSON
+text in base64url, in the query parameter ``hello`` of the WebSocket URL; the
+server then answers the ``101`` and the ``welcome`` in one write, and the
+client saves a round trip. URLs are logged, so a hello that carries a credential (a token,
 a resume token, a session to resume) is refused here, as is anything that is
 not one valid hello envelope of at most ``MAX_BYTES``.
 """
 
 from __future__ import annotations
 
-from urllib.parse import unquote_plus, unquote_to_bytes
+import binascii
+from base64 import b64decode
+from collections.abc import Mapping
 
 from warpsocket.protocol.codecs import Codec
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
@@ -19,7 +21,7 @@ from warpsocket.protocol.envelope import Envelope, MessageType
 from warpsocket.server.middleware import Reject
 
 PARAMETER = "hello"
-# Of JSON text, after percent-decoding: what proxies pass in a request line.
+# Of JSON text, after base64url decoding: what proxies pass in a request line.
 MAX_BYTES = 2048
 # Never in a URL: ``session`` is checked apart (``null`` is allowed).
 _CREDENTIALS = ("token", "resume_token")
@@ -39,32 +41,30 @@ def _refuse(why: str) -> Reject:
     return Reject(ErrorCode.BAD_ENVELOPE, f"hello in the URL: {why}")
 
 
-def _values(query: str) -> list[str]:
-    """The raw (still percent-encoded) values of every ``hello`` parameter."""
-    found = []
-    for item in query.split("&"):
-        name, _, value = item.partition("=")
-        if name == PARAMETER or (("%" in name or "+" in name) and unquote_plus(name) == PARAMETER):
-            found.append(value)
-    return found
-
-
-def read_url_hello(uri: str, json_codec: Codec) -> UrlHello | None:
-    """The hello in the query of the request target ``uri``; None without one.
+def read_url_hello(params: Mapping[str, list[str]], json_codec: Codec) -> UrlHello | None:
+    """The hello of the request's query parameters (``params``: decoded, as
+    Autobahn's ``parse_qs`` gives them, which drops empty values); None
+    without one.
 
     Raises ``Reject(BAD_ENVELOPE)`` for more than one ``hello`` parameter, or
-    one that is too long, not one valid hello envelope (decoded by
-    ``json_codec``, with its limits) or that carries a credential.
+    one that is not base64url, too long, not one valid hello envelope
+    (decoded by ``json_codec``, with its limits) or carries a credential.
     """
-    _, has_query, query = uri.partition("?")
-    if not has_query or (PARAMETER not in query and "%" not in query):
-        return None  # (the common upgrade: no query, or none that can name it)
-    values = _values(query.partition("#")[0])
+    values = params.get(PARAMETER)
     if not values:
         return None
     if len(values) > 1:
         raise _refuse("more than one hello parameter")
-    text = unquote_to_bytes(values[0].replace("+", " "))
+    value = values[0]
+    if len(value) > (MAX_BYTES + 2) // 3 * 4 + 2:
+        raise _refuse(f"over {MAX_BYTES} bytes")
+    if "+" in value or "/" in value:  # (the standard alphabet's, which b64decode takes too)
+        raise _refuse("not base64url")
+    try:
+        # validate: a character outside the alphabet is an error, not skipped.
+        text = b64decode(value + "=" * (-len(value) % 4), b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise _refuse("not base64url") from None
     if len(text) > MAX_BYTES:
         raise _refuse(f"{len(text)} bytes, over {MAX_BYTES}")
     try:
