@@ -116,12 +116,13 @@ export interface ClientOptions {
   store?: StateStore;
   /**
    * Carry the hello in the WebSocket URL's query parameter `hello`
-   * (protocol.md 4.5) when it has no credentials: a new session (nothing to
-   * resume), no `token` option, at most 2,048 bytes of JSON. The server then
-   * sends the welcome with the upgrade's response: one round trip less per
-   * connection. Any other hello goes as a frame, as does every hello to a
-   * server that closed such a connection with 4205 (it predates 4.5).
-   * Default true; false: always a frame.
+   * (protocol.md 4.5, base64url JSON) when it has no credentials: a new
+   * session (nothing to resume), no `token` option, at most 2,048 bytes of
+   * JSON. The server then sends the welcome with the upgrade's response: one
+   * round trip less per connection. Any other hello goes as a frame, as does
+   * every hello to a server that left such a hello unanswered (closed with
+   * 4205, or open until `connectTimeout`: it predates 4.5). Default true;
+   * false: always a frame.
    */
   urlHello?: boolean;
   /** A WebSocket implementation (default: the global one, else the `ws` package). */
@@ -250,6 +251,8 @@ export interface ClientStats {
   messagesOut: number;
   /** Batch frames sent (the batch extension). */
   batchFrames: number;
+  /** Hellos carried in the upgrade request's URL (protocol.md 4.5); not in `messagesOut`. */
+  urlHellos: number;
   streamsLost: number;
 }
 
@@ -280,6 +283,7 @@ export class WarpSocketClient {
     messagesIn: 0,
     messagesOut: 0,
     batchFrames: 0,
+    urlHellos: 0,
     streamsLost: 0,
   };
   private stateValue: ClientState = "disconnected";
@@ -904,7 +908,7 @@ export class WarpSocketClient {
     this.lastRx = Date.now();
     if (this.urlHello !== null) {
       // The hello went with the upgrade request: nothing to send until its answer.
-      this.stats.messagesOut++;
+      this.stats.urlHellos++;
       this.debugger?.envelope("out", toWire(this.urlHello));
       return;
     }

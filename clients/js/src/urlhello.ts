@@ -2,8 +2,9 @@
  * The hello in the upgrade request (protocol.md 4.5): a hello without
  * credentials may travel in the WebSocket URL's query parameter `hello`, as
  * the JSON text a `warpsocket.v1.json` frame would carry (whatever the
- * connection's codec), percent-encoded as `encodeURIComponent` does. The
- * server then writes the 101 and the welcome together: one round trip less.
+ * connection's codec): its UTF-8 bytes in base64url without padding, which
+ * needs no percent-encoding. The server then writes the 101 and the welcome
+ * together: one round trip less.
  *
  * Never with credentials: proxies, load balancers and servers log URLs, so a
  * hello with `data.token`, `data.resume_token` or a `data.session` to resume
@@ -11,6 +12,7 @@
  */
 import { jsonCodec } from "./codec.js";
 import type { Envelope } from "./envelope.js";
+import { encodeBase64url } from "./transfer.js";
 
 /** The query parameter that carries the hello. */
 export const URL_HELLO_PARAM = "hello";
@@ -18,9 +20,11 @@ export const URL_HELLO_PARAM = "hello";
 /** The longest hello JSON text (UTF-8 bytes, before percent-encoding) a URL may carry. */
 export const URL_HELLO_MAX_BYTES = 2048;
 
-/** The query a client writes for a hello's JSON text: `hello=<encodeURIComponent(json)>`. */
+const utf8 = new TextEncoder();
+
+/** The query a client writes for a hello's JSON text: `hello=<base64url of its UTF-8 bytes, no padding>`. */
 export function urlHelloQuery(json: string): string {
-  return `${URL_HELLO_PARAM}=${encodeURIComponent(json)}`;
+  return `${URL_HELLO_PARAM}=${encodeBase64url(utf8.encode(json))}`;
 }
 
 /**
@@ -39,12 +43,16 @@ export function urlHelloText(hello: Envelope): string | null {
   return utf8Length(json) <= URL_HELLO_MAX_BYTES ? json : null;
 }
 
-/** Whether the URL's query already has a `hello` parameter (the application's own): then none is added. */
+/**
+ * Whether the URL's query already has a non-empty `hello` parameter (the
+ * application's own): then none is added. (An empty one counts as absent.)
+ */
 export function hasHelloParam(url: string): boolean {
   const query = splitUrl(url).query;
   if (query === null) return false;
   return query.split("&").some((pair) => {
-    const name = pair.split("=", 1)[0] as string;
+    const [name, value] = pair.split("=", 2) as [string, string | undefined];
+    if (value === undefined || value === "") return false;
     try {
       return decodeURIComponent(name.replace(/\+/g, " ")) === URL_HELLO_PARAM;
     } catch {
@@ -54,7 +62,7 @@ export function hasHelloParam(url: string): boolean {
 }
 
 /**
- * `url` with `hello=<encoded json>` appended to its query: after `?`, or
+ * `url` with `hello=<base64url json>` appended to its query: after `?`, or
  * after the parameters already there with `&` (they stay as they are), and
  * before any `#fragment`.
  */

@@ -29,7 +29,7 @@ after(async () => {
 
 const helloOf = (url) => {
   const value = new URL(url).searchParams.get("hello");
-  return value === null ? null : JSON.parse(value);
+  return value === null ? null : JSON.parse(Buffer.from(value, "base64url").toString("utf8"));
 };
 
 test("a page's client is welcomed with its hello in the URL; its resume goes as a frame", LIMIT, async () => {

@@ -19,7 +19,7 @@ class FakeSocket {
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
     // A new session's hello travels in the URL (protocol.md 4.5), a resume as a frame.
     const hello = new URL(url).searchParams.get("hello");
-    this.urlHello = hello === null ? null : JSON.parse(hello);
+    this.urlHello = hello === null ? null : JSON.parse(Buffer.from(hello, "base64url").toString("utf8"));
     FakeSocket.made.push(this);
   }
   send(data) {

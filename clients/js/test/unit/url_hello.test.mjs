@@ -1,5 +1,6 @@
 // The hello in the upgrade request (protocol.md 4.5): every `encode` vector
-// of tests/vectors/url_hello.json through this client's encoder, and the
+// of tests/vectors/url_hello.json (base64url of the JSON text, no padding)
+// through this client's encoder, and the
 // client's decision (URL or frame), against a WebSocket the test plays the
 // server of. The whole vector list is read, so vectors added later run here.
 import { after, test } from "node:test";
@@ -16,6 +17,7 @@ import {
 
 /** A broken handshake hangs rather than throws: fail in time instead. */
 const LIMIT = { timeout: 10000 };
+const fromBase64url = (text) => Buffer.from(text, "base64url").toString("utf8");
 const VECTORS = JSON.parse(readFileSync(new URL("../../../../tests/vectors/url_hello.json", import.meta.url), "utf8"));
 
 // ------------------------------------------------------------------ encode vectors
@@ -30,8 +32,9 @@ for (const vector of VECTORS.encode) {
     // Appended to a URL: after "?" with nothing else, after "&" behind the parameters already there.
     assert.equal(withUrlHello("ws://h:8080/ws", vector.json), `ws://h:8080/ws?${vector.query}`);
     assert.equal(withUrlHello("ws://h:8080/ws?v=2", vector.json), `ws://h:8080/ws?v=2&${vector.query}`);
-    // The query decodes back to the same text (what a server does).
-    assert.equal(decodeURIComponent(vector.query.slice("hello=".length)), vector.json);
+    // Only the base64url alphabet, no padding, and it decodes back to the same text (what a server does).
+    assert.match(vector.query, /^hello=[A-Za-z0-9_-]+$/);
+    assert.equal(fromBase64url(vector.query.slice("hello=".length)), vector.json);
   });
 }
 
@@ -47,7 +50,9 @@ test("the hello joins the URL's own query with &, before a fragment, and leaves 
   assert.equal(withUrlHello("wss://h/ws#frag", json), `wss://h/ws?${q}#frag`);
   assert.equal(withUrlHello("wss://h/ws?a=1#frag?x", json), `wss://h/ws?a=1&${q}#frag?x`);
   assert.equal(new URL(withUrlHello("ws://h/ws?token=abc", json)).searchParams.get("token"), "abc");
-  assert.equal(new URL(withUrlHello("ws://h/ws?token=abc", json)).searchParams.get("hello"), json);
+  assert.equal(fromBase64url(new URL(withUrlHello("ws://h/ws?token=abc", json)).searchParams.get("hello")), json);
+  // The URL parsers of browsers and Node leave base64url as it is: the server gets exactly this query.
+  assert.equal(new URL(withUrlHello("ws://h/ws?a=1", json)).search, `?a=1&${q}`);
 });
 
 test("urlHelloText: credentials (even null) and a session keep a hello out of URLs; 2,048 bytes at most", LIMIT, () => {
@@ -163,9 +168,9 @@ class FakeSocket {
     this.binaryType = "blob";
     this.sent = [];
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
-    const query = new URL(url).searchParams.getAll("hello");
+    const query = new URL(url).searchParams.getAll("hello").filter((value) => value !== ""); // empty: absent (4.5)
     assert.ok(query.length <= 1, "at most one hello parameter");
-    this.urlHello = query.length === 0 || query[0] === "mine" ? null : JSON.parse(query[0]);
+    this.urlHello = query.length === 0 || query[0] === "mine" ? null : JSON.parse(fromBase64url(query[0]));
     FakeSocket.made.push(this);
   }
   send(data) {
@@ -225,7 +230,7 @@ test("client: a fresh token-less hello goes in the URL, is not sent again, and i
   const opened = client.connect();
   await flush();
   const socket = FakeSocket.made.at(-1);
-  assert.match(socket.url, /^ws:\/\/test\/ws\?token=abc&hello=%7B/);
+  assert.match(socket.url, /^ws:\/\/test\/ws\?token=abc&hello=eyJ[A-Za-z0-9_-]+$/); // base64url of {"
   assert.equal(new URL(socket.url).searchParams.get("token"), "abc", "the URL's own parameters stay");
   const hello = socket.urlHello;
   assert.equal(hello.type, "hello");
@@ -308,6 +313,20 @@ test("client: a token, urlHello: false, or a hello parameter already in the URL:
     await opened;
     await client.close();
   }
+});
+
+test("client: an empty hello parameter of the URL counts as absent: the hello joins it", LIMIT, async () => {
+  FakeSocket.made = [];
+  const client = makeClient("ws://test/ws?hello=");
+  const opened = client.connect();
+  const socket = FakeSocket.made.at(-1);
+  assert.match(socket.url, /^ws:\/\/test\/ws\?hello=&hello=[A-Za-z0-9_-]+$/);
+  socket.accept();
+  socket.receive({ type: "welcome", ref: socket.urlHello.id, data: welcomeData() });
+  await opened;
+  assert.equal(client.stats.urlHellos, 1);
+  assert.equal(client.stats.messagesOut, 0, "a URL hello is not a frame sent");
+  await client.close();
 });
 
 test("client: a hello over 2,048 bytes is a frame", LIMIT, async () => {
