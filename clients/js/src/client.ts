@@ -29,6 +29,7 @@ import type { KeyProvider } from "./e2e.js";
 import { ReplayGuard } from "./replay.js";
 import { askedExtensions, ClientCrypto, nackFor, type CryptoFailure } from "./secure.js";
 import type { SignatureKeys } from "./signing.js";
+import { hasHelloParam, utf8Length, withUrlHello } from "./urlhello.js";
 
 export type ClientState = "disconnected" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -113,6 +114,17 @@ export interface ClientOptions {
    * go to `onError`.
    */
   store?: StateStore;
+  /**
+   * Carry the hello in the WebSocket URL's query parameter `hello`
+   * (protocol.md 4.5, base64url JSON) when it has no credentials: a new
+   * session (nothing to resume), no `token` option, at most 2,048 bytes of
+   * JSON. The server then sends the welcome with the upgrade's response: one
+   * round trip less per connection. Any other hello goes as a frame, as does
+   * every hello to a server that left such a hello unanswered (closed with
+   * 4205, or open until `connectTimeout`: it predates 4.5). Default true;
+   * false: always a frame.
+   */
+  urlHello?: boolean;
   /** A WebSocket implementation (default: the global one, else the `ws` package). */
   WebSocket?: WebSocketConstructor;
   /** `hello.data.client`, informational. */
@@ -239,6 +251,8 @@ export interface ClientStats {
   messagesOut: number;
   /** Batch frames sent (the batch extension). */
   batchFrames: number;
+  /** Hellos carried in the upgrade request's URL (protocol.md 4.5); not in `messagesOut`. */
+  urlHellos: number;
   streamsLost: number;
 }
 
@@ -269,6 +283,7 @@ export class WarpSocketClient {
     messagesIn: 0,
     messagesOut: 0,
     batchFrames: 0,
+    urlHellos: 0,
     streamsLost: 0,
   };
   private stateValue: ClientState = "disconnected";
@@ -335,6 +350,10 @@ export class WarpSocketClient {
   private savedJson = "";
   private nextAttempt: number | null = null;
   private transportOpen = false; // the current socket fired `open`
+  /** The hello the current socket's URL carried, until a welcome or an error answers it (protocol.md 4.5). */
+  private urlHello: Envelope | null = null;
+  /** The server does not take hellos in the URL (it closed one such connection with 4205): frames only. */
+  private urlHelloOff = false;
   private readonly debugger: DebugReporter | null;
 
   constructor(url: string, options: ClientOptions = {}) {
@@ -815,8 +834,9 @@ export class WarpSocketClient {
     const codec = this.codec as Codec;
     let socket: WebSocketLike;
     try {
-      socket = new ctor(this.url, [codec.subprotocol]);
+      socket = new ctor(this.dialUrl(), [codec.subprotocol]);
     } catch (error) {
+      this.urlHello = null;
       this.report(error);
       this.shutDown(`cannot connect: ${String(error)}`);
       return;
@@ -834,8 +854,29 @@ export class WarpSocketClient {
     const timeout = this.options.connectTimeout ?? 15000;
     this.connectTimer = setTimeout(() => {
       this.connectTimer = null;
-      if (this.socket === socket && this.stateValue === "connecting") this.dropSocket(null, "connect timeout");
+      if (this.socket !== socket || this.stateValue !== "connecting") return;
+      // Open, but the hello of the URL unanswered: a server without 4.5 whose
+      // handshake timeout (4205) is longer than ours. Frames from now on.
+      if (this.transportOpen && this.urlHello !== null) this.urlHelloOff = true;
+      this.dropSocket(null, "connect timeout");
     }, timeout);
+  }
+
+  /**
+   * The URL to dial: the client's own, with the hello in its query when this
+   * connection's hello may go there (protocol.md 4.5; then it is this
+   * connection's hello, and `opened` sends none).
+   */
+  private dialUrl(): string {
+    this.urlHello = null;
+    const options = this.options;
+    if (options.urlHello === false || this.urlHelloOff || options.token !== undefined || hasHelloParam(this.url)) {
+      return this.url;
+    }
+    const carried = this.core.urlHello(Date.now(), options.clientInfo as Record<string, unknown> | undefined);
+    if (carried === null) return this.url;
+    this.urlHello = carried.envelope;
+    return withUrlHello(this.url, carried.json);
   }
 
   /**
@@ -865,6 +906,17 @@ export class WarpSocketClient {
       return;
     }
     this.lastRx = Date.now();
+    if (this.urlHello !== null) {
+      // The hello went with the upgrade request: nothing to send until its answer.
+      this.stats.urlHellos++;
+      this.debugger?.envelope("out", toWire(this.urlHello));
+      return;
+    }
+    this.sayHello(socket);
+  }
+
+  /** Send this connection's hello as a frame (with the token, if any). */
+  private sayHello(socket: WebSocketLike): void {
     const provider = this.options.token;
     const token = typeof provider === "function" ? provider : () => provider;
     let pending: ReturnType<TokenProvider>;
@@ -944,6 +996,13 @@ export class WarpSocketClient {
       return;
     }
     if (envelope.ref !== undefined) {
+      if (envelope.type === "error" && envelope.ref === this.urlHello?.id) {
+        // The hello of the URL refused after the upgrade (protocol.md 4.5):
+        // the server still waits for a hello, which now goes as a frame.
+        this.urlHello = null;
+        if (this.socket !== null) this.sayHello(this.socket);
+        return;
+      }
       if (envelope.type === "heartbeat" && this.pings.has(envelope.ref)) {
         // Only its answer settles a probe: frames queued before the connection
         // died (delivered late by a frozen page) prove nothing.
@@ -974,6 +1033,9 @@ export class WarpSocketClient {
     this.batcher?.drop();
     this.batcher = null;
     this.lastCloseCode = code;
+    // A server without 4.5 ignored the hello of the URL and timed out waiting for one.
+    if (code === ErrorCode.HANDSHAKE_TIMEOUT && this.urlHello !== null) this.urlHelloOff = true;
+    this.urlHello = null;
     if (code === ErrorCode.GOING_AWAY) {
       const hint = retryHint(reason);
       if (hint !== null) this.hintDelay = hint * (1 + this.random());
@@ -1261,6 +1323,7 @@ export class WarpSocketClient {
 
   private welcomed(action: Extract<Action, { kind: "welcomed" }>): void {
     this.clearTimer("connectTimer");
+    this.urlHello = null;
     this.startBatching();
     if (this.secure !== null) this.secure.limits = this.core.limits;
     const heartbeat = action.data.heartbeat as { interval?: unknown; timeout?: unknown } | undefined;
@@ -1515,20 +1578,6 @@ function retryHint(reason: string): number | null {
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return typeof value === "object" && value !== null && typeof (value as { then?: unknown }).then === "function";
-}
-
-function utf8Length(text: string): number {
-  let bytes = text.length;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x80) continue;
-    if (c < 0x800) bytes += 1;
-    else if (c >= 0xd800 && c <= 0xdbff) {
-      bytes += 2; // a pair: 2 UTF-16 units, 4 bytes
-      i++;
-    } else bytes += 2;
-  }
-  return bytes;
 }
 
 /** Stop listening to a socket we abandon (a noop error listener: `ws` throws without one). */

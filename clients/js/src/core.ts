@@ -11,6 +11,7 @@
 import { ErrorCode } from "./codes.js";
 import { checkValue, DataModelError, DEFAULT_LIMITS, type DataLimits } from "./datamodel.js";
 import { expired, fromWire, MAX_NAME_LENGTH, toWire, type Envelope, type TraceContext } from "./envelope.js";
+import { urlHelloText } from "./urlhello.js";
 
 export interface Position {
   offset: number;
@@ -134,6 +135,8 @@ export class ClientCore {
   private readonly inflight = new Map<string, Outgoing>();
   private readonly subscribing = new Map<string, string>(); // subscribe id -> room
   private helloId: string | null = null;
+  /** The rooms the outstanding hello asked for (a room changed after it was built is settled after the welcome). */
+  private helloRooms = new Set<string>();
   /** A lower bound of (server clock - client clock) in ms on this connection, from what it stamped. */
   clockOffsetMs: number | null = null;
   // Acknowledgements of `ack: true` events on `direct` (protocol.md 5.5).
@@ -246,9 +249,27 @@ export class ClientCore {
 
   /** The WebSocket is open: say hello. */
   connected(nowMs: number, token?: string | null, client?: Record<string, unknown>): Action[] {
-    this.open = false;
-    this.helloId = this.newId();
-    this.clockOffsetMs = null; // maybe another node, another clock
+    return [{ kind: "transmit", envelope: this.startHello(this.buildHello(nowMs, token, client)) }];
+  }
+
+  /**
+   * Before the WebSocket is opened: the hello to carry in the upgrade
+   * request's URL (protocol.md 4.5), with its JSON text, or null when this
+   * connection's hello must go as a frame (a session to resume, a token, or
+   * longer than 2,048 bytes). Returned, it is this connection's hello: its
+   * welcome completes the handshake as after `connected`, and nothing is
+   * to be transmitted on open.
+   */
+  urlHello(nowMs: number, client?: Record<string, unknown>): { envelope: Envelope; json: string } | null {
+    if (this.session !== null) return null; // a resume (4.3): its resume token never goes in a URL
+    const hello = this.buildHello(nowMs, null, client);
+    const json = urlHelloText(hello);
+    if (json === null) return null;
+    this.startHello(hello);
+    return { envelope: hello, json };
+  }
+
+  private buildHello(nowMs: number, token?: string | null, client?: Record<string, unknown>): Envelope {
     const streams: Record<string, Position> = {};
     for (const [name, p] of this.positions) streams[name] = { offset: p.offset, epoch: p.epoch };
     const data: Record<string, unknown> = {
@@ -261,7 +282,16 @@ export class ClientCore {
     if (client !== undefined) data.client = client;
     const asked = this.options.extensions ?? [];
     if (asked.length > 0) data.extensions = [...asked];
-    return [{ kind: "transmit", envelope: { type: "hello", id: this.helloId, timestamp: nowMs, data } }];
+    return { type: "hello", id: this.newId(), timestamp: nowMs, data };
+  }
+
+  /** This connection's hello from now on (the welcome must answer it). */
+  private startHello(hello: Envelope): Envelope {
+    this.open = false;
+    this.helloId = hello.id;
+    this.helloRooms = new Set((hello.data as { rooms: string[] }).rooms);
+    this.clockOffsetMs = null; // maybe another node, another clock
+    return hello;
   }
 
   /** The connection is gone: whatever awaited an answer goes back in the queue. */
@@ -571,8 +601,18 @@ export class ClientCore {
     }
     const joined = new Set(Array.isArray(data.rooms) ? data.rooms.filter((r): r is string => typeof r === "string") : []);
     const denied = isRecord(data.denied) ? data.denied : {};
+    // Rooms joined or left after the hello was built (a hello in the URL
+    // leaves before the application's first subscribe, protocol.md 4.5): the
+    // welcome could not know; they are asked for now.
+    const asked = this.helloRooms;
+    const late = [...this.rooms].filter((room) => !asked.has(room) && !joined.has(room));
+    const left = [...asked].filter((room) => !this.rooms.has(room) && joined.has(room));
+    for (const room of left) {
+      joined.delete(room);
+      this.positions.delete("room:" + room);
+    }
     for (const room of this.rooms) {
-      if (joined.has(room)) continue;
+      if (joined.has(room) || late.includes(room)) continue;
       this.positions.delete("room:" + room);
       const code = denied[room];
       actions.push({ kind: "room", room, joined: false, ...(typeof code === "number" ? { code } : {}) });
@@ -582,6 +622,10 @@ export class ClientCore {
     this.confirmed = new Set(joined);
     this.open = true;
     actions.push({ kind: "welcomed", session, resumed: data.resumed === true, data });
+    for (const room of late) actions.push(...this.subscribe(room, nowMs));
+    for (const room of left) {
+      actions.push({ kind: "transmit", envelope: { type: "unsubscribe", id: this.newId(), timestamp: nowMs, room } });
+    }
     actions.push(...this.flush(nowMs));
     if (this.acked.size > 0 || this.refAcks.length > 0 || this.ackResend) {
       this.ackDue ??= nowMs + this.options.ackBatchMs;

@@ -55,4 +55,5 @@ export type { SignatureKey } from "./signing.js";
 export { ReplayGuard } from "./replay.js";
 export type { CryptoFailure } from "./secure.js";
 export { BATCH_EXTENSION, OutgoingBatch, expandBatch, grantedBounds } from "./batch.js";
+export { URL_HELLO_MAX_BYTES, URL_HELLO_PARAM, urlHelloQuery, urlHelloText, withUrlHello } from "./urlhello.js";
 export type { BatchBounds } from "./batch.js";

@@ -17,6 +17,9 @@ class FakeSocket {
     this.sent = [];
     this.closedWith = null;
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    // A new session's hello travels in the URL (protocol.md 4.5), a resume as a frame.
+    const hello = new URL(url).searchParams.get("hello");
+    this.urlHello = hello === null ? null : JSON.parse(Buffer.from(hello, "base64url").toString("utf8"));
     FakeSocket.made.push(this);
   }
   send(data) {
@@ -107,7 +110,7 @@ async function welcome(heartbeat = { interval: 25000, timeout: 60000 }) {
   const socket = FakeSocket.made.at(-1);
   socket.accept();
   await flush();
-  const [hello] = socket.ofType("hello");
+  const hello = socket.urlHello ?? socket.ofType("hello")[0];
   assert.ok(hello, "the client said hello");
   socket.receive({ type: "welcome", ref: hello.id, data: { session: "s1", resumed: false, streams: {}, rooms: [], heartbeat } });
   return socket;

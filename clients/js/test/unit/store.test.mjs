@@ -80,6 +80,9 @@ class FakeSocket {
     this.protocol = protocols[0];
     this.readyState = 0;
     this.sent = [];
+    // A new session's hello travels in the URL (protocol.md 4.5); a resume never does.
+    const hello = new URL(url).searchParams.get("hello");
+    this.urlHello = hello === null ? null : JSON.parse(Buffer.from(hello, "base64url").toString("utf8"));
     FakeSocket.made.push(this);
   }
   send(data) {
@@ -109,7 +112,9 @@ test("a client saves to its store, and a new one (the reloaded page) resends the
   let socket = FakeSocket.made.at(-1);
   socket.accept();
   await flush();
-  const hello = socket.sent[0];
+  const hello = socket.urlHello;
+  assert.equal(hello.data.session, null);
+  assert.deepEqual(socket.sent, [], "the hello of the URL is not sent again");
   socket.receive({ type: "welcome", ref: hello.id, data: { session: "s9", resume_token: "T".repeat(43), resumed: false, streams: { broadcast: { offset: 4, epoch: "b", recovered: true } }, rooms: [] } });
   await opened;
   socket.readyState = 3; // the network is gone: sends go out into nothing
@@ -128,6 +133,7 @@ test("a client saves to its store, and a new one (the reloaded page) resends the
   socket = FakeSocket.made.at(-1);
   socket.accept();
   await flush();
+  assert.equal(socket.urlHello, null, "a resume is never in the URL");
   const resume = socket.sent[0];
   assert.equal(resume.data.session, "s9");
   assert.equal(resume.data.resume_token, "T".repeat(43));
