@@ -1,13 +1,11 @@
 // The hello in the upgrade request (protocol.md 4.5) in Chromium: a page's
 // client, on the browser's own WebSocket, is welcomed with its hello in the
 // URL (nothing sent before the welcome, no hello frame), and its resume
-// after a drop goes as a frame, never in a URL. The page gets the bundle of
-// the sources as they are now (built here, served in place of
-// /warpsocket.js); unit/bundle.test.mjs checks the committed one equals it.
+// after a drop goes as a frame, never in a URL. The page loads the bundle the
+// server serves (/warpsocket.js); unit/bundle.test.mjs checks it is the
+// sources' build.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import path from "node:path";
-import { buildBundle } from "../../build.mjs";
 import { freePort, Server, waitFor } from "../helpers.mjs";
 import { launch, startPageClient } from "./chromium.mjs";
 
@@ -35,10 +33,6 @@ const helloOf = (url) => {
 test("a page's client is welcomed with its hello in the URL; its resume goes as a frame", LIMIT, async () => {
   browser = await launch();
   const { page } = browser;
-  const built = (await buildBundle({ write: false })).find((file) => path.basename(file.path) === "warpsocket.js");
-  await page.route("**/warpsocket.js", (route) =>
-    route.fulfill({ status: 200, contentType: "text/javascript; charset=utf-8", body: Buffer.from(built.contents) }),
-  );
   const sockets = [];
   page.on("websocket", (ws) => {
     const socket = { url: ws.url(), sent: [], received: [] };
