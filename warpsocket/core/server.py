@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 
 from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
 from warpsocket.core.history import HistoryLimits, Position
+from warpsocket.core.ids import random_token
 from warpsocket.core.keys import (
     BROADCAST,
     DIRECT,
@@ -64,7 +64,7 @@ _HELLO, _SILENT, _IDLE = 0, 1, 2
 
 def new_resume_token() -> str:
     """256 random bits, base64url: what a client must present to resume."""
-    return secrets.token_urlsafe(32)
+    return random_token(32)
 
 
 def hash_resume_token(token: str) -> str:
