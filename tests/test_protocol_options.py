@@ -10,9 +10,11 @@ closes an oversized message with 1009.
 
 from __future__ import annotations
 
+import base64
+
 from autobahn.websocket.protocol import WebSocketServerProtocol
 
-from tests.wsclient import ServerTestCase, async_test
+from tests.wsclient import ServerTestCase, async_test, connect
 from warpsocket.core.server import CoreOptions
 
 
@@ -73,6 +75,29 @@ class HandshakeListTests(ServerTestCase):
         self.assertIs(other.websocket_extensions, protocol.websocket_extensions)
         reply = await client.request({"type": "subscribe", "id": "s-2", "room": "q"})
         self.assertEqual(reply["type"], "ack")
+
+    @async_test
+    async def test_the_handshake_texts_are_emptied_once_open(self) -> None:
+        """Autobahn's server reads them in ``processHandshake`` only: a
+        connection keeps none of them (nor a URL hello in its params)."""
+        self.start_server(open_rooms=True)
+        hello = base64.urlsafe_b64encode(
+            b'{"type":"hello","id":"h1","timestamp":1,"data":{"rooms":["r"]}}'
+        )
+        client = await connect(self.port, path="/ws?v=2&hello=" + hello.decode().rstrip("="))
+        self.clients.append(client)
+        client.session = (await client.next_of("welcome"))["data"]["session"]
+        protocol = self.server_side(client)
+        self.assertEqual(protocol.http_request_data, b"")
+        self.assertEqual(protocol.http_status_line, "")
+        self.assertEqual(protocol.http_request_uri, "")
+        self.assertEqual(protocol.http_response_data, "")
+        assert protocol.handshake is not None
+        self.assertEqual(dict(protocol.handshake.params), {"v": ["2"]})
+        # The connection works on: a call, a room, a close.
+        reply = await client.request({"type": "subscribe", "id": "s-1", "room": "q"})
+        self.assertEqual(reply["type"], "ack")
+        await client.close()
 
     def test_agreed_extensions_are_kept_and_other_valid_events_left_alone(self) -> None:
         from warpsocket import _compat

@@ -283,6 +283,32 @@ def shed_handshake_lists(protocol: Any) -> None:
         attributes["_valid_events"] = _VALID_EVENTS
 
 
+# The texts of the opening handshake Autobahn keeps for the life of a server
+# connection: the request's bytes, its status line and target, the response.
+_HANDSHAKE_TEXTS = (
+    ("http_request_data", b""),
+    ("http_status_line", ""),
+    ("http_request_uri", ""),
+    ("http_response_data", ""),
+)
+
+
+def drop_handshake_texts(protocol: Any) -> None:
+    """Empty the texts Autobahn keeps from the opening handshake: some 600
+    bytes per connection, and a hello in the URL (protocol.md 4.5) once more
+    in each of the first three.
+
+    Relies on ``WebSocketServerProtocol`` reading them during
+    ``processHandshake`` only (its client side reads its own, never these);
+    checked by tests/test_protocol_options.py. Fallback: an attribute that
+    is not there or not of the expected type is left alone.
+    """
+    attributes = protocol.__dict__
+    for name, empty in _HANDSHAKE_TEXTS:
+        if type(attributes.get(name)) is type(empty):
+            attributes[name] = empty
+
+
 def traffic_stats(protocol: Any) -> Any | None:
     """Autobahn's traffic statistics of an open connection, where the fast
     path adds the wire bytes of the frames it read without Autobahn

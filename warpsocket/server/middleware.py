@@ -41,7 +41,8 @@ class Handshake:
     """What ``Middleware.on_connect`` sees of a WebSocket upgrade request.
 
     ``peer``, ``host``, ``path``, ``headers`` (lower-case names), ``params``
-    (the query string) and ``origin`` describe the request. A hook that
+    (the query string; a ``hello`` in it, protocol.md 4.5, is taken out once
+    the connection is open) and ``origin`` describe the request. A hook that
     authenticates sets ``user`` and ``claims``, which the session then keeps;
     ``annotations`` carries anything else to the handlers' ``Context``.
     """

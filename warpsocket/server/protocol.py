@@ -40,7 +40,7 @@ from warpsocket.server.security.hello_auth import HelloAuth
 from warpsocket.server.security.limits import HTTP_STATUS, transport_chain
 from warpsocket.server.security.message_rate import MessageRate
 from warpsocket.server.security.outbound import OutboundGuard
-from warpsocket.server.url_hello import UrlHello, read_url_hello
+from warpsocket.server.url_hello import PARAMETER, UrlHello, read_url_hello
 from warpsocket.server.wire import framing
 from warpsocket.server.wire.fastpath import FastPathProtocol
 
@@ -200,6 +200,9 @@ class WarpSocketServerProtocol(FastPathProtocol):
         url_hello = self.url_hello
         if url_hello is not None:
             self.url_hello = None
+            params = self.handshake.params
+            if isinstance(params, dict):  # (taken: not kept for the connection's life)
+                params.pop(PARAMETER, None)
             self._take_url_hello(url_hello)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:

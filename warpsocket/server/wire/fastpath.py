@@ -93,6 +93,7 @@ class FastPathProtocol(WebSocketServerProtocol):
         self._batch = batch
         self._watch = watch
         _compat.shed_handshake_lists(self)
+        _compat.drop_handshake_texts(self)
         if not self._direct:
             self.use_socket(self.transport)
         self._stats = _compat.traffic_stats(self)
