@@ -496,6 +496,43 @@ class RoomTests(Base):
         self.assertEqual(self.client.subscribe("chat", T0), [])
         self.assertEqual(self.hello().data["rooms"], ["chat"])
 
+    def test_a_room_asked_for_while_the_hello_is_on_its_way_is_subscribed_at_the_welcome(
+        self,
+    ) -> None:
+        """A hello in the URL leaves before the application's first
+        ``subscribe`` (protocol.md 4.5): the welcome cannot know the room, so
+        it is asked for then, not reported refused."""
+        self.client.disconnected(T0)
+        hello = self.hello()
+        self.assertEqual(self.client.subscribe("late", T0), [])
+        actions = self.welcome(hello)
+        self.assertEqual(of_type(actions, RoomChanged), [])
+        [request] = [e for e in transmitted(actions) if e.type is MessageType.SUBSCRIBE]
+        self.assertEqual(request.room, "late")
+        data = {"stream": "room:late", "offset": 1, "epoch": "e1", "recovered": True}
+        joined = self.client.receive(answer(MessageType.ACK, request.id, data=data), T0)
+        self.assertEqual(joined, [RoomChanged("late", True)])
+        self.assertIn("late", self.client.rooms)
+
+    def test_a_room_left_while_the_hello_is_on_its_way_is_left_at_the_welcome(self) -> None:
+        self.client.subscribe("chat", T0)
+        self.client.disconnected(T0)
+        hello = self.hello()
+        self.assertEqual(hello.data["rooms"], ["chat"])
+        self.client.unsubscribe("chat", T0)
+        actions = self.welcome(hello, rooms=["chat"])
+        [request] = [e for e in transmitted(actions) if e.type is MessageType.UNSUBSCRIBE]
+        self.assertEqual(request.room, "chat")
+        self.assertNotIn("chat", self.client.rooms)
+        self.assertEqual(of_type(actions, RoomChanged), [])
+
+    def test_a_room_the_welcome_refuses_is_still_reported(self) -> None:
+        self.client.subscribe("secret", T0)
+        self.client.disconnected(T0)
+        actions = self.welcome(self.hello(), denied={"secret": 4102})
+        self.assertEqual(of_type(actions, RoomChanged), [RoomChanged("secret", False, 4102)])
+        self.assertEqual([e for e in transmitted(actions) if e.room == "secret"], [])
+
     def test_unsubscribe(self) -> None:
         self.client.subscribe("chat", T0)
         self.client.positions["room:chat"] = Position(2, "e7")

@@ -221,6 +221,10 @@ class ClientCore:
         self._subscribing: dict[str, str] = {}  # subscribe id -> room
         self._hello_id: str | None = None
         self._hello_ms = 0
+        # The rooms the pending hello asked for: one joined or left after it
+        # was built (a URL hello leaves before the first subscribe) is asked
+        # for at the welcome.
+        self._hello_rooms: frozenset[str] = frozenset()
         # The id of the hello that went in the upgrade request (protocol.md
         # 4.5) while it awaits its answer; ``_url_hello_open``: and the
         # WebSocket opened (``connected``) since.
@@ -259,6 +263,7 @@ class ClientCore:
         self.open = False
         self._hello_id = self.new_id()
         self._hello_ms = now_ms
+        self._hello_rooms = frozenset(self.rooms)
         self._url_hello_id = None
         self._url_hello_open = False
         self.clock_offset_ms = None
@@ -619,7 +624,13 @@ class ClientCore:
         rooms = data.get("rooms")
         joined = {r for r in rooms if isinstance(r, str)} if isinstance(rooms, list) else set()
         denied = data.get("denied")
-        for room in self.rooms - joined:
+        asked = self._hello_rooms
+        late = sorted(room for room in self.rooms if room not in asked and room not in joined)
+        left = sorted(room for room in asked if room not in self.rooms and room in joined)
+        for room in left:
+            joined.discard(room)
+            self.positions.pop(room_key(room), None)
+        for room in self.rooms - joined - set(late):
             self.positions.pop(room_key(room), None)
             code = denied.get(room) if isinstance(denied, dict) else None
             code = code if type(code) is int else None
@@ -627,6 +638,13 @@ class ClientCore:
         self.rooms = joined
         self.open = True
         actions.append(Welcomed(str(self.session), data.get("resumed") is True, data, tuple(lost)))
+        for room in late:
+            actions.extend(self.subscribe(room, now_ms))
+        for room in left:
+            unsubscribe = Envelope(
+                type=MessageType.UNSUBSCRIBE, id=self.new_id(), timestamp=now_ms, room=room
+            )
+            actions.append(Transmit(unsubscribe))
         actions.extend(self._flush(now_ms))
         return actions
 
