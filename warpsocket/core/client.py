@@ -627,9 +627,7 @@ class ClientCore:
         asked = self._hello_rooms
         late = sorted(room for room in self.rooms if room not in asked and room not in joined)
         left = sorted(room for room in asked if room not in self.rooms and room in joined)
-        for room in left:
-            joined.discard(room)
-            self.positions.pop(room_key(room), None)
+        joined.difference_update(left)
         for room in self.rooms - joined - set(late):
             self.positions.pop(room_key(room), None)
             code = denied.get(room) if isinstance(denied, dict) else None
@@ -641,10 +639,7 @@ class ClientCore:
         for room in late:
             actions.extend(self.subscribe(room, now_ms))
         for room in left:
-            unsubscribe = Envelope(
-                type=MessageType.UNSUBSCRIBE, id=self.new_id(), timestamp=now_ms, room=room
-            )
-            actions.append(Transmit(unsubscribe))
+            actions.extend(self.unsubscribe(room, now_ms))
         actions.extend(self._flush(now_ms))
         return actions
 

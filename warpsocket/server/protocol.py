@@ -161,7 +161,6 @@ class WarpSocketServerProtocol(FastPathProtocol):
         return auth
 
     def _deny(self, code: ErrorCode, message: str = "", status: int | None = None) -> NoReturn:
-        self.url_hello = None
         self.factory.hub.metrics.rejected_handshakes.labels(code.wire_name).inc()
         raise ConnectionDeny(status or _DENY_STATUS.get(code, 403), _reason(code, message))
 

@@ -4,9 +4,9 @@ before the upgrade is answered.
 A client without credentials may put its whole ``hello`` envelope, its JSON
 text in base64url, in the query parameter ``hello`` of the WebSocket URL; the
 server then answers the ``101`` and the ``welcome`` in one write, and the
-client saves a round trip. URLs are logged, so a hello that carries a credential (a token,
-a resume token, a session to resume) is refused here, as is anything that is
-not one valid hello envelope of at most ``MAX_BYTES``.
+client saves a round trip. URLs are logged, so a hello that carries a
+credential (a token, a resume token, a session to resume) is refused here,
+as is anything that is not one valid hello envelope of at most ``MAX_BYTES``.
 """
 
 from __future__ import annotations
