@@ -43,6 +43,7 @@ const DEFAULTS = {
   'server-pid2': 0, // the second node, whose CPU time counts as server CPU too
   'redis-pid': 0, // reported apart (redis_cpu_seconds)
   gate: 0, // 1: before measuring, print GATE on stderr and wait for SIGUSR1 (profiling)
+  samples: '', // rtt: write every measured round trip here, one "client t0 t1" line (ms)
 };
 
 function parseArgs(argv) {
@@ -526,6 +527,7 @@ async function rtt() {
   const begin = now() + opts.warmup * 1000;
   const end = begin + opts.duration * 1000;
   const samples = [];
+  const raw = opts.samples ? [] : null;
   let errors = 0;
   let cpu = null;
   setTimeout(() => {
@@ -546,12 +548,16 @@ async function rtt() {
       }
       const t1 = now();
       if (t1 >= end) return;
-      if (t0 >= begin) samples.push(t1 - t0);
+      if (t0 >= begin) {
+        samples.push(t1 - t0);
+        if (raw !== null) raw.push(`${client.index} ${t0.toFixed(3)} ${t1.toFixed(3)}`);
+      }
     }
   }
   await Promise.all(opened.clients.map(loop));
   while (usage === null) await sleep(10); // eslint-disable-line no-await-in-loop
   await gate('DONE');
+  if (raw !== null) fs.writeFileSync(opts.samples, `${raw.join('\n')}\n`);
   const sorted = Float64Array.from(samples).sort();
   return {
     clients: opts.clients,
