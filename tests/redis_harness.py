@@ -34,16 +34,25 @@ def _bindable(port: int) -> bool:
     return True
 
 
+# Ports handed out by this process: a free port is not bound until its Redis
+# starts, and a cluster picks six (three masters, three bus ports) before
+# starting any of them.
+_given: set[int] = set()
+
+
 def free_port() -> int:
     """A free port for a Redis that may be restarted on it, with its cluster
     bus port (+10000) free too. Both lie below the kernel's ephemeral range:
     a port from that range can be taken, while its Redis is down, as the
     source port of some other test's outgoing connection, and the restart
-    would fail to bind."""
+    would fail to bind. Never one this process has handed out already."""
     high = _ephemeral_low() - 10_000
     for _ in range(200):
         port = random.randrange(10_000, high)
+        if _given & {port, port + 10_000, port - 10_000}:
+            continue
         if _bindable(port) and _bindable(port + 10_000):
+            _given.add(port)
             return port
     raise RuntimeError("no free port pair below the ephemeral range")
 
@@ -89,12 +98,27 @@ class RedisProcess:
         sentinel_config: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        # Until the first start succeeds, ports we chose may be chosen anew:
+        # another test process can take a free port before this Redis binds it.
+        self._may_move = port is None
         self.extra = extra or []
         self.sentinel_config = sentinel_config
         self.dir = tempfile.mkdtemp(prefix="warpsocket-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisProcess:
+        for _ in range(2 if self._may_move else 0):
+            try:
+                return self._start()
+            except RuntimeError:
+                self.kill()
+                self.port = free_port()
+                if "--cluster-port" in self.extra:
+                    at = self.extra.index("--cluster-port") + 1
+                    self.extra[at] = str(free_port())
+        return self._start()
+
+    def _start(self) -> RedisProcess:
         if self.sentinel_config is not None:
             config = os.path.join(self.dir, "sentinel.conf")
             with open(config, "w", encoding="ascii") as handle:
@@ -123,6 +147,7 @@ class RedisProcess:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis on port {self.port} did not start")
             time.sleep(0.02)
+        self._may_move = False
         return self
 
     def kill(self) -> None:

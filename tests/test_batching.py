@@ -322,6 +322,41 @@ class RedisDeliveryBatchTests(ServerTestCase):
         self.assertEqual(events, ["one depth=1", "two depth=1"])
         self.assertEqual(batch.depth, 0)
 
+    def test_one_read_of_command_replies_is_handled_in_one_batch(self) -> None:
+        """The command connection does the same: the replies one read carries
+        (a turn's dedup claims, answered by their handlers) are handled while
+        one batch is open, so that the answers leave together when it ends."""
+        from twisted.internet.testing import StringTransport
+
+        from warpsocket.backends.redis import parse_redis_url
+        from warpsocket.backends.redis.connection import CommandProtocol, ConnectionFactory
+
+        batch = WriteBatch()
+        flushed: list[str] = []
+
+        class Connection:
+            def uncork(self) -> None:
+                flushed.append("answers")
+
+        factory = ConnectionFactory(
+            CommandProtocol, parse_redis_url("redis://127.0.0.1:1"), None, batch=batch
+        )
+        command = factory.buildProtocol(None)
+        command.makeConnection(StringTransport())
+        command.connectionMade()
+        heard: list[str] = []
+
+        def answered(reply: Any, name: str) -> None:
+            heard.append(f"{name} depth={batch.depth}")
+            batch.dirty.append(Connection())  # a handler's answer, held
+
+        command.execute_command("PING").addCallback(answered, "first")
+        command.execute_command("PING").addCallback(answered, "second")
+        command.dataReceived(b"+PONG\r\n+PONG\r\n")
+        self.assertEqual(heard, ["first depth=1", "second depth=1"])
+        self.assertEqual(flushed, ["answers", "answers"])  # when the read ended
+        self.assertEqual(batch.depth, 0)
+
 
 class CongestedCloseTests(SecureTestCase):
     @async_test

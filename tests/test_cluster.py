@@ -87,6 +87,27 @@ class RedisBackendTests(BackendContract, ClusterCase):
         self.assertRaises(ValueError, parse_redis_url, "http://x")
         self.assertRaises(ValueError, RedisOptions, url=None)
 
+    def test_a_port_taken_before_the_first_start_is_chosen_anew(self) -> None:
+        # Another test process may bind a free port before this Redis does.
+        import socket
+
+        from tests.redis_harness import redis_command
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            redis = RedisProcess()
+            self.addCleanup(redis.cleanup)
+            redis.port = busy
+            redis.start()
+            self.assertNotEqual(redis.port, busy)
+            self.assertEqual(redis_command(redis.port, "PING"), b"+PONG\r\n")
+            # Once started, a restart keeps its port (the tests rely on it).
+            started = redis.port
+            redis.restart()
+            self.assertEqual(redis.port, started)
+
     def test_missing_redis_server_fails(self) -> None:
         # The harness raises (the test fails), it never skips.
         import tests.redis_harness as harness

@@ -385,7 +385,9 @@ class ClusterConnections:
                 lambda: self.batch(),
                 on_slot_moved=lambda _: self.drop(self.sub),
             )
-        return ConnectionFactory(CommandProtocol, address, self.options.reply_timeout)
+        return ConnectionFactory(
+            CommandProtocol, address, self.options.reply_timeout, batch=lambda: self.batch()
+        )
 
     def _connect(self, kind: str) -> None:
         if not self.running or kind in self._connecting:

@@ -81,6 +81,14 @@ class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         return build_command(args, self.charset or "utf-8", self.errors)
 
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # A read answers a turn's dedup claims (and whatever else waited for
+        # Redis): their handlers' answers leave together when it ends, one
+        # write per connection, not one send (and load-generator wake-up)
+        # per answer in between the handlers.
+        with self.factory.batch():
+            super().dataReceived(data, unpause)
+
 
 class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
@@ -261,7 +269,12 @@ class Connections:
                     Subscriber, address, None, self._on_message, lambda: self.batch()
                 )
             else:
-                factory = ConnectionFactory(CommandProtocol, address, self.options.reply_timeout)
+                factory = ConnectionFactory(
+                    CommandProtocol,
+                    address,
+                    self.options.reply_timeout,
+                    batch=lambda: self.batch(),
+                )
             return open_connection(self.reactor, self.options.connect_timeout, factory)
 
         def connected(conn: Any) -> None:

@@ -2,10 +2,12 @@
 
 A burst of publishes (an application loop, one read of many client frames,
 one read of many Redis pub/sub messages) writes one frame per publish to every
-member. Handing each frame to the transport on its own costs a trip through
-the transport's write path per frame and per member; while a batch is open,
-frames are appended to a per-connection list instead, and each connection
-gets one ``transport.write`` when the outermost batch closes.
+member; one read of Redis command replies (a turn's dedup claims, decided on a
+cluster node) lets many handlers answer at once. Handing each frame to the
+transport on its own costs a trip through the transport's write path per
+frame and per member; while a batch is open, frames are appended to a
+per-connection list instead, and each connection gets one
+``transport.write`` when the outermost batch closes.
 
 A batch closes when the code that opened it returns (``close``), except for
 the frames answering what clients sent (``close_soon``, from the protocol's
