@@ -787,11 +787,6 @@ def cpu_cost(
 
 
 def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
-
-
-def _median_value(values: list[float]) -> float | None:
     """The median (the mean of the middle two for an even count)."""
     values = sorted(values)
     middle = len(values) // 2
@@ -817,11 +812,11 @@ def combine(scenario: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
     if scenario in ("rtt", "rtt-cluster"):
         p99s = [a["latency_ms_p99"] for a in complete if a.get("latency_ms_p99") is not None]
         best["latency_ms_p99_runs"] = p99s
-        best["latency_ms_p99_median"] = _median_value(p99s)
+        best["latency_ms_p99_median"] = _median(p99s)
     if scenario == "connect":
         memory = [a["rss_per_connection_kb"] for a in attempts]
         best["rss_per_connection_kb_runs"] = memory
-        best["rss_per_connection_kb"] = _median_value(memory)
+        best["rss_per_connection_kb"] = _median(memory)
     return best
 
 

@@ -75,28 +75,27 @@ def build_command(args: tuple[Any, ...], charset: str, errors: str) -> bytes:
     return b"".join(parts)
 
 
-class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+class ReadsInOneBatch:
+    """Each read of a Redis connection is handled inside the hub's write batch
+    (``factory.batch``): one read can carry many published messages, or the
+    replies to a turn's dedup claims, and the frames they cause leave
+    together when the read ends, one write per connection."""
+
+    factory: Any
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        with self.factory.batch():
+            super().dataReceived(data, unpause)  # type: ignore[misc]
+
+
+class CommandProtocol(ReadsInOneBatch, txredisapi.RedisProtocol):  # type: ignore[misc]
     """The command connection: txredisapi's, with a faster command builder."""
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         return build_command(args, self.charset or "utf-8", self.errors)
 
-    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        # A read answers a turn's dedup claims (and whatever else waited for
-        # Redis): their handlers' answers leave together when it ends, one
-        # write per connection, not one send (and load-generator wake-up)
-        # per answer in between the handlers.
-        with self.factory.batch():
-            super().dataReceived(data, unpause)
 
-
-class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        # One read can carry many published messages: deliver them in one
-        # batch, so that each member gets their frames in one write.
-        with self.factory.batch():
-            super().dataReceived(data, unpause)
-
+class Subscriber(ReadsInOneBatch, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.on_message(channel, message)
 
