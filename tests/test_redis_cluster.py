@@ -8,7 +8,6 @@ ports (tests/redis_harness.py); a missing redis-server fails, never skips.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.python import usage
@@ -137,104 +136,6 @@ class CommandLineTests(unittest.TestCase):
             ("--redis-cluster", "127.0.0.1:7000", "--redis-sentinel", "127.0.0.1:26379"),
         ):
             self.assertRaises(usage.UsageError, self.parse, *args)
-
-
-def _evals(redis: RedisProcess) -> int:
-    """How many scripts Redis has run (EVAL and EVALSHA), from INFO commandstats."""
-    total = 0
-    for line in redis.command("INFO", "commandstats").decode().splitlines():
-        if line.startswith(("cmdstat_eval:", "cmdstat_evalsha:")):
-            total += int(line.split("calls=")[1].split(",")[0])
-    return total
-
-
-class DedupBatchTests(ClusterCase):
-    @async_test
-    async def test_one_turns_claims_and_records_are_one_script_call(self) -> None:
-        redis = self.start_redis()
-        a = self.node("a")
-        await self.healthy(a)
-        before = _evals(redis)
-        claims = [a.backend.claim("s:p", f"m{n}", 0) for n in range(20)]
-        for n in range(5):
-            a.backend.record("s:p", f"old{n}", _reply(f"old{n}"))
-        got = [await claim for claim in claims]
-        self.assertTrue(all(claim.first for claim in got))
-        self.assertEqual(_evals(redis) - before, 1)
-        # Claimed again in one later turn: the same call answers with what is there.
-        a.backend.record("s:p", "m1", _reply("m1"))
-        again = [
-            await c for c in [a.backend.claim("s:p", "m1", 0), a.backend.claim("s:p", "m2", 0)]
-        ]
-        assert again[0].reply is not None
-        self.assertEqual((again[0].first, again[0].reply.ref), (False, "m1"))
-        self.assertEqual((again[1].first, again[1].reply), (False, None))  # claimed, no answer yet
-        self.assertEqual(_evals(redis) - before, 2)
-
-    @async_test
-    async def test_claims_answered_by_callback_share_the_turns_script_call(self) -> None:
-        redis = self.start_redis()
-        a = self.node("a")
-        await self.healthy(a)
-        a.backend.record("s:p", "done", _reply("done"))
-        await sleep(0.1)
-        before = _evals(redis)
-        heard: list[tuple[Any, Any]] = []
-
-        def decided(claim: Any, context: Any) -> None:
-            if context == "broken":
-                raise RuntimeError("a waiter's bug")
-            heard.append((context, claim))
-
-        a.backend.claim_then("s:p", "broken", 0, decided, "broken")
-        for n in range(5):
-            a.backend.claim_then("s:p", f"n{n}", 0, decided, n)
-        a.backend.claim_then("s:p", "done", 0, decided, "done")
-        deferred = a.backend.claim("s:p", "n0", 0)  # the same id again, the same turn
-        self.assertEqual(heard, [])  # answered when the script call returns
-        await wait_until(lambda: len(heard) == 6, what="every claim answered")
-        self.assertEqual([context for context, _ in heard], [0, 1, 2, 3, 4, "done"])
-        self.assertTrue(all(claim.first for _, claim in heard[:5]))
-        done = heard[5][1]
-        self.assertEqual((done.first, done.reply.ref), (False, "done"))
-        self.assertEqual(((await deferred).first, (await deferred).reply), (False, None))
-        self.assertEqual(_evals(redis) - before, 1)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-
-    @async_test
-    async def test_every_kind_of_reply_is_recorded_as_its_json(self) -> None:
-        from warpsocket.core.messages import error_envelope
-        from warpsocket.protocol.codecs import packed_result
-        from warpsocket.protocol.datamodel import DataLimits
-        from warpsocket.protocol.envelope import Envelope, MessageType
-
-        redis = self.start_redis()
-        a = self.node("a")
-        await self.healthy(a)
-        data = {"name": 'Zoë ✓ "q"', "n": [1, 2.5, None, True], "nested": {"": {}}}
-        packed = packed_result({"name": "Zoë ✓", "n": 2.5, "ok": True, "none": None}, DataLimits())
-        self.assertIsNotNone(packed)
-        replies = {
-            "ack": _reply("ack"),
-            "result": Envelope(type=MessageType.RESULT, id="r", timestamp=5, ref="c1", data=data),
-            "packed": Envelope(type=MessageType.RESULT, id="p", timestamp=6, ref="c2", data=packed),
-            "error": error_envelope("x", 7, 4300, "handler failed", "c3"),
-        }
-        for name, reply in replies.items():
-            a.backend.record("s:p", name, reply)
-        await sleep(0.2)
-        for name, reply in replies.items():
-            stored = redis.command("GET", a.backend.keys.dedup("s:p", name))
-            text = stored.split(b"\r\n", 1)[1].rsplit(b"\r\n", 1)[0].decode()
-            self.assertEqual(json.loads(text), json.loads(json.dumps(reply.to_wire())), name)
-            claim = await a.backend.claim("s:p", name, 0)
-            self.assertEqual(claim.reply.to_wire(), reply.to_wire(), name)
-
-
-def _reply(ref: str) -> Any:
-    from warpsocket.protocol.envelope import Envelope, MessageType
-
-    return Envelope(type=MessageType.ACK, id=f"a-{ref}", timestamp=1, ref=ref)
 
 
 def _ids(reply: bytes) -> list[bytes]:

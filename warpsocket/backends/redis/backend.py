@@ -85,7 +85,7 @@ class RedisBackend:
         self.store = RedisStreamStore(self.streams)
         self.sessions = Sessions(self.connections, self.keys, reactor)
         self.dedup = Dedup(
-            self.connections, self.keys, dedup_age_ms, reactor, key_slot if cluster else _one_slot
+            self.connections, self.keys, dedup_age_ms, reactor, key_slot if cluster else None
         )
         self.present = Presence(
             self.connections, self.keys, self.node, lambda: self.health, cluster=cluster
@@ -345,7 +345,3 @@ def redis_backend_from_options(
         prefix=prefix,
     )
     return RedisBackend(options, limits, node=node)
-
-
-def _one_slot(key: str) -> int:
-    return 0

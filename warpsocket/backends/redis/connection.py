@@ -7,6 +7,7 @@ the node (re-subscribe, re-read streams, rewrite sessions) is the backend's.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from warpsocket.backends.redis.options import RedisAddress, RedisOptions, host_p
 
 Batch = Callable[[], AbstractContextManager[None]]
 Later = Callable[..., None]
+_log = Logger()
 """``later(delay, func, *args)``: a timer the backend cancels when it stops."""
 
 
@@ -75,6 +77,30 @@ def build_command(args: tuple[Any, ...], charset: str, errors: str) -> bytes:
     return b"".join(parts)
 
 
+SetOptions = tuple[int, bytes]
+"""``SET``'s options after the value, as RESP, and how many they are (``set_options``)."""
+
+
+def set_options(*options: Any) -> SetOptions:
+    """``SET``'s options (``"PX", 1000``) in RESP, built once for many commands."""
+    whole = build_command(options, "utf-8", "strict")
+    return len(options), whole[whole.index(b"\r\n") + 2 :]
+
+
+def set_command(key: str, value: bytes, options: SetOptions) -> bytes:
+    """``SET key value`` and ``options`` in RESP: the only formatting per command."""
+    raw = key.encode("utf-8")
+    count, tail = options
+    return b"*%d\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+        count + 3,
+        len(raw),
+        raw,
+        len(value),
+        value,
+        tail,
+    )
+
+
 class ReadsInOneBatch:
     """Each read of a Redis connection is handled inside the hub's write batch
     (``factory.batch``): one read can carry many published messages, or the
@@ -88,11 +114,107 @@ class ReadsInOneBatch:
             super().dataReceived(data, unpause)  # type: ignore[misc]
 
 
+class Pipelined:
+    """Commands written together (``send_commands``), waiting for their replies."""
+
+    __slots__ = ("answered", "count", "failed", "replies", "timer")
+
+    def __init__(
+        self,
+        count: int,
+        answered: Callable[[list[Any]], None],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        self.count = count
+        self.replies: list[Any] = []
+        self.answered = answered
+        self.failed = failed
+        self.timer: Any = None
+
+
 class CommandProtocol(ReadsInOneBatch, txredisapi.RedisProtocol):  # type: ignore[misc]
-    """The command connection: txredisapi's, with a faster command builder."""
+    """The command connection: txredisapi's, with a faster command builder,
+    and ``send_commands``: many commands, one callback with all their replies
+    (no Deferred, no timer per command)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # In the order they were written, what waits for the next replies:
+        # None for one txredisapi command, a ``Pipelined`` for its commands.
+        self._expected: deque[Pipelined | None] = deque()
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         return build_command(args, self.charset or "utf-8", self.errors)
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        sent = super().execute_command(*args, **kwargs)
+        self._expected.append(None)
+        return sent
+
+    def send_commands(
+        self,
+        commands: bytes,
+        count: int,
+        answered: Callable[[list[Any]], None],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        """Write ``count`` RESP ``commands``; ``answered(replies)`` once every
+        reply is in (an error reply is a ``txredisapi.ResponseError`` in the
+        list), or ``failed(reason)`` if the connection is lost first (or no
+        reply comes within the reply timeout, which drops the connection).
+
+        Replies are matched to requests by their order, so txredisapi's own
+        pipelining (which writes its commands later) must not be on."""
+        if not self.connected or self.pipelining:
+            failed(
+                txredisapi.ConnectionError("Not connected" if not self.connected else "pipelining")
+            )
+            return
+        waiting = Pipelined(count, answered, failed)
+        if not count:
+            _tell(answered, [])
+            return
+        if self.replyTimeout:
+            waiting.timer = self.callLater(self.replyTimeout, self._timed_out)
+        self._expected.append(waiting)
+        self.transport.write(commands)
+
+    def _timed_out(self) -> None:
+        # As txredisapi does for its own commands: the connection is dropped
+        # (and opened again), which fails everything still waiting.
+        self.transport.abortConnection()
+
+    def replyReceived(self, reply: Any) -> None:
+        expected = self._expected
+        head = expected[0] if expected else None
+        if head is None:
+            if expected:
+                expected.popleft()
+            super().replyReceived(reply)
+            return
+        head.replies.append(reply)
+        if len(head.replies) == head.count:
+            expected.popleft()
+            if head.timer is not None and head.timer.active():
+                head.timer.cancel()
+            _tell(head.answered, head.replies)
+
+    def connectionLost(self, why: Any) -> None:
+        expected, self._expected = self._expected, deque()
+        for waiting in expected:
+            if waiting is not None:
+                if waiting.timer is not None and waiting.timer.active():
+                    waiting.timer.cancel()
+                _tell(waiting.failed, txredisapi.ConnectionError("Lost connection"))
+        super().connectionLost(why)
+
+
+def _tell(listener: Callable[[Any], None], what: Any) -> None:
+    try:
+        listener(what)
+    except Exception:
+        # A listener's bug must not break the connection's reading of replies.
+        _log.failure("a Redis reply's listener failed")
 
 
 class Subscriber(ReadsInOneBatch, txredisapi.SubscriberProtocol):  # type: ignore[misc]

@@ -1,8 +1,10 @@
 """Shared dedup records: which node handles a client message id, and its reply.
 
-Claims and records are not sent one command each: those of one reactor turn
-go to Redis together, one script call per hash slot (``DEDUP_BATCH_SCRIPT``),
-so an acked message costs a share of one round trip, not two commands.
+Claims and records of one reactor turn go to Redis together, so an acked
+message costs a share of one round trip. To one Redis they are plain ``SET``
+commands written at once (``SET NX GET`` claims, Redis 7.0 or later), whose
+replies come back in one callback; to a Redis Cluster, and to an older
+Redis, one script call per hash slot (``DEDUP_BATCH_SCRIPT``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from warpsocket.backends.base import FIRST, TAKEN, Claim, Decided
-from warpsocket.backends.redis.connection import RedisLink, reply_text
+from warpsocket.backends.redis.connection import RedisLink, reply_text, set_command, set_options
 from warpsocket.backends.redis.keys import Keys
 from warpsocket.backends.redis.scripts import CLAIM_TTL_MS, DEDUP_BATCH_SCRIPT, UNCLAIM_SCRIPT
 from warpsocket.protocol.codecs import JsonCodec
@@ -28,10 +30,8 @@ SlotOf = Callable[[str], int]
 _Pending = tuple[str, Decided, Any]
 _log = Logger()
 _REPLY_TEXT = JsonCodec()
-
-
-def _one_slot(key: str) -> int:
-    return 0  # one Redis: every key in one batch
+# How Redis before 7.0 refuses ``SET`` with both ``NX`` and ``GET``.
+_NOT_UNDERSTOOD = "syntax error"
 
 
 class Dedup:
@@ -41,14 +41,19 @@ class Dedup:
         keys: Keys,
         age_ms: int,
         reactor: Any,
-        slot_of: SlotOf = _one_slot,
+        slot_of: SlotOf | None = None,
     ) -> None:
         self.connections = connections
         self.keys = keys
         self.age_ms = age_ms
         self.reactor = reactor
-        # A Redis Cluster runs a script on one slot's keys only.
+        # A Redis Cluster runs a script on one slot's keys only (None: one Redis).
         self.slot_of = slot_of
+        # One Redis takes plain commands (``SET NX GET``: Redis 7.0 or later),
+        # cheaper for it than a script; False once an older one refused them.
+        self.native = True
+        self._claim_options = set_options("NX", "PX", min(CLAIM_TTL_MS, age_ms), "GET")
+        self._record_options = set_options("PX", age_ms)
         self._claims: list[_Pending] = []
         self._records: dict[str, bytes] = {}
         self._flush_call: Any = None
@@ -107,11 +112,48 @@ class Dedup:
         if cmd is None:
             _answer_all(claims, FIRST)  # degraded: the local window applies
             return
+        if self.slot_of is None and self.native:
+            self._send_commands(cmd, records, claims)
+        else:
+            self._send_scripts(cmd, records, claims)
+
+    def _send_commands(self, cmd: Any, records: dict[str, bytes], claims: list[_Pending]) -> None:
+        """One Redis: the turn's records and claims as plain ``SET`` commands,
+        written together and answered together (``CommandProtocol.send_commands``)."""
+        # Records first: a claim of an id recorded in the same turn sees its reply.
+        options = self._record_options
+        parts = [set_command(key, reply, options) for key, reply in records.items()]
+        options = self._claim_options
+        parts.extend(set_command(pending[0], b"", options) for pending in claims)
+        skip = len(records)
+
+        def answered(replies: list[Any]) -> None:
+            trouble = next((r for r in replies if isinstance(r, Exception)), None)
+            if trouble is not None and _NOT_UNDERSTOOD in str(trouble):
+                # A Redis before 7.0 (no ``SET NX GET``): the script from now on.
+                self.native = False
+                _log.info("redis has no SET NX GET: dedup claims use a script")
+                self._send_scripts(cmd, {}, claims)
+                return
+            if trouble is not None:
+                self.connections.trouble(cmd, Failure(trouble))
+            for index, (_, decided, context) in enumerate(claims):
+                _answer(decided, context, _claim_of(replies[skip + index]))
+
+        def failed(reason: Exception) -> None:
+            self.connections.trouble(cmd, Failure(reason))
+            _answer_all(claims, FIRST)  # as if degraded: the local window applies
+
+        cmd.send_commands(b"".join(parts), len(parts), answered, failed)
+
+    def _send_scripts(self, cmd: Any, records: dict[str, bytes], claims: list[_Pending]) -> None:
+        """A Redis Cluster (or a Redis before 7.0): one script call per hash slot."""
+        slot_of = self.slot_of or _one_slot
         groups: dict[int, tuple[list[str], list[_Pending]]] = {}
         for key in records:
-            groups.setdefault(self.slot_of(key), ([], []))[0].append(key)
+            groups.setdefault(slot_of(key), ([], []))[0].append(key)
         for pending in claims:
-            groups.setdefault(self.slot_of(pending[0]), ([], []))[1].append(pending)
+            groups.setdefault(slot_of(pending[0]), ([], []))[1].append(pending)
         claim_ms = min(CLAIM_TTL_MS, self.age_ms)
         for recorded, claiming in groups.values():
             sent: Deferred[Any] = cmd.eval(
@@ -152,10 +194,28 @@ def _answer_all(claims: list[_Pending], claim: Claim) -> None:
         _answer(decided, context, claim)
 
 
+def _one_slot(key: str) -> int:
+    return 0  # one Redis: every key in one script call
+
+
+def _claim_of(reply: Any) -> Claim:
+    """What ``SET key '' NX PX ms GET`` answered: nil (set: claimed here), an
+    error (as if degraded: the local window applies), or what was there."""
+    if reply is None or isinstance(reply, Exception):
+        return FIRST
+    return _stored(reply_text(reply))
+
+
 def _parse(answer: Any) -> Claim:
+    """What ``DEDUP_BATCH_SCRIPT`` answered for one claim."""
     if isinstance(answer, int):
         return FIRST
-    raw = reply_text(answer)[1:]  # '=' .. what another node stored
+    return _stored(reply_text(answer)[1:])  # '=' .. what another node stored
+
+
+def _stored(raw: str) -> Claim:
+    """The value another node stored: empty while it handles the message,
+    then the JSON of its reply."""
     if not raw:
         return TAKEN
     try:

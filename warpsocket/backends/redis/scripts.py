@@ -45,7 +45,8 @@ if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then return {1} end
 return {0, redis.call('GET', KEYS[1])}
 """
 
-# One reactor turn's dedup work in one call (docs/cluster.md, "Shared dedup"):
+# One reactor turn's dedup work in one call, on a Redis Cluster or a Redis
+# before 7.0 (one Redis 7 gets plain SET commands; docs/cluster.md, "Shared dedup"):
 # KEYS[1..n] are recorded (ARGV[3 + i] their replies, for the dedup age
 # ARGV[2]), then KEYS[n+1..] are claimed (an empty value for ARGV[1] ms).
 # Records first: a claim of an id recorded in the same turn sees its reply.

@@ -1,0 +1,282 @@
+"""Shared dedup on one real Redis: a turn's claims and records go together.
+
+To one Redis they are plain ``SET`` commands written at once and answered by
+one callback (``CommandProtocol.send_commands``); to a Redis that refuses
+``SET NX GET`` (before 7.0), and to a Redis Cluster, one script call
+(docs/cluster.md, "Shared dedup"). Every test runs a real redis-server on a
+free port (tests/redis_harness.py); a missing one fails, never skips.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import txredisapi
+
+from tests.helpers.cluster import ClusterCase, Node
+from tests.redis_harness import RedisProcess
+from tests.wsclient import async_test, sleep, wait_until
+from warpsocket.backends.redis.connection import set_command, set_options
+from warpsocket.protocol.envelope import Envelope, MessageType
+
+
+def _calls(redis: RedisProcess, *commands: str) -> int:
+    """How many times Redis ran ``commands``, from INFO commandstats."""
+    total = 0
+    for line in redis.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith(tuple(f"cmdstat_{c}:" for c in commands)):
+            total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+def _evals(redis: RedisProcess) -> int:
+    return _calls(redis, "eval", "evalsha")
+
+
+def _reply(ref: str) -> Envelope:
+    return Envelope(type=MessageType.ACK, id=f"a-{ref}", timestamp=1, ref=ref)
+
+
+class _Writes:
+    """Counts the writes to a node's command connection."""
+
+    def __init__(self, node: Node) -> None:
+        self.count = 0
+        transport = node.backend.connections.cmd.transport
+        write = transport.write
+
+        def counted(data: bytes) -> None:
+            self.count += 1
+            write(data)
+
+        transport.write = counted
+
+
+class DedupBatchTests(ClusterCase):
+    """One turn's dedup work is one write: plain commands (``native``)."""
+
+    native = True
+
+    async def dedup_node(self) -> tuple[RedisProcess, Node]:
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        a.backend.dedup.native = self.native
+        return redis, a
+
+    def assert_calls(self, redis: RedisProcess, before: tuple[int, int], sets: int) -> None:
+        """``sets`` SET commands since ``before``, or one script call instead."""
+        evals, plain = _evals(redis) - before[0], _calls(redis, "set") - before[1]
+        if self.native:
+            self.assertEqual((evals, plain), (0, sets))
+        else:
+            self.assertEqual(evals, 1)
+
+    def counts(self, redis: RedisProcess) -> tuple[int, int]:
+        return _evals(redis), _calls(redis, "set")
+
+    @async_test
+    async def test_one_turns_claims_and_records_go_together(self) -> None:
+        redis, a = await self.dedup_node()
+        writes = _Writes(a)
+        before = self.counts(redis)
+        claims = [a.backend.claim("s:p", f"m{n}", 0) for n in range(20)]
+        for n in range(5):
+            a.backend.record("s:p", f"old{n}", _reply(f"old{n}"))
+        got = [await claim for claim in claims]
+        self.assertTrue(all(claim.first for claim in got))
+        self.assert_calls(redis, before, 25)
+        self.assertEqual(writes.count, 1)
+        # Claimed again in one later turn: answered with what is there.
+        before = self.counts(redis)
+        a.backend.record("s:p", "m1", _reply("m1"))
+        again = [
+            await c for c in [a.backend.claim("s:p", "m1", 0), a.backend.claim("s:p", "m2", 0)]
+        ]
+        assert again[0].reply is not None
+        self.assertEqual((again[0].first, again[0].reply.ref), (False, "m1"))
+        self.assertEqual((again[1].first, again[1].reply), (False, None))  # claimed, no answer yet
+        self.assert_calls(redis, before, 3)
+        self.assertEqual(writes.count, 2)
+
+    @async_test
+    async def test_claims_answered_by_callback_share_the_turns_write(self) -> None:
+        redis, a = await self.dedup_node()
+        a.backend.record("s:p", "done", _reply("done"))
+        await sleep(0.1)
+        writes = _Writes(a)
+        before = self.counts(redis)
+        heard: list[tuple[Any, Any]] = []
+
+        def decided(claim: Any, context: Any) -> None:
+            if context == "broken":
+                raise RuntimeError("a waiter's bug")
+            heard.append((context, claim))
+
+        a.backend.claim_then("s:p", "broken", 0, decided, "broken")
+        for n in range(5):
+            a.backend.claim_then("s:p", f"n{n}", 0, decided, n)
+        a.backend.claim_then("s:p", "done", 0, decided, "done")
+        deferred = a.backend.claim("s:p", "n0", 0)  # the same id again, the same turn
+        self.assertEqual(heard, [])  # answered when Redis answers
+        await wait_until(lambda: len(heard) == 6, what="every claim answered")
+        self.assertEqual([context for context, _ in heard], [0, 1, 2, 3, 4, "done"])
+        self.assertTrue(all(claim.first for _, claim in heard[:5]))
+        done = heard[5][1]
+        self.assertEqual((done.first, done.reply.ref), (False, "done"))
+        self.assertEqual(((await deferred).first, (await deferred).reply), (False, None))
+        self.assert_calls(redis, before, 8)
+        self.assertEqual(writes.count, 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @async_test
+    async def test_every_kind_of_reply_is_recorded_as_its_json(self) -> None:
+        from warpsocket.core.messages import error_envelope
+        from warpsocket.protocol.codecs import packed_result
+        from warpsocket.protocol.datamodel import DataLimits
+
+        redis, a = await self.dedup_node()
+        data = {"name": 'Zoë ✓ "q"', "n": [1, 2.5, None, True], "nested": {"": {}}}
+        packed = packed_result({"name": "Zoë ✓", "n": 2.5, "ok": True, "none": None}, DataLimits())
+        self.assertIsNotNone(packed)
+        replies = {
+            "ack": _reply("ack"),
+            "result": Envelope(type=MessageType.RESULT, id="r", timestamp=5, ref="c1", data=data),
+            "packed": Envelope(type=MessageType.RESULT, id="p", timestamp=6, ref="c2", data=packed),
+            "error": error_envelope("x", 7, 4300, "handler failed", "c3"),
+            "ünïcode ✓": _reply("ünïcode ✓"),
+        }
+        for name, reply in replies.items():
+            a.backend.record("s:p", name, reply)
+        await sleep(0.2)
+        for name, reply in replies.items():
+            stored = redis.command("GET", a.backend.keys.dedup("s:p", name))
+            text = stored.split(b"\r\n", 1)[1].rsplit(b"\r\n", 1)[0].decode()
+            self.assertEqual(json.loads(text), json.loads(json.dumps(reply.to_wire())), name)
+            ttl = int(redis.command("PTTL", a.backend.keys.dedup("s:p", name)).strip(b":\r\n"))
+            self.assertTrue(a.backend.dedup.age_ms - 5000 < ttl <= a.backend.dedup.age_ms, ttl)
+            claim = await a.backend.claim("s:p", name, 0)
+            self.assertEqual(claim.reply.to_wire(), reply.to_wire(), name)
+
+
+class DedupScriptTests(DedupBatchTests):
+    """The same, with one script call per turn (a Redis before 7.0)."""
+
+    native = False
+
+
+class DedupErrorTests(ClusterCase):
+    @async_test
+    async def test_an_error_reply_costs_only_its_own_claim(self) -> None:
+        """A claim Redis refuses (here: its key holds a list) is answered as
+        if Redis were away (first: the node's own window applies); the other
+        claims of the turn get their real answers."""
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        redis.command("RPUSH", a.backend.keys.dedup("s:p", "odd"), "x")
+        a.backend.record("s:p", "done", _reply("done"))
+        await sleep(0.1)
+        got = [
+            await claim
+            for claim in [
+                a.backend.claim("s:p", "odd", 0),
+                a.backend.claim("s:p", "new", 0),
+                a.backend.claim("s:p", "done", 0),
+            ]
+        ]
+        self.assertEqual([c.first for c in got], [True, True, False])
+        assert got[2].reply is not None
+        self.assertEqual(got[2].reply.ref, "done")
+        self.assertIsNone(a.hub.health)
+        # (A script call fails as a whole: every claim of its turn answered first.)
+
+
+class DedupFallbackTests(ClusterCase):
+    @async_test
+    async def test_a_redis_that_refuses_set_nx_get_gets_the_script(self) -> None:
+        """Redis before 7.0 answers ``SET .. NX .. GET`` with a syntax error:
+        that turn's claims are sent again as the script, and so are later ones."""
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        dedup = a.backend.dedup
+        # What an older Redis answers, from a Redis 7: an option it does not know.
+        dedup._claim_options = set_options("NX", "PX", 1000, "GET", "NOTANOPTION")
+        a.backend.record("s:p", "done", _reply("done"))
+        await sleep(0.1)
+        before = _evals(redis)
+        got = [await a.backend.claim("s:p", n, 0) for n in ("x", "done")]
+        self.assertEqual([c.first for c in got], [True, False])
+        self.assertFalse(dedup.native)
+        self.assertEqual(_evals(redis) - before, 2)
+        again = await a.backend.claim("s:p", "x", 0)
+        self.assertEqual((again.first, again.reply), (False, None))
+        self.assertEqual(_evals(redis) - before, 3)
+
+
+class SendCommandsTests(ClusterCase):
+    """``CommandProtocol.send_commands``: replies are matched by order, among
+    txredisapi's own commands on the same connection."""
+
+    async def command_connection(self) -> tuple[RedisProcess, Any]:
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        return redis, a.backend.connections.cmd
+
+    @async_test
+    async def test_replies_come_back_together_in_order_among_other_commands(self) -> None:
+        _, cmd = await self.command_connection()
+        heard: list[Any] = []
+        before = cmd.set("t:before", "1")
+        options = set_options("PX", 60_000)
+        commands = b"".join(set_command(f"t:k{n}", b"v%d" % n, options) for n in range(3))
+        commands += b"*2\r\n$3\r\nGET\r\n$4\r\nt:k1\r\n*2\r\n$4\r\nINCR\r\n$4\r\nt:k2\r\n"
+        cmd.send_commands(commands, 5, heard.append, heard.append)
+        after = cmd.get("t:k0")
+        self.assertEqual(await before, "OK")
+        self.assertEqual(await after, "v0")
+        self.assertEqual(len(heard), 1)
+        replies = heard[0]
+        self.assertEqual(replies[:4], ["OK", "OK", "OK", "v1"])
+        self.assertIsInstance(replies[4], txredisapi.ResponseError)  # "v2" is no integer
+
+    @async_test
+    async def test_a_lost_connection_fails_what_waits(self) -> None:
+        redis, cmd = await self.command_connection()
+        redis.command("CLIENT", "PAUSE", "2000", "ALL")
+        failed: list[Any] = []
+        answered: list[Any] = []
+        cmd.send_commands(
+            set_command("t:k", b"v", set_options()), 1, answered.append, failed.append
+        )
+        waiting = cmd.get("t:k")
+        cmd.transport.abortConnection()
+        await wait_until(lambda: bool(failed), what="failed")
+        self.assertIsInstance(failed[0], txredisapi.ConnectionError)
+        with self.assertRaises(txredisapi.ConnectionError):
+            await waiting
+        self.assertEqual(answered, [])
+
+    @async_test
+    async def test_no_reply_within_the_timeout_drops_the_connection(self) -> None:
+        redis, cmd = await self.command_connection()
+        cmd.replyTimeout = 0.3
+        redis.command("CLIENT", "PAUSE", "3000", "ALL")
+        failed: list[Any] = []
+        cmd.send_commands(b"*1\r\n$4\r\nPING\r\n", 1, failed.append, failed.append)
+        await sleep(0.1)
+        self.assertEqual(failed, [])
+        await wait_until(lambda: bool(failed), 2.0, "timed out")
+        self.assertIsInstance(failed[0], txredisapi.ConnectionError)
+        self.assertFalse(cmd.connected)  # dropped: the backend opens a new one
+
+    @async_test
+    async def test_no_commands_are_answered_at_once(self) -> None:
+        _, cmd = await self.command_connection()
+        heard: list[Any] = []
+        cmd.send_commands(b"", 0, heard.append, heard.append)
+        self.assertEqual(heard, [[]])
+        self.assertEqual(await cmd.ping(), "PONG")
