@@ -39,18 +39,23 @@ def _reply(ref: str) -> Envelope:
 
 
 class _Writes:
-    """Counts the writes to a node's command connection."""
+    """Counts the writes to a node's command connection: txredisapi's (to its
+    transport) and ``send_commands``' (to its socket, at once)."""
 
     def __init__(self, node: Node) -> None:
         self.count = 0
-        transport = node.backend.connections.cmd.transport
-        write = transport.write
+        cmd = node.backend.connections.cmd
+        transport_write, socket_first = cmd.transport.write, cmd._write
 
-        def counted(data: bytes) -> None:
-            self.count += 1
-            write(data)
+        def counted(write: Any) -> Any:
+            def write_counted(data: bytes) -> None:
+                self.count += 1
+                write(data)
 
-        transport.write = counted
+            return write_counted
+
+        cmd.transport.write = counted(transport_write)
+        cmd._write = counted(socket_first)
 
 
 class DedupBatchTests(ClusterCase):
@@ -280,3 +285,14 @@ class SendCommandsTests(ClusterCase):
         cmd.send_commands(b"", 0, heard.append, heard.append)
         self.assertEqual(heard, [[]])
         self.assertEqual(await cmd.ping(), "PONG")
+
+    @async_test
+    async def test_commands_leave_at_once_not_after_the_next_poll(self) -> None:
+        from warpsocket._compat import socket_buffered
+
+        _, cmd = await self.command_connection()
+        heard: list[Any] = []
+        cmd.send_commands(b"*1\r\n$4\r\nPING\r\n", 1, heard.append, heard.append)
+        self.assertEqual(socket_buffered(cmd.transport), 0)  # handed to the kernel
+        await wait_until(lambda: bool(heard), what="the reply")
+        self.assertEqual(heard, [["PONG"]])

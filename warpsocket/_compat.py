@@ -69,7 +69,8 @@ _EAGER_TYPES: dict[type, bool] = {}
 
 
 def write_socket_first(protocol: Any, data: bytes) -> None:
-    """The body of ``FastPathProtocol._write`` (server/wire/fastpath.py):
+    """The body of ``FastPathProtocol._write`` (server/wire/fastpath.py) and
+    of the Redis command connection's (backends/redis/connection.py):
     ``protocol._socket`` (from ``eager_socket``) is sent to at once when
     nothing waits in it, else ``protocol.transport.write``. A method of the
     protocol's class, not a per-connection callable: nothing for the garbage

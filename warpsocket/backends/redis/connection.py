@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from warpsocket import _compat
 from warpsocket.backends.redis.options import RedisAddress, RedisOptions, host_port, parse_redis_url
 
 Batch = Callable[[], AbstractContextManager[None]]
@@ -137,11 +138,21 @@ class CommandProtocol(ReadsInOneBatch, txredisapi.RedisProtocol):  # type: ignor
     and ``send_commands``: many commands, one callback with all their replies
     (no Deferred, no timer per command)."""
 
+    # The socket ``send_commands`` writes to at once (``_compat.eager_socket``):
+    # a turn's dedup commands leave when they are built, not after the
+    # reactor's next poll (which costs two epoll_ctl calls and a write event).
+    _socket: Any = None
+    _write = _compat.write_socket_first
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # In the order they were written, what waits for the next replies:
         # None for one txredisapi command, a ``Pipelined`` for its commands.
         self._expected: deque[Pipelined | None] = deque()
+
+    def connectionMade(self) -> Any:
+        self._socket = _compat.eager_socket(self.transport)
+        return super().connectionMade()
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         return build_command(args, self.charset or "utf-8", self.errors)
@@ -177,7 +188,7 @@ class CommandProtocol(ReadsInOneBatch, txredisapi.RedisProtocol):  # type: ignor
         if self.replyTimeout:
             waiting.timer = self.callLater(self.replyTimeout, self._timed_out)
         self._expected.append(waiting)
-        self.transport.write(commands)
+        self._write(commands)
 
     def _timed_out(self) -> None:
         # As txredisapi does for its own commands: the connection is dropped
