@@ -10,6 +10,7 @@ free port (tests/redis_harness.py); a missing one fails, never skips.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import txredisapi
@@ -39,34 +40,44 @@ def _reply(ref: str) -> Envelope:
 
 
 class _Writes:
-    """Counts the writes to a node's command connection: txredisapi's (to its
-    transport) and ``send_commands``' (to its socket, at once)."""
+    """Counts what a node writes to its command connection: each txredisapi
+    command (``execute_command``) and each ``send_commands`` batch (its one
+    write, ``_write``), whichever way the bytes then leave."""
 
     def __init__(self, node: Node) -> None:
         self.count = 0
         cmd = node.backend.connections.cmd
-        transport_write, socket_first = cmd.transport.write, cmd._write
+        execute, write = cmd.execute_command, cmd._write
 
-        def counted(write: Any) -> Any:
-            def write_counted(data: bytes) -> None:
-                self.count += 1
-                write(data)
+        def execute_counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return execute(*args, **kwargs)
 
-            return write_counted
+        def write_counted(data: bytes) -> None:
+            self.count += 1
+            write(data)
 
-        cmd.transport.write = counted(transport_write)
-        cmd._write = counted(socket_first)
+        cmd.execute_command = execute_counted
+        cmd._write = write_counted
 
 
-class DedupBatchTests(ClusterCase):
+class QuietCase(ClusterCase):
+    """Nodes that send nothing on their own meanwhile (no canary each second)."""
+
+    async def quiet_node(self) -> Node:
+        a = self.node("a", replace(self.redis_options(), canary_interval=3600.0))
+        await self.healthy(a)
+        return a
+
+
+class DedupBatchTests(QuietCase):
     """One turn's dedup work is one write: plain commands (``native``)."""
 
     native = True
 
     async def dedup_node(self) -> tuple[RedisProcess, Node]:
         redis = self.start_redis()
-        a = self.node("a")
-        await self.healthy(a)
+        a = await self.quiet_node()
         a.backend.dedup.native = self.native
         return redis, a
 
@@ -194,8 +205,23 @@ class DedupErrorTests(ClusterCase):
         self.assertEqual([c.first for c in got], [True, True, False])
         assert got[2].reply is not None
         self.assertEqual(got[2].reply.ref, "done")
-        self.assertIsNone(a.hub.health)
+        # Not a reason to drop the connection (READONLY would be).
+        cmd = a.backend.connections.cmd
+        await sleep(0.1)
+        self.assertIs(a.backend.connections.cmd, cmd)
+        self.assertTrue(cmd.connected)
         # (A script call fails as a whole: every claim of its turn answered first.)
+
+    @async_test
+    async def test_a_value_that_is_not_utf8_is_taken_and_costs_nothing_else(self) -> None:
+        redis = self.start_redis()
+        a = self.node("a")
+        await self.healthy(a)
+        key = a.backend.keys.dedup("s:p", "bin")
+        script = "return redis.call('SET', KEYS[1], string.char(255, 254))"
+        redis.command("EVAL", script, "1", key)
+        got = [await c for c in [a.backend.claim("s:p", "bin", 0), a.backend.claim("s:p", "ok", 0)]]
+        self.assertEqual([(c.first, c.reply) for c in got], [(False, None), (True, None)])
 
 
 class DedupFallbackTests(ClusterCase):
@@ -212,23 +238,29 @@ class DedupFallbackTests(ClusterCase):
         a.backend.record("s:p", "done", _reply("done"))
         await sleep(0.1)
         before = _evals(redis)
-        got = [await a.backend.claim("s:p", n, 0) for n in ("x", "done")]
-        self.assertEqual([c.first for c in got], [True, False])
+        # One turn: two claims and a record (records are plain SETs either way).
+        turn = [a.backend.claim("s:p", n, 0) for n in ("x", "y", "done")]
+        a.backend.record("s:p", "z", _reply("z"))
+        got = [await claim for claim in turn]
+        self.assertEqual([c.first for c in got], [True, True, False])
+        assert got[2].reply is not None
+        self.assertEqual(got[2].reply.ref, "done")
         self.assertFalse(dedup.native)
+        self.assertEqual(_evals(redis) - before, 1)
+        again = [await c for c in [a.backend.claim("s:p", "x", 0), a.backend.claim("s:p", "z", 0)]]
+        self.assertEqual((again[0].first, again[0].reply), (False, None))
+        assert again[1].reply is not None
+        self.assertEqual(again[1].reply.ref, "z")
         self.assertEqual(_evals(redis) - before, 2)
-        again = await a.backend.claim("s:p", "x", 0)
-        self.assertEqual((again.first, again.reply), (False, None))
-        self.assertEqual(_evals(redis) - before, 3)
 
 
-class SendCommandsTests(ClusterCase):
+class SendCommandsTests(QuietCase):
     """``CommandProtocol.send_commands``: replies are matched by order, among
     txredisapi's own commands on the same connection."""
 
     async def command_connection(self) -> tuple[RedisProcess, Any]:
         redis = self.start_redis()
-        a = self.node("a")
-        await self.healthy(a)
+        a = await self.quiet_node()
         return redis, a.backend.connections.cmd
 
     @async_test
@@ -249,6 +281,15 @@ class SendCommandsTests(ClusterCase):
         self.assertIsInstance(replies[4], txredisapi.ResponseError)  # "v2" is no integer
 
     @async_test
+    async def test_an_eager_batch_then_a_command_in_one_turn_keep_their_order(self) -> None:
+        _, cmd = await self.command_connection()
+        heard: list[Any] = []
+        cmd.send_commands(set_command("t:e", b"1", set_options()), 1, heard.append, heard.append)
+        after = cmd.incr("t:e")
+        self.assertEqual(await after, 2)
+        self.assertEqual(heard, [["OK"]])
+
+    @async_test
     async def test_a_lost_connection_fails_what_waits(self) -> None:
         redis, cmd = await self.command_connection()
         redis.command("CLIENT", "PAUSE", "2000", "ALL")
@@ -266,6 +307,22 @@ class SendCommandsTests(ClusterCase):
         self.assertEqual(answered, [])
 
     @async_test
+    async def test_what_is_sent_when_the_connection_is_lost_is_refused(self) -> None:
+        _, cmd = await self.command_connection()
+        refused: list[Any] = []
+
+        def failed(reason: Exception) -> None:
+            # Sent again from the failure's listener: refused at once, not
+            # left waiting on a connection that is gone.
+            cmd.send_commands(b"*1\r\n$4\r\nPING\r\n", 1, refused.append, refused.append)
+
+        cmd.send_commands(b"*1\r\n$4\r\nPING\r\n", 1, lambda _: None, failed)
+        cmd.transport.abortConnection()
+        await wait_until(lambda: bool(refused), what="refused")
+        self.assertIsInstance(refused[0], txredisapi.ConnectionError)
+        self.assertEqual(len(cmd._expected), 0)
+
+    @async_test
     async def test_no_reply_within_the_timeout_drops_the_connection(self) -> None:
         redis, cmd = await self.command_connection()
         cmd.replyTimeout = 0.3
@@ -274,7 +331,7 @@ class SendCommandsTests(ClusterCase):
         cmd.send_commands(b"*1\r\n$4\r\nPING\r\n", 1, failed.append, failed.append)
         await sleep(0.1)
         self.assertEqual(failed, [])
-        await wait_until(lambda: bool(failed), 2.0, "timed out")
+        await wait_until(lambda: bool(failed), 0.6, "timed out by the batch's own timer")
         self.assertIsInstance(failed[0], txredisapi.ConnectionError)
         self.assertFalse(cmd.connected)  # dropped: the backend opens a new one
 

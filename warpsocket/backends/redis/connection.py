@@ -25,8 +25,8 @@ from warpsocket.backends.redis.options import RedisAddress, RedisOptions, host_p
 
 Batch = Callable[[], AbstractContextManager[None]]
 Later = Callable[..., None]
-_log = Logger()
 """``later(delay, func, *args)``: a timer the backend cancels when it stops."""
+_log = Logger()
 
 
 class RedisLink(Protocol):
@@ -177,9 +177,8 @@ class CommandProtocol(ReadsInOneBatch, txredisapi.RedisProtocol):  # type: ignor
         Replies are matched to requests by their order, so txredisapi's own
         pipelining (which writes its commands later) must not be on."""
         if not self.connected or self.pipelining:
-            failed(
-                txredisapi.ConnectionError("Not connected" if not self.connected else "pipelining")
-            )
+            refused = "Not connected" if not self.connected else "pipelining"
+            _tell(failed, txredisapi.ConnectionError(refused))
             return
         waiting = Pipelined(count, answered, failed)
         if not count:
@@ -212,12 +211,15 @@ class CommandProtocol(ReadsInOneBatch, txredisapi.RedisProtocol):  # type: ignor
 
     def connectionLost(self, why: Any) -> None:
         expected, self._expected = self._expected, deque()
+        # txredisapi's part first: once the batches hear of it, the connection
+        # is no longer ``connected`` (nothing can be sent on it again) and
+        # the backend no longer holds it as its command connection.
+        super().connectionLost(why)
         for waiting in expected:
             if waiting is not None:
                 if waiting.timer is not None and waiting.timer.active():
                     waiting.timer.cancel()
                 _tell(waiting.failed, txredisapi.ConnectionError("Lost connection"))
-        super().connectionLost(why)
 
 
 def _tell(listener: Callable[[Any], None], what: Any) -> None:

@@ -26,7 +26,7 @@ from warpsocket.protocol.codes import ProtocolError
 from warpsocket.protocol.envelope import Envelope
 
 SlotOf = Callable[[str], int]
-# A claim waiting for this turn's script call: its key, who hears the answer, and with what.
+# A claim waiting for this turn's batch: its key, who hears the answer, and with what.
 _Pending = tuple[str, Decided, Any]
 _log = Logger()
 _REPLY_TEXT = JsonCodec()
@@ -67,7 +67,7 @@ class Dedup:
         self, principal: str, message_id: str, now_ms: int, decided: Decided, context: Any
     ) -> None:
         """``claim``, answered by ``decided(claim, context)``: no Deferred per
-        claim, one per turn's script call (the inbound hot path's way)."""
+        claim, one per turn's batch (the inbound hot path's way)."""
         if self.connections.cmd is None:
             # Degraded: the node's own dedup window still applies.
             _answer(decided, context, FIRST)
@@ -128,13 +128,14 @@ class Dedup:
         skip = len(records)
 
         def answered(replies: list[Any]) -> None:
-            trouble = next((r for r in replies if isinstance(r, Exception)), None)
-            if trouble is not None and _NOT_UNDERSTOOD in str(trouble):
+            refused = [r for r in replies[skip:] if isinstance(r, Exception)]
+            if any(_NOT_UNDERSTOOD in str(error).lower() for error in refused):
                 # A Redis before 7.0 (no ``SET NX GET``): the script from now on.
                 self.native = False
                 _log.info("redis has no SET NX GET: dedup claims use a script")
                 self._send_scripts(cmd, {}, claims)
                 return
+            trouble = next((r for r in replies if isinstance(r, Exception)), None)
             if trouble is not None:
                 self.connections.trouble(cmd, Failure(trouble))
             for index, (_, decided, context) in enumerate(claims):
@@ -203,22 +204,23 @@ def _claim_of(reply: Any) -> Claim:
     error (as if degraded: the local window applies), or what was there."""
     if reply is None or isinstance(reply, Exception):
         return FIRST
-    return _stored(reply_text(reply))
+    return _stored(reply)
 
 
 def _parse(answer: Any) -> Claim:
     """What ``DEDUP_BATCH_SCRIPT`` answered for one claim."""
     if isinstance(answer, int):
         return FIRST
-    return _stored(reply_text(answer)[1:])  # '=' .. what another node stored
+    return _stored(answer, 1)  # '=' .. what another node stored
 
 
-def _stored(raw: str) -> Claim:
-    """The value another node stored: empty while it handles the message,
-    then the JSON of its reply."""
-    if not raw:
-        return TAKEN
+def _stored(value: Any, start: int = 0) -> Claim:
+    """The value another node stored (from ``start``): empty while it handles
+    the message, then the JSON of its reply."""
     try:
+        raw = reply_text(value)[start:]
+        if not raw:
+            return TAKEN
         return Claim(False, Envelope.from_wire(json.loads(raw)))
     except (ValueError, TypeError, ProtocolError):
         return TAKEN  # unreadable: as if still being handled
