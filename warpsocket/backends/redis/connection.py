@@ -180,10 +180,10 @@ class CommandProtocol(ReadsInOneBatch, txredisapi.RedisProtocol):  # type: ignor
             refused = "Not connected" if not self.connected else "pipelining"
             _tell(failed, txredisapi.ConnectionError(refused))
             return
-        waiting = Pipelined(count, answered, failed)
         if not count:
             _tell(answered, [])
             return
+        waiting = Pipelined(count, answered, failed)
         if self.replyTimeout:
             waiting.timer = self.callLater(self.replyTimeout, self._timed_out)
         self._expected.append(waiting)

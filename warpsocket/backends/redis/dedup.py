@@ -52,7 +52,8 @@ class Dedup:
         # One Redis takes plain commands (``SET NX GET``: Redis 7.0 or later),
         # cheaper for it than a script; False once an older one refused them.
         self.native = True
-        self._claim_options = set_options("NX", "PX", min(CLAIM_TTL_MS, age_ms), "GET")
+        self._claim_ms = min(CLAIM_TTL_MS, age_ms)
+        self._claim_options = set_options("NX", "PX", self._claim_ms, "GET")
         self._record_options = set_options("PX", age_ms)
         self._claims: list[_Pending] = []
         self._records: dict[str, bytes] = {}
@@ -125,10 +126,10 @@ class Dedup:
         parts = [set_command(key, reply, options) for key, reply in records.items()]
         options = self._claim_options
         parts.extend(set_command(pending[0], b"", options) for pending in claims)
-        skip = len(records)
+        first_claim = len(records)  # the replies before it are the records'
 
         def answered(replies: list[Any]) -> None:
-            refused = [r for r in replies[skip:] if isinstance(r, Exception)]
+            refused = [r for r in replies[first_claim:] if isinstance(r, Exception)]
             if any(_NOT_UNDERSTOOD in str(error).lower() for error in refused):
                 # A Redis before 7.0 (no ``SET NX GET``): the script from now on.
                 self.native = False
@@ -139,7 +140,7 @@ class Dedup:
             if trouble is not None:
                 self.connections.trouble(cmd, Failure(trouble))
             for index, (_, decided, context) in enumerate(claims):
-                _answer(decided, context, _claim_of(replies[skip + index]))
+                _answer(decided, context, _claim_of(replies[first_claim + index]))
 
         def failed(reason: Exception) -> None:
             self.connections.trouble(cmd, Failure(reason))
@@ -155,12 +156,11 @@ class Dedup:
             groups.setdefault(slot_of(key), ([], []))[0].append(key)
         for pending in claims:
             groups.setdefault(slot_of(pending[0]), ([], []))[1].append(pending)
-        claim_ms = min(CLAIM_TTL_MS, self.age_ms)
         for recorded, claiming in groups.values():
             sent: Deferred[Any] = cmd.eval(
                 DEDUP_BATCH_SCRIPT,
                 [*recorded, *(pending[0] for pending in claiming)],
-                [claim_ms, self.age_ms, len(recorded), *(records[k] for k in recorded)],
+                [self._claim_ms, self.age_ms, len(recorded), *(records[k] for k in recorded)],
             )
             sent.addCallbacks(
                 self._answered, self._failed, callbackArgs=(claiming,), errbackArgs=(cmd, claiming)
