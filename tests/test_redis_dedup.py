@@ -254,6 +254,154 @@ class DedupFallbackTests(ClusterCase):
         self.assertEqual(_evals(redis) - before, 2)
 
 
+class ClusterDedupTests(QuietCase):
+    """On a Redis Cluster of three masters: each master gets the plain
+    commands of its keys in one write; what a master redirects (a slot moved
+    or being moved) goes again by script through the cluster client's routing."""
+
+    redis_cluster = True
+
+    def key(self, a: Node, message_id: str) -> str:
+        return str(a.backend.keys.dedup("s:p", message_id))
+
+    def ids_in_slot(self, a: Node, slot: int, count: int, prefix: str) -> list[str]:
+        from warpsocket.backends.redis.slots import key_slot
+
+        found = []
+        for n in range(200_000):
+            if key_slot(self.key(a, f"{prefix}{n}")) == slot:
+                found.append(f"{prefix}{n}")
+                if len(found) == count:
+                    return found
+        raise AssertionError("no ids found")
+
+    def per_master(self, cluster: Any, *commands: str) -> list[int]:
+        return [_calls(master, *commands) for master in cluster.masters]
+
+    def move_slot(self, cluster: Any, slot: int, source: Any, target: Any, *keys: str) -> None:
+        """MIGRATING/IMPORTING, then ``keys`` moved to ``target`` (the slot still the source's)."""
+        source_id = source.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+        target_id = target.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+        target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        if keys:
+            reply = source.command(
+                "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys
+            )
+            self.assertEqual(reply, b"+OK\r\n")
+        self.target_id = target_id
+
+    def hand_over(self, cluster: Any, slot: int) -> None:
+        for master in cluster.masters:
+            master.command("CLUSTER", "SETSLOT", str(slot), "NODE", self.target_id)
+
+    @async_test
+    async def test_each_master_gets_its_keys_in_one_write(self) -> None:
+        cluster = self.start_redis()
+        a = await self.quiet_node()
+        conns = a.backend.connections.cmd.conns
+        self.assertEqual(len(conns), 3)
+        writes = {address: 0 for address in conns}
+        for address, conn in conns.items():
+
+            def counted(data: bytes, address: Any = address, write: Any = conn._write) -> None:
+                writes[address] += 1
+                write(data)
+
+            conn._write = counted
+        ids = [f"m{n}" for n in range(30)]
+        recorded = [f"old{n}" for n in range(6)]
+        owners = [cluster.owner(self.key(a, i)) for i in ids + recorded]
+        self.assertEqual({o.port for o in owners}, {m.port for m in cluster.masters})
+        sets, evals = self.per_master(cluster, "set"), self.per_master(cluster, "eval", "evalsha")
+        claims = [a.backend.claim("s:p", i, 0) for i in ids]
+        for i in recorded:
+            a.backend.record("s:p", i, _reply(i))
+        got = [await claim for claim in claims]
+        self.assertTrue(all(claim.first for claim in got))
+        expected = [sum(o is m for o in owners) for m in cluster.masters]
+        after = self.per_master(cluster, "set")
+        self.assertEqual([x - y for x, y in zip(after, sets, strict=True)], expected)
+        self.assertEqual(self.per_master(cluster, "eval", "evalsha"), evals)
+        self.assertEqual(list(writes.values()), [1, 1, 1])  # one write per master
+        # A later turn: answered with what each master holds.
+        a.backend.record("s:p", "m1", _reply("m1"))
+        again = [await c for c in [a.backend.claim(p, "m1", 0) for p in ("s:p",)]]
+        assert again[0].reply is not None
+        self.assertEqual((again[0].first, again[0].reply.ref), (False, "m1"))
+        taken = [await a.backend.claim("s:p", i, 0) for i in ids[2:5]]
+        self.assertEqual([(c.first, c.reply) for c in taken], [(False, None)] * 3)
+        self.assertEqual(self.per_master(cluster, "eval", "evalsha"), evals)
+
+    @async_test
+    async def test_a_slot_handed_over_is_followed_and_learned(self) -> None:
+        """The node's map still names the old master, which answers MOVED: the
+        turn's claims and records of that slot go again by script to the new
+        one, and the next turn's plain commands go to it directly."""
+        from warpsocket.backends.redis.slots import key_slot
+
+        cluster = self.start_redis()
+        a = await self.quiet_node()
+        source, target = cluster.masters[0], cluster.masters[1]
+        slot = key_slot(self.key(a, "seed"))
+        while cluster.owner(self.key(a, self.ids_in_slot(a, slot, 1, "p")[0])) is not source:
+            slot = (slot + 97) % 16384
+        done, fresh, later, recorded = self.ids_in_slot(a, slot, 4, "q")
+        elsewhere = next(
+            f"e{n}" for n in range(1000) if cluster.owner(self.key(a, f"e{n}")) is target
+        )
+        a.backend.record("s:p", done, _reply(done))
+        await sleep(0.1)
+        self.move_slot(cluster, slot, source, target, self.key(a, done))
+        self.hand_over(cluster, slot)
+        turn = [a.backend.claim("s:p", i, 0) for i in (done, fresh, elsewhere)]
+        a.backend.record("s:p", recorded, _reply(recorded))
+        got = [await claim for claim in turn]
+        assert got[0].reply is not None
+        self.assertEqual((got[0].first, got[0].reply.ref), (False, done))
+        self.assertEqual([c.first for c in got[1:]], [True, True])
+        self.assertGreater(a.backend.stats.get("moved", 0), 0)
+        await wait_until(lambda: target.command("EXISTS", self.key(a, recorded)) == b":1\r\n")
+        # Learned: the next turn goes to the new master as plain commands.
+        cmd = a.backend.connections.cmd
+        self.assertEqual(cmd.slots.master_of(slot)[1], target.port)
+        moved, evals = a.backend.stats["moved"], _evals(target)
+        self.assertTrue((await a.backend.claim("s:p", later, 0)).first)
+        retry = await a.backend.claim("s:p", recorded, 0)
+        assert retry.reply is not None
+        self.assertEqual(retry.reply.ref, recorded)
+        self.assertEqual((a.backend.stats["moved"], _evals(target)), (moved, evals))
+
+    @async_test
+    async def test_a_slot_being_migrated_is_asked_of_its_new_master(self) -> None:
+        """While a slot migrates, the old master answers ASK for a key it no
+        longer holds: the claim goes to the new master (ASKING, then the
+        script) and gets what is recorded there."""
+        from warpsocket.backends.redis.slots import key_slot
+
+        cluster = self.start_redis()
+        a = await self.quiet_node()
+        source, target = cluster.masters[2], cluster.masters[0]
+        slot = 16383
+        self.assertIs(cluster.owner(self.key(a, self.ids_in_slot(a, slot, 1, "p")[0])), source)
+        done, fresh = self.ids_in_slot(a, slot, 2, "r")
+        a.backend.record("s:p", done, _reply(done))
+        await sleep(0.1)
+        self.move_slot(cluster, slot, source, target, self.key(a, done))
+        got = [await c for c in [a.backend.claim("s:p", i, 0) for i in (done, fresh)]]
+        assert got[0].reply is not None
+        self.assertEqual((got[0].first, got[0].reply.ref), (False, done))
+        self.assertTrue(got[1].first)
+        self.assertGreater(a.backend.stats.get("ask", 0), 0)
+        # Each redirected claim alone: never split over the two masters (TRYAGAIN).
+        self.assertEqual(a.backend.stats.get("tryagain", 0), 0)
+        self.assertEqual(key_slot(self.key(a, fresh)), slot)
+        # The new key was created where the slot is going (ASKING).
+        count = ("CLUSTER", "COUNTKEYSINSLOT", str(slot))
+        self.assertEqual(target.command(*count), b":2\r\n")  # done and fresh
+        self.assertEqual(source.command(*count), b":0\r\n")
+
+
 class SendCommandsTests(QuietCase):
     """``CommandProtocol.send_commands``: replies are matched by order, among
     txredisapi's own commands on the same connection."""

@@ -103,6 +103,13 @@ class ClusterClient:
         """Sharded: only the subscribers of the channel's shard hear it."""
         return self._route(channel, lambda conn: conn.execute_command("SPUBLISH", channel, message))
 
+    def connection_at(self, slot: int) -> Any:
+        """The command connection to the master of ``slot`` (None: none held;
+        ``_route`` then reads the slot map again). For commands written
+        straight to it (plain dedup commands), which handle their own redirects."""
+        address = self.slots.master_of(slot)
+        return self.conns.get(address) if address is not None else None
+
     def shard_of(self, key: str) -> Address | None:
         return self.slots.master_of(key_slot(key))
 

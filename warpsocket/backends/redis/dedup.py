@@ -1,10 +1,12 @@
 """Shared dedup records: which node handles a client message id, and its reply.
 
 Claims and records of one reactor turn go to Redis together, so an acked
-message costs a share of one round trip. To one Redis they are plain ``SET``
-commands written at once (``SET NX GET`` claims, Redis 7.0 or later), whose
-replies come back in one callback; to a Redis Cluster, and to an older
-Redis, one script call per hash slot (``DEDUP_BATCH_SCRIPT``).
+message costs a share of one round trip. They are plain ``SET`` commands
+(``SET NX GET`` claims, Redis 7.0 or later) written at once to the Redis,
+or to each master of a Redis Cluster that holds some of their keys, and
+answered in one callback per write. What a cluster redirects (a slot moved
+or moving), and every claim to a Redis before 7.0, goes by script instead:
+one call per hash slot (``DEDUP_BATCH_SCRIPT``), routed by the cluster client.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ _log = Logger()
 _REPLY_TEXT = JsonCodec()
 # How Redis before 7.0 refuses ``SET`` with both ``NX`` and ``GET``.
 _NOT_UNDERSTOOD = "syntax error"
+# How a Redis Cluster says a command belongs to another master, now or soon.
+_REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN")
 
 
 class Dedup:
@@ -113,13 +117,42 @@ class Dedup:
         if cmd is None:
             _answer_all(claims, FIRST)  # degraded: the local window applies
             return
-        if self.slot_of is None and self.native:
-            self._send_commands(cmd, records, claims)
-        else:
+        if not self.native:
             self._send_scripts(cmd, records, claims)
+        elif self.slot_of is None:
+            self._send_commands(cmd, cmd, records, claims)
+        else:
+            self._send_to_masters(cmd, records, claims)
 
-    def _send_commands(self, cmd: Any, records: dict[str, bytes], claims: list[_Pending]) -> None:
-        """One Redis: the turn's records and claims as plain ``SET`` commands,
+    def _send_to_masters(self, cmd: Any, records: dict[str, bytes], claims: list[_Pending]) -> None:
+        """A Redis Cluster: the plain commands of each master in one write to
+        it. A key whose master has no connection goes by script (``_route``
+        reads the slot map again and fails it: answered as if degraded)."""
+        slot_of = self.slot_of or _one_slot
+        groups: dict[int, tuple[Any, dict[str, bytes], list[_Pending]]] = {}
+        unrouted: tuple[dict[str, bytes], list[_Pending]] = ({}, [])
+        for key, reply in records.items():
+            conn = cmd.connection_at(slot_of(key))
+            if conn is None:
+                unrouted[0][key] = reply
+            else:
+                groups.setdefault(id(conn), (conn, {}, []))[1][key] = reply
+        for pending in claims:
+            conn = cmd.connection_at(slot_of(pending[0]))
+            if conn is None:
+                unrouted[1].append(pending)
+            else:
+                groups.setdefault(id(conn), (conn, {}, []))[2].append(pending)
+        for conn, recorded, claiming in groups.values():
+            self._send_commands(cmd, conn, recorded, claiming)
+        if unrouted[0] or unrouted[1]:
+            self._send_scripts(cmd, *unrouted)
+
+    def _send_commands(
+        self, cmd: Any, conn: Any, records: dict[str, bytes], claims: list[_Pending]
+    ) -> None:
+        """The records and claims as plain ``SET`` commands to one Redis
+        (``conn``: ``cmd`` itself, or one master of the cluster ``cmd``),
         written together and answered together (``CommandProtocol.send_commands``)."""
         # Records first: a claim of an id recorded in the same turn sees its reply.
         options = self._record_options
@@ -129,16 +162,10 @@ class Dedup:
         first_claim = len(records)  # the replies before it are the records'
 
         def answered(replies: list[Any]) -> None:
-            refused = [r for r in replies[first_claim:] if isinstance(r, Exception)]
-            if any(_NOT_UNDERSTOOD in str(error).lower() for error in refused):
-                # A Redis before 7.0 (no ``SET NX GET``): the script from now on.
-                self.native = False
-                _log.info("redis has no SET NX GET: dedup claims use a script")
-                self._send_scripts(cmd, {}, claims)
-                return
-            trouble = next((r for r in replies if isinstance(r, Exception)), None)
-            if trouble is not None:
-                self.connections.trouble(cmd, Failure(trouble))
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    self._answered_with_errors(cmd, records, claims, replies)
+                    return
             for index, (_, decided, context) in enumerate(claims):
                 _answer(decided, context, _claim_of(replies[first_claim + index]))
 
@@ -146,12 +173,59 @@ class Dedup:
             self.connections.trouble(cmd, Failure(reason))
             _answer_all(claims, FIRST)  # as if degraded: the local window applies
 
-        cmd.send_commands(b"".join(parts), len(parts), answered, failed)
+        conn.send_commands(b"".join(parts), len(parts), answered, failed)
 
-    def _send_scripts(self, cmd: Any, records: dict[str, bytes], claims: list[_Pending]) -> None:
-        """A Redis Cluster (or a Redis before 7.0): one script call per hash slot."""
-        slot_of = self.slot_of or _one_slot
-        groups: dict[int, tuple[list[str], list[_Pending]]] = {}
+    def _answered_with_errors(
+        self, cmd: Any, records: dict[str, bytes], claims: list[_Pending], replies: list[Any]
+    ) -> None:
+        """``_send_commands``' replies when some are errors:
+
+        - claims refused as a syntax error (a Redis before 7.0: no ``SET NX
+          GET``) go again by script, and every later turn's too;
+        - a command redirected by a Redis Cluster (``MOVED``, ``ASK``,
+          ``TRYAGAIN``: a slot moved or moving) goes again by script, through
+          the cluster client's routing, which follows the redirect and learns
+          the new slot map;
+        - any other error answers its claim ``FIRST`` (as if degraded: the
+          node's own window applies) and is reported as trouble; the other
+          claims keep their answers.
+        """
+        record_replies, claim_replies = replies[: len(records)], replies[len(records) :]
+        again_records = {
+            key: reply
+            for (key, reply), answer in zip(records.items(), record_replies, strict=True)
+            if _redirected(answer)
+        }
+        if any(_NOT_UNDERSTOOD in str(r).lower() for r in claim_replies if _is_error(r)):
+            self.native = False
+            _log.info("redis has no SET NX GET: dedup claims use a script")
+            self._send_scripts(cmd, again_records, claims)
+            return
+        trouble = next((r for r in replies if _is_error(r) and not _redirected(r)), None)
+        if trouble is not None:
+            self.connections.trouble(cmd, Failure(trouble))
+        again_claims = []
+        for pending, answer in zip(claims, claim_replies, strict=True):
+            if _redirected(answer):
+                again_claims.append(pending)
+            else:
+                _answer(pending[1], pending[2], _claim_of(answer))
+        if again_records or again_claims:
+            self._send_scripts(cmd, again_records, again_claims, _each_key)
+
+    def _send_scripts(
+        self,
+        cmd: Any,
+        records: dict[str, bytes],
+        claims: list[_Pending],
+        group_of: Callable[[str], object] | None = None,
+    ) -> None:
+        """One script call per hash slot (a Redis before 7.0), or per
+        ``group_of(key)``: per key, for what a cluster redirected (a script
+        whose keys a slot being migrated holds only in part is refused with
+        ``TRYAGAIN``; one key is never split)."""
+        slot_of = group_of or self.slot_of or _one_slot
+        groups: dict[object, tuple[list[str], list[_Pending]]] = {}
         for key in records:
             groups.setdefault(slot_of(key), ([], []))[0].append(key)
         for pending in claims:
@@ -193,6 +267,19 @@ def _answer(decided: Decided, context: Any, claim: Claim) -> None:
 def _answer_all(claims: list[_Pending], claim: Claim) -> None:
     for _, decided, context in claims:
         _answer(decided, context, claim)
+
+
+def _is_error(reply: Any) -> bool:
+    return isinstance(reply, Exception)
+
+
+def _redirected(reply: Any) -> bool:
+    """A Redis Cluster's answer that the command belongs elsewhere (for now)."""
+    return isinstance(reply, Exception) and str(reply).startswith(_REDIRECTS)
+
+
+def _each_key(key: str) -> str:
+    return key
 
 
 def _one_slot(key: str) -> int:
