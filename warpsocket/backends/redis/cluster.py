@@ -110,6 +110,20 @@ class ClusterClient:
         address = self.slots.master_of(slot)
         return self.conns.get(address) if address is not None else None
 
+    def learn_redirect(self, message: str) -> None:
+        """A redirect that a command written straight to a master got (not
+        through ``_route``): counted, and a ``MOVED`` slot's new master
+        learned as ``_route`` learns it, so that the command sent again
+        goes there at once."""
+        redirect = parse_redirect(message)
+        if redirect is None:
+            return
+        kind, slot, target = redirect
+        self._owner.count(kind.lower())
+        if kind == "MOVED":
+            self.slots.move(slot, target)
+            self._owner.topology_changed()
+
     def shard_of(self, key: str) -> Address | None:
         return self.slots.master_of(key_slot(key))
 

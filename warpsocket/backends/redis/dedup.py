@@ -183,9 +183,10 @@ class Dedup:
         - claims refused as a syntax error (a Redis before 7.0: no ``SET NX
           GET``) go again by script, and every later turn's too;
         - a command redirected by a Redis Cluster (``MOVED``, ``ASK``,
-          ``TRYAGAIN``: a slot moved or moving) goes again by script, through
-          the cluster client's routing, which follows the redirect and learns
-          the new slot map;
+          ``TRYAGAIN``: a slot moved or moving) goes again by script, alone,
+          through the cluster client's routing, which follows the redirect;
+          a ``MOVED`` slot's new master is learned first, so that it goes
+          there at once (and the next turn's plain commands too);
         - any other error answers its claim ``FIRST`` (as if degraded: the
           node's own window applies) and is reported as trouble; the other
           claims keep their answers.
@@ -196,14 +197,21 @@ class Dedup:
             for (key, reply), answer in zip(records.items(), record_replies, strict=True)
             if _redirected(answer)
         }
-        if any(_NOT_UNDERSTOOD in str(r).lower() for r in claim_replies if _is_error(r)):
+        learn = getattr(cmd, "learn_redirect", None)  # (a cluster's client only)
+        for reply in replies:
+            if learn is not None and _redirected(reply):
+                learn(str(reply))
+        trouble = next(
+            (r for r in replies if _is_error(r) and not _redirected(r) and not _not_understood(r)),
+            None,
+        )
+        if trouble is not None:
+            self.connections.trouble(cmd, Failure(trouble))
+        if any(_not_understood(r) for r in claim_replies):
             self.native = False
             _log.info("redis has no SET NX GET: dedup claims use a script")
             self._send_scripts(cmd, again_records, claims)
             return
-        trouble = next((r for r in replies if _is_error(r) and not _redirected(r)), None)
-        if trouble is not None:
-            self.connections.trouble(cmd, Failure(trouble))
         again_claims = []
         for pending, answer in zip(claims, claim_replies, strict=True):
             if _redirected(answer):
@@ -271,6 +279,10 @@ def _answer_all(claims: list[_Pending], claim: Claim) -> None:
 
 def _is_error(reply: Any) -> bool:
     return isinstance(reply, Exception)
+
+
+def _not_understood(reply: Any) -> bool:
+    return isinstance(reply, Exception) and _NOT_UNDERSTOOD in str(reply).lower()
 
 
 def _redirected(reply: Any) -> bool:
