@@ -408,6 +408,36 @@ class ClusterDedupTests(QuietCase):
         self.assertIs(a.backend.connections.cmd, cmd)  # not dropped (READONLY would be)
 
     @async_test
+    async def test_a_master_lost_with_batches_in_flight_answers_every_claim(self) -> None:
+        """Batches wait on all three masters; one master dies. The cluster's
+        command connections go as one, so every claim of the turn is
+        answered as if Redis were away (first: the node's own window), none
+        is left waiting; with the master back, claims go to Redis again."""
+        cluster = self.start_redis()
+        a = await self.quiet_node()
+        ids = [f"w{n}" for n in range(12)]
+        owners = {cluster.owner(self.key(a, i)).port for i in ids}
+        self.assertEqual(len(owners), 3)
+        cluster.command("CLIENT", "PAUSE", "3000", "WRITE")
+        heard: list[Any] = []
+        for i in ids:
+            a.backend.claim_then("s:p", i, 0, lambda claim, i: heard.append((i, claim)), i)
+        await sleep(0.2)
+        self.assertEqual(heard, [])  # written, waiting on the paused masters
+        cluster.masters[0].kill()
+        await wait_until(lambda: len(heard) == len(ids), 5, "every claim answered")
+        self.assertEqual(sorted(i for i, _ in heard), sorted(ids))
+        self.assertTrue(all(claim.first and claim.reply is None for _, claim in heard))
+        cluster.masters[0].start()
+        cluster.command("CLIENT", "UNPAUSE")
+        cluster.wait_until_ok()
+        await self.healthy(a, timeout=30)
+        claimed = await a.backend.claim("s:p", "after", 0)
+        self.assertTrue(claimed.first)
+        again = await a.backend.claim("s:p", "after", 0)
+        self.assertEqual((again.first, again.reply), (False, None))  # held in Redis
+
+    @async_test
     async def test_a_slot_being_migrated_is_asked_of_its_new_master(self) -> None:
         """While a slot migrates, the old master answers ASK for a key it no
         longer holds: the claim goes to the new master (ASKING, then the
