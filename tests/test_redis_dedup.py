@@ -14,6 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 import txredisapi
+from twisted.internet.task import Clock
+from twisted.trial import unittest
 
 from tests.helpers.cluster import ClusterCase, Node
 from tests.redis_harness import RedisProcess
@@ -566,3 +568,123 @@ class SendCommandsTests(QuietCase):
         self.assertEqual(socket_buffered(cmd.transport), 0)  # handed to the kernel
         await wait_until(lambda: bool(heard), what="the reply")
         self.assertEqual(heard, [["PONG"]])
+
+
+class _Master:
+    """A master's command connection that answers what the test says."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.batches: list[tuple[bytes, int]] = []
+        self.answer: Any = None  # replies for the next batch: a list, or a function of it
+
+    def send_commands(self, commands: bytes, count: int, answered: Any, failed: Any) -> None:
+        self.batches.append((commands, count))
+        replies = self.answer(commands) if callable(self.answer) else self.answer
+        answered(replies if replies is not None else [None] * count)
+
+
+class _Cluster:
+    """The cluster client's surface that ``Dedup`` uses: masters by slot,
+    scripts (``eval``, answered "claimed" for every claim) and redirects learned."""
+
+    def __init__(self, masters: dict[int, _Master | None]) -> None:
+        self.masters = masters
+        self.scripts: list[tuple[list[str], list[Any]]] = []
+        self.learned: list[str] = []
+
+    def connection_at(self, slot: int) -> _Master | None:
+        return self.masters[slot]
+
+    def eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.scripts.append((keys, args))
+        return succeed([1] * (len(keys) - int(args[2])))
+
+    def learn_redirect(self, message: str) -> None:
+        self.learned.append(message)
+
+
+class _Link:
+    def __init__(self, cmd: _Cluster) -> None:
+        self.cmd = cmd
+        self.troubles: list[str] = []
+
+    def trouble(self, conn: Any, failure: Any) -> None:
+        self.conn_was_cmd = conn is self.cmd
+        self.troubles.append(failure.getErrorMessage())
+
+
+class DedupRoutingTests(unittest.TestCase):
+    """A Redis Cluster's plain path on stand-ins (no Redis): what goes where
+    when a master is unknown, when a master redirects, when it is too old."""
+
+    def dedup(self, masters: dict[int, _Master | None]) -> tuple[Any, _Link, Clock]:
+        from warpsocket.backends.redis.dedup import Dedup
+        from warpsocket.backends.redis.keys import Keys
+
+        link = _Link(_Cluster(masters))
+        clock = Clock()
+        # A key's slot: the digit after "m" in its message id.
+        dedup = Dedup(link, Keys("t:"), 60_000, clock, slot_of=lambda key: int(key[-2]))
+        return dedup, link, clock
+
+    def claims(self, dedup: Any, ids: list[str]) -> list[Any]:
+        heard: list[Any] = []
+        for message_id in ids:
+            dedup.claim_then("s:p", message_id, 0, lambda c, i: heard.append((i, c)), message_id)
+        return heard
+
+    def test_a_key_of_an_unknown_master_goes_by_script(self) -> None:
+        known = _Master("a")
+        dedup, link, clock = self.dedup({1: known, 2: None})
+        heard = self.claims(dedup, ["m1a", "m2a", "m1b"])
+        clock.advance(0)
+        self.assertEqual([count for _, count in known.batches], [2])
+        self.assertEqual([keys for keys, _ in link.cmd.scripts], [["t:dedup:s:p:m2a"]])
+        self.assertEqual(sorted(i for i, c in heard if c.first), ["m1a", "m1b", "m2a"])
+
+    def test_redirected_commands_go_again_alone_and_moved_is_learned(self) -> None:
+        master = _Master("a")
+        moved = txredisapi.ResponseError("MOVED 1 127.0.0.1:7001")
+        asked = txredisapi.ResponseError("ASK 1 127.0.0.1:7002")
+        # Records first: m1r (moved), then claims m1a (moved), m1b (asked), m1c (claimed).
+        master.answer = [moved, moved, asked, None]
+        dedup, link, clock = self.dedup({1: master})
+        dedup.record("s:p", "m1r", _reply("m1r"))
+        heard = self.claims(dedup, ["m1a", "m1b", "m1c"])
+        clock.advance(0)
+        self.assertEqual(len(link.cmd.learned), 3)  # each redirect, in order
+        self.assertEqual(link.cmd.learned[0], "MOVED 1 127.0.0.1:7001")
+        # Each key alone (never a script split over two masters), the record too.
+        self.assertEqual(
+            [keys for keys, _ in link.cmd.scripts],
+            [["t:dedup:s:p:m1r"], ["t:dedup:s:p:m1a"], ["t:dedup:s:p:m1b"]],
+        )
+        self.assertEqual([i for i, _ in heard], ["m1c", "m1a", "m1b"])
+        self.assertEqual(link.troubles, [])  # a redirect is no trouble
+
+    def test_a_cluster_too_old_for_set_nx_get_gets_scripts_per_slot(self) -> None:
+        old = _Master("a")
+        refused = txredisapi.ResponseError("ERR syntax error")
+        wrong = txredisapi.ResponseError("WRONGTYPE Operation against a key")
+        old.answer = [wrong, refused, refused, refused]  # a record, then three claims
+        dedup, link, clock = self.dedup({1: old, 2: old})
+        dedup.record("s:p", "m1r", _reply("m1r"))
+        heard = self.claims(dedup, ["m1a", "m2a", "m1b"])
+        clock.advance(0)
+        self.assertFalse(dedup.native)
+        # The claims again, one script per slot; the other error is reported.
+        self.assertEqual(
+            sorted(keys for keys, _ in link.cmd.scripts),
+            [["t:dedup:s:p:m1a", "t:dedup:s:p:m1b"], ["t:dedup:s:p:m2a"]],
+        )
+        self.assertEqual(link.troubles, ["WRONGTYPE Operation against a key"])
+        self.assertTrue(link.conn_was_cmd)
+        self.assertEqual(sorted(i for i, c in heard if c.first), ["m1a", "m1b", "m2a"])
+        # Later turns: scripts from the start.
+        self.claims(dedup, ["m2b"])
+        clock.advance(0)
+        self.assertEqual(len(old.batches), 1)
+        self.assertEqual(link.cmd.scripts[-1][0], ["t:dedup:s:p:m2b"])
