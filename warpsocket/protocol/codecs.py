@@ -193,21 +193,9 @@ _LEAVES = frozenset({str, float, bool, type(None)})
 _MIN_SAFE = -MAX_SAFE_INTEGER
 
 
-def _plain_members(value: dict[Any, Any] | list[Any]) -> bool:
-    """Every member a plain scalar, integers within +-(2^53-1), and (for an
-    object) every key a ``str``: one pass over the members."""
-    if type(value) is dict:
-        for key, member in value.items():
-            if type(key) is not str:
-                return False  # (the encoder would turn {1: "a"} into {"1":"a"})
-            leaf = type(member)
-            if leaf is int:
-                if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
-                    return False
-            elif leaf not in _LEAVES:
-                return False
-        return True
-    for member in value:
+def _plain_leaves(members: Iterable[Any]) -> bool:
+    """Every member a plain scalar, integers within +-(2^53-1)."""
+    for member in members:
         leaf = type(member)
         if leaf is int:
             if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
@@ -238,18 +226,20 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     """
     kind = type(value)
     if kind is dict:
+        if not _ONLY_STR.issuperset(map(type, value)):
+            return None  # (the encoder would turn {1: "a"} into {"1":"a"})
+        members: Any = value.values()
         objects = 1
     elif kind is list:
+        members = value
         objects = 0
     else:
         return None
-    if len(value) < limits.max_values and limits.max_depth > 2 and _plain_members(value):
+    if len(value) < limits.max_values and limits.max_depth > 2 and _plain_leaves(members):
         try:  # (NaN, infinities and lone surrogates are refused here)
             return CompactData(compact(value).encode("utf-8"))
         except Exception:
             return None
-    if objects and not _ONLY_STR.issuperset(map(type, value)):
-        return None  # (the encoder would turn {1: "a"} into {"1":"a"})
     try:
         payload = compact(value).encode("utf-8")
     except Exception:  # NaN, a lone surrogate, an object JSON cannot hold ...
