@@ -111,10 +111,10 @@ class ClusterClient:
         return self.conns.get(address) if address is not None else None
 
     def learn_redirect(self, message: str) -> None:
-        """A redirect that a command written straight to a master got (not
-        through ``_route``): counted, and a ``MOVED`` slot's new master
-        learned as ``_route`` learns it, so that the command sent again
-        goes there at once."""
+        """A redirect a command got: counted, and a ``MOVED`` slot's new
+        master learned (so that the command sent again, and every later one
+        of that slot, goes there at once). ``_route`` calls it, and so does
+        what writes commands straight to a master (dedup.py)."""
         redirect = parse_redirect(message)
         if redirect is None:
             return
@@ -159,11 +159,9 @@ class ClusterClient:
             redirect = parse_redirect(message)
             if redirect is None or redirects >= MAX_REDIRECTS:
                 return failure
-            kind, moved_slot, target = redirect
-            self._owner.count(kind.lower())
+            kind, _, target = redirect
+            self.learn_redirect(message)  # counted; a MOVED slot's new master learned
             if kind == "MOVED":
-                self.slots.move(moved_slot, target)
-                self._owner.topology_changed()
                 if target not in self.conns:
                     return failure
                 return self._route(key, call, redirects + 1, tries)

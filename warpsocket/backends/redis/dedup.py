@@ -128,24 +128,18 @@ class Dedup:
         """A Redis Cluster: the plain commands of each master in one write to
         it. A key whose master has no connection goes by script (``_route``
         reads the slot map again and fails it: answered as if degraded)."""
-        slot_of = self.slot_of or _one_slot
-        groups: dict[int, tuple[Any, dict[str, bytes], list[_Pending]]] = {}
-        unrouted: tuple[dict[str, bytes], list[_Pending]] = ({}, [])
+        slot_of = self.slot_of
+        assert slot_of is not None
+        # By master connection; None: the keys whose master has none.
+        groups: dict[Any, tuple[dict[str, bytes], list[_Pending]]] = {}
         for key, reply in records.items():
-            conn = cmd.connection_at(slot_of(key))
-            if conn is None:
-                unrouted[0][key] = reply
-            else:
-                groups.setdefault(id(conn), (conn, {}, []))[1][key] = reply
+            groups.setdefault(cmd.connection_at(slot_of(key)), ({}, []))[0][key] = reply
         for pending in claims:
-            conn = cmd.connection_at(slot_of(pending[0]))
-            if conn is None:
-                unrouted[1].append(pending)
-            else:
-                groups.setdefault(id(conn), (conn, {}, []))[2].append(pending)
-        for conn, recorded, claiming in groups.values():
+            groups.setdefault(cmd.connection_at(slot_of(pending[0])), ({}, []))[1].append(pending)
+        unrouted = groups.pop(None, None)
+        for conn, (recorded, claiming) in groups.items():
             self._send_commands(cmd, conn, recorded, claiming)
-        if unrouted[0] or unrouted[1]:
+        if unrouted is not None:
             self._send_scripts(cmd, *unrouted)
 
     def _send_commands(
@@ -198,8 +192,8 @@ class Dedup:
             if _redirected(answer)
         }
         learn = getattr(cmd, "learn_redirect", None)  # (a cluster's client only)
-        for reply in replies:
-            if learn is not None and _redirected(reply):
+        if learn is not None:
+            for reply in filter(_redirected, replies):
                 learn(str(reply))
         trouble = next(
             (r for r in replies if _is_error(r) and not _redirected(r) and not _not_understood(r)),
