@@ -1,4 +1,5 @@
-"""The start-up heap frozen out of the cyclic collector while a server runs (server/heap.py)."""
+"""The cyclic collector while a server runs (server/heap.py): the start-up heap
+frozen out of it, and the young generation's threshold of CPython 3.13."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import weakref
 from twisted.trial import unittest
 
 from tests.wsclient import ServerTestCase, async_test
-from warpsocket.server.heap import StartupHeap
+from warpsocket.server.heap import (
+    OLD_DEFAULT_THRESHOLDS,
+    YOUNG_THRESHOLD,
+    YOUNG_THRESHOLD_OF_3_13,
+    StartupHeap,
+    YoungThreshold,
+)
 from warpsocket.server.hub import Hub
 from warpsocket.server.service import WarpSocketService
 
@@ -105,6 +112,97 @@ class StartupHeapTests(unittest.TestCase):
         self.assertGreater(gc.get_freeze_count(), 0)
 
 
+def _old_defaults(case: unittest.TestCase) -> None:
+    """The thresholds of CPython 3.12 and before, whichever CPython runs the
+    tests (3.13's defaults would leave nothing to raise); put back after."""
+    case.addCleanup(gc.set_threshold, *gc.get_threshold())
+    gc.set_threshold(*OLD_DEFAULT_THRESHOLDS)
+
+
+class YoungThresholdTests(unittest.TestCase):
+    def setUp(self) -> None:
+        _old_defaults(self)
+        self.addCleanup(gc.enable)
+
+    def test_the_old_default_is_raised_while_held_and_put_back(self) -> None:
+        young = YoungThreshold()
+        young.hold()
+        self.assertEqual(gc.get_threshold(), (YOUNG_THRESHOLD_OF_3_13, 10, 10))
+        self.assertEqual(YOUNG_THRESHOLD_OF_3_13, 2000)
+        self.assertTrue(young.raised_by_us)
+        young.release()
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))
+        self.assertFalse(young.raised_by_us)
+
+    def test_nested_holders_share_one_change(self) -> None:
+        young = YoungThreshold()
+        young.hold()
+        young.hold(5000)  # the second holder's value is not applied over the first
+        self.assertEqual(gc.get_threshold(), (2000, 10, 10))
+        young.release()
+        self.assertEqual(gc.get_threshold(), (2000, 10, 10), "the other holder still runs")
+        young.release()
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))
+        young.release()  # one too many: nothing to do
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))
+
+    def test_thresholds_the_application_set_are_left_alone(self) -> None:
+        for theirs in ((500, 10, 10), (700, 20, 10), (50_000, 10, 10)):
+            gc.set_threshold(*theirs)
+            young = YoungThreshold()
+            young.hold()
+            self.assertEqual(gc.get_threshold(), theirs)
+            self.assertFalse(young.raised_by_us)
+            young.release()
+            self.assertEqual(gc.get_threshold(), theirs)
+
+    def test_a_change_the_application_makes_meanwhile_is_kept(self) -> None:
+        young = YoungThreshold()
+        young.hold()
+        gc.set_threshold(10_000, 10, 10)
+        young.release()
+        self.assertEqual(gc.get_threshold(), (10_000, 10, 10))
+
+    def test_a_disabled_collector_is_left_alone(self) -> None:
+        gc.disable()
+        young = YoungThreshold()
+        young.hold()
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))
+        young.release()
+        self.assertFalse(gc.isenabled())
+
+    def test_a_lower_value_is_never_applied(self) -> None:
+        young = YoungThreshold()
+        young.hold(100)
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))
+        young.release()
+
+    def test_the_young_generation_is_collected_less_often(self) -> None:
+        # What the change is for: 2,000 new containers make two young
+        # collections at the old threshold, none at the raised one.
+        def young_collections_for(count: int) -> int:
+            seen: list[int] = []
+
+            def track(phase: str, info: dict[str, int]) -> None:
+                if phase == "start":
+                    seen.append(info["generation"])
+
+            gc.collect()
+            gc.callbacks.append(track)
+            try:
+                kept = [[] for _ in range(count)]
+            finally:
+                gc.callbacks.remove(track)
+            del kept
+            return len(seen)
+
+        self.assertGreaterEqual(young_collections_for(1900), 2)
+        young = YoungThreshold()
+        young.hold()
+        self.addCleanup(young.release)
+        self.assertEqual(young_collections_for(1900), 0)
+
+
 class ServiceFreezeTests(ServerTestCase):
     def setUp(self) -> None:
         _require_thawed(self)
@@ -137,3 +235,29 @@ class ServiceFreezeTests(ServerTestCase):
         self.assertGreater(gc.get_freeze_count(), 0, "the first server still runs")
         await self.service.stopService()
         self.assertEqual(gc.get_freeze_count(), 0)
+
+
+class ServiceYoungThresholdTests(ServerTestCase):
+    def setUp(self) -> None:
+        # Per process: a server still running here would hold it already.
+        self.assertFalse(YOUNG_THRESHOLD.raised_by_us, "a server still holds the threshold")
+        _old_defaults(self)
+
+    @async_test
+    async def test_a_running_server_raises_the_young_threshold(self) -> None:
+        self.start_server()
+        self.assertEqual(gc.get_threshold(), (2000, 10, 10))
+        client = await self.connect()
+        self.assertIsNotNone(client.session)
+        other = WarpSocketService(Hub(), ["tcp:0:interface=127.0.0.1"])
+        other.startService()
+        await other.stopService()
+        self.assertEqual(gc.get_threshold(), (2000, 10, 10), "the first server still runs")
+        await self.service.stopService()
+        self.assertEqual(gc.get_threshold(), (700, 10, 10), "put back when the server stopped")
+
+    def test_none_leaves_the_thresholds_alone(self) -> None:
+        service = WarpSocketService(Hub(), ["tcp:0:interface=127.0.0.1"], young_gc_threshold=None)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))

@@ -38,9 +38,12 @@ class Node:
             security=security if security is not None else SecurityOptions(),
         )
         self.hub = Hub(hub_options, clock=reactor, backend=self.backend)
-        # A node here is not a process: ``kill`` cannot take a frozen heap
-        # (server/heap.py) with it, so these nodes leave the collector alone.
-        self.service = WarpSocketService(self.hub, ["tcp:0:interface=127.0.0.1"], freeze_heap=False)
+        # A node here is not a process: ``kill`` cannot take a frozen heap or
+        # a raised threshold (server/heap.py) with it, so these nodes leave
+        # the collector alone.
+        self.service = WarpSocketService(
+            self.hub, ["tcp:0:interface=127.0.0.1"], freeze_heap=False, young_gc_threshold=None
+        )
         self.service.startService()
         self.port = self.service.ports[0].getHost().port
 
