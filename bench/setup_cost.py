@@ -21,12 +21,20 @@ out is what both servers share: the system calls and Twisted's reactor.
 
 ``--hello url|frame`` says where WarpSocket's hello travels (protocol.md 4.5;
 the default is ``url``, as in ``run.py``).
+
+``--collector`` reports what the cyclic collector did during the same loop
+instead: its collections of each generation and their time per connection
+(``gc.callbacks``), and the net new container objects per connection, which
+set how often it runs (counted with the collector off: ``gc.get_count()``).
+The counts are the same from run to run; a WarpSocket server sets the
+collector up as a running ``WarpSocketService`` does (docs/deployment.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import os
 import re
@@ -51,9 +59,11 @@ def _upgrade(subprotocol: str | None, query: str = "") -> bytes:
     ).encode()
 
 
-def child(server: str, count: int, hello_in: str = "frame") -> None:
+def child(server: str, count: int, hello_in: str = "frame", collector: str = "") -> None:
     """Open ``count`` connections in this process; print the seconds it took.
-    ``hello_in``: where WarpSocket's hello travels, ``url`` or ``frame``."""
+    ``hello_in``: where WarpSocket's hello travels, ``url`` or ``frame``;
+    ``collector``: ``timed`` adds each generation's collections and their
+    seconds, ``counted`` the net new container objects (the collector off)."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
@@ -92,6 +102,22 @@ def child(server: str, count: int, hello_in: str = "frame") -> None:
     requests = [_upgrade(subprotocol, query) for _ in range(count)]
     addresses = [IPv4Address("TCP", "127.0.0.1", 10000 + i % 50000) for i in range(count)]
     kept = []
+    collections, collector_seconds = [0, 0, 0], [0.0, 0.0, 0.0]
+    began = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            collections[info["generation"]] += 1
+            collector_seconds[info["generation"]] += time.perf_counter() - began[0]
+
+    if collector == "timed":
+        gc.callbacks.append(timed)
+    elif collector == "counted":
+        gc.collect()
+        gc.disable()
+        containers = gc.get_count()[0]
     started = time.perf_counter()
     for i in range(count):
         transport = StringTransport(peerAddress=addresses[i], hostAddress=host)
@@ -102,10 +128,17 @@ def child(server: str, count: int, hello_in: str = "frame") -> None:
             protocol.dataReceived(hello)
         kept.append(transport)
     elapsed = time.perf_counter() - started
+    report: dict[str, Any] = {"seconds": elapsed}
+    if collector == "timed":
+        gc.callbacks.remove(timed)
+        report.update(collections=collections, collector_seconds=collector_seconds)
+    elif collector == "counted":
+        report["containers"] = gc.get_count()[0] - containers
+        gc.enable()
     last = kept[-1].value() if kept else b""
     if count and (b" 101 " not in last or (server == "warpsocket" and b"welcome" not in last)):
         raise SystemExit(f"{server}: the connection was not set up: {last[:200]!r}")
-    print(json.dumps({"seconds": elapsed}))
+    print(json.dumps(report))
 
 
 def instructions(server: str, count: int, hello: str) -> int:
@@ -133,20 +166,39 @@ def instructions(server: str, count: int, hello: str) -> int:
         return int(summary.group(1))
 
 
-def wall(server: str, count: int, hello: str) -> float:
+def measured(server: str, count: int, hello: str, collector: str = "") -> dict[str, Any]:
+    """One child process on core 0: its report."""
+    command = [str(PYTHON), __file__, "--child", server, str(count), hello]
     done = subprocess.run(
-        ["taskset", "-c", "0", str(PYTHON), __file__, "--child", server, str(count), hello],
+        ["taskset", "-c", "0", *command, *([collector] if collector else [])],
         check=True,
         capture_output=True,
         text=True,
     )
-    seconds: float = json.loads(done.stdout)["seconds"]
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def wall(server: str, count: int, hello: str) -> float:
+    seconds: float = measured(server, count, hello)["seconds"]
     return seconds
 
 
+def collector_report(server: str, count: int, hello: str) -> None:
+    timed = measured(server, count, hello, "timed")
+    counted = measured(server, count, hello, "counted")
+    per = [1e6 * s / count for s in timed["collector_seconds"]]
+    print(
+        f"{server:11} collections {'/'.join(map(str, timed['collections']))} "
+        f"(generations 0/1/2), collector {sum(per):5.1f} us per connection "
+        f"({' + '.join(f'{p:.1f}' for p in per)}), "
+        f"{counted['containers'] / count:5.1f} net new containers per connection"
+    )
+
+
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], *sys.argv[5:])
         return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -154,11 +206,17 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--servers", default="warpsocket,autobahn")
     parser.add_argument("--wall", action="store_true", help="time the loop, no valgrind")
+    parser.add_argument(
+        "--collector", action="store_true", help="the cyclic collector's work, no valgrind"
+    )
     parser.add_argument("--hello", choices=("url", "frame"), default="url")
     args = parser.parse_args()
     n = args.connections
     costs: dict[str, float] = {}
     for server in args.servers.split(","):
+        if args.collector:
+            collector_report(server, n, args.hello)
+            continue
         if args.wall:
             costs[server] = wall(server, n, args.hello) * 1e6 / n
             print(f"{server:11} {costs[server]:8.1f} us per connection (wall, in process)")
