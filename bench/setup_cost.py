@@ -10,7 +10,9 @@ does over real sockets: for WarpSocket through the site a running
 ``welcome``; the start-up heap frozen, as a running service does), for raw
 Autobahn its upgrade alone, as ``servers/autobahn_server.py`` serves it (the process
 imports no WarpSocket, so Autobahn runs as shipped). The cyclic collector runs
-with the interpreter's settings, so its share is counted as it falls.
+as each server sets it (a running ``WarpSocketService`` raises the young
+threshold to 2,000 on CPython 3.12 and before: docs/deployment.md; Autobahn
+keeps the interpreter's), so its share is counted as it falls.
 
 Run under valgrind's callgrind twice per server, once opening no connection
 (the start-up) and once opening them all: the difference over the count is
@@ -205,13 +207,16 @@ def main() -> int:
     )
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--servers", default="warpsocket,autobahn")
-    parser.add_argument("--wall", action="store_true", help="time the loop, no valgrind")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--wall", action="store_true", help="time the loop, no valgrind")
+    mode.add_argument(
         "--collector", action="store_true", help="the cyclic collector's work, no valgrind"
     )
     parser.add_argument("--hello", choices=("url", "frame"), default="url")
     args = parser.parse_args()
     n = args.connections
+    if n < 1:
+        parser.error("--connections must be at least 1")
     costs: dict[str, float] = {}
     for server in args.servers.split(","):
         if args.collector:

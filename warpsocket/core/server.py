@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from heapq import heapify, heappop, heappush
-from types import MappingProxyType
 from typing import Any
 
 from warpsocket.core.dedup import DedupKey, DedupLimits, DedupWindow
@@ -239,13 +238,6 @@ class QueueFullError(Exception):
 
 # What a connection that asked for no extension was granted (one shared set).
 _NO_EXTENSIONS: frozenset[str] = frozenset()
-# Claims are replaced, never changed in place: connections and sessions without
-# any (most) share this one instead of an empty dict each.
-_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
-
-
-def _own_claims(claims: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return dict(claims) if claims else _NO_CLAIMS
 
 
 @dataclass(slots=True)
@@ -304,7 +296,7 @@ class Connection:
     last_rx_ms: int
     last_app_ms: int
     user: str | None = None
-    claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS)
+    claims: Mapping[str, Any] = field(default_factory=dict)
     session: Session | None = None
     # The streams it reads here (``members``): a tuple of strings, which the
     # collector stops tracking; a set it would visit at every full collection.
@@ -394,7 +386,7 @@ class ServerCore:
     ) -> None:
         """A WebSocket handshake completed; ``hello`` is expected next."""
         self.connections[conn_id] = Connection(
-            conn_id, now_ms, now_ms, now_ms, user, _own_claims(claims)
+            conn_id, now_ms, now_ms, now_ms, user, dict(claims or {})
         )
         self._awaiting_hello.add(conn_id)
         self._schedule(now_ms + self.options.handshake_timeout_ms, conn_id, _HELLO)
@@ -635,9 +627,7 @@ class ServerCore:
     ) -> tuple[Session, str]:
         """A new session and its resume token (only its hash is kept)."""
         token = self.new_resume_token()
-        session = Session(
-            self.new_session_id(), user, _own_claims(claims), hash_resume_token(token)
-        )
+        session = Session(self.new_session_id(), user, dict(claims), hash_resume_token(token))
         self.sessions[session.id] = session
         if user is not None:
             self.user_sessions.setdefault(user, set()).add(session.id)
@@ -966,7 +956,7 @@ class ServerCore:
         if conn is None:
             return False
         conn.user = user
-        conn.claims = _own_claims(claims)
+        conn.claims = dict(claims)
         return True
 
     def set_claims(self, session_id: str, user: str | None, claims: Mapping[str, Any]) -> bool:
@@ -975,7 +965,7 @@ class ServerCore:
         session = self.sessions.get(session_id)
         if session is None or session.user != user:
             return False
-        session.claims = _own_claims(claims)
+        session.claims = dict(claims)
         return True
 
     def adopt_session(
@@ -996,7 +986,7 @@ class ServerCore:
         if existing is not None:
             return existing
         kept = {key: (start.offset, start.epoch) for key, start in starts.items()}
-        session = Session(session_id, user, _own_claims(claims), resume_hash, kept)
+        session = Session(session_id, user, dict(claims), resume_hash, kept)
         self.sessions[session_id] = session
         if user is not None:
             self.user_sessions.setdefault(user, set()).add(session_id)

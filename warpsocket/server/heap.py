@@ -27,14 +27,18 @@ itself), and a heap frozen by someone else before (kept frozen when we stop).
 **The young generation's threshold.** A collection of the young generation
 runs every 700 net new container objects on CPython 3.12 and before, every
 2,000 from 3.13 on (``gc.get_threshold()``: ``(700, 10, 10)`` against
-``(2000, 10, 10)``). Each tenth young collection collects the middle
-generation too, and each eleventh of those the whole heap: so on 3.12 a
-server filling with connections makes 2.9 times as many full collections,
-each visiting every connection open so far. While a server runs on an
-interpreter that still has the old defaults, the first threshold is raised
-to 3.13's, and put back when the last server that raised it stops (unless
-someone changed the thresholds meanwhile). Cyclic garbage waits for 2,000
-allocations instead of 700 before a young collection finds it.
+``(2000, 10, 10)``). About every eleventh collection takes the middle
+generation along, and about every eleventh of those the whole heap, as
+long as what survived grew by a quarter since the last full one. A
+connection makes about 43 new containers (its records, meters, deadlines,
+Autobahn's own), so at 700 a server filling with 10,000 connections makes
+4 full collections where 2,000 makes 1, each visiting every connection open
+so far (at 100,000 connections the quarter rule paces them more than the
+count does: 14 against 10). While a server runs on an interpreter that
+still has the old defaults, the first threshold is raised to 3.13's, and
+put back when the last server that raised it stops (unless someone changed
+the thresholds meanwhile). Cyclic garbage waits for 2,000 allocations
+instead of 700 before a young collection finds it.
 
 Left alone: a disabled collector, thresholds the application set itself
 (anything but the old defaults), and CPython 3.13 and later, whose defaults
@@ -44,6 +48,7 @@ are already these (3.14's incremental collector reads them differently).
 from __future__ import annotations
 
 import gc
+import sys
 
 
 class StartupHeap:
@@ -82,9 +87,13 @@ YOUNG_THRESHOLD_OF_3_13 = 2000
 
 class YoungThreshold:
     """``hold`` when a server starts, ``release`` when it stops; nested servers
-    share one change, made by the first and undone after the last."""
+    share one change, made by the first and undone after the last.
+    ``applies``: whether this interpreter is one to change (CPython 3.12 and
+    before: 3.13 has these thresholds already, and 3.14's incremental
+    collector reads them differently)."""
 
-    def __init__(self) -> None:
+    def __init__(self, applies: bool = sys.version_info < (3, 13)) -> None:
+        self._applies = applies
         self._holders = 0
         # (what was there, what we set) while our change is in force.
         self._change: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
@@ -94,8 +103,9 @@ class YoungThreshold:
         return self._change is not None
 
     def hold(self, young: int = YOUNG_THRESHOLD_OF_3_13) -> None:
+        check_young_threshold(young)
         self._holders += 1
-        if self._holders > 1 or not gc.isenabled():
+        if self._holders > 1 or not self._applies or not gc.isenabled():
             return
         before = gc.get_threshold()
         if before != OLD_DEFAULT_THRESHOLDS or young <= before[0]:
@@ -114,6 +124,12 @@ class YoungThreshold:
                 gc.set_threshold(*before)
 
 
+def check_young_threshold(young: int) -> None:
+    """A young threshold must be a positive whole number of objects."""
+    if isinstance(young, bool) or not isinstance(young, int) or young < 1:
+        raise ValueError(f"a young collection threshold is a positive int, not {young!r}")
+
+
 # One each per process, as the collector is.
 STARTUP_HEAP = StartupHeap()
 YOUNG_THRESHOLD = YoungThreshold()
@@ -125,4 +141,5 @@ __all__ = [
     "YOUNG_THRESHOLD_OF_3_13",
     "StartupHeap",
     "YoungThreshold",
+    "check_young_threshold",
 ]

@@ -16,7 +16,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from warpsocket.protocol.codes import ErrorCode
-from warpsocket.server.heap import STARTUP_HEAP, YOUNG_THRESHOLD, YOUNG_THRESHOLD_OF_3_13
+from warpsocket.server.heap import (
+    STARTUP_HEAP,
+    YOUNG_THRESHOLD,
+    YOUNG_THRESHOLD_OF_3_13,
+    check_young_threshold,
+)
 from warpsocket.server.hub import Hub
 from warpsocket.server.tls_reload import ReloadableTLS, reloadable_endpoint
 from warpsocket.server.web import build_site
@@ -58,6 +63,8 @@ class WarpSocketService(MultiService):
         self.hub = hub
         self.freeze_heap = freeze_heap
         self._holds_heap = False
+        if young_gc_threshold is not None:
+            check_young_threshold(young_gc_threshold)
         self.young_gc_threshold = young_gc_threshold
         self._holds_threshold = False
         self.reactor = reactor if reactor is not None else hub.reactor
@@ -105,9 +112,17 @@ class WarpSocketService(MultiService):
             self._holds_threshold = True
 
     def stopService(self) -> Deferred[None]:
-        if self._stopping is None:
-            self._stopping = ensureDeferred(self._drain())
-        return self._stopping
+        if self._stopping is not None:
+            return self._stopping
+        stopping = self._stopping = ensureDeferred(self._drain())
+
+        def failed(failure: Failure) -> Failure:
+            # Not stopped (the ports may still listen): a later call tries again.
+            self._stopping = None
+            return failure
+
+        stopping.addErrback(failed)
+        return stopping
 
     async def _drain(self) -> None:
         hub = self.hub
