@@ -90,9 +90,11 @@ class YoungThreshold:
     share one change, made by the first and undone after the last.
     ``applies``: whether this interpreter is one to change (CPython 3.12 and
     before: 3.13 has these thresholds already, and 3.14's incremental
-    collector reads them differently)."""
+    collector reads them differently; other Pythons have other collectors)."""
 
-    def __init__(self, applies: bool = sys.version_info < (3, 13)) -> None:
+    def __init__(
+        self, applies: bool = sys.implementation.name == "cpython" and sys.version_info < (3, 13)
+    ) -> None:
         self._applies = applies
         self._holders = 0
         # (what was there, what we set) while our change is in force.
