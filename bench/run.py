@@ -631,12 +631,16 @@ def run_case(
     profile_to: Path | None = None,
     loadgen_extra: tuple[str, ...] = (),
     wrapper: tuple[str, ...] = (),
+    redis: bool = True,
 ) -> dict[str, Any]:
     """One case: fresh server process(es), the load generator, the result. The
     cluster fan-out starts a private redis-server and two nodes (A and B) of
     the server on core 0; the control client talks to node A. ``loadgen_extra``:
     more options for the load generator (bench/latency.py's ``--samples``);
-    ``wrapper``: what one server runs under (``start_server``; not the cluster's)."""
+    ``wrapper``: what one server runs under (``start_server``; not the cluster's).
+    ``redis=False`` starts a cluster scenario's two nodes without Redis: two
+    independent nodes in memory, the clients spread over them as before
+    (bench/neighbour.py: what two processes on one core cost without it)."""
     suffix = "" if mode == "ack" else f"-{mode}"
     stem = f"{server}{suffix}-{scenario}{'-profiled' if profile_to else ''}"
     # (name, process, log): every process that must live until the end of the case.
@@ -697,8 +701,11 @@ def run_case(
             # hides where the nodes' own time goes (docs/performance.md,
             # "Fourth round: the clustered hot path").
             redis_core = LOADGEN_CORE if profile_to is not None else SERVER_CORE
-            redis = start_redis(redis_port, redis_log, redis_core)
-            started.append(("redis-server", redis, redis_log))
+            if redis:
+                started.append(
+                    ("redis-server", start_redis(redis_port, redis_log, redis_core), redis_log)
+                )
+            node_args = ("--redis", f"127.0.0.1:{redis_port}") if redis else ()
             node_ports = []
             for node in ("a", "b"):
                 port = ports.take()
@@ -708,7 +715,7 @@ def run_case(
                     scenario,
                     port,
                     node_log,
-                    ("--redis", f"127.0.0.1:{redis_port}", "--node", f"bench-{node}"),
+                    (*node_args, "--node", f"bench-{node}"),
                     name=f"{server} node {node.upper()}",
                 )
                 started.append((f"{server} node {node.upper()}", process, node_log))
@@ -717,18 +724,19 @@ def run_case(
                     targets.append(
                         (process.pid, profile_to.with_name(f"{profile_to.stem}-node-{node}.txt"))
                     )
+            nodes = started[-2:]
             pids = [
                 "--port",
                 str(node_ports[0]),
                 "--port2",
                 str(node_ports[1]),
                 "--server-pid",
-                str(started[1][1].pid),
+                str(nodes[0][1].pid),
                 "--server-pid2",
-                str(started[2][1].pid),
-                "--redis-pid",
-                str(started[0][1].pid),
+                str(nodes[1][1].pid),
             ]
+            if redis:
+                pids += ["--redis-pid", str(started[0][1].pid)]
         else:
             port = ports.take()
             log_path = logs / f"{stem}.log"
