@@ -23,8 +23,9 @@ Reported per case (the median of the rounds): the rate, the nodes' CPU per
 round trip (both nodes' where there are two), its ratio to the node alone,
 a neighbour's share of the core and wake-ups per second, and each server
 process's context switches per second (voluntary: it slept; involuntary:
-it was preempted), read from /proc over the case. Writes
-``OUT/neighbour.json``.
+it was preempted), read from /proc at the load generator's gates (the
+measured phase only). This script runs on the load generator's core.
+Writes ``OUT/neighbour.json``.
 
 Run as ``--neighbour MODE`` it is the neighbour.
 """
@@ -38,7 +39,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run
-
-SERVER_COMMANDS = ("warpsocket_server.py", "redis-server")
 
 
 def be_neighbour(mode: str, interval_ms: float) -> None:
@@ -89,60 +87,49 @@ def process_counters(pid: int) -> tuple[float, int, int] | None:
     return cpu, voluntary, involuntary
 
 
-class SwitchWatch(threading.Thread):
-    """Polls the benchmark's server processes (nodes and redis-servers) for
-    their context switches while a case runs: the first and last reading of
-    each, and when they were taken."""
+class Window:
+    """``/proc`` readings of a case's processes at the load generator's two
+    gates: the measured phase only (not start-up, handshakes or warm-up)."""
 
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.stopping = threading.Event()
-        self.first: dict[int, tuple[float, str, int, int]] = {}
-        self.last: dict[int, tuple[float, str, int, int]] = {}
+    def __init__(self, neighbour: subprocess.Popen[bytes] | None) -> None:
+        self.neighbour = neighbour
+        # word -> (time, {label: (CPU seconds, voluntary, involuntary)})
+        self.readings: dict[str, tuple[float, dict[str, tuple[float, int, int]]]] = {}
 
-    def run(self) -> None:
-        while not self.stopping.wait(0.2):
-            now = time.monotonic()
-            for name in os.listdir("/proc"):
-                if not name.isdigit():
-                    continue
-                pid = int(name)
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                        command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                role = server_role(command)
-                counters = process_counters(pid) if role else None
-                if role is None or counters is None:
-                    continue
-                reading = (now, role, counters[1], counters[2])
-                self.first.setdefault(pid, reading)
-                self.last[pid] = reading
+    def __call__(self, word: str, processes: list[tuple[str, int]]) -> None:
+        counters: dict[str, tuple[float, int, int]] = {}
+        for name, pid in processes:
+            reading = process_counters(pid)
+            if reading is not None:
+                counters[name] = reading
+        if self.neighbour is not None:
+            reading = process_counters(self.neighbour.pid)
+            if reading is not None:
+                counters["neighbour"] = reading
+        self.readings[word] = (time.monotonic(), counters)
 
-    def rates(self) -> dict[str, dict[str, float]]:
-        """Per process role: voluntary and involuntary switches per second."""
-        out: dict[str, dict[str, float]] = {}
-        for pid, (start, role, voluntary, involuntary) in self.first.items():
-            end, _, voluntary_end, involuntary_end = self.last[pid]
-            if end - start < 1.0:
-                continue
-            out[role] = {
-                "voluntary_per_s": (voluntary_end - voluntary) / (end - start),
-                "involuntary_per_s": (involuntary_end - involuntary) / (end - start),
-            }
-        return out
+    def rates(self) -> tuple[float, dict[str, tuple[float, float, float]]]:
+        """The phase's length, and per process: (share of a core, voluntary
+        and involuntary context switches per second)."""
+        (start, first), (end, last) = self.readings["GATE"], self.readings["DONE"]
+        seconds = end - start
+        out = {}
+        for name, (cpu, voluntary, involuntary) in first.items():
+            if name in last:
+                cpu_end, voluntary_end, involuntary_end = last[name]
+                out[name] = (
+                    (cpu_end - cpu) / seconds,
+                    (voluntary_end - voluntary) / seconds,
+                    (involuntary_end - involuntary) / seconds,
+                )
+        return seconds, out
 
 
-def server_role(command: str) -> str | None:
-    if "redis-server" in command:
+def role(name: str) -> str:
+    """run.py's process name as this report shows it."""
+    if name == "redis-server":
         return "redis"
-    if "warpsocket_server.py" not in command:
-        return None
-    for node in ("bench-a", "bench-b"):
-        if node in command:
-            return f"node {node[-1].upper()}"
-    return "node"
+    return f"node {name[-1]}" if " node " in name else "node"
 
 
 # (label, run.py scenario, neighbour, with Redis)
@@ -157,32 +144,31 @@ FIXED_CASES: list[Case] = [
 def run_case(
     scenario: str, neighbour: str, redis: bool, interval_ms: float, setting: dict[str, Any]
 ) -> dict[str, Any]:
-    watch = SwitchWatch()
-    watch.start()
     helper = start_neighbour(neighbour, interval_ms)
-    born = time.monotonic()
-    before = process_counters(helper.pid) if helper else None
+    window = Window(helper)
     try:
         time.sleep(0.3 if helper else 0)  # (it is running before the server starts)
-        result = run.run_case("warpsocket", scenario, redis=redis, **setting)
+        result = run.run_case("warpsocket", scenario, redis=redis, on_gate=window, **setting)
     finally:
-        after = process_counters(helper.pid) if helper else None
-        lived = time.monotonic() - born
         if helper is not None:
             helper.kill()
             helper.wait()
-        watch.stopping.set()
-        watch.join()
+    _, rates = window.rates()
     row: dict[str, Any] = {
         "rate": result["round_trips_per_s"],
         "cpu_us_per_op": run.cpu_cost(scenario, result),
-        "switches": watch.rates(),
+        "switches": {
+            role(name): {"voluntary_per_s": v, "involuntary_per_s": i}
+            for name, (_, v, i) in rates.items()
+            if name != "neighbour"
+        },
     }
     if redis:
         row["redis_cpu_us_per_op"] = run.cpu_cost(scenario, result, "redis_cpu_seconds")
-    if before is not None and after is not None:
-        row["neighbour_core_share"] = (after[0] - before[0]) / lived
-        row["neighbour_wakes_per_s"] = (after[1] - before[1]) / lived
+    if "neighbour" in rates:
+        share, wakes, _ = rates["neighbour"]
+        row["neighbour_core_share"] = share
+        row["neighbour_wakes_per_s"] = wakes
     return row
 
 
@@ -211,6 +197,7 @@ def main() -> int:
         ):
             raise SystemExit(f"--neighbours: unknown {mode!r} (spin or wake:KIB)")
 
+    os.sched_setaffinity(0, {int(run.LOADGEN_CORE)})  # (off the servers' core)
     run.ensure_venv()
     run.ensure_node_modules()
     params = dict(run.FULL)

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -632,6 +632,7 @@ def run_case(
     loadgen_extra: tuple[str, ...] = (),
     wrapper: tuple[str, ...] = (),
     redis: bool = True,
+    on_gate: Callable[[str, list[tuple[str, int]]], None] | None = None,
 ) -> dict[str, Any]:
     """One case: fresh server process(es), the load generator, the result. The
     cluster fan-out starts a private redis-server and two nodes (A and B) of
@@ -640,8 +641,18 @@ def run_case(
     ``wrapper``: what one server runs under (``start_server``; not the cluster's).
     ``redis=False`` starts a cluster scenario's two nodes without Redis: two
     independent nodes in memory, the clients spread over them as before
-    (bench/neighbour.py: what two processes on one core cost without it)."""
+    (bench/neighbour.py: what two processes on one core cost without it);
+    refused for the other cluster scenarios, whose nodes must hear each
+    other (the clients of rtt-cluster each talk to their own node only),
+    and no matter for the single-server ones.
+    ``on_gate(word, processes)``: called when the load generator starts
+    ("GATE") and ends ("DONE") its measured phase, with the (name, pid) of
+    every server process of the case."""
+    if not redis and scenario in CLUSTER_SCENARIOS and scenario != "rtt-cluster":
+        raise ValueError(f"{scenario}: its nodes need Redis")
     suffix = "" if mode == "ack" else f"-{mode}"
+    if not redis and scenario in CLUSTER_SCENARIOS:
+        suffix += "-noredis"
     stem = f"{server}{suffix}-{scenario}{'-profiled' if profile_to else ''}"
     # (name, process, log): every process that must live until the end of the case.
     started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
@@ -680,6 +691,12 @@ def run_case(
                 )
             )
         time.sleep(1.5)  # py-spy attaches
+
+    def gate(word: str) -> None:
+        if profile_to is not None:
+            profiler(word)
+        if on_gate is not None:
+            on_gate(word, [(name, process.pid) for name, process, _ in started])
 
     def stop_profilers() -> None:
         while spies:
@@ -751,7 +768,7 @@ def run_case(
             nofile,
             timeout=600,
             log_path=log_path,
-            on_gate=profiler if profile_to is not None else None,
+            on_gate=gate if profile_to is not None or on_gate is not None else None,
             watch=started,
         )
         result["scenario"] = scenario

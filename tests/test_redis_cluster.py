@@ -143,6 +143,45 @@ def _ids(reply: bytes) -> list[bytes]:
     return [line for line in reply.split(b"\r\n") if line and line[:1] not in b"*$:"]
 
 
+class DiscoveryStopTests(unittest.TestCase):
+    """``ClusterConnections.stop`` during a slot map read: the seeds not yet
+    tried are not tried any more (a stopped backend opened the next seed as
+    the cancelled attempt failed over to it, and left it connecting)."""
+
+    def test_stop_while_reading_the_slot_map_opens_nothing_more(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from warpsocket.backends.redis import cluster as cluster_module
+
+        attempts: list[Deferred[Any]] = []
+
+        def open_connection(reactor: Any, timeout: float, factory: Any) -> Deferred[Any]:
+            attempt: Deferred[Any] = Deferred()  # never connects by itself
+            attempts.append(attempt)
+            return attempt
+
+        self.patch(cluster_module, "open_connection", open_connection)
+        options = RedisOptions(url=None, cluster=("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"))
+        connections = cluster_module.ClusterConnections(
+            options,
+            Clock(),
+            later=lambda *args: None,
+            stats={},
+            log=Logger(),
+            on_message=lambda channel, message: None,
+            on_connected=lambda kind, conn: None,
+            on_lost=lambda kind, lost: None,
+        )
+        connections.start()
+        self.assertEqual(len(attempts), 2)  # the first seed, for cmd and for sub
+        connections.stop()
+        self.assertEqual(len(attempts), 2)  # no later seed tried
+        self.assertTrue(all(attempt.called for attempt in attempts))  # all cancelled
+        self.flushLoggedErrors()
+
+
 class RedisClusterTests(ClusterCase):
     redis_cluster = True
 

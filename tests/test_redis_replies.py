@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import txredisapi
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -101,3 +102,52 @@ class PipelinedReplyTests(SynchronousTestCase):
         self.command.dataReceived(b"+OK\r\n")
         self.assertEqual(taken, [b"OK"])  # txredisapi's own conversion ran
         self.assertEqual(self.heard, [[b"OK"]])
+
+    def test_a_batch_answered_cancels_its_reply_timer(self) -> None:
+        clock = Clock()
+        self.command.callLater = clock.callLater
+        self.command.replyTimeout = 5
+        self.send(1)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.command.dataReceived(b"+OK\r\n")
+        self.assertEqual(self.heard, [["OK"]])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(10)
+        self.assertFalse(self.transport.disconnecting)  # not timed out afterwards
+
+    def test_a_connection_that_converts_numbers_is_left_to_txredisapi(self) -> None:
+        self.command.convertNumbers = True
+        self.send(2)
+        self.command.dataReceived(b"$2\r\n42\r\n$3\r\n1.5\r\n")
+        self.assertEqual(self.heard, [[42, 1.5]])  # txredisapi's conversion
+
+    def test_without_a_charset_text_stays_bytes(self) -> None:
+        self.command.charset = None
+        self.send(2)
+        self.command.dataReceived(b"$5\r\nhello\r\n+OK\r\n")
+        self.assertEqual(self.heard, [[b"hello", b"OK"]])
+
+    def test_a_command_sent_by_a_listener_mid_read_waits_its_turn(self) -> None:
+        """As the dedup's error path does (a script call from inside ``answered``):
+        the rest of the read still goes to the batches sent before it."""
+        got: list[Any] = []
+
+        def resend(replies: list[Any]) -> None:
+            self.heard.append(replies)
+            self.command.get("x").addCallback(got.append)
+
+        self.command.send_commands(PING, 1, resend, self.failed.append)
+        self.send(1)
+        self.command.dataReceived(b"+A\r\n+B\r\n")
+        self.assertEqual(self.heard, [["A"], ["B"]])
+        self.assertEqual(got, [])
+        self.command.dataReceived(b"$1\r\nv\r\n")
+        self.assertEqual(got, ["v"])
+        self.assertEqual(self.failed, [])
+
+    def test_a_protocol_error_mid_batch_raises_with_the_batch_unanswered(self) -> None:
+        self.send(2)
+        with self.assertRaises(txredisapi.InvalidData):
+            self.command.dataReceived(b"+OK\r\n!not a reply\r\n")
+        self.assertEqual(self.heard, [])
+        self.assertEqual(self.batch.depth, 0)  # the write batch closed all the same

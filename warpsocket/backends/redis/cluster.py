@@ -346,6 +346,10 @@ class ClusterConnections:
         errors: list[str] = []
 
         def attempt(index: int) -> None:
+            if not self.running:
+                # Stopped (``stop`` cancelled the attempt before): no next seed.
+                result.errback(ConnectionError("redis backend stopped"))
+                return
             if index >= len(candidates):
                 result.errback(ConnectionError("; ".join(errors) or "no cluster node answered"))
                 return
