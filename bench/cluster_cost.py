@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from warpsocket.server.protocol import WarpSocketServerFactory
 
 
 class CountingTransport(StringTransport):
-    """Counts writes; fires ``waiting`` once ``expected`` more have come."""
+    """A ``StringTransport`` that tells ``counter`` of each write."""
 
     def __init__(self, counter: Counter) -> None:
         super().__init__()
@@ -72,12 +71,6 @@ class Counter:
         if self.waiting is not None and self.writes >= self.goal:
             waiting, self.waiting = self.waiting, None
             waiting.callback(None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def make_hub(redis_port: int | None) -> Hub:
@@ -163,7 +156,7 @@ class Case:
 
 
 async def main(args: argparse.Namespace) -> None:
-    redis_port = free_port()
+    redis_port = run.Ports(27500).take()
     with tempfile.TemporaryDirectory() as scratch:
         redis = run.start_redis(redis_port, Path(scratch) / "redis.log", run.LOADGEN_CORE)
         try:

@@ -108,9 +108,9 @@ class Window:
                 counters["neighbour"] = reading
         self.readings[word] = (time.monotonic(), counters)
 
-    def rates(self) -> tuple[float, dict[str, tuple[float, float, float]]]:
-        """The phase's length, and per process: (share of a core, voluntary
-        and involuntary context switches per second)."""
+    def rates(self) -> dict[str, tuple[float, float, float]]:
+        """Per process: (share of a core, voluntary and involuntary context
+        switches per second) over the measured phase."""
         (start, first), (end, last) = self.readings["GATE"], self.readings["DONE"]
         seconds = end - start
         out = {}
@@ -122,7 +122,7 @@ class Window:
                     (voluntary_end - voluntary) / seconds,
                     (involuntary_end - involuntary) / seconds,
                 )
-        return seconds, out
+        return out
 
 
 def role(name: str) -> str:
@@ -153,7 +153,7 @@ def run_case(
         if helper is not None:
             helper.kill()
             helper.wait()
-    _, rates = window.rates()
+    rates = window.rates()
     row: dict[str, Any] = {
         "rate": result["round_trips_per_s"],
         "cpu_us_per_op": run.cpu_cost(scenario, result),

@@ -238,10 +238,7 @@ class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
                 elif type(reply) is list:
                     reply = self.tryConvertData(reply)
                 replies.append(reply)
-            expected.popleft()
-            if head.timer is not None and head.timer.active():
-                head.timer.cancel()
-            _tell(head.answered, replies)
+            self._finish(head)
 
     def replyReceived(self, reply: Any) -> None:
         expected = self._expected
@@ -253,10 +250,14 @@ class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
             return
         head.replies.append(reply)
         if len(head.replies) == head.count:
-            expected.popleft()
-            if head.timer is not None and head.timer.active():
-                head.timer.cancel()
-            _tell(head.answered, head.replies)
+            self._finish(head)
+
+    def _finish(self, head: Pipelined) -> None:
+        """Every reply of the batch at the head of the line is in: answer it."""
+        self._expected.popleft()
+        if head.timer is not None and head.timer.active():
+            head.timer.cancel()
+        _tell(head.answered, head.replies)
 
     def connectionLost(self, why: Any) -> None:
         expected, self._expected = self._expected, deque()
