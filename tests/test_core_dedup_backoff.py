@@ -56,8 +56,9 @@ class KeptReplyTests(unittest.SynchronousTestCase):
             window.begin(key, T0)
             window.settle(key, reply)
         gc.collect()
-        for key, entry in window._records.items():
-            tracked[key[1]] = gc.is_tracked(entry)
+        for shard in window._shards:
+            for key, entry in shard.items():
+                tracked[key[1]] = gc.is_tracked(entry)
         # Acks and results of atoms or encoded JSON: untracked; a result of
         # containers, an error (its data is a dict) and an unusual envelope
         # are kept as they are.
@@ -122,6 +123,65 @@ class DedupTests(unittest.SynchronousTestCase):
         self.assertIsNotNone(window.lookup(("p", "new"), T0 + 1_001))
         window.trim(T0 + 1_501)
         self.assertEqual(len(window), 0)
+
+
+class ShardedWindowTests(unittest.SynchronousTestCase):
+    """A large window is split into shards of 4,096-8,191 records, so that no
+    dict it resizes holds more (see ``SHARD_RECORDS``); the bounds hold over
+    the whole window."""
+
+    def test_the_default_window_is_16_shards_of_6250(self) -> None:
+        window = DedupWindow(DedupLimits())
+        self.assertEqual(len(window._shards), 16)
+        self.assertEqual(window._shard_records, 6250)
+        self.assertEqual(len(DedupWindow(DedupLimits(max_records=8191))._shards), 1)
+        self.assertEqual(len(DedupWindow(DedupLimits(max_records=8192))._shards), 2)
+
+    def test_the_count_bound_holds_over_the_whole_window(self) -> None:
+        window = DedupWindow(DedupLimits(max_records=20_000))  # 4 shards of 5,000
+        keys = [("p", f"m-{i}") for i in range(60_000)]
+        for i, key in enumerate(keys):
+            window.begin(key, T0 + i)
+        self.assertLessEqual(len(window), 20_000)
+        # Every shard full: the window holds all its records.
+        self.assertEqual([len(shard) for shard in window._shards], [5_000] * 4)
+        # The newest are remembered, the oldest forgotten, shard by shard
+        # (each shard gets a quarter of the keys, give or take a few dozen).
+        self.assertTrue(all(window.lookup(key, T0 + 60_000) for key in keys[-16_000:]))
+        self.assertFalse(any(window.lookup(key, T0 + 60_000) for key in keys[:38_000]))
+        for shard in window._shards:
+            created = [entry[0] for entry in shard.values()]
+            self.assertEqual(created, sorted(created), "each shard: oldest first")
+
+    def test_the_age_bound_holds_in_every_shard(self) -> None:
+        window = DedupWindow(DedupLimits(max_records=100_000, max_age_ms=1_000))
+        old = [("p", f"old-{i}") for i in range(1_000)]
+        for key in old:
+            window.begin(key, T0)
+        window.begin(("p", "new"), T0 + 500)
+        # A lookup never finds an expired record, whichever shard it is in.
+        self.assertFalse(any(window.lookup(key, T0 + 1_001) for key in old[:100]))
+        self.assertIsNotNone(window.lookup(("p", "new"), T0 + 1_001))
+        window.trim(T0 + 1_001)
+        self.assertEqual(len(window), 1)
+        window.trim(T0 + 1_501)
+        self.assertEqual(len(window), 0)
+
+    def test_forget_and_settle_find_the_shard(self) -> None:
+        window = DedupWindow(DedupLimits())
+        keys = [("p", f"m-{i}") for i in range(200)]
+        for key in keys:
+            window.begin(key, T0)
+        for key in keys[::2]:
+            window.settle(key, ack_envelope("n", T0, key[1]))
+        for key in keys[1::2]:
+            window.forget(key)
+        self.assertEqual(len(window), 100)
+        for key in keys[::2]:
+            found = window.lookup(key, T0 + 1)
+            assert found is not None and found.reply is not None
+            self.assertEqual(found.reply.ref, key[1])
+        self.assertFalse(any(window.lookup(key, T0 + 1) for key in keys[1::2]))
 
 
 class BackoffTests(unittest.SynchronousTestCase):

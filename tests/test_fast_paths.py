@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import succeed
 from twisted.trial import unittest
 
-from warpsocket.core.dedup import DedupLimits, DedupRecord, DedupWindow
+from warpsocket.core.dedup import SHARD_RECORDS, DedupLimits, DedupRecord, DedupWindow
 from warpsocket.protocol import envelope as envelope_module
 from warpsocket.protocol.codecs import JsonCodec, _no_scanner, packed_result
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
@@ -397,17 +397,30 @@ class DedupTrimTests(unittest.TestCase):
             ),
             max_size=60,
         ),
-        st.integers(min_value=1, max_value=4),
+        st.integers(min_value=1, max_value=8),
+        # Records per shard: as shipped (one shard here), or 1 (up to four
+        # shards of one or two records).
+        st.sampled_from([SHARD_RECORDS, 1]),
     )
     def test_trim_forgets_what_it_always_forgot(
-        self, steps: list[tuple[str, str, int]], max_records: int
+        self, steps: list[tuple[str, str, int]], max_records: int, shard_records: int
     ) -> None:
         limits = DedupLimits(max_records=max_records, max_age_ms=50)
-        window, reference = DedupWindow(limits), ReferenceWindow(limits)
+        with mock.patch("warpsocket.core.dedup.SHARD_RECORDS", shard_records):
+            window = DedupWindow(limits)
+        shards = 1
+        while shards * 2 * shard_records <= max_records:
+            shards *= 2
+        self.assertEqual(len(window._shards), shards)
+        # Each shard is the old one-dict window, of its share of the records;
+        # a key's shard is chosen by its message id.
+        share = DedupLimits(max_records=max_records // shards, max_age_ms=50)
+        references = [ReferenceWindow(share) for _ in range(shards)]
         now = 1_000
         for action, name, step in steps:
             now += step
             key = ("p", name)
+            reference = references[hash(name) % shards]
             if action == "begin":
                 found = window.lookup(key, now)
                 self.assertEqual(found is None, reference.lookup(key, now) is None)
@@ -420,12 +433,16 @@ class DedupTrimTests(unittest.TestCase):
                 )
             elif action == "trim":
                 window.trim(now)
-                reference.trim(now)
+                for each in references:
+                    each.trim(now)
             else:
                 window.forget(key)
                 reference.forget(key)
-            self.assertEqual(list(window._records), list(reference.records))
-        self.assertFalse(math.isnan(window._oldest_ms))
+            self.assertEqual(
+                [list(s) for s in window._shards], [list(r.records) for r in references]
+            )
+            self.assertLessEqual(len(window), max_records)
+        self.assertFalse(any(math.isnan(oldest) for oldest in window._oldest_ms))
 
 
 class PassThrough(Middleware):
