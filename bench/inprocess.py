@@ -13,12 +13,19 @@ disturbed by anything else on the machine), with the ratios to Autobahn.
 What it leaves out is what both servers share: the reactor's per-read cost
 and the system calls (docs/performance.md). For profiling, run it under
 py-spy (``py-spy record -- python bench/inprocess.py``).
+
+``--stalls N`` instead feeds N acked events one at a time, with the
+collector set as a running server sets it (the heap frozen, the young
+threshold 2,000), and lists the slowest and the collections that ran
+during each: whether anything in the server stops every connection for
+milliseconds (the dedup window did, docs/performance.md "Twelfth round").
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import os
 import sys
@@ -160,11 +167,48 @@ def autobahn(count: int) -> Case:
     return Case(protocol, transport, [frame] * count)
 
 
+def stalls(count: int, shown: int = 10) -> None:
+    case = warpsocket("event", count)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(2000, 10, 10)
+    started: list[tuple[float, int]] = []  # (when, generation) of each collection
+
+    def collection(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started.append((time.perf_counter(), info["generation"]))
+
+    gc.callbacks.append(collection)
+    clock, taken = time.perf_counter, []
+    try:
+        for index, frame in enumerate(case.frames):
+            began = clock()
+            case.protocol.dataReceived(frame)
+            case.turn()
+            case.transport.clear()
+            taken.append((clock() - began, index, began))
+    finally:
+        gc.callbacks.remove(collection)
+    ordered = sorted(t[0] for t in taken)
+    counts = [sum(1 for _, g in started if g == generation) for generation in (0, 1, 2)]
+    print(
+        f"{count:,} acked events: median {ordered[count // 2] * 1e6:.2f} us; "
+        f"collections young/middle/full {counts[0]}/{counts[1]}/{counts[2]}"
+    )
+    for seconds, index, began in sorted(taken, reverse=True)[:shown]:
+        during = [g for when, g in started if began <= when <= began + seconds]
+        print(f"  event {index:8,}: {seconds * 1e3:6.2f} ms; collections during it: {during}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk", type=int, default=400, help="messages per timed chunk")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--stalls", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.stalls:
+        stalls(args.stalls)
+        return 0
     count = args.chunk * args.rounds
     cases = {
         "acked event": warpsocket("event", count),

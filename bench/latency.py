@@ -2,7 +2,7 @@
 """The acked round trip's latency distribution, WarpSocket against the baselines.
 
     bench/.venv/bin/python bench/latency.py [--pairs 8] [--servers warpsocket,autobahn]
-                                            [--mode ack|call] [--out DIR]
+                                            [--mode ack|call] [--before DIR] [--out DIR]
 
 ``bench/run.py`` judges the p99 target on a few rounds, and one round's p99
 moves by 10-20% on a shared machine (a few slow milliseconds of the host
@@ -18,17 +18,25 @@ measured round trip (the load generator's ``--samples``). Then:
 - a histogram of the pooled latencies (0.5 ms bins): where the two
   distributions differ, not only how far their tails reach.
 
+``--before DIR`` adds a column ``warpsocket@before``: the WarpSocket server
+with the package in DIR first on ``PYTHONPATH`` (a ``git worktree`` of an
+older commit), in every round beside the others, so a change is measured
+against its baseline and against Autobahn in the same rounds.
+
 Writes ``OUT/latency.json`` (default ``bench/results``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
+import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +72,21 @@ def histogram(ordered: list[float]) -> list[float]:
     return [100.0 * c / len(ordered) for c in counts]
 
 
+@contextlib.contextmanager
+def python_path(path: str | None) -> Iterator[None]:
+    """``PYTHONPATH`` for the server processes started inside (None: as it was)."""
+    saved = os.environ.get("PYTHONPATH")
+    if path is not None:
+        os.environ["PYTHONPATH"] = path
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 def summarize(latencies: list[float]) -> dict[str, Any]:
     ordered = sorted(latencies)
     return {
@@ -83,11 +106,22 @@ def main() -> int:
         "--servers", default="warpsocket,autobahn", help="the first is compared to the others"
     )
     parser.add_argument("--mode", choices=("ack", "call"), default="ack")
+    parser.add_argument(
+        "--before", default="", help="a checkout whose package is the warpsocket@before column"
+    )
     parser.add_argument("--out", default=str(run.BENCH / "results"))
     args = parser.parse_args()
-    servers = [s for s in args.servers.split(",") if s]
-    if len(servers) < 2 or set(servers) - set(run.SERVERS):
+    names = [s for s in args.servers.split(",") if s]
+    if len(names) < 2 or set(names) - set(run.SERVERS):
         raise SystemExit(f"--servers: two or more of {','.join(run.SERVERS)}")
+    # (column, server, PYTHONPATH or None)
+    columns: list[tuple[str, str, str | None]] = [(name, name, None) for name in names]
+    if args.before:
+        before = str(Path(args.before).resolve())
+        if not (Path(before) / "warpsocket" / "__init__.py").exists():
+            raise SystemExit(f"--before: no warpsocket package in {before}")
+        columns.insert(1, ("warpsocket@before", "warpsocket", before))
+    servers = [column for column, _, _ in columns]
 
     run.ensure_venv()
     run.ensure_node_modules()
@@ -103,30 +137,31 @@ def main() -> int:
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         for round_no in range(args.pairs):
-            order = servers if round_no % 2 == 0 else servers[::-1]
+            order = columns if round_no % 2 == 0 else columns[::-1]
             row: dict[str, Any] = {}
-            for server in order:
-                samples = Path(scratch) / f"{server}-{round_no}.txt"
+            for column, server, path in order:
+                samples = Path(scratch) / f"{column}-{round_no}.txt"
                 mode = args.mode if server == "warpsocket" else "ack"
-                result = run.run_case(
-                    server,
-                    "rtt",
-                    params,
-                    ports,
-                    nofile,
-                    logs,
-                    mode=mode,
-                    loadgen_extra=("--samples", str(samples)),
-                )
+                with python_path(path):
+                    result = run.run_case(
+                        server,
+                        "rtt",
+                        params,
+                        ports,
+                        nofile,
+                        logs,
+                        mode=mode,
+                        loadgen_extra=("--samples", str(samples)),
+                    )
                 latencies = read_samples(samples)
-                pooled[server] += latencies
-                row[server] = {
+                pooled[column] += latencies
+                row[column] = {
                     "round_trips_per_s": result["round_trips_per_s"],
                     "latency_ms_p50": result["latency_ms_p50"],
                     "latency_ms_p99": result["latency_ms_p99"],
                 }
                 run.say(
-                    f"round {round_no + 1}/{args.pairs} {server:10} "
+                    f"round {round_no + 1}/{args.pairs} {column:17} "
                     f"{result['round_trips_per_s']:8,.0f}/s  p50 {result['latency_ms_p50']:.2f}"
                     f"  p99 {result['latency_ms_p99']:.2f} ms"
                 )
@@ -146,21 +181,21 @@ def main() -> int:
 
     print(f"\npooled over {args.pairs} rounds (ms)")
     print(
-        f"{'server':12}{'round trips':>12}{'mean':>7}"
+        f"{'server':18}{'round trips':>12}{'mean':>7}"
         + "".join(f"{'p' + format(p, 'g'):>8}" for p in PERCENTILES)
     )
     for server in servers:
         s = summary[server]
         print(
-            f"{server:12}{s['round_trips']:>12,}{s['mean_ms']:7.2f}"
+            f"{server:18}{s['round_trips']:>12,}{s['mean_ms']:7.2f}"
             + "".join(f"{s[f'p{p:g}_ms']:8.2f}" for p in PERCENTILES)
         )
     print(f"\nhistogram, percent of round trips per {BIN_MS} ms (last bin: slower)")
-    print(f"{'ms':>6}" + "".join(f"{s:>12}" for s in servers))
+    print(f"{'ms':>6}" + "".join(f"{s:>18}" for s in servers))
     for i in range(BINS):
         print(
             f"{i * BIN_MS:6.1f}"
-            + "".join(f"{summary[s]['histogram_percent'][i]:12.1f}" for s in servers)
+            + "".join(f"{summary[s]['histogram_percent'][i]:18.1f}" for s in servers)
         )
     for baseline, c in comparisons.items():
         print(
@@ -174,6 +209,7 @@ def main() -> int:
         "machine": run.machine_info(),
         "params": {k: params[k] for k in ("rtt_clients", "rtt_seconds", "rtt_warmup_seconds")},
         "mode": args.mode,
+        "before": args.before or None,
         "rounds": rounds,
         "pooled": summary,
         "comparisons": comparisons,
