@@ -71,15 +71,15 @@ def _record(entry: _Entry) -> DedupRecord:
 
 
 # Records per shard: at least this many and fewer than twice as many (a
-# window of fewer than twice this many records is one dict). A
-# dict's resize copies its whole table in one go, whether it grows or packs
-# the slots its deletions left, and a window that forgets one record per new
+# window of fewer than twice this many records is one dict). A dict's
+# resize copies its whole table in one step, whether it grows or packs the
+# slots its deletions left, and a window that forgets one record per new
 # one packs itself every 2.5 times its size. At 100,000 records in one
-# ``OrderedDict`` that stalled every connection of the node for 4-12 ms
-# every 250,000 acknowledged messages; a shard of 4,096-8,191 records
-# resizes in about a millisecond (bench/dedup_window.py). More, smaller
-# shards would stall less and cost every message more (each shard's oldest
-# records are touched on their own).
+# ``OrderedDict`` that stopped every connection of the node for 12-18 ms
+# every 250,000 acknowledged messages (bench/dedup_window.py, bench/
+# inprocess.py --stalls); 16 shards of 6,250 records stall 1-3 ms, no
+# longer than the collector's young collections. Fewer shards stall longer
+# (they fill, and pack, together); more cost each message a little more.
 SHARD_RECORDS = 4096
 
 
@@ -103,7 +103,9 @@ class DedupWindow:
         count = 1
         while count * 2 * SHARD_RECORDS <= limits.max_records:
             count *= 2
-        self._mask = count - 1  # (the shard of a key: its hash & mask)
+        # The shard of a key: its message id's hash & mask (string hashes are
+        # salted per process, so no client can aim its ids at one shard).
+        self._mask = count - 1
         self._shard_records = limits.max_records // count
         self._shards: list[OrderedDict[DedupKey, _Entry]] = [OrderedDict() for _ in range(count)]
         # Per shard, at most its first record's ``created_ms`` (inf: none):
