@@ -21,7 +21,9 @@ measured round trip (the load generator's ``--samples``). Then:
 ``--before DIR`` adds a column ``warpsocket@before``: the WarpSocket server
 with the package in DIR first on ``PYTHONPATH`` (a ``git worktree`` of an
 older commit), in every round beside the others, so a change is measured
-against its baseline and against Autobahn in the same rounds.
+against its baseline and against Autobahn in the same rounds. Only the
+package comes from DIR: the server script (bench/servers/) and the load
+generator are this checkout's.
 
 Writes ``OUT/latency.json`` (default ``bench/results``).
 """
@@ -74,10 +76,11 @@ def histogram(ordered: list[float]) -> list[float]:
 
 @contextlib.contextmanager
 def python_path(path: str | None) -> Iterator[None]:
-    """``PYTHONPATH`` for the server processes started inside (None: as it was)."""
+    """``path`` first on ``PYTHONPATH`` for the server processes started
+    inside (None: as it was)."""
     saved = os.environ.get("PYTHONPATH")
     if path is not None:
-        os.environ["PYTHONPATH"] = path
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, saved) if p)
     try:
         yield
     finally:
@@ -142,6 +145,8 @@ def main() -> int:
             for column, server, path in order:
                 samples = Path(scratch) / f"{column}-{round_no}.txt"
                 mode = args.mode if server == "warpsocket" else "ack"
+                column_logs = logs / column  # (run_case names its logs by server)
+                column_logs.mkdir(exist_ok=True)
                 with python_path(path):
                     result = run.run_case(
                         server,
@@ -149,7 +154,7 @@ def main() -> int:
                         params,
                         ports,
                         nofile,
-                        logs,
+                        column_logs,
                         mode=mode,
                         loadgen_extra=("--samples", str(samples)),
                     )

@@ -114,6 +114,39 @@ class DedupTests(unittest.SynchronousTestCase):
         self.assertIsNotNone(window.lookup(keys[1], T0 + 3))
         self.assertIsNotNone(window.lookup(keys[2], T0 + 3))
 
+    def test_a_record_exactly_at_the_age_bound_is_kept(self) -> None:
+        window = DedupWindow(DedupLimits(max_records=100, max_age_ms=1_000))  # one shard
+        window.begin(("p", "older"), T0 - 1)
+        window.begin(("p", "edge"), T0)
+        # The older one is due, so this lookup trims; the edge is not yet.
+        self.assertIsNotNone(window.lookup(("p", "edge"), T0 + 1_000))
+        self.assertEqual(len(window), 1)
+        self.assertIsNone(window.lookup(("p", "edge"), T0 + 1_001))
+
+    def test_a_clock_that_went_back_stamps_with_the_time_it_left(self) -> None:
+        window = DedupWindow(DedupLimits(max_records=100, max_age_ms=1_000))
+        window.begin(("p", "late"), T0 + 5_000)
+        window.begin(("p", "early"), T0)  # the clock went back
+        found = window.lookup(("p", "early"), T0 + 6_000)
+        assert found is not None
+        self.assertEqual(found.created_ms, T0 + 5_000)
+        self.assertIsNone(window.lookup(("p", "early"), T0 + 6_001))
+        self.assertEqual(len(window), 0)
+
+    def test_what_leaves_a_shard_cannot_hide_an_expired_record(self) -> None:
+        # The hint that lets a lookup skip the trim is the time of the
+        # record that went, or the first's: never later than the first's.
+        for drop in ("count", "forget"):
+            window = DedupWindow(DedupLimits(max_records=2, max_age_ms=1_000))
+            window.begin(("p", "a"), T0)
+            window.begin(("p", "b"), T0 + 10)
+            if drop == "count":
+                window.begin(("p", "c"), T0 + 20)  # "a" forgotten by count
+            else:
+                window.forget(("p", "a"))
+            self.assertIsNone(window.lookup(("p", "b"), T0 + 1_011), drop)
+            self.assertEqual(len(window), 1 if drop == "count" else 0, drop)
+
     def test_age_bound(self) -> None:
         window = DedupWindow(DedupLimits(max_age_ms=1_000))
         window.begin(("p", "old"), T0)
@@ -166,6 +199,24 @@ class ShardedWindowTests(unittest.SynchronousTestCase):
         self.assertEqual(len(window), 1)
         window.trim(T0 + 1_501)
         self.assertEqual(len(window), 0)
+
+    def test_every_window_has_shards_of_4096_to_8191(self) -> None:
+        for max_records in range(8_192, 3_000_000, 7_919):
+            window = DedupWindow(DedupLimits(max_records=max_records))
+            shards = len(window._shards)
+            self.assertEqual(shards & (shards - 1), 0, "a power of two")
+            self.assertTrue(4_096 <= window._shard_records < 8_192, max_records)
+            self.assertLessEqual(shards * window._shard_records, max_records)
+
+    def test_one_id_from_many_sessions_is_spread(self) -> None:
+        # Clients that count their ids send the same ids from every session:
+        # the whole key picks the shard, so those fill the window evenly.
+        window = DedupWindow(DedupLimits())  # 16 shards of 6,250
+        keys = [(f"s:session-{n}", "1") for n in range(50_000)]
+        for key in keys:
+            window.begin(key, T0)
+        self.assertEqual(len(window), 50_000)
+        self.assertTrue(all(window.lookup(key, T0 + 1) for key in keys))
 
     def test_forget_and_settle_find_the_shard(self) -> None:
         window = DedupWindow(DedupLimits())

@@ -23,6 +23,7 @@ from twisted.internet.defer import succeed
 from twisted.trial import unittest
 
 from warpsocket.core.dedup import SHARD_RECORDS, DedupLimits, DedupRecord, DedupWindow
+from warpsocket.core.messages import ack_envelope
 from warpsocket.protocol import envelope as envelope_module
 from warpsocket.protocol.codecs import JsonCodec, _no_scanner, packed_result
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
@@ -381,6 +382,11 @@ class ReferenceWindow:
         while len(self.records) > self.limits.max_records:
             self.records.popitem(last=False)
 
+    def settle(self, key: tuple[str, str], reply: Envelope) -> None:
+        record = self.records.get(key)
+        if record is not None:
+            self.records[key] = DedupRecord(record.created_ms, reply)
+
     def forget(self, key: tuple[str, str]) -> None:
         self.records.pop(key, None)
 
@@ -390,7 +396,9 @@ class DedupTrimTests(unittest.TestCase):
     @given(
         st.lists(
             st.tuples(
-                st.sampled_from(["begin", "lookup", "trim", "forget"]),
+                st.sampled_from(["begin", "lookup", "settle", "trim", "forget"]),
+                # Two principals sending the same ids.
+                st.sampled_from("pq"),
                 st.sampled_from("abcdef"),
                 # A clock that mostly moves on, and sometimes back.
                 st.integers(min_value=-30, max_value=60),
@@ -398,12 +406,12 @@ class DedupTrimTests(unittest.TestCase):
             max_size=60,
         ),
         st.integers(min_value=1, max_value=8),
-        # Records per shard: as shipped (one shard here), or 1 (up to four
-        # shards of one or two records).
+        # Records per shard: as shipped (one shard here), or 1 (up to eight
+        # shards of one record, or four of one or two).
         st.sampled_from([SHARD_RECORDS, 1]),
     )
     def test_trim_forgets_what_it_always_forgot(
-        self, steps: list[tuple[str, str, int]], max_records: int, shard_records: int
+        self, steps: list[tuple[str, str, str, int]], max_records: int, shard_records: int
     ) -> None:
         limits = DedupLimits(max_records=max_records, max_age_ms=50)
         with mock.patch("warpsocket.core.dedup.SHARD_RECORDS", shard_records):
@@ -413,24 +421,31 @@ class DedupTrimTests(unittest.TestCase):
             shards *= 2
         self.assertEqual(len(window._shards), shards)
         # Each shard is the old one-dict window, of its share of the records;
-        # a key's shard is chosen by its message id.
+        # a key's shard is chosen by the hash of the whole key.
         share = DedupLimits(max_records=max_records // shards, max_age_ms=50)
         references = [ReferenceWindow(share) for _ in range(shards)]
         now = 1_000
-        for action, name, step in steps:
+        stamp = -1  # a record is stamped no earlier than the one before it
+        for number, (action, principal, name, step) in enumerate(steps):
             now += step
-            key = ("p", name)
-            reference = references[hash(name) % shards]
+            key = (principal, name)
+            reference = references[hash(key) % shards]
             if action == "begin":
                 found = window.lookup(key, now)
                 self.assertEqual(found is None, reference.lookup(key, now) is None)
                 if found is None:
+                    stamp = max(stamp, now)
                     window.begin(key, now)
-                    reference.begin(key, now)
+                    reference.begin(key, stamp)
             elif action == "lookup":
-                self.assertEqual(
-                    window.lookup(key, now) is None, reference.lookup(key, now) is None
-                )
+                found, expected = window.lookup(key, now), reference.lookup(key, now)
+                self.assertEqual(found is None, expected is None)
+                if found is not None and expected is not None:
+                    self.assertEqual(found.reply, expected.reply)
+            elif action == "settle":
+                reply = ack_envelope(f"s-{number}", now, name)
+                window.settle(key, reply)
+                reference.settle(key, reply)
             elif action == "trim":
                 window.trim(now)
                 for each in references:
@@ -442,7 +457,12 @@ class DedupTrimTests(unittest.TestCase):
                 [list(s) for s in window._shards], [list(r.records) for r in references]
             )
             self.assertLessEqual(len(window), max_records)
-        self.assertFalse(any(math.isnan(oldest) for oldest in window._oldest_ms))
+            # The hint that lets a lookup skip the trim never passes the
+            # shard's first record.
+            for hint, shard in zip(window._oldest_ms, window._shards, strict=True):
+                self.assertFalse(math.isnan(hint))
+                if shard:
+                    self.assertLessEqual(hint, next(iter(shard.values()))[0])
 
 
 class PassThrough(Middleware):

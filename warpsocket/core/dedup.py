@@ -74,12 +74,13 @@ def _record(entry: _Entry) -> DedupRecord:
 # window of fewer than twice this many records is one dict). A dict's
 # resize copies its whole table in one step, whether it grows or packs the
 # slots its deletions left, and a window that forgets one record per new
-# one packs itself every 2.5 times its size. At 100,000 records in one
-# ``OrderedDict`` that stopped every connection of the node for 12-18 ms
-# every 250,000 acknowledged messages (bench/dedup_window.py, bench/
-# inprocess.py --stalls); 16 shards of 6,250 records stall 1-3 ms, no
-# longer than the collector's young collections. Fewer shards stall longer
-# (they fill, and pack, together); more cost each message a little more.
+# one packs itself every few times its size (2.5 at 100,000). At 100,000
+# records in one ``OrderedDict`` that stopped every connection of the node
+# for 12-18 ms every 250,000 acknowledged messages (bench/dedup_window.py,
+# bench/inprocess.py --stalls); 16 shards of 6,250 records stall 1-3 ms,
+# no longer than the collector's young collections. Fewer shards stall
+# longer (they fill, and pack, together); more cost each message a little
+# more.
 SHARD_RECORDS = 4096
 
 
@@ -89,9 +90,11 @@ class DedupWindow:
     The records are split over shards by their key's hash (a power of two of
     them, see ``SHARD_RECORDS``), each an insertion-ordered dict of at most
     ``max_records // shards`` records: the count bound forgets the oldest
-    record of the shard a new one joins, which is within a few hundredths of
-    the oldest overall. A window of fewer than ``2 * SHARD_RECORDS`` records
-    is one shard, exactly oldest first.
+    record of the shard a new one joins, which, keys being spread evenly, is
+    within a few hundredths of the oldest overall. A window of fewer than
+    ``2 * SHARD_RECORDS`` records is one shard, exactly oldest first. A
+    record is stamped no earlier than the one before it: after the clock
+    goes back, the age bound counts from the time it went back from.
 
     Records are kept as tuples (see ``_entry``); ``lookup`` hands out a
     ``DedupRecord``.
@@ -103,8 +106,10 @@ class DedupWindow:
         count = 1
         while count * 2 * SHARD_RECORDS <= limits.max_records:
             count *= 2
-        # The shard of a key: its message id's hash & mask (string hashes are
-        # salted per process, so no client can aim its ids at one shard).
+        # The shard of a key: its hash & mask. The hash is of the whole key,
+        # so one id sent by many sessions (clients that count their ids) is
+        # spread like any other, and string hashes are salted per process
+        # (unless PYTHONHASHSEED is set), so no client can aim at one shard.
         self._mask = count - 1
         self._shard_records = limits.max_records // count
         self._shards: list[OrderedDict[DedupKey, _Entry]] = [OrderedDict() for _ in range(count)]
@@ -112,12 +117,17 @@ class DedupWindow:
         # ``lookup``, called for every tracked message, looks at a shard's
         # records only when its first may be due, as it would find out by looking.
         self._oldest_ms: list[float] = [math.inf] * count
+        # The latest ``created_ms`` given: a record is never stamped earlier
+        # than the one before it (a clock that went back stamps them with
+        # the time it went back from), so each shard's records are in order
+        # of age and whatever leaves a shard leaves its hint a lower bound.
+        self._stamp_ms = -math.inf
 
     def __len__(self) -> int:
         return sum(len(shard) for shard in self._shards)
 
     def lookup(self, key: DedupKey, now_ms: int) -> DedupRecord | None:
-        index = hash(key[1]) & self._mask
+        index = hash(key) & self._mask
         if self._oldest_ms[index] < now_ms - self._max_age_ms:
             self._trim_shard(index, now_ms)
         entry = self._shards[index].get(key)
@@ -125,25 +135,29 @@ class DedupWindow:
 
     def begin(self, key: DedupKey, now_ms: int) -> None:
         """Record that ``key`` is being handled; the caller checked lookup first."""
-        index = hash(key[1]) & self._mask
+        if now_ms < self._stamp_ms:
+            now_ms = int(self._stamp_ms)
+        else:
+            self._stamp_ms = now_ms
+        index = hash(key) & self._mask
         records = self._shards[index]
         records[key] = (now_ms, None)
         if now_ms < self._oldest_ms[index]:
             self._oldest_ms[index] = now_ms  # (the first record)
         if len(records) > self._shard_records:
-            records.popitem(last=False)
-            self._oldest_ms[index] = -math.inf  # another one is first: look next time
+            # The next is no older than this one: its time is the hint, which
+            # saves reading the next (far away in memory) on every message.
+            self._oldest_ms[index] = records.popitem(last=False)[1][0]
 
     def settle(self, key: DedupKey, reply: Envelope) -> None:
-        records = self._shards[hash(key[1]) & self._mask]
+        records = self._shards[hash(key) & self._mask]
         entry = records.get(key)
         if entry is not None:
             records[key] = _entry(entry[0], reply)  # (in place: the order stays)
 
     def forget(self, key: DedupKey) -> None:
-        index = hash(key[1]) & self._mask
-        self._shards[index].pop(key, None)
-        self._oldest_ms[index] = -math.inf
+        # (The hint stays a lower bound: the rest are no older than the first.)
+        self._shards[hash(key) & self._mask].pop(key, None)
 
     def trim(self, now_ms: int) -> None:
         """Forget every record older than the age bound (``lookup`` does this
