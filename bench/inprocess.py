@@ -15,10 +15,11 @@ and the system calls (docs/performance.md). For profiling, run it under
 py-spy (``py-spy record -- python bench/inprocess.py``).
 
 ``--stalls N`` instead feeds N acked events one at a time, with the
-collector set as a running server sets it (the heap frozen, the young
-threshold 2,000), and lists the slowest and the collections that ran
-during each: whether anything in the server stops every connection for
-milliseconds (the dedup window did, docs/performance.md "Twelfth round").
+collector set as a running server sets it (warpsocket/server/heap.py: the
+heap frozen, the young threshold 2,000 before CPython 3.13), and lists the
+slowest and the collections that ran during each: whether anything in the
+server stops every connection for milliseconds (the dedup window did,
+docs/performance.md "Twelfth round").
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
 
 from warpsocket import Hub, HubOptions
+from warpsocket.server.heap import StartupHeap, YoungThreshold
 from warpsocket.server.protocol import WarpSocketServerFactory
 
 PAYLOAD_BYTES = 100
@@ -169,9 +171,8 @@ def autobahn(count: int) -> Case:
 
 def stalls(count: int, shown: int = 10) -> None:
     case = warpsocket("event", count)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(2000, 10, 10)
+    StartupHeap().freeze()  # (as WarpSocketService does when it starts)
+    YoungThreshold().hold()
     started: list[tuple[float, int]] = []  # (when, generation) of each collection
 
     def collection(phase: str, info: dict[str, Any]) -> None:

@@ -162,8 +162,10 @@ class DedupWindow:
     def trim(self, now_ms: int) -> None:
         """Forget every record older than the age bound (``lookup`` does this
         for the shard it looks in)."""
-        for index in range(len(self._shards)):
-            self._trim_shard(index, now_ms)
+        horizon = now_ms - self._max_age_ms
+        for index, oldest_ms in enumerate(self._oldest_ms):
+            if oldest_ms < horizon:
+                self._trim_shard(index, now_ms)
 
     def _trim_shard(self, index: int, now_ms: int) -> None:
         horizon = now_ms - self._max_age_ms
