@@ -11,6 +11,9 @@ pass-through middleware forces.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
 import json
 import math
 from collections import OrderedDict
@@ -127,6 +130,43 @@ class CommonEnvelopeTests(unittest.TestCase):
                     {**raw, **changed}, envelope_module.DEFAULT_LIMITS, True, True
                 )
             )
+
+
+class EnvelopeBuildTests(unittest.TestCase):
+    """``Envelope.__new__`` fills a writable twin and turns it into an Envelope
+    (envelope.py ``_Draft``): the result must be the frozen dataclass it was."""
+
+    def test_the_twin_has_every_field_in_order(self) -> None:
+        names = tuple(f.name for f in dataclasses.fields(Envelope))
+        self.assertEqual(Envelope.__slots__, names)
+        self.assertEqual(envelope_module._Draft.__slots__, names)
+        parameters = list(inspect.signature(Envelope).parameters)
+        self.assertEqual(parameters, list(names))
+        # Every field is set, by position or by name, defaults included.
+        built = Envelope(MessageType.EVENT, "a", 1)
+        defaults = [f.default for f in dataclasses.fields(Envelope)][3:-1]
+        expected = [MessageType.EVENT, "a", 1, *defaults, envelope_module._NO_EXTRA]
+        self.assertEqual(vars_of(built), expected)
+        values = [MessageType.ERROR, "b", 2, {"k": [1]}, "e", "r", "s", 3, "ep", True, "f", 4]
+        values += [4300, 5]
+        by_name = Envelope(**dict(zip(names, values, strict=False)))
+        self.assertEqual(vars_of(by_name)[: len(values)], values)
+        self.assertEqual(vars_of(Envelope(*values)), vars_of(by_name))
+
+    def test_it_stays_frozen_and_a_dataclass(self) -> None:
+        built = Envelope(MessageType.ACK, "a", 1, ref="r")
+        self.assertIs(type(built), Envelope)
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            built.id = "b"  # type: ignore[misc]
+        self.assertEqual(built, ack_envelope("a", 1, "r"))
+        self.assertEqual(hash(built), hash(ack_envelope("a", 1, "r")))
+        self.assertEqual(dataclasses.replace(built, id="b").id, "b")
+        self.assertEqual(built.evolve(ref="s"), Envelope(MessageType.ACK, "a", 1, ref="s"))
+        copied = copy.copy(built)
+        self.assertEqual((copied, type(copied)), (built, Envelope))
+        self.assertIsNot(copied, built)
+        extra = Envelope(MessageType.EVENT, "a", 1, event="e", extra={"x": 1})
+        self.assertEqual(copy.copy(extra).extra, {"x": 1})
 
 
 json_texts = st.one_of(
