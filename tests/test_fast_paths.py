@@ -614,6 +614,29 @@ class HotPathTests(unittest.TestCase):
             self.assertEqual(hot.call_count, 1)
         self.assertEqual([(e.type, e.ref) for e in reply], [(MessageType.ACK, "e1")])
 
+    def test_answers_carry_the_hubs_time(self) -> None:
+        """The hot path reads the clock once after the handler and stamps the
+        answer and its dedup record with it, in milliseconds."""
+        harness = HubHarness()
+        handlers(harness)
+        harness.advance(1234.5678)
+        client = harness.connect()
+        (ack,) = client.feed_payload(
+            b'{"type":"event","id":"e1","timestamp":0,"event":"echo","ack":true}'
+        )
+        (result,) = client.feed_payload(
+            b'{"type":"call","id":"c1","timestamp":0,"event":"echo","data":1}'
+        )
+        now_ms = int(harness.clock.seconds() * 1000)
+        self.assertEqual(now_ms // 1000, 1234)
+        self.assertEqual([(ack.type, ack.timestamp), (result.type, result.timestamp)],
+                         [(MessageType.ACK, now_ms), (MessageType.RESULT, now_ms)])  # fmt: skip
+        # A retry is answered from the record, stamped the same.
+        (again,) = client.feed_payload(
+            b'{"type":"call","id":"c1","timestamp":0,"event":"echo","data":1}'
+        )
+        self.assertEqual((again.id, again.timestamp), (result.id, now_ms))
+
     def test_results_outside_the_data_model_are_refused(self) -> None:
         """Scalars too: a result is checked whatever its type (4300 handler_error)."""
         harness = HubHarness()

@@ -45,7 +45,8 @@ DedupKey = tuple[str, str]  # (principal, message id)
 # window keeps it: with a full window of 100,000 records, that was most of
 # what an acknowledged message cost it.
 _Entry = tuple[Any, ...]
-_FLAT_TYPES = frozenset({MessageType.ACK, MessageType.RESULT})
+# The types kept flat, with their wire names (``.value`` is a slower property).
+_FLAT_TYPES = {kind: kind.value for kind in (MessageType.ACK, MessageType.RESULT)}
 _ATOMS = (str, int, float, bool, type(None))
 
 
@@ -57,9 +58,10 @@ def _entry(created_ms: int, reply: Envelope) -> _Entry:
         encoded = False
     else:
         return (created_ms, reply)  # (a result of containers: kept as it is)
-    if reply.type not in _FLAT_TYPES or not is_plain_reply(reply) or reply.extra:
+    name = _FLAT_TYPES.get(reply.type)
+    if name is None or not is_plain_reply(reply) or reply.extra:
         return (created_ms, reply)
-    return (created_ms, reply.type.value, reply.id, reply.timestamp, reply.ref, encoded, data)
+    return (created_ms, name, reply.id, reply.timestamp, reply.ref, encoded, data)
 
 
 def _record(entry: _Entry) -> DedupRecord:

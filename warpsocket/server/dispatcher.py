@@ -174,12 +174,13 @@ class Dispatcher:
                     # fail to encode on every answer: answer 4300 instead.
                     self._failed(Failure(), dispatch, ctx, started)
                     return
-        self._observe_latency(envelope, started)
+        finished = self._observe_latency(envelope, started)
         if not self.settle_inline:  # ``settle`` is wrapped (tracing: the ack span)
             self.settle(dispatch, result=value)
             return
-        # ``settle``, inlined: once per handled message.
-        answer = self.core.answer(dispatch.session, envelope, self._now_ms(), result=value)
+        # ``settle``, inlined: once per handled message (the clock read once).
+        now_ms = int(finished * 1000)
+        answer = self.core.answer(dispatch.session, envelope, now_ms, result=value)
         if answer is not None:
             self._send(*answer)
 
@@ -198,7 +199,8 @@ class Dispatcher:
         self.report_error(ctx, failure)
         self.settle(dispatch, error=(ErrorCode.HANDLER_ERROR, "handler failed"))
 
-    def _observe_latency(self, envelope: Envelope, started: float) -> None:
+    def _observe_latency(self, envelope: Envelope, started: float) -> float:
+        """Record the handler's time; returns the clock's reading (seconds)."""
         name = envelope.event or envelope.type.value
         series = self._latency.get(name)
         if series is None:
@@ -206,7 +208,9 @@ class Dispatcher:
                 series = self.metrics.handler_latency.labels("other")
             else:
                 series = self._latency[name] = self.metrics.handler_latency.labels(name)
-        series.observe(self.clock.seconds() - started)
+        finished = float(self.clock.seconds())
+        series.observe(finished - started)
+        return finished
 
     def settle(
         self,
