@@ -79,6 +79,8 @@ class Envelope:
     data model) and raises ``ProtocolError``; ``to_wire`` gives the mapping a
     codec encodes. Middleware and ``can_publish`` policies receive envelopes
     and return or inspect them; ``dataclasses.replace`` makes a changed copy.
+    A subclass may add methods but no fields (``__new__`` builds the fields
+    of this class).
     """
 
     type: MessageType

@@ -208,7 +208,7 @@ class Dispatcher:
                 series = self.metrics.handler_latency.labels("other")
             else:
                 series = self._latency[name] = self.metrics.handler_latency.labels(name)
-        finished = float(self.clock.seconds())
+        finished = self.clock.seconds()
         series.observe(finished - started)
         return finished
 
