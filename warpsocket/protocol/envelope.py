@@ -135,7 +135,7 @@ class Envelope:
         return draft  # type: ignore[return-value]
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # (``copy`` and ``pickle`` rebuild it through ``__new__``.)
+        # (``copy.copy`` rebuilds it through ``__new__``.)
         return (self.__class__, tuple(getattr(self, name) for name in self.__slots__))
 
     def expired(self, now_ms: int) -> bool:
