@@ -8,7 +8,9 @@ turn, one write per connection (``WriteBatch.close_soon``,
 server/wire/batching.py). This runs the rtt scenario of bench/run.py against
 the WarpSocket benchmark server with that policy varied: ``--every N`` makes
 a turn's batch also flush whenever N connections hold answers (0: only at
-the end of the turn, the shipped policy; 1: after every read). Each policy
+the end of the turn, the shipped policy; 1: after every read; -1: during
+the next turn, one connection's answers before each read, as raw
+Autobahn's answers leave). Each policy
 runs once per round, interleaved, and every round trip is kept (the load
 generator's ``--samples``); the server also records its reactor turns (events
 per poll, time spent handling them). Reported per policy: the pooled
@@ -43,7 +45,9 @@ def wrap(argv: list[str]) -> None:
     from warpsocket.server.wire import batching
 
     every = int(os.environ.get("BENCH_FLUSH_EVERY", "0"))
-    if every:
+    if every < 0:
+        spread_over_next_turn(batching)
+    elif every:
         shipped = batching.WriteBatch.close_soon
 
         def close_soon(self: batching.WriteBatch) -> None:
@@ -95,6 +99,37 @@ def wrap(argv: list[str]) -> None:
     sys.argv = argv
     sys.path.insert(0, str(Path(argv[0]).resolve().parent))
     runpy.run_path(argv[0], run_name="__main__")
+
+
+def spread_over_next_turn(batching: Any) -> None:
+    """Policy -1, raw Autobahn's schedule without its ``epoll_ctl``: a turn's
+    answers leave during the next turn, one before each read of that turn,
+    and whatever is left at its end (an idle reactor's next poll returns at
+    once, so nothing waits longer than one empty poll)."""
+    from collections import deque
+
+    held: deque[Any] = deque()  # connections with answers of the turn before
+    shipped_open = batching.WriteBatch.open
+
+    def open_(self: Any) -> None:
+        if self.depth == 0 and held:
+            held.popleft().uncork()
+        shipped_open(self)
+
+    def turn_over(self: Any) -> None:
+        self._scheduled = False
+        if self.depth:
+            return
+        while held:
+            held.popleft().uncork()
+        if self.dirty:
+            held.extend(self.dirty)
+            self.dirty = []
+            self._scheduled = True
+            self._call_later(0, self._turn_over)
+
+    batching.WriteBatch.open = open_
+    batching.WriteBatch._turn_over = turn_over
 
 
 def describe_turns(turns: list[list[float]]) -> dict[str, Any]:
