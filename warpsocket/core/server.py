@@ -690,7 +690,7 @@ class ServerCore:
                 # comes before the TTL check: a retry of a message handled
                 # in time must get its recorded reply, not 4302 (protocol.md 6).
                 return [] if record.reply is None else [Send(conn.id, record.reply)]
-        if (envelope.ttl is not None or envelope.deadline is not None) and envelope.overdue(now_ms):
+        if envelope.overdue(now_ms):
             return self._reject(conn, envelope, now_ms, ErrorCode.EXPIRED, "ttl or deadline passed")
         if tracked:
             self.dedup.begin(key, now_ms)

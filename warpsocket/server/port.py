@@ -127,7 +127,7 @@ class HubPort:
 
     def heard(self, conn_id: ConnId) -> None:
         """Bytes of a frame of any type arrived on the connection (protocol.md section 9)."""
-        self.core.heard(conn_id, int(self.clock.seconds() * 1000))  # (``now_ms``: per frame)
+        self.core.heard(conn_id, self.now_ms())
 
     def set_identity(self, conn_id: ConnId, user: str | None, claims: Mapping[str, Any]) -> bool:
         """A token in the hello proved who the connection is, before the core sees it."""
