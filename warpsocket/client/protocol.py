@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IConnector, IDelayedCall
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.python.failure import Failure
 
+from warpsocket._nodelay import set_no_delay
+
 if TYPE_CHECKING:
     from autobahn.wamp.types import TransportDetails
 
@@ -53,6 +55,8 @@ class WarpSocketClientProtocol(WebSocketClientProtocol):
     factory: WarpSocketClientFactory
 
     def connectionMade(self) -> None:
+        # Before Autobahn writes the upgrade request; its own attempt fails (_nodelay.py).
+        set_no_delay(self.transport, self.factory.tcpNoDelay)
         super().connectionMade()
         self.factory.events.tcp_connected(self)
 

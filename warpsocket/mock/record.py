@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from warpsocket._nodelay import set_no_delay
 from warpsocket.core.keys import BROADCAST, DIRECT, ROOM_PREFIX
 from warpsocket.protocol.codecs import Codec, default_codecs
 from warpsocket.protocol.codes import ProtocolError
@@ -134,6 +135,10 @@ class Recorder:
 class _Upstream(WebSocketClientProtocol):
     factory: _UpstreamFactory
 
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)  # (what Autobahn fails to do: _nodelay.py)
+        super().connectionMade()
+
     def onConnect(self, response: ConnectionResponse) -> None:
         self.factory.downstream.upstream_ready(self, response.protocol)
 
@@ -160,6 +165,10 @@ class _Downstream(WebSocketServerProtocol):
     upstream: _Upstream | None = None
     codec: Codec | None = None
     _ready: Deferred[str | None] | None = None
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)  # (what Autobahn fails to do: _nodelay.py)
+        super().connectionMade()
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:  # type: ignore[override]
         proxy = self.factory

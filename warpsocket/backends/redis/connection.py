@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from warpsocket import _compat
+from warpsocket._nodelay import set_no_delay
 from warpsocket.backends.redis.options import RedisAddress, RedisOptions, host_port, parse_redis_url
 
 Batch = Callable[[], AbstractContextManager[None]]
@@ -49,13 +50,6 @@ class RedisLink(Protocol):
 def reply_text(value: Any) -> str:
     """A Redis reply as text (txredisapi hands out bytes or str)."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def set_no_delay(conn: Any) -> None:
-    transport = getattr(conn, "transport", None)
-    set_tcp_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_tcp_no_delay is not None:
-        set_tcp_no_delay(True)
 
 
 def build_command(args: tuple[Any, ...], charset: str, errors: str) -> bytes:
@@ -349,7 +343,7 @@ def open_connection(reactor: Any, timeout: float, factory: ConnectionFactory) ->
 
     def opened(conn: Any) -> Deferred[Any]:
         # Small pipelined commands must not wait for Nagle's algorithm.
-        set_no_delay(conn)
+        set_no_delay(getattr(conn, "transport", None))
         ready: Deferred[Any] = conn.whenConnected()
         # AUTH or SELECT failing closes the connection without firing it.
         conn.whenDisconnected().addCallback(
