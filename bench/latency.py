@@ -2,7 +2,8 @@
 """The acked round trip's latency distribution, WarpSocket against the baselines.
 
     bench/.venv/bin/python bench/latency.py [--pairs 8] [--servers warpsocket,autobahn]
-                                            [--mode ack|call] [--before DIR] [--out DIR]
+                                            [--mode ack|call] [--before DIR] [--rate R]
+                                            [--autobahn-nagle] [--out DIR]
 
 ``bench/run.py`` judges the p99 target on a few rounds, and one round's p99
 moves by 10-20% on a shared machine (a few slow milliseconds of the host
@@ -24,6 +25,18 @@ older commit), in every round beside the others, so a change is measured
 against its baseline and against Autobahn in the same rounds. Only the
 package comes from DIR: the server script (bench/servers/) and the load
 generator are this checkout's.
+
+``--rate R`` runs the load generator's open loop instead: R requests a
+second in all on a fixed schedule, answered or not (several in flight per
+client), so every server is offered the same load and the latencies compare
+at equal load rather than at each server's own saturation. Each round also
+prints how late the load generator wrote its requests against the schedule
+(``send_lag_ms_p99``).
+
+``--autobahn-nagle`` adds a column ``autobahn+nagle``: Autobahn's echo with
+Nagle's algorithm left on, as Autobahn leaves it on Twisted (the
+``autobahn`` column runs with it off, as Autobahn means it to be:
+servers/autobahn_server.py).
 
 Writes ``OUT/latency.json`` (default ``bench/results``).
 """
@@ -75,19 +88,18 @@ def histogram(ordered: list[float]) -> list[float]:
 
 
 @contextlib.contextmanager
-def python_path(path: str | None) -> Iterator[None]:
-    """``path`` first on ``PYTHONPATH`` for the server processes started
-    inside (None: as it was)."""
-    saved = os.environ.get("PYTHONPATH")
-    if path is not None:
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, saved) if p)
+def environment(changes: dict[str, str]) -> Iterator[None]:
+    """``changes`` in the environment of the server processes started inside."""
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def summarize(latencies: list[float]) -> dict[str, Any]:
@@ -110,20 +122,36 @@ def main() -> int:
     )
     parser.add_argument("--mode", choices=("ack", "call"), default="ack")
     parser.add_argument(
+        "--rate",
+        type=int,
+        default=0,
+        help="open loop: this many requests a second in all, on a fixed schedule, "
+        "whatever the answers (0: the closed loop of run.py)",
+    )
+    parser.add_argument(
         "--before", default="", help="a checkout whose package is the warpsocket@before column"
+    )
+    parser.add_argument(
+        "--autobahn-nagle",
+        action="store_true",
+        help="add a column: Autobahn's echo with Nagle's algorithm left on, as "
+        "Autobahn leaves it on Twisted (servers/autobahn_server.py)",
     )
     parser.add_argument("--out", default=str(run.BENCH / "results"))
     args = parser.parse_args()
     names = [s for s in args.servers.split(",") if s]
     if len(names) < 2 or set(names) - set(run.SERVERS):
         raise SystemExit(f"--servers: two or more of {','.join(run.SERVERS)}")
-    # (column, server, PYTHONPATH or None)
-    columns: list[tuple[str, str, str | None]] = [(name, name, None) for name in names]
+    # (column, server, what its environment adds)
+    columns: list[tuple[str, str, dict[str, str]]] = [(name, name, {}) for name in names]
     if args.before:
         before = str(Path(args.before).resolve())
         if not (Path(before) / "warpsocket" / "__init__.py").exists():
             raise SystemExit(f"--before: no warpsocket package in {before}")
-        columns.insert(1, ("warpsocket@before", "warpsocket", before))
+        path = os.pathsep.join(p for p in (before, os.environ.get("PYTHONPATH")) if p)
+        columns.insert(1, ("warpsocket@before", "warpsocket", {"PYTHONPATH": path}))
+    if args.autobahn_nagle:
+        columns.append(("autobahn+nagle", "autobahn", {"BENCH_AUTOBAHN_NAGLE": "1"}))
     servers = [column for column, _, _ in columns]
 
     run.ensure_venv()
@@ -142,12 +170,12 @@ def main() -> int:
         for round_no in range(args.pairs):
             order = columns if round_no % 2 == 0 else columns[::-1]
             row: dict[str, Any] = {}
-            for column, server, path in order:
+            for column, server, changes in order:
                 samples = Path(scratch) / f"{column}-{round_no}.txt"
                 mode = args.mode if server == "warpsocket" else "ack"
                 column_logs = logs / column  # (run_case names its logs by server)
                 column_logs.mkdir(exist_ok=True)
-                with python_path(path):
+                with environment(changes):
                     result = run.run_case(
                         server,
                         "rtt",
@@ -156,7 +184,7 @@ def main() -> int:
                         nofile,
                         column_logs,
                         mode=mode,
-                        loadgen_extra=("--samples", str(samples)),
+                        loadgen_extra=("--samples", str(samples), "--rate", str(args.rate)),
                     )
                 latencies = read_samples(samples)
                 pooled[column] += latencies
@@ -169,6 +197,12 @@ def main() -> int:
                     f"round {round_no + 1}/{args.pairs} {column:17} "
                     f"{result['round_trips_per_s']:8,.0f}/s  p50 {result['latency_ms_p50']:.2f}"
                     f"  p99 {result['latency_ms_p99']:.2f} ms"
+                    + (
+                        f"  (send lag p99 {result['send_lag_ms_p99']:.2f} ms, "
+                        f"{result['skipped']} skipped, {result['unanswered']} unanswered)"
+                        if args.rate
+                        else ""
+                    )
                 )
             rounds.append(row)
 
@@ -214,6 +248,7 @@ def main() -> int:
         "machine": run.machine_info(),
         "params": {k: params[k] for k in ("rtt_clients", "rtt_seconds", "rtt_warmup_seconds")},
         "mode": args.mode,
+        "rate": args.rate or None,
         "before": args.before or None,
         "rounds": rounds,
         "pooled": summary,

@@ -44,6 +44,8 @@ const DEFAULTS = {
   'redis-pid': 0, // reported apart (redis_cpu_seconds)
   gate: 0, // 1: before measuring, print GATE on stderr and wait for SIGUSR1 (profiling)
   samples: '', // rtt: write every measured round trip here, one "client t0 t1" line (ms)
+  rate: 0, // rtt: 0 = closed loop (one request in flight per client); R = open loop, R requests/s in all
+  'max-in-flight': 64, // rtt --rate: a client with this many unanswered requests skips its next
 };
 
 function parseArgs(argv) {
@@ -164,6 +166,7 @@ class WarpClient {
     this.mode = mode;
     this.seq = 0;
     this.pending = null;
+    this.inflight = new Map(); // open loop (rtt --rate): id -> done(ok)
     this.ws = null;
   }
 
@@ -218,7 +221,14 @@ class WarpClient {
 
   settle(msg) {
     const pending = this.pending;
-    if (pending === null || pending.id !== msg.ref) return;
+    if (pending === null || pending.id !== msg.ref) {
+      const done = this.inflight.get(msg.ref);
+      if (done !== undefined) {
+        this.inflight.delete(msg.ref);
+        done(msg.type !== 'error');
+      }
+      return;
+    }
     this.pending = null;
     if (msg.type === 'error') pending.reject(new Error(`error ${msg.code}: ${JSON.stringify(msg.data)}`));
     else pending.resolve(msg.data);
@@ -231,13 +241,24 @@ class WarpClient {
     });
   }
 
-  request(data) {
+  envelope(data) {
     const id = this.nextId();
-    if (this.mode === 'call') {
-      return this.send({ type: 'call', id, timestamp: Date.now(), event: 'echo', data });
-    }
-    return this.send({ type: 'event', id, timestamp: Date.now(), event: 'echo', data, ack: true });
+    if (this.mode === 'call') return { type: 'call', id, timestamp: Date.now(), event: 'echo', data };
+    return { type: 'event', id, timestamp: Date.now(), event: 'echo', data, ack: true };
   }
+
+  request(data) {
+    return this.send(this.envelope(data));
+  }
+
+  // Open loop: another request while earlier ones are in flight.
+  fire(data, done) {
+    const envelope = this.envelope(data);
+    this.inflight.set(envelope.id, done);
+    this.ws.send(JSON.stringify(envelope));
+  }
+
+  get inFlight() { return this.inflight.size + (this.pending === null ? 0 : 1); }
 
   fanout(count, size) {
     return this.send({ type: 'call', id: this.nextId(), timestamp: Date.now(), event: 'fanout', data: { count, size, burst: opts.pace === 'burst' } });
@@ -258,6 +279,7 @@ class PlainClient {
     this.onTick = onTick;
     this.onLost = onLost;
     this.pending = null;
+    this.inflight = []; // open loop (rtt --rate): done(ok) callbacks, answered in order
     this.ws = null;
   }
 
@@ -274,6 +296,8 @@ class PlainClient {
         if (pending !== null) {
           this.pending = null;
           pending.resolve(msg);
+        } else if (this.inflight.length) {
+          this.inflight.shift()(true);
         } else if (this.onTick !== null) {
           this.onTick(msg, this);
         }
@@ -294,6 +318,13 @@ class PlainClient {
   }
 
   request(data) { return this.send(data); }
+
+  fire(data, done) {
+    this.inflight.push(done);
+    this.ws.send(JSON.stringify(data));
+  }
+
+  get inFlight() { return this.inflight.length + (this.pending === null ? 0 : 1); }
 
   fanout(count, size) { return this.send({ cmd: 'fanout', count, size, burst: opts.pace === 'burst' }); }
 
@@ -337,6 +368,13 @@ class SioClient {
   request(data) {
     return new Promise((resolve) => this.socket.emit('echo', data, resolve));
   }
+
+  fire(data, done) {
+    this.waiting = (this.waiting || 0) + 1;
+    this.socket.emit('echo', data, () => { this.waiting -= 1; done(true); });
+  }
+
+  get inFlight() { return this.waiting || 0; }
 
   fanout(count, size) {
     return new Promise((resolve) => this.socket.emit('fanout', { count, size, burst: opts.pace === 'burst' }, resolve));
@@ -524,6 +562,7 @@ async function rtt() {
   const opened = await openAll(opts.clients);
   await sleep(500);
   await gate();
+  if (opts.rate > 0) return rttOpenLoop(opened);
   const begin = now() + opts.warmup * 1000;
   const end = begin + opts.duration * 1000;
   const samples = [];
@@ -568,6 +607,98 @@ async function rtt() {
     latency_ms_p50: percentile(sorted, 50),
     latency_ms_p99: percentile(sorted, 99),
     latency_ms_max: sorted.length ? sorted[sorted.length - 1] : null,
+    errors,
+    connect_failures: opened.failures,
+    ...usage,
+  };
+}
+
+// Open loop (--rate R): requests leave on a fixed schedule, R a second in all,
+// whether or not the earlier ones were answered; client i sends every
+// clients / R seconds, the clients' schedules evenly staggered. Unlike the
+// closed loop, the load offered is the same for every server, so latencies
+// compare at equal load (a faster server has more idle time, not more
+// requests). Each round trip is timed from when its request was written; how
+// late the load generator wrote it against the schedule is reported apart
+// (send_lag_ms_p99: if it grows, the load generator, not the server, fell
+// behind). The schedule is kept by polling the clock between I/O callbacks
+// (setImmediate), so the load generator's core always reads busy here.
+async function rttOpenLoop(opened) {
+  const clients = opened.clients;
+  const start = now();
+  const begin = start + opts.warmup * 1000;
+  const end = begin + opts.duration * 1000;
+  const interval = (1000 * clients.length) / opts.rate; // ms between one client's requests
+  const due = clients.map((_, i) => start + (interval * i) / clients.length);
+  const data = clients.map((client) => padTo(opts.size, { seq: client.index, t: 0 }));
+  const samples = [];
+  const lags = [];
+  const raw = opts.samples ? [] : null;
+  let errors = 0;
+  let skipped = 0;
+  let outstanding = 0;
+  let cpu = null;
+  let usage = null;
+  function send(index, when) {
+    const client = clients[index];
+    if (client.inFlight >= opts['max-in-flight']) {
+      if (when >= begin) skipped += 1;
+      return;
+    }
+    const t0 = now();
+    const measured = when >= begin;
+    if (measured) lags.push(t0 - when);
+    outstanding += 1;
+    client.fire(data[index], (ok) => {
+      const t1 = now();
+      outstanding -= 1;
+      if (!measured) return;
+      if (!ok) { errors += 1; return; }
+      samples.push(t1 - t0);
+      if (raw !== null) raw.push(`${client.index} ${t0.toFixed(3)} ${t1.toFixed(3)}`);
+    });
+  }
+  await new Promise((resolve) => {
+    function tick() {
+      const t = now();
+      if (cpu === null && t >= begin) cpu = cpuWindow(opts['server-pid'], opts['server-pid2'], opts['redis-pid']);
+      if (t >= end) {
+        usage = cpu ? cpu() : null;
+        resolve();
+        return;
+      }
+      for (let i = 0; i < clients.length; i += 1) {
+        while (due[i] <= t && due[i] < end) {
+          const when = due[i];
+          due[i] += interval;
+          send(i, when);
+        }
+      }
+      setImmediate(tick);
+    }
+    tick();
+  });
+  // The answers still on their way (sent before the end): up to 5 s.
+  const drained = now() + 5000;
+  while (outstanding > 0 && now() < drained) await sleep(5); // eslint-disable-line no-await-in-loop
+  await gate('DONE');
+  if (raw !== null) fs.writeFileSync(opts.samples, `${raw.join('\n')}\n`);
+  const sorted = Float64Array.from(samples).sort();
+  const lagSorted = Float64Array.from(lags).sort();
+  return {
+    clients: opts.clients,
+    mode: opts.server === 'warpsocket' ? opts.mode : (opts.server === 'socketio' ? 'emit+ack' : 'echo'),
+    loop: 'open',
+    offered_per_s: opts.rate,
+    seconds: opts.duration,
+    round_trips: samples.length,
+    round_trips_per_s: samples.length / opts.duration,
+    latency_ms_p50: percentile(sorted, 50),
+    latency_ms_p99: percentile(sorted, 99),
+    latency_ms_max: sorted.length ? sorted[sorted.length - 1] : null,
+    send_lag_ms_p99: percentile(lagSorted, 99),
+    skipped,
+    unanswered: outstanding,
     errors,
     connect_failures: opened.failures,
     ...usage,

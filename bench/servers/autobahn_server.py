@@ -6,11 +6,20 @@ they send is echoed back. A control connection on ``/control`` sends
 once with ``factory.prepareMessage`` and writes it to every client with
 ``sendPreparedMessage``, all N in one reactor turn (``"burst": true``) or one
 broadcast per reactor turn, then answers ``{"sent": N}``.
+
+Nagle's algorithm is off on every connection, as Autobahn means it to be
+(its ``tcpNoDelay`` option, on by default) and as every other server here
+has it. Autobahn's own call fails on Twisted: its ``connectionMade`` reads
+the option before ``_connectionMade`` copies it from the factory, and
+swallows the ``AttributeError`` (warpsocket/_nodelay.py). With
+``BENCH_AUTOBAHN_NAGLE=1`` in the environment it is left on, as Autobahn
+actually leaves it (``bench/latency.py --autobahn-nagle``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from _common import make_payload, parse_args, raise_nofile, ready, trace_memory_on_signal
@@ -27,10 +36,17 @@ from autobahn.twisted.websocket import (  # noqa: E402
 )
 from twisted.internet import reactor  # noqa: E402
 
+NAGLE = os.environ.get("BENCH_AUTOBAHN_NAGLE") == "1"
+
 
 class BenchProtocol(WebSocketServerProtocol):
     factory: BenchFactory
     is_control = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not NAGLE:
+            self.transport.setTcpNoDelay(True)  # (what Autobahn's own call fails to do)
 
     def onConnect(self, request: Any) -> None:
         self.is_control = request.path == "/control"
