@@ -5,8 +5,8 @@ fails on Twisted, so without WarpSocket's own call the Python client's socket
 keeps Nagle's algorithm: a small frame written while the previous one is
 unacknowledged waits for the server's delayed ACK, up to 40 ms. These read
 the option back from the kernel (``getsockopt``) over real sockets: the
-client's and the server's, over TCP and TLS, and both sides of the recording
-proxy.
+client's and the server's, over TCP and TLS, both sides of the recording
+proxy, and a node's connection to a real redis-server.
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from tests.helpers.client import FAST
+from tests.redis_harness import RedisProcess
 from tests.wsclient import async_test, wait_until
 from warpsocket._nodelay import set_no_delay
+from warpsocket.backends.redis import parse_redis_url
+from warpsocket.backends.redis.connection import (
+    CommandProtocol,
+    ConnectionFactory,
+    open_connection,
+)
 from warpsocket.client.client import WarpSocketClient
 from warpsocket.client.options import ClientOptions
 from warpsocket.mock.record import Recorder, RecordingProxyFactory
@@ -105,6 +112,18 @@ class NoDelayTests(unittest.TestCase):
         assert downstream is not None and downstream.upstream is not None
         self.assertEqual(no_delay(downstream.transport), 1)  # the client's side
         self.assertEqual(no_delay(downstream.upstream.transport), 1)  # the server's side
+
+
+    @async_test
+    async def test_a_nodes_redis_connection(self) -> None:
+        redis = RedisProcess().start()
+        self.addCleanup(redis.cleanup)
+        address = parse_redis_url(f"redis://127.0.0.1:{redis.port}")
+        conn = await open_connection(
+            reactor, 5.0, ConnectionFactory(CommandProtocol, address, None)
+        )
+        self.addCleanup(conn.transport.loseConnection)
+        self.assertEqual(no_delay(conn.transport), 1)
 
 
 class SetNoDelayTests(unittest.TestCase):
