@@ -5,8 +5,9 @@ fails on Twisted, so without WarpSocket's own call the Python client's socket
 keeps Nagle's algorithm: a small frame written while the previous one is
 unacknowledged waits for the server's delayed ACK, up to 40 ms. These read
 the option back from the kernel (``getsockopt``) over real sockets: the
-client's and the server's, over TCP and TLS, both sides of the recording
-proxy, and a node's connection to a real redis-server.
+client's and the server's, over TCP and TLS, the mock server's (whose
+transport is wrapped for shaping), both sides of the recording proxy, and a
+node's connection to a real redis-server.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from warpsocket.backends.redis.connection import (
 )
 from warpsocket.client.client import WarpSocketClient
 from warpsocket.client.options import ClientOptions
+from warpsocket.mock import MockService
 from warpsocket.mock.record import Recorder, RecordingProxyFactory
+from warpsocket.mock.scenario import parse_scenario
 from warpsocket.server.hub import Hub, HubOptions
 from warpsocket.server.security.limits import transport_chain
 from warpsocket.server.service import WarpSocketService
@@ -99,6 +102,14 @@ class NoDelayTests(unittest.TestCase):
         self.assertEqual(no_delay(self.server_side(hub).transport), 1)
 
     @async_test
+    async def test_the_mock_server(self) -> None:
+        mock = MockService(parse_scenario({"name": "nodelay"}), ["tcp:0:interface=127.0.0.1"])
+        mock.startService()
+        self.services.append(mock)
+        await self.connected(f"ws://127.0.0.1:{mock.ports[0].getHost().port}/ws")
+        self.assertEqual(no_delay(self.server_side(mock.hub).transport), 1)
+
+    @async_test
     async def test_both_sides_of_the_recording_proxy(self) -> None:
         _, upstream_port = self.serve("tcp:0:interface=127.0.0.1")
         proxy = RecordingProxyFactory(
@@ -112,7 +123,6 @@ class NoDelayTests(unittest.TestCase):
         assert downstream is not None and downstream.upstream is not None
         self.assertEqual(no_delay(downstream.transport), 1)  # the client's side
         self.assertEqual(no_delay(downstream.upstream.transport), 1)  # the server's side
-
 
     @async_test
     async def test_a_nodes_redis_connection(self) -> None:
