@@ -3,7 +3,7 @@
 
     bench/.venv/bin/python bench/latency.py [--pairs 8] [--servers warpsocket,autobahn]
                                             [--mode ack|call] [--before DIR] [--rate R]
-                                            [--autobahn-nagle] [--out DIR]
+                                            [--autobahn-nagle] [--calls] [--out DIR]
 
 ``bench/run.py`` judges the p99 target on a few rounds, and one round's p99
 moves by 10-20% on a shared machine (a few slow milliseconds of the host
@@ -32,6 +32,11 @@ client), so every server is offered the same load and the latencies compare
 at equal load rather than at each server's own saturation. Each round also
 prints how late the load generator wrote its requests against the schedule
 (``send_lag_ms_p99``).
+
+``--calls`` adds a column ``warpsocket-call``: the WarpSocket server
+answering RPC calls, beside its acked events in the same rounds, and
+prints the calls' pooled round trips and p99 against the events' (the
+RPC target of bench/run.py, judged on pooled rounds).
 
 ``--autobahn-nagle`` adds a column ``autobahn+nagle``: Autobahn's echo with
 Nagle's algorithm left on, as Autobahn leaves it on Twisted (the
@@ -132,6 +137,11 @@ def main() -> int:
         "--before", default="", help="a checkout whose package is the warpsocket@before column"
     )
     parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="add a column: WarpSocket answering RPC calls, beside its acked events",
+    )
+    parser.add_argument(
         "--autobahn-nagle",
         action="store_true",
         help="add a column: Autobahn's echo with Nagle's algorithm left on, as "
@@ -142,17 +152,22 @@ def main() -> int:
     names = [s for s in args.servers.split(",") if s]
     if len(names) < 2 or set(names) - set(run.SERVERS):
         raise SystemExit(f"--servers: two or more of {','.join(run.SERVERS)}")
-    # (column, server, what its environment adds)
-    columns: list[tuple[str, str, dict[str, str]]] = [(name, name, {}) for name in names]
+    mode = args.mode
+    # (column, server, what its environment adds, WarpSocket's mode)
+    columns: list[tuple[str, str, dict[str, str], str]] = [(name, name, {}, mode) for name in names]
     if args.before:
         before = str(Path(args.before).resolve())
         if not (Path(before) / "warpsocket" / "__init__.py").exists():
             raise SystemExit(f"--before: no warpsocket package in {before}")
         path = os.pathsep.join(p for p in (before, os.environ.get("PYTHONPATH")) if p)
-        columns.insert(1, ("warpsocket@before", "warpsocket", {"PYTHONPATH": path}))
+        columns.insert(1, ("warpsocket@before", "warpsocket", {"PYTHONPATH": path}, mode))
+    if args.calls:
+        if names[0] != "warpsocket" or mode != "ack":
+            raise SystemExit("--calls: warpsocket first in --servers, --mode ack")
+        columns.insert(1, ("warpsocket-call", "warpsocket", {}, "call"))
     if args.autobahn_nagle:
-        columns.append(("autobahn+nagle", "autobahn", {"BENCH_AUTOBAHN_NAGLE": "1"}))
-    servers = [column for column, _, _ in columns]
+        columns.append(("autobahn+nagle", "autobahn", {"BENCH_AUTOBAHN_NAGLE": "1"}, "ack"))
+    servers = [column for column, _, _, _ in columns]
 
     run.ensure_venv()
     run.ensure_node_modules()
@@ -170,9 +185,8 @@ def main() -> int:
         for round_no in range(args.pairs):
             order = columns if round_no % 2 == 0 else columns[::-1]
             row: dict[str, Any] = {}
-            for column, server, changes in order:
+            for column, server, changes, column_mode in order:
                 samples = Path(scratch) / f"{column}-{round_no}.txt"
-                mode = args.mode if server == "warpsocket" else "ack"
                 column_logs = logs / column  # (run_case names its logs by server)
                 column_logs.mkdir(exist_ok=True)
                 with environment(changes):
@@ -183,7 +197,7 @@ def main() -> int:
                         ports,
                         nofile,
                         column_logs,
-                        mode=mode,
+                        mode=column_mode if server == "warpsocket" else "ack",
                         loadgen_extra=("--samples", str(samples), "--rate", str(args.rate)),
                     )
                 latencies = read_samples(samples)
@@ -212,6 +226,7 @@ def main() -> int:
     for baseline in baselines:
         lower = sum(r[subject]["latency_ms_p99"] <= r[baseline]["latency_ms_p99"] for r in rounds)
         comparisons[baseline] = {
+            "round_trips_ratio": summary[subject]["round_trips"] / summary[baseline]["round_trips"],
             "pooled_p99_ratio": summary[subject]["p99_ms"] / summary[baseline]["p99_ms"],
             "pooled_p50_ratio": summary[subject]["p50_ms"] / summary[baseline]["p50_ms"],
             "rounds_with_p99_no_worse": lower,
@@ -238,9 +253,21 @@ def main() -> int:
         )
     for baseline, c in comparisons.items():
         print(
-            f"\n{subject} / {baseline}: pooled p99 {c['pooled_p99_ratio']:.3f} (target <= 1), "
+            f"\n{subject} / {baseline}: round trips {c['round_trips_ratio']:.3f}, "
+            f"pooled p99 {c['pooled_p99_ratio']:.3f} (target <= 1), "
             f"pooled p50 {c['pooled_p50_ratio']:.3f}; p99 no worse in "
             f"{c['rounds_with_p99_no_worse']} of {c['rounds']} rounds"
+        )
+    calls = None
+    if args.calls:
+        event, call = summary["warpsocket"], summary["warpsocket-call"]
+        calls = {
+            "round_trips_ratio": call["round_trips"] / event["round_trips"],
+            "pooled_p99_ratio": call["p99_ms"] / event["p99_ms"],
+        }
+        print(
+            f"\ncalls / acked events: round trips {calls['round_trips_ratio']:.3f} "
+            f"(target >= 0.9), pooled p99 {calls['pooled_p99_ratio']:.3f}"
         )
     report = {
         "command": " ".join(sys.argv),
@@ -253,6 +280,7 @@ def main() -> int:
         "rounds": rounds,
         "pooled": summary,
         "comparisons": comparisons,
+        "calls": calls,
     }
     (out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out / 'latency.json'}")
