@@ -17,12 +17,10 @@ the handler, pooled over the rounds, and the ratio of the two.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from typing import Any
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 
 from warpsocket import Hub, HubOptions, WarpSocketService
 from warpsocket.client.client import WarpSocketClient
@@ -94,29 +92,16 @@ async def run(args: argparse.Namespace) -> None:
     )
 
 
-def main() -> int:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--gap-ms", type=float, default=2.0)
     args = parser.parse_args()
-    failure: list[Any] = []
-
-    def done(result: Any) -> None:
-        if isinstance(result, Exception) or hasattr(result, "getTraceback"):
-            failure.append(result)
-        reactor.stop()
-
-    def start() -> Deferred[None]:
-        return ensureDeferred(run(args)).addBoth(done)
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if failure:
-        print(failure[0].getTraceback() if hasattr(failure[0], "getTraceback") else failure[0])
-        return 1
-    return 0
+    # (react runs the reactor until the run ends, and exits 1 with the
+    # traceback if it failed)
+    task.react(lambda _reactor: ensureDeferred(run(args)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

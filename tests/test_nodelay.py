@@ -17,7 +17,6 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -53,30 +52,22 @@ def no_delay(transport: Any) -> int:
 class NoDelayTests(unittest.TestCase):
     timeout = 30
 
-    def setUp(self) -> None:
-        self.clients: list[WarpSocketClient] = []
-        self.services: list[Any] = []
-
-    async def stop(self) -> None:
-        for client in self.clients:
-            await client.close()
-        for service in reversed(self.services):
-            await service.stopService()
-
-    def tearDown(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.stop())
+    def started(self, service: Any) -> Any:
+        """``service`` started, and stopped after the test (after its clients:
+        cleanups run last added first)."""
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
 
     def serve(self, endpoint: str) -> tuple[Hub, int]:
         hub = Hub(HubOptions(open_rooms=True))
-        service = WarpSocketService(hub, [endpoint])
-        service.startService()
-        self.services.append(service)
+        service = self.started(WarpSocketService(hub, [endpoint]))
         return hub, service.ports[0].getHost().port
 
     async def connected(self, url: str, **kwargs: Any) -> Any:
         """A Python client connected to ``url``; its protocol."""
         client = WarpSocketClient(url, ClientOptions(backoff=FAST, watch_network=False), **kwargs)
-        self.clients.append(client)
+        self.addCleanup(client.close)
         await client.connect(timeout=10)
         return client._protocol
 
@@ -103,9 +94,9 @@ class NoDelayTests(unittest.TestCase):
 
     @async_test
     async def test_the_mock_server(self) -> None:
-        mock = MockService(parse_scenario({"name": "nodelay"}), ["tcp:0:interface=127.0.0.1"])
-        mock.startService()
-        self.services.append(mock)
+        mock = self.started(
+            MockService(parse_scenario({"name": "nodelay"}), ["tcp:0:interface=127.0.0.1"])
+        )
         await self.connected(f"ws://127.0.0.1:{mock.ports[0].getHost().port}/ws")
         self.assertEqual(no_delay(self.server_side(mock.hub).transport), 1)
 

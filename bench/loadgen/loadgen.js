@@ -596,6 +596,12 @@ async function rtt() {
   await Promise.all(opened.clients.map(loop));
   while (usage === null) await sleep(10); // eslint-disable-line no-await-in-loop
   await gate('DONE');
+  return rttResult(samples, raw, errors, opened, usage);
+}
+
+// The rtt scenario's result, closed or open loop (``extra``: the open loop's own
+// figures); every measured round trip goes to --samples first, if asked for.
+function rttResult(samples, raw, errors, opened, usage, extra = {}) {
   if (raw !== null) fs.writeFileSync(opts.samples, `${raw.join('\n')}\n`);
   const sorted = Float64Array.from(samples).sort();
   return {
@@ -607,6 +613,7 @@ async function rtt() {
     latency_ms_p50: percentile(sorted, 50),
     latency_ms_p99: percentile(sorted, 99),
     latency_ms_max: sorted.length ? sorted[sorted.length - 1] : null,
+    ...extra,
     errors,
     connect_failures: opened.failures,
     ...usage,
@@ -682,27 +689,13 @@ async function rttOpenLoop(opened) {
   const drained = now() + 5000;
   while (outstanding > 0 && now() < drained) await sleep(5); // eslint-disable-line no-await-in-loop
   await gate('DONE');
-  if (raw !== null) fs.writeFileSync(opts.samples, `${raw.join('\n')}\n`);
-  const sorted = Float64Array.from(samples).sort();
-  const lagSorted = Float64Array.from(lags).sort();
-  return {
-    clients: opts.clients,
-    mode: opts.server === 'warpsocket' ? opts.mode : (opts.server === 'socketio' ? 'emit+ack' : 'echo'),
+  return rttResult(samples, raw, errors, opened, usage, {
     loop: 'open',
     offered_per_s: opts.rate,
-    seconds: opts.duration,
-    round_trips: samples.length,
-    round_trips_per_s: samples.length / opts.duration,
-    latency_ms_p50: percentile(sorted, 50),
-    latency_ms_p99: percentile(sorted, 99),
-    latency_ms_max: sorted.length ? sorted[sorted.length - 1] : null,
-    send_lag_ms_p99: percentile(lagSorted, 99),
+    send_lag_ms_p99: percentile(Float64Array.from(lags).sort(), 99),
     skipped,
     unanswered: outstanding,
-    errors,
-    connect_failures: opened.failures,
-    ...usage,
-  };
+  });
 }
 
 async function connect() {
