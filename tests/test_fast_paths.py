@@ -16,10 +16,12 @@ import dataclasses
 import inspect
 import json
 import math
+import platform
 from collections import OrderedDict
 from typing import Any
 from unittest import mock
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import succeed
@@ -27,6 +29,7 @@ from twisted.trial import unittest
 
 from warpsocket.core.dedup import SHARD_RECORDS, DedupLimits, DedupRecord, DedupWindow
 from warpsocket.core.messages import ack_envelope
+from warpsocket.protocol import codecs
 from warpsocket.protocol import envelope as envelope_module
 from warpsocket.protocol.codecs import JsonCodec, _no_scanner, packed_result
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
@@ -193,7 +196,116 @@ json_texts = st.one_of(
 )
 
 
+def typed(value: Any) -> Any:
+    """``value`` with every scalar's type made visible (1 and 1.0 differ, as
+    do 0.0 and -0.0): to compare two decoders' values exactly."""
+    if isinstance(value, dict):
+        return {key: typed(member) for key, member in value.items()}
+    if isinstance(value, list):
+        return [typed(member) for member in value]
+    if isinstance(value, CompactData):
+        return ("compact", value.json)
+    return (type(value).__name__, repr(value))
+
+
+def decoded(codec: JsonCodec, payload: bytes) -> Any:
+    """What ``decode`` makes of ``payload``: the error, or every field typed."""
+    try:
+        envelope = codec.decode(payload, False)
+    except ProtocolError as error:
+        return "error", (error.code, error.message, error.ref)
+    return "ok", (envelope.type, [typed(v) for v in vars_of(envelope)], typed(envelope.extra))
+
+
+def numbers_around(edge: int) -> Any:
+    return st.integers(min_value=edge - 3, max_value=edge + 3).map(str)
+
+
+EVENT_HEAD = '{"type":"event","id":"m-1","timestamp":1,"event":"e","data":'
+
+# Texts on which orjson and the standard decoder could read differently:
+# integers past 53 and 64 bits, overflowing floats, surrogate escapes, depth,
+# invalid UTF-8, and bytes a generator would rarely write.
+number_texts = st.one_of(
+    numbers_around(2**53),
+    numbers_around(2**63),
+    numbers_around(2**64),
+    numbers_around(-(2**63)),
+    st.integers(min_value=-(2**80), max_value=2**80).map(str),
+    st.floats().map(repr),
+    st.sampled_from(["1e308", "1e309", "-1E+400", "1e-400", "0.30000000000000004", "1E2"]),
+    st.sampled_from(["-0", "-0.0", "01", "1.", ".5", "+1", "0x10", "NaN", "-Infinity"]),
+)
+string_texts = st.one_of(
+    st.text(max_size=6).map(json.dumps),
+    st.sampled_from(['"\\ud800"', '"\\udc00x"', '"\\ud83d\\ude00"', '"\\ud83d"', '"\\u00e9"']),
+    st.sampled_from(['"\\x"', '"\x01"', '"\u2028"', '"a']),
+)
+hostile_payloads = st.one_of(
+    st.builds(
+        lambda data: (EVENT_HEAD + data + "}").encode("utf-8", "surrogatepass"),
+        st.one_of(
+            number_texts,
+            string_texts,
+            st.lists(st.one_of(number_texts, string_texts), max_size=4).map(
+                lambda items: "[" + ",".join(items) + "]"
+            ),
+            st.integers(min_value=60, max_value=1100).map(lambda n: "[" * n + "]" * n),
+        ),
+    ),
+    st.builds(
+        lambda prefix, tail: prefix + tail,
+        st.sampled_from([b"", b"\xef\xbb\xbf", b" "]),
+        st.binary(max_size=40),
+    ),
+    st.builds(
+        lambda text, cut: text.encode("utf-8", "surrogatepass")[:cut],
+        json_texts,
+        st.integers(min_value=0, max_value=200),
+    ),
+)
+
+
 class JsonCodecTests(unittest.TestCase):
+    def test_orjson_is_the_parser_and_the_packer(self) -> None:
+        """Installed by setup.cfg on CPython: the fast paths below are the ones
+        a server runs (without it the standard library does all)."""
+        if platform.python_implementation() == "CPython":
+            self.assertIs(codecs.FAST_LOADS, orjson.loads)
+            self.assertIsNotNone(codecs.fast_dumps)
+
+    @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.one_of(
+            json_texts.map(lambda text: text.encode("utf-8", "surrogatepass")), hostile_payloads
+        )
+    )
+    def test_orjson_decodes_as_the_standard_decoder(self, payload: bytes) -> None:
+        """The same envelope, every value of the same type, or the same error
+        with the same message: orjson only reads what it reads alike."""
+        codec = JsonCodec()
+        found = decoded(codec, payload)
+        with mock.patch.object(codecs, "FAST_LOADS", None):
+            expected = decoded(codec, payload)
+        self.assertEqual(found, expected)
+
+    def test_what_orjson_reads_otherwise_goes_to_the_standard_decoder(self) -> None:
+        """Integers past 64 bits (orjson: floats) and lone surrogate escapes
+        (orjson: its own error) get the standard verdicts."""
+        head = EVENT_HEAD.encode()
+        codec = JsonCodec()
+        with self.assertRaises(ProtocolError) as caught:
+            codec.decode(head + b"[18446744073709551616]}", False)
+        self.assertEqual(caught.exception.code, ErrorCode.BAD_ENVELOPE)
+        self.assertIn("integer outside", caught.exception.message)
+        with self.assertRaises(ProtocolError) as caught:
+            codec.decode(head + b'"\\ud800"}', False)
+        self.assertEqual(
+            (caught.exception.code, caught.exception.message),
+            (ErrorCode.BAD_FRAME, "lone UTF-16 surrogate escape"),
+        )
+        self.assertEqual(codec.decode(head + b'"\\ud83d\\ude00"}', False).data, "\U0001f600")
+
     @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(json_texts)
     def test_decode_with_the_scanner_is_decode_without(self, text: str) -> None:
@@ -307,6 +419,7 @@ results = st.one_of(
 flat_members = st.one_of(
     scalars,
     st.sampled_from([2**53 - 1, -(2**53 - 1), 2**53, -(2**53), 1e308, -0.0, True, '\\"\x00']),
+    st.sampled_from([1e-7, 5e-05, 1e16, 1e22, 5e-324, 2.5, float("inf"), -float("inf")]),
     st.builds(lambda v: [v], scalars),
     st.builds(lambda v: {"k": v}, scalars),
     st.builds(lambda n: MessageType.ACK if n else ErrorCode.BAD_FRAME, st.booleans()),
@@ -326,6 +439,27 @@ flat_results = st.one_of(
 
 
 class PackedResultTests(unittest.TestCase):
+    def assertSameJson(self, packed: bytes, expected: str) -> None:
+        """The same JSON values, of the same types, as the standard encoder's;
+        byte for byte without orjson (which writes ``1e-7`` for ``1e-07``)."""
+        if codecs.fast_dumps is None:
+            self.assertEqual(packed, expected.encode("utf-8"))
+        self.assertEqual(typed(json.loads(packed)), typed(json.loads(expected)))
+
+    def test_flat_results_are_packed_by_orjson_the_rest_by_the_stdlib(self) -> None:
+        flat = {"a": 1e-07, "e": "\u00e9", "n": None}
+        packed = packed_result(flat, DataLimits())
+        nested = packed_result({"a": 1e-07, "l": [1]}, DataLimits())
+        assert packed is not None and nested is not None
+        self.assertEqual(packed.json, b'{"a":1e-7,"e":"\xc3\xa9","n":null}')
+        self.assertEqual(nested.json, b'{"a":1e-07,"l":[1]}')
+        with mock.patch.object(codecs, "fast_dumps", None):
+            packed = packed_result(flat, DataLimits())
+        assert packed is not None
+        self.assertEqual(packed.json, b'{"a":1e-07,"e":"\xc3\xa9","n":null}')
+        for refused in ([float("nan")], {"a": float("inf")}, [-float("inf")], ["\ud800"]):
+            self.assertIsNone(packed_result(refused, DataLimits()), refused)
+
     @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(results, st.integers(min_value=2, max_value=8), st.integers(min_value=1, max_value=64))
     def test_packed_only_what_check_value_accepts_as_compact_encodes_it(
@@ -341,7 +475,7 @@ class PackedResultTests(unittest.TestCase):
         if packed is None:
             return  # check_value decides (the caller's fallback)
         self.assertTrue(inside, value)
-        self.assertEqual(packed.json, compact(value).encode("utf-8"))
+        self.assertSameJson(packed.json, compact(value))
 
     def test_the_plain_shapes_are_packed(self) -> None:
         limits = DataLimits()
@@ -372,7 +506,7 @@ class PackedResultTests(unittest.TestCase):
             self.assertFalse(inside and plain and depth > 2 and all(type(k) is str for k in value))
             return
         self.assertTrue(inside, value)
-        self.assertEqual(packed.json, ENCODER.encode(value).encode("utf-8"))
+        self.assertSameJson(packed.json, ENCODER.encode(value))
 
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(results, min_size=1, max_size=4))

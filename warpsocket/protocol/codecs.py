@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
 from warpsocket.protocol.datamodel import DEFAULT_LIMITS, MAX_SAFE_INTEGER, DataLimits
 from warpsocket.protocol.envelope import Envelope, MessageType, is_plain_reply
-from warpsocket.protocol.jsontext import compact
+from warpsocket.protocol.jsontext import FAST_LOADS, compact, fast_dumps
 
 JSON_SUBPROTOCOL = "warpsocket.v1.json"
 MSGPACK_SUBPROTOCOL = "warpsocket.v1.msgpack"
@@ -108,6 +109,23 @@ class JsonCodec:
     def decode(self, payload: bytes, is_binary: bool) -> Envelope:
         if is_binary:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.subprotocol} uses text frames")
+        exact = _numbers_exact(payload)
+        if exact and FAST_LOADS is not None:
+            # orjson, where every number reads back as the stdlib reads it
+            # (``_numbers_exact``). Whatever it refuses gets the stdlib's
+            # verdict, so each error keeps its code and message.
+            try:
+                raw = FAST_LOADS(payload)
+            except ValueError:
+                raw = self._standard_decode(payload)
+        else:
+            raw = self._standard_decode(payload)
+        return Envelope.from_wire(
+            raw, self.limits, strings_checked=True, values_checked=exact and self._bounded(payload)
+        )
+
+    def _standard_decode(self, payload: bytes) -> Any:
+        """The standard library's decoder; its error messages are the codec's."""
         try:
             text = payload.decode("utf-8")
             try:
@@ -131,24 +149,23 @@ class JsonCodec:
         if _SURROGATE_ESCAPE.search(payload) and not _encodable(raw):
             # "\ud800" decodes to a lone surrogate, which no UTF-8 peer can hold.
             raise ProtocolError(ErrorCode.BAD_FRAME, "lone UTF-16 surrogate escape")
-        return Envelope.from_wire(
-            raw, self.limits, strings_checked=True, values_checked=self._plainly_inside(payload)
-        )
+        return raw
 
     def _plainly_inside(self, payload: bytes) -> bool:
         """True when the text alone shows every value is in the data model.
 
-        Most frames are small and plain: fewer brackets than the depth limit,
-        fewer bytes than two per allowed value, and no number that could
-        overflow (16 digits in a row, or a 3-digit exponent). Those need no
-        walk over the decoded value (the walk costs ~0.1 us per value); the
-        rest are checked value by value.
+        Most frames are small and plain: no number that could overflow (16
+        digits in a row, or a 3-digit exponent), fewer brackets than the depth
+        limit and fewer bytes than two per allowed value. Those need no walk
+        over the decoded value (the walk costs ~0.1 us per value); the rest
+        are checked value by value.
         """
+        return _numbers_exact(payload) and self._bounded(payload)
+
+    def _bounded(self, payload: bytes) -> bool:
+        """True when the text shows the depth and value-count limits hold."""
         limits = self.limits
         if len(payload) >= 2 * limits.max_values - 1:
-            return False
-        shape = payload.translate(_NUMBER_SHAPE, b"+-")
-        if b"1111111111111111" in shape or b"e111" in shape:
             return False
         # Depth: strip the text down to its brackets and peel off the
         # innermost pairs, one level per pass (brackets inside strings can
@@ -164,6 +181,13 @@ class JsonCodec:
             leaves = skeleton.replace(b"{}", b"x").replace(b"[]", b"x")
             skeleton = leaves.replace(b"x", b"")
         return not skeleton
+
+
+def _numbers_exact(payload: bytes) -> bool:
+    """True when no number in the text can be an integer past 2^53-1 or a
+    float that overflows: then every parser reads each number alike."""
+    shape = payload.translate(_NUMBER_SHAPE, b"+-")
+    return b"1111111111111111" not in shape and b"e111" not in shape
 
 
 # An integer beyond 2^53-1 has at least 16 digits; a double overflows only
@@ -188,17 +212,22 @@ _json_string = json.encoder.encode_basestring
 _TYPE_NAMES = {kind: kind.value for kind in MessageType}
 _TYPE_BYTES = {kind: kind.value.encode("ascii") for kind in MessageType}
 _ONLY_STR = frozenset({str})
-# The scalars a flat result may hold besides integers (whose range is checked).
-_LEAVES = frozenset({str, float, bool, type(None)})
+# The scalars a flat result may hold besides numbers (whose range is checked).
+_LEAVES = frozenset({str, bool, type(None)})
 _MIN_SAFE = -MAX_SAFE_INTEGER
+_MAX_FLOAT = sys.float_info.max
+_MIN_FLOAT = -_MAX_FLOAT
 
 
 def _plain_leaves(members: Iterable[Any]) -> bool:
-    """Every member a plain scalar, integers within +-(2^53-1)."""
+    """Every member a plain scalar: integers within +-(2^53-1), floats finite."""
     for member in members:
         leaf = type(member)
         if leaf is int:
             if not _MIN_SAFE <= member <= MAX_SAFE_INTEGER:
+                return False
+        elif leaf is float:
+            if not _MIN_FLOAT <= member <= _MAX_FLOAT:  # (NaN compares false)
                 return False
         elif leaf not in _LEAVES:
             return False
@@ -212,9 +241,11 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     ``int``, ``float``, ``bool`` or None; the shape of most results) is
     checked by one loop over its members that looks only at what the
     encoding cannot show: the keys' type (the encoder turns ``{1: "a"}``
-    into ``{"1":"a"}``) and each integer's range. The encoder refuses NaN
-    and infinities and UTF-8 refuses lone surrogates; the shape bounds the
-    depth and the count.
+    into ``{"1":"a"}``), each integer's range and each float's finiteness
+    (orjson writes NaN as null). Both encoders refuse lone surrogates; the
+    shape bounds the depth and the count. Such a value is encoded by orjson
+    where it is installed (``fast_dumps``): the same JSON values as the
+    stdlib's, floats written as ECMAScript writes them (``1e-7``).
 
     For the other plain shapes (an object whose members hold no further
     object, or an array holding none) the compact JSON text shows what the
@@ -236,7 +267,9 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     else:
         return None
     if len(value) < limits.max_values and limits.max_depth > 2 and _plain_leaves(members):
-        try:  # (NaN, infinities and lone surrogates are refused here)
+        try:  # (lone surrogates are refused here)
+            if fast_dumps is not None:
+                return CompactData(fast_dumps(value))
             return CompactData(compact(value).encode("utf-8"))
         except Exception:
             return None

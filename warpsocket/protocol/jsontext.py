@@ -8,6 +8,10 @@ gives exactly what ``JSONEncoder(separators=(",", ":"), ensure_ascii=False,
 allow_nan=False).encode`` gives. What it cannot encode is handed to that
 encoder, so every error is the one it raises (a cycle included, which the
 data model keeps out of every envelope anyway: it bounds the values).
+
+``FAST_LOADS`` and ``fast_dumps`` are orjson's parser and encoder where it is
+installed (CPython; setup.cfg), for the paths that check what orjson would
+let through differently: see their callers in codecs.py.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ import json
 import json.encoder
 from collections.abc import Callable
 from typing import Any
+
+try:
+    import orjson
+except ImportError:  # (PyPy, or a platform without its wheel): the stdlib does it all
+    orjson = None  # type: ignore[assignment]
 
 ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -60,4 +69,25 @@ def compact(value: Any) -> str:
     return text
 
 
-__all__ = ["ENCODER", "compact"]
+# orjson's parser: bytes in, a value out; raises ValueError (its JSONDecodeError)
+# on what is not JSON. It reads integers past 64 bits as floats and refuses
+# lone surrogate escapes, unlike the stdlib; codecs.py only gives it text that
+# has no such integers, and takes the stdlib's verdict on whatever it refuses.
+FAST_LOADS: Callable[[bytes], Any] | None = None if orjson is None else orjson.loads
+
+
+def _orjson_dumps(value: Any) -> bytes:
+    # Copied into a fresh bytes object: kept as orjson returns them (the dedup
+    # window keeps every reply for a while), they made a call 2 us slower
+    # (docs/performance.md, "Fourteenth round"); copied, 0.6 us faster.
+    return b"%b" % (orjson.dumps(value),)
+
+
+# orjson's encoder, or None. Unlike ``compact`` it writes NaN and infinities
+# as null, floats in ECMAScript's exponent form (1e-7, not 1e-07), and
+# encodes dataclasses, enums, UUIDs and datetimes: only for values whose every
+# member was checked to be a finite, exact JSON scalar (codecs.packed_result).
+fast_dumps: Callable[[Any], bytes] | None = None if orjson is None else _orjson_dumps
+
+
+__all__ = ["ENCODER", "FAST_LOADS", "compact", "fast_dumps"]
