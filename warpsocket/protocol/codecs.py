@@ -245,7 +245,7 @@ def packed_result(value: Any, limits: DataLimits) -> CompactData | None:
     (orjson writes NaN as null). Both encoders refuse lone surrogates; the
     shape bounds the depth and the count. Such a value is encoded by orjson
     where it is installed (``fast_dumps``): the same JSON values as the
-    stdlib's, floats written as ECMAScript writes them (``1e-7``).
+    stdlib's, some floats written otherwise (``1e-7`` for ``1e-07``).
 
     For the other plain shapes (an object whose members hold no further
     object, or an array holding none) the compact JSON text shows what the

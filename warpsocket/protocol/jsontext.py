@@ -84,7 +84,7 @@ def _orjson_dumps(value: Any) -> bytes:
 
 
 # orjson's encoder, or None. Unlike ``compact`` it writes NaN and infinities
-# as null, floats in ECMAScript's exponent form (1e-7, not 1e-07), and
+# as null, some floats otherwise (1e-7 and 0.00001 for 1e-07 and 1e-05), and
 # encodes dataclasses, enums, UUIDs and datetimes: only for values whose every
 # member was checked to be a finite, exact JSON scalar (codecs.packed_result).
 fast_dumps: Callable[[Any], bytes] | None = None if orjson is None else _orjson_dumps
