@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-message server cost in process: no reactor, no sockets, no load generator.
 
-    bench/.venv/bin/python bench/inprocess.py [--messages N] [--rounds R]
+    bench/.venv/bin/python bench/inprocess.py [--chunk N] [--rounds R] [--stdlib-json]
 
 Feeds masked client frames to a server protocol over a ``StringTransport``
 and times them: a WarpSocket acked ``event`` (answered with an ``ack``), a
@@ -9,6 +9,9 @@ WarpSocket ``call`` (answered with a ``result``), and raw Autobahn's echo,
 each with the ~100-byte payload of the rtt scenario. The three run in
 interleaved chunks and the fastest chunk of each is reported (the least
 disturbed by anything else on the machine), with the ratios to Autobahn.
+``--stdlib-json`` adds the two WarpSocket cases again with the JSON codec's
+orjson paths turned off (warpsocket/protocol/jsontext.py), in the same
+interleaved chunks.
 
 What it leaves out is what both servers share: the reactor's per-read cost
 and the system calls (docs/performance.md). For profiling, run it under
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gc
 import json
 import os
@@ -33,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 from autobahn.twisted.websocket import (
     WebSocketServerFactory,
@@ -42,6 +47,7 @@ from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
 
 from warpsocket import Hub, HubOptions
+from warpsocket.protocol import codecs
 from warpsocket.server.heap import StartupHeap, YoungThreshold
 from warpsocket.server.protocol import WarpSocketServerFactory
 
@@ -97,17 +103,25 @@ class Case:
         self.frames = frames
         self.turn: Callable[[], None] = lambda: None
         self.at = 0
+        self.stdlib_json = False
 
     def run(self, count: int) -> float:
         protocol, transport, turn = self.protocol, self.transport, self.turn
         chunk = self.frames[self.at : self.at + count]
         self.at += count
-        started = time.perf_counter()
-        for frame in chunk:
-            protocol.dataReceived(frame)
-            turn()
-            transport.clear()
-        return (time.perf_counter() - started) / len(chunk)
+        with self.json_paths():
+            started = time.perf_counter()
+            for frame in chunk:
+                protocol.dataReceived(frame)
+                turn()
+                transport.clear()
+            taken = time.perf_counter() - started
+        return taken / len(chunk)
+
+    def json_paths(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.stdlib_json:
+            return contextlib.nullcontext()
+        return mock.patch.multiple(codecs, FAST_LOADS=None, fast_dumps=None)
 
 
 def warpsocket(kind: str, count: int) -> Case:
@@ -206,6 +220,7 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=400, help="messages per timed chunk")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--stalls", type=int, default=0, metavar="N")
+    parser.add_argument("--stdlib-json", action="store_true", help="also run both without orjson")
     args = parser.parse_args()
     if args.stalls:
         stalls(args.stalls)
@@ -216,6 +231,10 @@ def main() -> int:
         "call": warpsocket("call", count),
         "autobahn echo": autobahn(count),
     }
+    if args.stdlib_json:
+        for name, kind in (("acked, stdlib", "event"), ("call, stdlib", "call")):
+            cases[name] = warpsocket(kind, count)
+            cases[name].stdlib_json = True
     best = dict.fromkeys(cases, float("inf"))
     for _ in range(args.rounds):
         for name, case in cases.items():
@@ -223,6 +242,11 @@ def main() -> int:
     base = best["autobahn echo"]
     for name, seconds in best.items():
         print(f"{name:14} {seconds * 1e6:6.2f} us per message  ({seconds / base:.2f}x Autobahn's)")
+    print(f"call / acked event: {best['call'] / best['acked event']:.3f}x the time", end="")
+    if args.stdlib_json:
+        stdlib = best["call, stdlib"] / best["acked, stdlib"]
+        print(f" ({stdlib:.3f}x without orjson)", end="")
+    print()
     return 0
 
 

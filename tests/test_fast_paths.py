@@ -250,7 +250,11 @@ hostile_payloads = st.one_of(
             st.lists(st.one_of(number_texts, string_texts), max_size=4).map(
                 lambda items: "[" + ",".join(items) + "]"
             ),
-            st.integers(min_value=60, max_value=1100).map(lambda n: "[" * n + "]" * n),
+            st.one_of(
+                st.integers(min_value=60, max_value=1100),
+                # (about where the stdlib's scanner runs out of recursion)
+                st.integers(min_value=990, max_value=1070),
+            ).map(lambda n: "[" * n + "]" * n),
         ),
     ),
     st.builds(
@@ -305,6 +309,18 @@ class JsonCodecTests(unittest.TestCase):
             (ErrorCode.BAD_FRAME, "lone UTF-16 surrogate escape"),
         )
         self.assertEqual(codec.decode(head + b'"\\ud83d\\ude00"}', False).data, "\U0001f600")
+
+    def test_deep_frames_get_the_standard_verdict(self) -> None:
+        """Between where the stdlib's scanner runs out of recursion (which
+        depends on the stack) and orjson's limit (1,024 levels), orjson reads
+        a frame the stdlib refuses without a ``ref``: such frames are past
+        the data model's depth, and go to the stdlib alone."""
+        codec = JsonCodec()
+        for levels in [*range(60, 70), *range(900, 1100, 3)]:
+            payload = (EVENT_HEAD + "[" * levels + "]" * levels + "}").encode()
+            found = decoded(codec, payload)
+            with mock.patch.object(codecs, "FAST_LOADS", None):
+                self.assertEqual(found, decoded(codec, payload), levels)
 
     @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(json_texts)

@@ -109,11 +109,15 @@ class JsonCodec:
     def decode(self, payload: bytes, is_binary: bool) -> Envelope:
         if is_binary:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.subprotocol} uses text frames")
-        exact = _numbers_exact(payload)
-        if exact and FAST_LOADS is not None:
+        plain = self._plainly_inside(payload)
+        if plain and FAST_LOADS is not None:
             # orjson, where every number reads back as the stdlib reads it
-            # (``_numbers_exact``). Whatever it refuses gets the stdlib's
-            # verdict, so each error keeps its code and message.
+            # and nothing nests past the data model (where the stdlib's
+            # scanner runs out of recursion depends on the stack: a frame
+            # nested a thousand deep is refused without a ``ref``); larger
+            # frames are rare and kept as they were. Whatever orjson refuses
+            # gets the stdlib's verdict, so each error keeps its code and
+            # message.
             try:
                 raw = FAST_LOADS(payload)
             except ValueError:
@@ -121,7 +125,10 @@ class JsonCodec:
         else:
             raw = self._standard_decode(payload)
         return Envelope.from_wire(
-            raw, self.limits, strings_checked=True, values_checked=exact and self._bounded(payload)
+            raw,
+            self.limits,
+            strings_checked=True,
+            values_checked=plain,
         )
 
     def _standard_decode(self, payload: bytes) -> Any:
@@ -160,14 +167,16 @@ class JsonCodec:
         over the decoded value (the walk costs ~0.1 us per value); the rest
         are checked value by value.
         """
-        return _numbers_exact(payload) and self._bounded(payload)
+        return (
+            len(payload) < 2 * self.limits.max_values - 1
+            and _numbers_exact(payload)
+            and self._shallow(payload)
+        )
 
-    def _bounded(self, payload: bytes) -> bool:
-        """True when the text shows the depth and value-count limits hold."""
+    def _shallow(self, payload: bytes) -> bool:
+        """True when the text shows nothing nests deeper than the depth limit."""
         limits = self.limits
-        if len(payload) >= 2 * limits.max_values - 1:
-            return False
-        # Depth: strip the text down to its brackets and peel off the
+        # Strip the text down to its brackets and peel off the
         # innermost pairs, one level per pass (brackets inside strings can
         # only make this stricter).
         skeleton = payload.translate(None, _NOT_BRACKETS)
