@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import inspect
 import json
 import math
 import platform
+import sys
 from collections import OrderedDict
 from typing import Any
 from unittest import mock
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import succeed
@@ -29,7 +30,7 @@ from twisted.trial import unittest
 
 from warpsocket.core.dedup import SHARD_RECORDS, DedupLimits, DedupRecord, DedupWindow
 from warpsocket.core.messages import ack_envelope
-from warpsocket.protocol import codecs
+from warpsocket.protocol import codecs, jsontext
 from warpsocket.protocol import envelope as envelope_module
 from warpsocket.protocol.codecs import JsonCodec, _no_scanner, packed_result
 from warpsocket.protocol.codes import ErrorCode, ProtocolError
@@ -199,8 +200,8 @@ json_texts = st.one_of(
 def typed(value: Any) -> Any:
     """``value`` with every scalar's type made visible (1 and 1.0 differ, as
     do 0.0 and -0.0): to compare two decoders' values exactly."""
-    if isinstance(value, dict):
-        return {key: typed(member) for key, member in value.items()}
+    if isinstance(value, dict):  # (as pairs: the members' order counts too)
+        return [("dict", key, typed(member)) for key, member in value.items()]
     if isinstance(value, list):
         return [typed(member) for member in value]
     if isinstance(value, CompactData):
@@ -214,7 +215,13 @@ def decoded(codec: JsonCodec, payload: bytes) -> Any:
         envelope = codec.decode(payload, False)
     except ProtocolError as error:
         return "error", (error.code, error.message, error.ref)
-    return "ok", (envelope.type, [typed(v) for v in vars_of(envelope)], typed(envelope.extra))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10_000))  # (``typed`` of a value ~1,000 deep)
+    try:  # (as text: comparing values that deep would recurse too)
+        fields = [typed(v) for v in vars_of(envelope)]
+        return "ok", repr((envelope.type, fields, typed(envelope.extra)))
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def numbers_around(edge: int) -> Any:
@@ -275,8 +282,22 @@ class JsonCodecTests(unittest.TestCase):
         """Installed by setup.cfg on CPython: the fast paths below are the ones
         a server runs (without it the standard library does all)."""
         if platform.python_implementation() == "CPython":
+            import orjson
+
             self.assertIs(codecs.FAST_LOADS, orjson.loads)
             self.assertIsNotNone(codecs.fast_dumps)
+
+    def test_without_orjson_the_stdlib_does_all(self) -> None:
+        """jsontext loaded where orjson cannot be imported (PyPy, or no wheel)."""
+        spec = importlib.util.spec_from_file_location("jsontext_bare", jsontext.__file__)
+        assert spec is not None and spec.loader is not None
+        bare = importlib.util.module_from_spec(spec)
+        with mock.patch.dict(sys.modules, {"orjson": None}):  # (None: ImportError)
+            spec.loader.exec_module(bare)
+        self.assertIsNone(bare.orjson)
+        self.assertIsNone(bare.FAST_LOADS)
+        self.assertIsNone(bare.fast_dumps)
+        self.assertEqual(bare.compact({"a": [1e-07, "\u00e9"]}), '{"a":[1e-07,"\u00e9"]}')
 
     @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
@@ -315,12 +336,13 @@ class JsonCodecTests(unittest.TestCase):
         depends on the stack) and orjson's limit (1,024 levels), orjson reads
         a frame the stdlib refuses without a ``ref``: such frames are past
         the data model's depth, and go to the stdlib alone."""
-        codec = JsonCodec()
-        for levels in [*range(60, 70), *range(900, 1100, 3)]:
-            payload = (EVENT_HEAD + "[" * levels + "]" * levels + "}").encode()
-            found = decoded(codec, payload)
-            with mock.patch.object(codecs, "FAST_LOADS", None):
-                self.assertEqual(found, decoded(codec, payload), levels)
+        for limits in (DataLimits(), DataLimits(max_depth=512), DataLimits(max_depth=1100)):
+            codec = JsonCodec(limits)
+            for levels in [*range(60, 70), *range(500, 520), *range(900, 1100, 3)]:
+                payload = (EVENT_HEAD + "[" * levels + "]" * levels + "}").encode()
+                found = decoded(codec, payload)
+                with mock.patch.object(codecs, "FAST_LOADS", None):
+                    self.assertEqual(found, decoded(codec, payload), (limits, levels))
 
     @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(json_texts)
@@ -467,7 +489,8 @@ class PackedResultTests(unittest.TestCase):
         packed = packed_result(flat, DataLimits())
         nested = packed_result({"a": 1e-07, "l": [1]}, DataLimits())
         assert packed is not None and nested is not None
-        self.assertEqual(packed.json, b'{"a":1e-7,"e":"\xc3\xa9","n":null}')
+        if codecs.fast_dumps is not None:  # (orjson: CPython)
+            self.assertEqual(packed.json, b'{"a":1e-7,"e":"\xc3\xa9","n":null}')
         self.assertEqual(nested.json, b'{"a":1e-07,"l":[1]}')
         with mock.patch.object(codecs, "fast_dumps", None):
             packed = packed_result(flat, DataLimits())

@@ -66,6 +66,11 @@ class JsonCodec:
         self._scan: Callable[[str, int], tuple[Any, int]] = getattr(
             self._decoder, "scan_once", _no_scanner
         )
+        # Frames within this depth limit nest too shallow for either parser's
+        # own limit (orjson's 1,024 levels; the stdlib's recursion limit, less
+        # the stack), so both read them. A deeper limit leaves it all to the
+        # stdlib, as before orjson.
+        self._orjson_depth = limits.max_depth <= _ORJSON_MAX_DEPTH
 
     def encode(self, envelope: Envelope) -> bytes:
         data = envelope.data
@@ -110,7 +115,7 @@ class JsonCodec:
         if is_binary:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.subprotocol} uses text frames")
         plain = self._plainly_inside(payload)
-        if plain and FAST_LOADS is not None:
+        if plain and self._orjson_depth and FAST_LOADS is not None:
             # orjson, where every number reads back as the stdlib reads it
             # and nothing nests past the data model (where the stdlib's
             # scanner runs out of recursion depends on the stack: a frame
@@ -190,6 +195,10 @@ class JsonCodec:
             leaves = skeleton.replace(b"{}", b"x").replace(b"[]", b"x")
             skeleton = leaves.replace(b"x", b"")
         return not skeleton
+
+
+# The deepest data-model limit under which the JSON codec lets orjson parse.
+_ORJSON_MAX_DEPTH = 512
 
 
 def _numbers_exact(payload: bytes) -> bool:
