@@ -121,7 +121,7 @@ class Case:
     def json_paths(self) -> contextlib.AbstractContextManager[Any]:
         if not self.stdlib_json:
             return contextlib.nullcontext()
-        return mock.patch.multiple(codecs, FAST_LOADS=None, fast_dumps=None)
+        return mock.patch.multiple(codecs, fast_loads=None, fast_dumps=None)
 
 
 def warpsocket(kind: str, count: int) -> Case:

@@ -284,7 +284,7 @@ class JsonCodecTests(unittest.TestCase):
         if platform.python_implementation() == "CPython":
             import orjson
 
-            self.assertIs(codecs.FAST_LOADS, orjson.loads)
+            self.assertIs(codecs.fast_loads, orjson.loads)
             self.assertIsNotNone(codecs.fast_dumps)
 
     def test_without_orjson_the_stdlib_does_all(self) -> None:
@@ -295,7 +295,7 @@ class JsonCodecTests(unittest.TestCase):
         with mock.patch.dict(sys.modules, {"orjson": None}):  # (None: ImportError)
             spec.loader.exec_module(bare)
         self.assertIsNone(bare.orjson)
-        self.assertIsNone(bare.FAST_LOADS)
+        self.assertIsNone(bare.fast_loads)
         self.assertIsNone(bare.fast_dumps)
         self.assertEqual(bare.compact({"a": [1e-07, "\u00e9"]}), '{"a":[1e-07,"\u00e9"]}')
 
@@ -310,7 +310,7 @@ class JsonCodecTests(unittest.TestCase):
         with the same message: orjson only reads what it reads alike."""
         codec = JsonCodec()
         found = decoded(codec, payload)
-        with mock.patch.object(codecs, "FAST_LOADS", None):
+        with mock.patch.object(codecs, "fast_loads", None):
             expected = decoded(codec, payload)
         self.assertEqual(found, expected)
 
@@ -341,7 +341,7 @@ class JsonCodecTests(unittest.TestCase):
             for levels in [*range(60, 70), *range(500, 520), *range(900, 1100, 3)]:
                 payload = (EVENT_HEAD + "[" * levels + "]" * levels + "}").encode()
                 found = decoded(codec, payload)
-                with mock.patch.object(codecs, "FAST_LOADS", None):
+                with mock.patch.object(codecs, "fast_loads", None):
                     self.assertEqual(found, decoded(codec, payload), (limits, levels))
 
     @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -21,7 +21,7 @@ from warpsocket.protocol.codes import ErrorCode, ProtocolError
 from warpsocket.protocol.compact import CompactData
 from warpsocket.protocol.datamodel import DEFAULT_LIMITS, MAX_SAFE_INTEGER, DataLimits
 from warpsocket.protocol.envelope import Envelope, MessageType, is_plain_reply
-from warpsocket.protocol.jsontext import FAST_LOADS, compact, fast_dumps
+from warpsocket.protocol.jsontext import compact, fast_dumps, fast_loads
 
 JSON_SUBPROTOCOL = "warpsocket.v1.json"
 MSGPACK_SUBPROTOCOL = "warpsocket.v1.msgpack"
@@ -115,7 +115,7 @@ class JsonCodec:
         if is_binary:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"{self.subprotocol} uses text frames")
         plain = self._plainly_inside(payload)
-        if plain and self._orjson_depth and FAST_LOADS is not None:
+        if plain and self._orjson_depth and fast_loads is not None:
             # orjson, where every number reads back as the stdlib reads it
             # and nothing nests past the data model (where the stdlib's
             # scanner runs out of recursion depends on the stack: a frame
@@ -124,7 +124,7 @@ class JsonCodec:
             # gets the stdlib's verdict, so each error keeps its code and
             # message.
             try:
-                raw = FAST_LOADS(payload)
+                raw = fast_loads(payload)
             except ValueError:
                 raw = self._standard_decode(payload)
         else:

@@ -9,7 +9,7 @@ allow_nan=False).encode`` gives. What it cannot encode is handed to that
 encoder, so every error is the one it raises (a cycle included, which the
 data model keeps out of every envelope anyway: it bounds the values).
 
-``FAST_LOADS`` and ``fast_dumps`` are orjson's parser and encoder where it is
+``fast_loads`` and ``fast_dumps`` are orjson's parser and encoder where it is
 installed (CPython; setup.cfg), for the paths that check what orjson would
 let through differently: see their callers in codecs.py.
 """
@@ -70,10 +70,12 @@ def compact(value: Any) -> str:
 
 
 # orjson's parser: bytes in, a value out; raises ValueError (its JSONDecodeError)
-# on what is not JSON. It reads integers past 64 bits as floats and refuses
-# lone surrogate escapes, unlike the stdlib; codecs.py only gives it text that
-# has no such integers, and takes the stdlib's verdict on whatever it refuses.
-FAST_LOADS: Callable[[bytes], Any] | None = None if orjson is None else orjson.loads
+# on what is not JSON. Unlike the stdlib it reads integers past 64 bits as
+# floats, reads frames nested up to 1,024 deep and refuses lone surrogate
+# escapes; codecs.py only gives it text that shows no such integer and no
+# nesting past the data model, and takes the stdlib's verdict on whatever it
+# refuses.
+fast_loads: Callable[[bytes], Any] | None = None if orjson is None else orjson.loads
 
 
 def _orjson_dumps(value: Any) -> bytes:
@@ -90,4 +92,4 @@ def _orjson_dumps(value: Any) -> bytes:
 fast_dumps: Callable[[Any], bytes] | None = None if orjson is None else _orjson_dumps
 
 
-__all__ = ["ENCODER", "FAST_LOADS", "compact", "fast_dumps"]
+__all__ = ["ENCODER", "compact", "fast_dumps", "fast_loads"]
